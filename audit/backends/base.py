@@ -1,0 +1,114 @@
+"""The one small interface every model family sits behind.
+
+A list of requests in, a list of results out, in the same order, so a backend may sort,
+batch and pad inside as it likes. Requests and results are separate immutable records.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+from PIL import Image
+
+FinishReason = Literal["eos", "length", "error"]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One image and one open-ended prompt (the probe's preamble is the backend's concern)."""
+
+    image: Image.Image
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Generation:
+    """The decoded new tokens only, never the prompt."""
+
+    text: str
+    n_new_tokens: int
+    finish_reason: FinishReason
+
+
+@dataclass(frozen=True)
+class LabelScoreRequest:
+    """Rank classification: score each continuation given image + prefix.
+
+    ``prefix`` is the text before the label (e.g. ``"a photo of a"``); ``continuations`` are the
+    candidate texts that follow it (e.g. ``"male person."``, ``"female person."``).
+    """
+
+    image: Image.Image
+    prefix: str
+    continuations: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LabelScores:
+    """Summed log-likelihood of each continuation's tokens and their token counts, in order."""
+
+    logprob_sums: tuple[float, ...]
+    n_tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings shared by every request of one call."""
+
+    max_new_tokens: int = 256
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    stop_strings: tuple[str, ...] = ()
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class PreamblePart:
+    """One element of a probe's preamble: text, or an image (already loaded)."""
+
+    text: str | None = None
+    image: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    """What the manifest records about the model that produced a run."""
+
+    backend: str
+    model_id: str
+    model_type: str
+    revision: str | None
+    dtype: str
+    device: str
+    image_processor: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A loaded image-text model. Construction is cheap; weights load on first use."""
+
+    name: ClassVar[str]
+    #: ``config.model_type`` values this backend serves (empty: chosen by capability instead).
+    model_types: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def generate(
+        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+    ) -> list[Generation]:
+        """Greedy or sampled generation; one result per request, same order."""
+
+    @abstractmethod
+    def score_labels(
+        self, requests: Sequence[LabelScoreRequest], batch_size: int = 16
+    ) -> list[LabelScores]:
+        """Log-likelihood of each candidate continuation; one result per request, same order."""
+
+    @abstractmethod
+    def info(self) -> BackendInfo:
+        """Provenance for the manifest (loads the model if not loaded yet)."""

@@ -1,0 +1,175 @@
+"""The ``audit`` command: parse arguments, call the library, turn ``AuditError`` into exit 2.
+
+Heavy libraries (torch, transformers, datasets) are imported inside the commands that need
+them, so ``audit --help`` and ``audit validate`` stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from audit.errors import AuditError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Bias and fairness audit workbench for vision-language models.",
+)
+
+
+def _fail(error: AuditError) -> None:
+    typer.echo(f"error: {error}", err=True)
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) -> None:
+    """Check a probe file without loading a model."""
+    from audit.spec import load_probe
+
+    try:
+        spec = load_probe(probe)
+    except AuditError as error:
+        _fail(error)
+    n_labels = sum(len(t.labels) for t in spec.classification)
+    typer.echo(
+        f"{probe}: ok: probe '{spec.name}', dataset {spec.dataset.source}:"
+        f"{spec.dataset.path or 'synthetic'}, model {spec.model.id}, "
+        f"{len(spec.prompts)} prompt(s), {len(spec.classification)} classification task(s) "
+        f"({n_labels} labels), groups {list(spec.dataset.groups)}"
+    )
+
+
+@app.command()
+def run(
+    probe: Annotated[Path, typer.Argument(help="Probe YAML file.")],
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<probe>-<model>).")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model hub id or local folder.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="Use only the first N samples.")] = None,
+    batch_size: Annotated[Optional[str], typer.Option(help="Images per batch, or 'auto'.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    shard: Annotated[Optional[str], typer.Option(help="K/N: run the K-th of N shards (1-based).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Delete what the run directory holds and start over.")] = False,
+) -> None:
+    """Run a probe: dataset x prompts x model, stored as parquet in a run directory."""
+    from audit.runner import RunOptions, run_probe_file
+
+    try:
+        options = RunOptions.from_cli(
+            out=out, model=model, limit=limit, batch_size=batch_size, device=device,
+            shard=shard, fresh=fresh,
+        )
+        result = run_probe_file(probe, options)
+    except AuditError as error:
+        _fail(error)
+    typer.echo(result.describe())
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the demo's models, data and runs.")] = Path("demo-runs"),
+) -> None:
+    """Offline demo: tiny random-weight models of IDEFICS v1, Idefics2 and Idefics3 on synthetic faces."""
+    from audit.demo import run_demo
+
+    try:
+        run_demo(out)
+    except AuditError as error:
+        _fail(error)
+
+
+@app.command()
+def status(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
+    """Rows done / expected per shard, errors, throughput, what is missing."""
+    from audit.progress import describe_status
+
+    try:
+        typer.echo(describe_status(run_dir))
+    except AuditError as error:
+        _fail(error)
+
+
+@app.command()
+def analyze(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
+    only: Annotated[Optional[list[str]], typer.Option(help="Run only these analyses (repeatable).")] = None,
+) -> None:
+    """Term variance, toxicity, refusal, accuracy, leakage: tidy tables with intervals."""
+    from audit.analyses import analyze_run
+
+    try:
+        typer.echo(analyze_run(run_dir, only=only).describe())
+    except AuditError as error:
+        _fail(error)
+
+
+@app.command("import")
+def import_(
+    source: Annotated[str, typer.Argument(help="Parquet/CSV file, dataset folder or hub id.")],
+    out: Annotated[Path, typer.Option(help="Folder for the run directory (or directories).")] = Path("runs"),
+    preset: Annotated[Optional[str], typer.Option(help="Named layout, e.g. m4-bias-eval.")] = None,
+    mapping: Annotated[Optional[list[str]], typer.Option("--map", help="ROLE=COLUMN, e.g. generation=text (repeatable).")] = None,
+    groups: Annotated[Optional[list[str]], typer.Option("--group", help="Group column (repeatable).")] = None,
+    prompt_id: Annotated[Optional[str], typer.Option(help="Prompt id when the file has one prompt.")] = None,
+    model_id: Annotated[Optional[str], typer.Option(help="Model that produced the generations.")] = None,
+    split: Annotated[str, typer.Option(help="Split, for datasets.")] = "train",
+    config: Annotated[Optional[str], typer.Option(help="Config name, for hub datasets.")] = None,
+) -> None:
+    """Turn generations made elsewhere into run directories."""
+    from audit.importer import ImportOptions, import_generations
+
+    try:
+        options = ImportOptions(
+            source=source, out=out, preset=preset, mapping=mapping or [], groups=groups or [],
+            prompt_id=prompt_id, model_id=model_id, split=split, config=config,
+        )
+        for run_dir in import_generations(options):
+            typer.echo(f"imported: {run_dir}")
+    except AuditError as error:
+        _fail(error)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the first run directory).")] = None,
+) -> None:
+    """Write report.html (self-contained) and report.md (a model-card section)."""
+    from audit.report import build_report
+
+    try:
+        html_path, md_path = build_report(run_dirs, out)
+    except AuditError as error:
+        _fail(error)
+    typer.echo(f"wrote {html_path}\nwrote {md_path}")
+
+
+@app.command()
+def dashboard(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+) -> None:
+    """Explore and compare runs in Streamlit (reads run directories only)."""
+    from audit.dashboard import launch
+
+    try:
+        launch(run_dirs, port=port)
+    except AuditError as error:
+        _fail(error)
+
+
+def main() -> None:
+    try:
+        app()
+    except AuditError as error:  # raised outside a command body
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

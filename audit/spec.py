@@ -1,0 +1,339 @@
+"""Probe specification: one YAML file, validated on load.
+
+A probe is data, not code: ``yaml.safe_load`` only, pydantic models with ``extra="forbid"``,
+and every problem reported at once as ``file: key.path: what was expected``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audit.errors import ProbeError
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+#: Where relative local paths in a probe are resolved from (set by ``load_probe``).
+_PROBE_DIR_KEY = "probe_dir"
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(StrictModel):
+    """Where the face images and their demographic labels come from."""
+
+    source: Literal["hub", "parquet", "disk", "fairface_csv", "synthetic"]
+    """``hub``: ``datasets.load_dataset``; ``parquet``: a file or folder of parquet files;
+    ``disk``: a ``save_to_disk`` folder; ``fairface_csv``: FairFace's own label CSV + image folder;
+    ``synthetic``: face-like images generated in code (demo and tests only)."""
+    path: str | None = None
+    """Hub id (``HuggingFaceM4/FairFace``) or a local path, relative to the probe file."""
+    config: str | None = None
+    """Hub configuration name (FairFace: ``"1.25"`` or ``"0.25"``)."""
+    split: str = "train"
+    """Split to read."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) to pin."""
+    labels_csv: str | None = None
+    """``fairface_csv`` only: the label file (``file,age,gender,race,service_test``); image paths
+    in it are relative to ``path``."""
+    image_column: str = "image"
+    """Column holding the image."""
+    id_column: str | None = None
+    """Column with a stable id per row; default: the row index (or file name for CSV layouts)."""
+    groups: dict[str, str]
+    """Group axis -> dataset column (``{gender: gender_phrase}``); a list means same names."""
+    limit: Annotated[int, Field(gt=0)] | None = None
+    """Use only the first N samples (in dataset order)."""
+    n: Annotated[int, Field(gt=0)] = 56
+    """``synthetic`` only: number of images."""
+    seed: int = 0
+    """``synthetic`` only: generator seed."""
+
+    @field_validator("groups", mode="before")
+    @classmethod
+    def _groups_from_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {str(v): str(v) for v in value}
+        return value
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_not_empty(cls, value: dict[str, str]) -> dict[str, str]:
+        if not value:
+            raise ValueError("name at least one group axis, e.g. [gender, race]")
+        return value
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DatasetSpec:
+        if self.source != "synthetic" and not self.path:
+            raise ValueError(f"source '{self.source}' needs 'path'")
+        if self.source == "fairface_csv" and not self.labels_csv:
+            raise ValueError("source 'fairface_csv' needs 'labels_csv' (the label file)")
+        return self
+
+
+class ModelSpec(StrictModel):
+    """The vision-language model under audit."""
+
+    id: str
+    """Hub id (``HuggingFaceM4/idefics-9b-instruct``) or local folder (relative to the probe)."""
+    revision: str | None = None
+    """Hub revision to pin; the manifest records the commit actually used."""
+    backend: Literal["auto", "idefics", "chat"] = "auto"
+    """``auto`` picks from ``config.model_type`` and the processor's chat template."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """``auto``: bfloat16 on CUDA, float32 on CPU."""
+    device: str = "auto"
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N``."""
+    device_map: Literal["auto"] | None = None
+    """``auto`` spreads a model larger than one GPU over all visible GPUs (accelerate)."""
+    trust_remote_code: bool = False
+    """Run code shipped with the model. Off unless you trust the repository."""
+
+
+class GenerationSpec(StrictModel):
+    """Decoding settings for the open-ended prompts."""
+
+    max_new_tokens: Annotated[int, Field(gt=0)] = 256
+    min_new_tokens: Annotated[int, Field(ge=0)] = 0
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
+    """Images per batch; ``auto`` finds the largest that fits, backing off on out-of-memory."""
+    do_sample: bool = False
+    """Greedy (the IDEFICS card's setting) unless true."""
+    temperature: Annotated[float, Field(gt=0)] = 1.0
+    top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
+    seed: int = 0
+    """Seed for sampling and anything random in the run."""
+    stop_strings: list[str] = Field(default_factory=list)
+    """Stop when any of these appears (``<end_of_utterance>`` always stops)."""
+
+
+class PreamblePartSpec(StrictModel):
+    """One part of a preamble: exactly one of ``text`` or ``image`` (a local file)."""
+
+    text: str | None = None
+    image: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PreamblePartSpec:
+        if (self.text is None) == (self.image is None):
+            raise ValueError("give exactly one of 'text' or 'image'")
+        return self
+
+
+class PromptSpec(StrictModel):
+    """An open-ended prompt shown with each image."""
+
+    id: Annotated[str, Field(pattern=_ID)]
+    text: Annotated[str, Field(min_length=1)]
+
+
+class ClassificationTaskSpec(StrictModel):
+    """Zero-shot classification by ranking the log-likelihood of each candidate label."""
+
+    id: Annotated[str, Field(pattern=_ID)]
+    target: str
+    """The group axis whose value is the correct answer."""
+    template: str
+    """Text after the image with one ``{label}``: ``"a photo of a {label} person."``. The text
+    before ``{label}`` is the prompt; the label and the rest are scored."""
+    question: str = ""
+    """Optional text placed before the template (after the image)."""
+    labels: dict[str, str]
+    """Candidate label text -> the dataset value it stands for."""
+
+    @field_validator("template")
+    @classmethod
+    def _one_placeholder(cls, value: str) -> str:
+        if value.count("{label}") != 1:
+            raise ValueError("must contain '{label}' exactly once")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _two_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) < 2:
+            raise ValueError("give at least two candidate labels")
+        return value
+
+    @property
+    def prefix(self) -> str:
+        head = self.template.split("{label}")[0]
+        return f"{self.question}{head}".rstrip(" ")
+
+    def continuation(self, label: str) -> str:
+        head, tail = self.template.split("{label}")
+        space = " " if head.endswith(" ") else ""
+        return f"{space}{label}{tail}"
+
+
+class TfidfSpec(StrictModel):
+    """TF-IDF term variance settings (scikit-learn ``TfidfVectorizer``)."""
+
+    max_df: float = 0.95
+    min_df: float = 2
+    stop_words: Literal["english"] | list[str] | None = "english"
+    top_k: Annotated[int, Field(gt=0)] = 20
+    ranking: Literal["variance", "card"] = "variance"
+
+
+class ToxicitySpec(StrictModel):
+    """Toxicity scorer: ``detoxify:original|unbiased|multilingual``, ``detoxify:PATH.ckpt``, or
+    ``transformers:MODEL`` (a text-classification model id or folder)."""
+
+    scorer: str = "detoxify:original"
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    batch_size: Annotated[int, Field(gt=0)] = 32
+    huggingface_config_path: str | None = None
+    """detoxify only: a local folder with the base model's config and tokenizer, for offline use."""
+
+
+class AnalysisSpec(StrictModel):
+    """How ``audit analyze`` treats this probe's outputs."""
+
+    exclude_terms: list[str] = Field(default_factory=list)
+    """Terms left out of TF-IDF (e.g. the group names themselves)."""
+    tfidf: TfidfSpec = Field(default_factory=TfidfSpec)
+    refusal_patterns: list[str] | None = None
+    """Regular expressions (case-insensitive) that mark a refusal; default: a built-in list."""
+    toxicity: ToxicitySpec = Field(default_factory=ToxicitySpec)
+    n_permutations: Annotated[int, Field(ge=100)] = 1000
+    n_bootstrap: Annotated[int, Field(ge=100)] = 1000
+    seed: int = 0
+
+
+class ProbeSpec(StrictModel):
+    """A probe: dataset x prompts and classification tasks x one model."""
+
+    version: Literal[1] = 1
+    """Version of this file format."""
+    name: Annotated[str, Field(pattern=_ID)]
+    description: str = ""
+    dataset: DatasetSpec
+    model: ModelSpec
+    generation: GenerationSpec = Field(default_factory=GenerationSpec)
+    preamble: list[PreamblePartSpec] = Field(default_factory=list)
+    """Shown before every prompt, e.g. a few-shot system prompt with example images."""
+    prompts: list[PromptSpec] = Field(default_factory=list)
+    classification: list[ClassificationTaskSpec] = Field(default_factory=list)
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
+    probe_dir: str = "."
+    """Set on load: the folder relative paths are resolved from."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lists_not_empty(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("prompts", "classification"):
+                if key in data and not data[key]:
+                    raise ValueError(f"'{key}' is empty: give at least one entry or leave it out")
+            if not data.get("prompts") and not data.get("classification"):
+                raise ValueError("give at least one of 'prompts' or 'classification'")
+        return data
+
+    @field_validator("prompts", "classification")
+    @classmethod
+    def _unique_ids(cls, items: list[Any]) -> list[Any]:
+        seen: set[str] = set()
+        for item in items:
+            if item.id in seen:
+                raise ValueError(f"id '{item.id}' is used twice; ids must be unique")
+            seen.add(item.id)
+        return items
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProbeSpec:
+        for task in self.classification:
+            if task.target not in self.dataset.groups:
+                raise ValueError(
+                    f"classification '{task.id}': target '{task.target}' is not a group axis "
+                    f"(dataset.groups has {sorted(self.dataset.groups)})"
+                )
+        return self
+
+    def resolve_path(self, path: str) -> Path:
+        """A local path from the probe, made absolute against the probe's folder."""
+        candidate = Path(path).expanduser()
+        return candidate if candidate.is_absolute() else Path(self.probe_dir) / candidate
+
+    def model_location(self) -> str:
+        """The model's local folder when it exists next to the probe, else the hub id as given."""
+        local = self.resolve_path(self.model.id)
+        return str(local) if local.exists() else self.model.id
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in {"function-after", "function-before"} or str(item).startswith(
+            ("function-", "constrained-", "literal[", "int", "float", "str", "list[", "dict[")
+        ):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def format_validation_error(origin: str, error: ValidationError) -> str:
+    """All problems at once, one per line, as ``file: key.path: message``."""
+    lines = []
+    for item in error.errors():
+        message = re.sub(r"^Value error, ", "", item["msg"])
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; see docs/probes.md for the keys)"
+        elif item["type"] == "missing":
+            message = "required key is missing"
+        lines.append(f"{origin}: {_format_loc(tuple(item['loc']))}: {message}")
+    return "\n".join(lines)
+
+
+def parse_probe(data: Any, origin: str, probe_dir: Path) -> ProbeSpec:
+    """Validate an already-parsed mapping (from YAML or a manifest)."""
+    if not isinstance(data, dict):
+        raise ProbeError(f"{origin}: (top level): expected a mapping of keys, got {type(data).__name__}")
+    data = {**data, _PROBE_DIR_KEY: str(probe_dir)}
+    try:
+        return ProbeSpec.model_validate(data)
+    except ValidationError as error:
+        raise ProbeError(format_validation_error(origin, error)) from None
+
+
+def load_probe(path: str | Path) -> ProbeSpec:
+    """Read and validate a probe file. Raises ``ProbeError`` naming the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ProbeError(f"{path}: no such probe file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown position)"
+        problem = getattr(error, "problem", None) or str(error)
+        raise ProbeError(f"{path}: {where}: not valid YAML: {problem}") from None
+    return parse_probe(data, str(path), path.resolve().parent)
+
+
+def check_labels(spec: ProbeSpec, values: dict[str, list[str]], origin: str) -> None:
+    """Every candidate label must map to a value the dataset's target column can hold."""
+    problems = []
+    for i, task in enumerate(spec.classification):
+        known = values.get(task.target)
+        if not known:
+            continue
+        for text, value in task.labels.items():
+            if value not in known:
+                problems.append(
+                    f"{origin}: classification[{i}].labels.{text}: '{value}' is not a value of "
+                    f"column '{spec.dataset.groups[task.target]}' (expected one of {sorted(known)})"
+                )
+    if problems:
+        raise ProbeError("\n".join(problems))

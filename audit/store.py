@@ -1,0 +1,203 @@
+"""The run directory: the one interface between stages.
+
+Layout (docs/run_directory.md has the column contracts)::
+
+    manifest.json              resolved probe, model provenance, versions, status, row counts
+    generations/part-*.parquet
+    classifications/part-*.parquet
+    thumbnails/part-*.parquet  small JPEGs keyed by sample_id
+    shards/<k>-of-<n>.json     per-process progress of a sharded run
+    analysis/<name>.parquet    one tidy table per analysis
+    analysis/summary.json
+
+Invariant: reading a table gives one row per key, whoever wrote it. Parts are written to a hidden
+temporary file and renamed, so a crash never leaves a half-written part visible; a key that is
+stored twice (a retried error row, a shard re-run after a crash) resolves to its successful row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audit.errors import RunDirError
+
+# Bump when a stored column changes meaning; readers check it before trusting a run.
+SCHEMA_VERSION = 1
+
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "generations": ("sample_id", "prompt_id"),
+    "classifications": ("sample_id", "task_id"),
+    "thumbnails": ("sample_id",),
+}
+
+MANIFEST = "manifest.json"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write bytes so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(payload, indent=2, sort_keys=False, default=str).encode())
+
+
+def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _is_error(frame: pd.DataFrame) -> pd.Series:
+    if "finish_reason" in frame:
+        return frame["finish_reason"].eq("error")
+    if "error" in frame:
+        return frame["error"].notna() & frame["error"].astype(str).ne("")
+    return pd.Series(False, index=frame.index)
+
+
+class RunStore:
+    """Reads and writes one run directory."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.root = Path(run_dir)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @classmethod
+    def open(cls, run_dir: str | Path) -> RunStore:
+        """An existing run directory; ``RunDirError`` if it is not one."""
+        store = cls(run_dir)
+        if not store.root.is_dir():
+            raise RunDirError(f"{store.root}: no such run directory")
+        if not (store.root / MANIFEST).is_file():
+            raise RunDirError(
+                f"{store.root}: not a run directory (no {MANIFEST}); "
+                "create one with 'audit run PROBE.yaml' or 'audit import'"
+            )
+        version = store.manifest().get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise RunDirError(
+                f"{store.root / MANIFEST}: schema_version {version!r} is not supported "
+                f"(this version of audit reads {SCHEMA_VERSION})"
+            )
+        return store
+
+    def clear(self) -> None:
+        """Remove every stored table of this run (``--fresh``); keeps nothing but the folder."""
+        if self.root.exists():
+            for child in self.root.iterdir():
+                if child.is_dir():
+                    shutil.rmtree(child)
+                else:
+                    child.unlink()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    # -- manifest --------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return (self.root / MANIFEST).is_file()
+
+    def manifest(self) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RunDirError(f"{self.root}: not a run directory (no {MANIFEST})") from None
+        except json.JSONDecodeError as error:
+            raise RunDirError(f"{path}: not valid JSON ({error})") from None
+
+    def write_manifest(self, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.root / MANIFEST, {"schema_version": SCHEMA_VERSION, **manifest})
+
+    def update_manifest(self, **fields: Any) -> dict[str, Any]:
+        manifest = {**self.manifest(), **fields}
+        self.write_manifest(manifest)
+        return manifest
+
+    # -- tables ----------------------------------------------------------------------------
+    def parts(self, table: str) -> list[Path]:
+        folder = self.root / table
+        if not folder.is_dir():
+            return []
+        return sorted(folder.glob("part-*.parquet"))
+
+    def append(self, table: str, frame: pd.DataFrame) -> Path | None:
+        """Store rows as a new part; returns its path (None for an empty frame)."""
+        if frame.empty:
+            return None
+        # Time first so parts sort in write order; the uuid keeps concurrent writers apart.
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        path = self.root / table / name
+        write_parquet_atomic(path, frame)
+        return path
+
+    def read(self, table: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
+        """All rows of a table, one per key (a successful row wins over an error row)."""
+        parts = self.parts(table)
+        if not parts:
+            return pd.DataFrame(columns=list(TABLE_KEYS.get(table, ())))
+        tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in parts]
+        frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+        keys = list(TABLE_KEYS.get(table, ()))
+        if not keys or not set(keys) <= set(frame.columns):
+            return frame
+        frame["_error"] = _is_error(frame)
+        frame["_order"] = range(len(frame))
+        frame = frame.sort_values(["_error", "_order"], kind="stable")
+        frame = frame.drop_duplicates(keys, keep="first").sort_values("_order", kind="stable")
+        return frame.drop(columns=["_error", "_order"]).reset_index(drop=True)
+
+    def done_keys(self, table: str) -> set[tuple[str, ...]]:
+        """Keys stored without error: a resumed run skips these and retries error rows."""
+        keys = list(TABLE_KEYS[table])
+        frame = self.read(table)
+        if frame.empty:
+            return set()
+        ok = frame[~_is_error(frame)]
+        return set(ok[keys].astype(str).itertuples(index=False, name=None))
+
+    def count(self, table: str) -> int:
+        return len(self.read(table, columns=TABLE_KEYS.get(table)))
+
+    # -- analysis outputs --------------------------------------------------------------------
+    def write_analysis(self, name: str, frame: pd.DataFrame) -> Path:
+        path = self.root / "analysis" / f"{name}.parquet"
+        write_parquet_atomic(path, frame)
+        return path
+
+    def read_analysis(self, name: str) -> pd.DataFrame:
+        path = self.root / "analysis" / f"{name}.parquet"
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing; run 'audit analyze {self.root}' first")
+        return pd.read_parquet(path)
+
+    def has_analysis(self, name: str) -> bool:
+        return (self.root / "analysis" / f"{name}.parquet").is_file()
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json_atomic(self.root / "analysis" / "summary.json", summary)
+
+    def read_summary(self) -> dict[str, Any]:
+        path = self.root / "analysis" / "summary.json"
+        if not path.is_file():
+            raise RunDirError(f"{path}: missing; run 'audit analyze {self.root}' first")
+        return json.loads(path.read_text())
