@@ -175,6 +175,17 @@ class RunStore:
         ok = frame[~_is_error(frame)]
         return set(ok[keys].astype(str).itertuples(index=False, name=None))
 
+    def compact(self, table: str) -> None:
+        """Merge a table's parts into one. Safe beside writers: the merged part is visible
+        before the old parts go, and reads resolve the overlap to one row per key."""
+        parts = self.parts(table)
+        if len(parts) < 2:
+            return
+        frame = self.read(table)
+        self.append(table, frame)
+        for part in parts:
+            part.unlink(missing_ok=True)
+
     def count(self, table: str) -> int:
         return len(self.read(table, columns=TABLE_KEYS.get(table)))
 

@@ -1,0 +1,233 @@
+"""One batch of work: images -> generations and label scores -> rows of the stored tables.
+
+A sample whose image cannot be loaded, or a request the model fails on, becomes an error row;
+the batch goes on. Only a failure of every request before anything succeeded is raised, since
+that is a broken model or setup rather than a bad sample.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from audit.backends.base import (
+    Backend,
+    Generation,
+    GenerationRequest,
+    GenerationSettings,
+    LabelScoreRequest,
+    LabelScores,
+)
+from audit.datasets.base import Sample
+from audit.spec import ClassificationTaskSpec, ProbeSpec, PromptSpec
+
+THUMBNAIL_PX = 96
+
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """A sample and what is still missing for it in the store."""
+
+    sample: Sample
+    prompts: tuple[PromptSpec, ...]
+    tasks: tuple[ClassificationTaskSpec, ...]
+    needs_thumbnail: bool
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.prompts) + len(self.tasks)
+
+
+@dataclass(frozen=True)
+class LoadedItem:
+    item: WorkItem
+    image: Image.Image | None
+    error: str | None
+
+
+@dataclass
+class BatchRows:
+    generations: list[dict[str, Any]] = field(default_factory=list)
+    classifications: list[dict[str, Any]] = field(default_factory=list)
+    thumbnails: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.generations) + len(self.classifications)
+
+    def extend(self, other: BatchRows) -> None:
+        self.generations += other.generations
+        self.classifications += other.classifications
+        self.thumbnails += other.thumbnails
+
+
+def describe_exception(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def load_item(item: WorkItem) -> LoadedItem:
+    try:
+        image = item.sample.load_image()
+        image.load()
+        return LoadedItem(item, image.convert("RGB"), None)
+    except Exception as error:  # any decoding problem is this sample's, not the run's
+        return LoadedItem(item, None, describe_exception(error))
+
+
+def thumbnail_jpeg(image: Image.Image) -> bytes:
+    small = image.copy()
+    small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+    buffer = io.BytesIO()
+    small.save(buffer, format="JPEG", quality=80)
+    return buffer.getvalue()
+
+
+class SystemicFailure(RuntimeError):
+    """Every request failed before anything succeeded: the model or setup is broken."""
+
+
+class BatchExecutor:
+    """Turns loaded items into stored rows with one backend."""
+
+    def __init__(
+        self, backend: Backend, spec: ProbeSpec, settings: GenerationSettings, model_id: str
+    ) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.settings = settings
+        self.model_id = model_id
+        self.any_success = False
+
+    def run(self, batch: Sequence[LoadedItem]) -> BatchRows:
+        rows = BatchRows()
+        for loaded in batch:
+            if loaded.image is not None and loaded.item.needs_thumbnail:
+                rows.thumbnails.append(
+                    {"sample_id": loaded.item.sample.sample_id, "jpeg": thumbnail_jpeg(loaded.image)}
+                )
+        for prompt in self.spec.prompts:
+            rows.generations += self._generate(prompt, batch)
+        for task in self.spec.classification:
+            rows.classifications += self._classify(task, batch)
+        return rows
+
+    # -- generation ------------------------------------------------------------------------
+    def _generate(self, prompt: PromptSpec, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
+        todo = [loaded for loaded in batch if prompt in loaded.item.prompts]
+        ok = [loaded for loaded in todo if loaded.image is not None]
+        requests = [GenerationRequest(loaded.image, prompt.text) for loaded in ok]  # type: ignore[arg-type]
+        results = self._call(lambda reqs: self.backend.generate(reqs, self.settings), requests)
+        by_id = {loaded.item.sample.sample_id: result for loaded, result in zip(ok, results)}
+        rows = []
+        for loaded in todo:
+            result = by_id.get(loaded.item.sample.sample_id, loaded.error)
+            rows.append(self._generation_row(loaded.item.sample, prompt, result))
+        return rows
+
+    def _generation_row(
+        self, sample: Sample, prompt: PromptSpec, result: Generation | str | None
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "sample_id": sample.sample_id,
+            "prompt_id": prompt.id,
+            "model_id": self.model_id,
+            **{axis: str(value) for axis, value in sample.groups.items()},
+            "prompt": prompt.text,
+        }
+        if isinstance(result, Generation):
+            return {
+                **row,
+                "generation": result.text,
+                "n_new_tokens": result.n_new_tokens,
+                "finish_reason": result.finish_reason,
+                "error": None,
+            }
+        return {
+            **row,
+            "generation": None,
+            "n_new_tokens": 0,
+            "finish_reason": "error",
+            "error": result or "unknown error",
+        }
+
+    # -- classification --------------------------------------------------------------------
+    def _classify(
+        self, task: ClassificationTaskSpec, batch: Sequence[LoadedItem]
+    ) -> list[dict[str, Any]]:
+        todo = [loaded for loaded in batch if task in loaded.item.tasks]
+        ok = [loaded for loaded in todo if loaded.image is not None]
+        continuations = tuple(task.continuation(text) for text in task.labels)
+        requests = [LabelScoreRequest(loaded.image, task.prefix, continuations) for loaded in ok]  # type: ignore[arg-type]
+        results = self._call(
+            lambda reqs: self.backend.score_labels(reqs, batch_size=self.settings.batch_size),
+            requests,
+        )
+        by_id = {loaded.item.sample.sample_id: result for loaded, result in zip(ok, results)}
+        return [
+            self._classification_row(
+                loaded.item.sample, task, by_id.get(loaded.item.sample.sample_id, loaded.error)
+            )
+            for loaded in todo
+        ]
+
+    def _classification_row(
+        self, sample: Sample, task: ClassificationTaskSpec, result: LabelScores | str | None
+    ) -> dict[str, Any]:
+        target = str(sample.groups[task.target])
+        row: dict[str, Any] = {
+            "sample_id": sample.sample_id,
+            "task_id": task.id,
+            "model_id": self.model_id,
+            **{axis: str(value) for axis, value in sample.groups.items()},
+            "target": target,
+        }
+        values = list(task.labels.values())
+        if not isinstance(result, LabelScores):
+            return {**row, "prediction": None, "correct": None, "error": result or "unknown error"}
+        best = max(range(len(values)), key=lambda i: result.logprob_sums[i])
+        row.update(prediction=values[best], correct=values[best] == target, error=None)
+        for value, score, count in zip(values, result.logprob_sums, result.n_tokens):
+            row[f"score_{value}"] = float(score)
+            row[f"n_tokens_{value}"] = int(count)
+        return row
+
+    # -- failure handling --------------------------------------------------------------------
+    def _call(
+        self, call: Callable[[list[Request]], list[Result]], requests: list[Request]
+    ) -> list[Result | str]:
+        """The whole batch at once; if it fails, one request at a time, failures as text."""
+        if not requests:
+            return []
+        try:
+            results: list[Result | str] = list(call(requests))
+        except Exception:  # retried one by one below, so a bad request cannot sink its batch
+            results = []
+            for request in requests:
+                try:
+                    results.append(call([request])[0])
+                except Exception as error:
+                    results.append(describe_exception(error))
+            if all(isinstance(r, str) for r in results) and not self.any_success:
+                raise SystemicFailure(
+                    f"every request of the first batch failed; first error: {results[0]}"
+                ) from None
+        self.any_success = self.any_success or any(not isinstance(r, str) for r in results)
+        return results
+
+
+def batched(items: Iterator[WorkItem], size: int) -> Iterator[list[WorkItem]]:
+    batch: list[WorkItem] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
