@@ -161,6 +161,10 @@ class ClassificationTaskSpec(StrictModel):
     def _two_labels(cls, value: dict[str, str]) -> dict[str, str]:
         if len(value) < 2:
             raise ValueError("give at least two candidate labels")
+        values = list(value.values())
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ValueError(f"each dataset value may have one label only; repeated: {repeated}")
         return value
 
     @property
