@@ -55,6 +55,8 @@ def run(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
     shard: Annotated[Optional[str], typer.Option(help="K/N: run the K-th of N shards (1-based).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete what the run directory holds and start over.")] = False,
+    flush_every: Annotated[int, typer.Option(help="Write a part every N rows (fewer lose less on a crash).")] = 512,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run a probe: dataset x prompts x model, stored as parquet in a run directory."""
     from audit.runner import RunOptions, run_probe_file
@@ -62,7 +64,7 @@ def run(
     try:
         options = RunOptions.from_cli(
             out=out, model=model, limit=limit, batch_size=batch_size, device=device,
-            shard=shard, fresh=fresh,
+            shard=shard, fresh=fresh, flush_rows=flush_every, progress=progress,
         )
         result = run_probe_file(probe, options)
     except AuditError as error:

@@ -49,6 +49,8 @@ class RunOptions:
             size = int(batch_size)
         if kwargs.get("limit") is not None and kwargs["limit"] < 1:
             raise AuditError(f"--limit: expected a positive integer, got {kwargs['limit']}")
+        if kwargs.get("flush_rows", 1) < 1:
+            raise AuditError(f"--flush-every: expected a positive integer, got {kwargs['flush_rows']}")
         chosen = Shard.parse(shard) if shard else Shard.from_env()
         return cls(shard=chosen, batch_size=size, **kwargs)
 
