@@ -1,19 +1,17 @@
-"""Every test runs offline with a temporary home, so nothing reaches or pollutes the hub cache."""
+"""Every test runs offline with a temporary hub cache, so nothing reaches or pollutes the real one.
+
+Set at import time: huggingface_hub and datasets read these variables when they are imported.
+"""
 
 from __future__ import annotations
 
 import os
+import tempfile
 
+_HOME = tempfile.mkdtemp(prefix="audit-tests-hf-home-")
+os.environ["HF_HOME"] = _HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(_HOME, "datasets")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    home = tmp_path_factory.getbasetemp() / "hf-home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(home / "datasets"))
