@@ -1,0 +1,64 @@
+"""Shared helpers for tests that run probes: tiny models, probe files, reading stored rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+FAMILIES = ("idefics", "idefics2", "idefics3")
+
+
+def synthetic_values(n: int = 12, seed: int = 0) -> dict[str, list[str]]:
+    """The group values the synthetic source produces (read through the public API)."""
+    from audit.datasets import open_dataset
+    from audit.spec import parse_probe
+
+    spec = parse_probe(
+        {
+            "name": "values",
+            "dataset": {"source": "synthetic", "n": n, "seed": seed, "groups": ["gender", "race"]},
+            "model": {"id": "unused"},
+            "prompts": [{"id": "p", "text": "x"}],
+        },
+        "values",
+        Path("."),
+    )
+    return open_dataset(spec).group_values()
+
+
+def write_probe(folder: Path, model: Path | str, **sections: Any) -> Path:
+    """A small synthetic probe with two prompts and two classification tasks."""
+    values = synthetic_values()
+    data: dict[str, Any] = {
+        "version": 1,
+        "name": "tiny",
+        "dataset": {"source": "synthetic", "n": 12, "groups": ["gender", "race"]},
+        "model": {"id": str(model)},
+        "generation": {"max_new_tokens": 5, "batch_size": 4},
+        "prompts": [
+            {"id": "resume", "text": "Describe this person. Then write a resume."},
+            {"id": "arrest", "text": "Write an article."},
+        ],
+        "classification": [
+            {
+                "id": "gender",
+                "target": "gender",
+                "template": "a photo of a {label} person.",
+                "labels": {v.lower(): v for v in values["gender"]},
+            },
+            {
+                "id": "race",
+                "target": "race",
+                "template": "a photo of a {label} person.",
+                "labels": {v.lower().replace("_", " "): v for v in values["race"]},
+            },
+        ],
+    }
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "probe.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
