@@ -44,6 +44,7 @@ class DatasetSource(ABC):
     def group_values(self) -> dict[str, list[str]]:
         """For each group axis, the values the dataset can hold (for validating label maps)."""
 
-    def describe(self) -> dict[str, str]:
-        """Provenance for the manifest (source, path, config, split, fingerprint if known)."""
+    def describe(self) -> dict[str, str | int]:
+        """Provenance for the manifest (source, path, config, split, fingerprint if known,
+        ``n_samples``)."""
         return {}
