@@ -63,8 +63,13 @@ class DetoxifyScorer(ToxicityScorer):
 
     @classmethod
     def load(
-        cls, name: str, checkpoint: Path | None, config_path: Path | None, device: str,
-        batch_size: int, model_type: str = "original",
+        cls,
+        name: str,
+        checkpoint: Path | None,
+        config_path: Path | None,
+        device: str,
+        batch_size: int,
+        model_type: str = "original",
     ) -> DetoxifyScorer:
         """Load a local checkpoint, or (``checkpoint`` None) download the named ``model_type``."""
         from detoxify import Detoxify
@@ -73,7 +78,8 @@ class DetoxifyScorer(ToxicityScorer):
             model = Detoxify(model_type=model_type, device=device)
         else:
             model = Detoxify(
-                checkpoint=checkpoint_source(checkpoint, config_path), device=device,
+                checkpoint=checkpoint_source(checkpoint, config_path),
+                device=device,
                 huggingface_config_path=str(config_path) if config_path else None,
             )
         return cls(name, model, batch_size)

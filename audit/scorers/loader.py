@@ -97,8 +97,12 @@ def _load_detoxify(
         raise ModelLoadError(_detoxify_download_hint(origin, target, url, checkpoint))
     try:
         return DetoxifyScorer.load(
-            spec.scorer, checkpoint if checkpoint.is_file() else None, config_path, device,
-            spec.batch_size, model_type=target,
+            spec.scorer,
+            checkpoint if checkpoint.is_file() else None,
+            config_path,
+            device,
+            spec.batch_size,
+            model_type=target,
         )
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         hint = (
@@ -129,7 +133,7 @@ def _detoxify_download_hint(origin: str, target: str, url: str, cached: Path) ->
     return (
         f"{origin}: {_KEY}: the detoxify '{target}' checkpoint is not on this machine and "
         f"cannot be downloaded offline. Download it where there is internet with "
-        f"'python -c \"import torch; torch.hub.load_state_dict_from_url(\\\"{url}\\\")\"' "
+        f'\'python -c "import torch; torch.hub.load_state_dict_from_url(\\"{url}\\")"\' '
         f"(it lands in {cached}), or set the scorer to 'detoxify:/path/to/checkpoint.ckpt'"
     )
 

@@ -50,8 +50,11 @@ class TextClassifierScorer(ToxicityScorer):
                     "config.id2label"
                 )
         self.labels = tuple(names[i] for i in self.columns)
-        limits = [_MAX_LENGTH, getattr(config, "max_position_embeddings", None),
-                  getattr(tokenizer, "model_max_length", None)]
+        limits = [
+            _MAX_LENGTH,
+            getattr(config, "max_position_embeddings", None),
+            getattr(tokenizer, "model_max_length", None),
+        ]
         self.max_length = min(int(limit) for limit in limits if limit)
 
     @classmethod
@@ -68,7 +71,10 @@ class TextClassifierScorer(ToxicityScorer):
         import torch
 
         inputs = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_length,
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
             return_tensors="pt",
         ).to(self.model.device)
         with torch.inference_mode():

@@ -87,9 +87,15 @@ def build_tiny_toxicity_classifier(out_dir: str | Path) -> Path:
     out = Path(out_dir)
     tokenizer = DistilBertTokenizer(vocab=_vocabulary(), model_max_length=_MAX_LENGTH)
     config = DistilBertConfig(
-        vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-        max_position_embeddings=_MAX_LENGTH, num_labels=2,
-        id2label={0: "not_toxic", 1: "toxic"}, label2id={"not_toxic": 0, "toxic": 1},
+        vocab_size=len(tokenizer),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=_MAX_LENGTH,
+        num_labels=2,
+        id2label={0: "not_toxic", 1: "toxic"},
+        label2id={"not_toxic": 0, "toxic": 1},
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -111,9 +117,14 @@ def build_tiny_detoxify_checkpoint(out_dir: str | Path) -> TinyDetoxify:
     base = out / "base"
     tokenizer = BertTokenizer(vocab=_vocabulary(), model_max_length=_MAX_LENGTH)
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=_MAX_LENGTH,
-        num_labels=len(DETOXIFY_CLASSES), problem_type="multi_label_classification",
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=_MAX_LENGTH,
+        num_labels=len(DETOXIFY_CLASSES),
+        problem_type="multi_label_classification",
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)

@@ -1,0 +1,270 @@
+"""`audit import`: locally built datasets with the published schemas -> run directories."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from audit.cli import app
+from audit.importer import M4_MODELS, M4_PROMPTS
+from audit.store import SCHEMA_VERSION, RunStore
+
+GENDERS = ["woman", "man"]
+ETHNICITIES = ["Black", "White", "East Asian"]
+AGES = ["20-29", "30-39", "40-49"]
+GENERATION_COLUMNS = [
+    "sample_id",
+    "prompt_id",
+    "model_id",
+    "prompt",
+    "generation",
+    "n_new_tokens",
+    "finish_reason",
+    "error",
+]
+
+
+def _jpeg(i: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 48), (i * 37 % 256, 90, 200 - i * 11 % 200)).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def m4_rows(n: int = 12, with_age: bool = True) -> dict[str, list]:
+    """Rows laid out as HuggingFaceM4/m4-bias-eval-*: one per image, a column per model x prompt."""
+    rows: dict[str, list] = {
+        "image": [{"bytes": _jpeg(i), "path": None} for i in range(n)],
+        "gender_phrase": [GENDERS[i % 2] for i in range(n)],
+        "ethnicity_phrase": [ETHNICITIES[i % 3] for i in range(n)],
+    }
+    if with_age:
+        rows["age_range"] = [AGES[i % 3] for i in range(n)]
+    for model in ("9B", "80B"):
+        for prompt in ("resume", "dating", "arrest"):
+            rows[f"{model}_{prompt}"] = [f"{model} {prompt} text for image {i}" for i in range(n)]
+    return rows
+
+
+def m4_dataset(n: int = 12, with_age: bool = True):
+    import datasets
+
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "gender_phrase": datasets.Value("string"),
+            "ethnicity_phrase": datasets.Value("string"),
+            **({"age_range": datasets.ClassLabel(names=AGES)} if with_age else {}),
+            **{
+                f"{m}_{p}": datasets.Value("string")
+                for m in ("9B", "80B")
+                for p in ("resume", "dating", "arrest")
+            },
+        }
+    )
+    return datasets.Dataset.from_dict(m4_rows(n, with_age), features=features)
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(app, ["import", *args])
+    return result
+
+
+def test_m4_preset_from_parquet(tmp_path: Path) -> None:
+    source = tmp_path / "m4-bias-eval-fair-face.parquet"
+    pd.DataFrame(m4_rows(12)).to_parquet(source)
+    result = invoke(str(source), "--preset", "m4-bias-eval", "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.output
+    dirs = sorted((tmp_path / "runs").iterdir())
+    assert [d.name for d in dirs] == [
+        "m4-bias-eval-fair-face-idefics-80b-instruct",
+        "m4-bias-eval-fair-face-idefics-9b-instruct",
+    ]
+    frames = {}
+    for run_dir, model_key in zip(dirs, ("80B", "9B"), strict=True):
+        store = RunStore.open(run_dir)
+        manifest = store.manifest()
+        assert manifest["schema_version"] == SCHEMA_VERSION
+        assert manifest["status"] == "imported"
+        assert manifest["group_axes"] == ["gender", "ethnicity", "age"]
+        assert manifest["model"]["id"] == M4_MODELS[model_key]
+        assert manifest["prompts"] == [{"id": p, "text": t} for p, t in M4_PROMPTS.items()]
+        assert manifest["rows"] == {"generations": 36, "classifications": 0, "errors": 0}
+        generations = store.read("generations")
+        assert list(generations.columns) == [
+            *GENERATION_COLUMNS[:3],
+            "gender",
+            "ethnicity",
+            "age",
+            *GENERATION_COLUMNS[3:],
+        ]
+        assert len(generations) == 36
+        assert not generations.duplicated(["sample_id", "prompt_id"]).any()
+        row = generations.set_index(["sample_id", "prompt_id"]).loc[
+            (f"{source}::train:7", "dating")
+        ]
+        assert row["generation"] == f"{model_key} dating text for image 7"
+        assert (row["gender"], row["ethnicity"], row["age"]) == ("man", "White", "30-39")
+        assert row["prompt"] == M4_PROMPTS["dating"]
+        thumbnails = store.read("thumbnails")
+        assert set(thumbnails["sample_id"]) == set(generations["sample_id"])
+        assert Image.open(io.BytesIO(thumbnails["jpeg"].iloc[0])).size == (40, 48)
+        frames[model_key] = generations
+    # Both models' runs name the same images the same way, so runs can be compared pairwise.
+    assert set(frames["9B"]["sample_id"]) == set(frames["80B"]["sample_id"])
+
+
+@pytest.mark.parametrize("layout", ["save_to_disk", "hub_folder"])
+def test_m4_preset_from_dataset_folders(tmp_path: Path, layout: str) -> None:
+    dataset = m4_dataset(9)
+    folder = tmp_path / "m4-bias-eval-stable-bias"
+    if layout == "save_to_disk":
+        dataset.save_to_disk(str(folder))
+    else:
+        (folder / "data").mkdir(parents=True)
+        dataset.to_parquet(str(folder / "data" / "train-00000-of-00001.parquet"))
+    result = invoke(str(folder), "--preset", "m4-bias-eval", "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 0, result.output
+    store = RunStore.open(tmp_path / "runs" / "m4-bias-eval-stable-bias-idefics-9b-instruct")
+    generations = store.read("generations")
+    assert len(generations) == 27
+    assert sorted(generations["age"].unique()) == AGES  # class labels stored as their names
+    assert store.count("thumbnails") == 9
+    assert store.manifest()["dataset"]["source"] == ("disk" if layout == "save_to_disk" else "hub")
+
+
+def test_reimport_adds_nothing_twice(tmp_path: Path) -> None:
+    source = tmp_path / "gens.parquet"
+    pd.DataFrame(m4_rows(6, with_age=False)).to_parquet(source)
+    out = tmp_path / "runs"
+    assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
+    run_dir = out / "gens-idefics-9b-instruct"
+    parts = RunStore(run_dir).parts("generations")
+    assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
+    store = RunStore.open(run_dir)
+    assert store.parts("generations") == parts
+    assert len(pq_rows(store, "generations")) == 18
+    assert len(pq_rows(store, "thumbnails")) == 6
+    # A bigger export of the same source adds only its new images.
+    pd.DataFrame(m4_rows(8, with_age=False)).to_parquet(source)
+    assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
+    assert len(pq_rows(store, "generations")) == 24
+    assert store.manifest()["rows"]["generations"] == 24
+    assert store.manifest()["group_axes"] == ["gender", "ethnicity"]
+
+
+def pq_rows(store: RunStore, table: str) -> pd.DataFrame:
+    """Every stored row of every part, duplicates included (what ``read`` would hide)."""
+    return pd.concat([pd.read_parquet(p) for p in store.parts(table)], ignore_index=True)
+
+
+def test_mapped_csv_one_run_per_model(tmp_path: Path) -> None:
+    rows = []
+    for model in ("org/model-a", "org/model-b"):
+        for image in range(4):
+            for prompt in ("job", "story"):
+                text = None if (model, image, prompt) == ("org/model-b", 2, "story") else "hi"
+                rows.append(
+                    {
+                        "img": f"face{image}",
+                        "task": prompt,
+                        "text": text,
+                        "who": model,
+                        "sex": GENDERS[image % 2],
+                        "question": f"Write a {prompt}.",
+                    }
+                )
+    source = tmp_path / "external.csv"
+    pd.DataFrame(rows).to_csv(source, index=False)
+    result = invoke(
+        str(source),
+        "--out",
+        str(tmp_path / "runs"),
+        "--map",
+        "sample_id=img",
+        "--map",
+        "prompt_id=task",
+        "--map",
+        "generation=text",
+        "--map",
+        "model_id=who",
+        "--map",
+        "prompt=question",
+        "--group",
+        "gender=sex",
+    )
+    assert result.exit_code == 0, result.output
+    store_a = RunStore.open(tmp_path / "runs" / "external-model-a")
+    store_b = RunStore.open(tmp_path / "runs" / "external-model-b")
+    a, b = store_a.read("generations"), store_b.read("generations")
+    assert len(a) == len(b) == 8
+    assert set(a["sample_id"]) == {f"face{i}" for i in range(4)}
+    assert a.loc[a["sample_id"].eq("face1"), "gender"].unique().tolist() == ["man"]
+    assert store_a.manifest()["prompts"] == [
+        {"id": "job", "text": "Write a job."},
+        {"id": "story", "text": "Write a story."},
+    ]
+    errors = b[b["finish_reason"].eq("error")]
+    assert errors[["sample_id", "prompt_id"]].values.tolist() == [["face2", "story"]]
+    assert store_b.manifest()["rows"]["errors"] == 1
+    assert store_a.count("thumbnails") == 0  # no image column: no thumbnails, no failure
+
+
+def test_single_prompt_file_with_prompt_id(tmp_path: Path) -> None:
+    source = tmp_path / "one.parquet"
+    pd.DataFrame({"generation": ["a", "b", "c"], "race": ["x", "y", None]}).to_parquet(source)
+    result = invoke(
+        str(source),
+        "--out",
+        str(tmp_path / "runs"),
+        "--prompt-id",
+        "resume",
+        "--group",
+        "race",
+        "--model-id",
+        "me/my-vlm",
+    )
+    assert result.exit_code == 0, result.output
+    generations = RunStore.open(tmp_path / "runs" / "one-my-vlm").read("generations")
+    assert generations["prompt_id"].tolist() == ["resume"] * 3
+    assert generations["sample_id"].tolist() == [f"{source}::train:{i}" for i in range(3)]
+    assert generations["race"].tolist() == ["x", "y", "(missing)"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["{tmp}/nope.parquet", "--preset", "m4-bias-eval"], "nope.parquet: no such file"),
+        (["{src}", "--preset", "m4-bias"], "unknown preset 'm4-bias'"),
+        (
+            ["{src}", "--map", "generation=txt", "--group", "gender_phrase", "--prompt-id", "p"],
+            "no column 'txt'",
+        ),
+        (["{src}", "--map", "words=9B_resume", "--group", "gender_phrase"], "unknown role 'words'"),
+        (
+            ["{src}", "--map", "generation=9B_resume", "--group", "sex", "--prompt-id", "p"],
+            "--group sex: no column 'sex'",
+        ),
+        (["{src}", "--map", "generation=9B_resume", "--group", "gender_phrase"], "--prompt-id"),
+        (["{tmp}/m4.csv", "--preset", "m4-bias-eval"], "no column 'gender_phrase'"),
+    ],
+)
+def test_bad_input_exits_2_naming_file_and_column(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    source = tmp_path / "src.parquet"
+    rows = m4_rows(3, with_age=False)
+    pd.DataFrame(rows).to_parquet(source)
+    pd.DataFrame({k: v for k, v in rows.items() if k not in {"image", "gender_phrase"}}).to_csv(
+        tmp_path / "m4.csv", index=False
+    )
+    filled = [a.format(tmp=tmp_path, src=source) for a in args]
+    result = invoke(*filled, "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 2, result.output
+    assert expected in result.output
+    assert filled[0] in result.output
+    assert "Traceback" not in result.output
