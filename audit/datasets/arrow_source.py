@@ -111,7 +111,7 @@ class ArrowSource(DatasetSource):
             for axis, column in self._dataset.groups.items()
         }
         if self._dataset.id_column:
-            sample_id = str(labels[self._dataset.id_column])
+            sample_id = self._label_text(self._dataset.id_column, labels[self._dataset.id_column])
         else:
             p = self._provenance
             sample_id = f"{p.get('path', '')}:{p.get('config', '')}:{p.get('split', '')}:{row}"

@@ -72,9 +72,9 @@ def draw_face(labels: Mapping[str, str], rng: random.Random, size: int = 64) -> 
     draw.ellipse(head, fill=skin)
     if age_step >= 1 and not (age_step >= 7 and gender == "Male" and rng.random() < 0.5):
         draw.chord((head[0] - 2, head[1] - 3, head[2] + 2, cy + 4), 180, 360, fill=hair)
-    _draw_features(draw, (cx, cy, half_w, half_h), gender, age_step, rng)
     if gender == "Male" and age_step >= 3 and rng.random() < 0.4:
         draw.chord((cx - half_w + 4, cy, cx + half_w - 4, cy + half_h + 2), 0, 180, fill=hair)
+    _draw_features(draw, (cx, cy, half_w, half_h), gender, age_step, rng)
     return image.resize((size, size), Image.Resampling.BILINEAR)
 
 

@@ -47,7 +47,8 @@ def open_hub(spec: ProbeSpec) -> ArrowSource:
             "Check the id's spelling, or log in with `hf auth login` for a gated dataset"
         ) from None
     except ValueError as error:
-        raise DatasetError(f"{_key_of(str(error))}: {path}: {error}") from None
+        message = " ".join(str(error).split())  # datasets' multi-line hints on one line
+        raise DatasetError(f"{_key_of(message)}: {path}: {message}") from None
     provenance = _provenance(spec, "hub", table)
     if location != path:
         provenance["resolved"] = location

@@ -139,25 +139,31 @@ def write_synthetic_parquet(path: Path, n: int, *, seed: int = 0, size: int = DE
 def write_synthetic_hub_folder(
     root: Path,
     *,
-    config: str = "1.25",
+    configs: tuple[str, ...] = ("1.25",),
     split: str = "validation",
     n: int = 56,
     seed: int = 0,
 ) -> Path:
-    """A local folder laid out like a hub dataset repository with one named config.
+    """A local folder laid out like a hub dataset repository, one parquet file per config.
 
-    ``load_dataset(str(root), config, split=split)`` reads it offline, as it would read
-    ``HuggingFaceM4/FairFace``; the README's YAML header declares the config's data files.
+    ``load_dataset(str(root), config, split=split)`` reads it offline as it would read
+    ``HuggingFaceM4/FairFace``; the README's YAML header declares each config's data files.
+    Config ``k`` of ``configs`` holds the synthetic images of seed ``seed + k``.
     """
     root = Path(root)
-    write_synthetic_parquet(root / config / f"{split}-00000-of-00001.parquet", n, seed=seed)
-    (root / "README.md").write_text(
-        "---\nconfigs:\n"
-        f'- config_name: "{config}"\n  data_files:\n'
-        f'  - split: {split}\n    path: "{config}/{split}-*"\n'
-        "---\n# Synthetic faces (cartoons drawn in code, not real people)\n",
-        encoding="utf-8",
-    )
+    header = ["---", "configs:"]
+    for offset, config in enumerate(configs):
+        write_synthetic_parquet(
+            root / config / f"{split}-00000-of-00001.parquet", n, seed=seed + offset
+        )
+        header += [
+            f'- config_name: "{config}"',
+            "  data_files:",
+            f"  - split: {split}",
+            f'    path: "{config}/{split}-*"',
+        ]
+    header += ["---", "# Synthetic faces (cartoons drawn in code, not real people)", ""]
+    (root / "README.md").write_text("\n".join(header), encoding="utf-8")
     return root
 
 
