@@ -27,7 +27,7 @@ from audit.datasets.synthetic import (
     write_synthetic_parquet,
 )
 from audit.errors import DatasetError
-from audit.spec import ProbeSpec, parse_probe
+from audit.spec import ProbeSpec, check_labels, load_probe, parse_probe
 
 AXES = ["gender", "race", "age"]
 
@@ -291,3 +291,18 @@ def test_synthetic_is_balanced_deterministic_and_image_sensitive() -> None:
     assert mean["Black"] + 60 < mean["Indian"] + 30 < mean["White"]
     with pytest.raises(DatasetError, match=r"dataset\.groups\.skin: column 'skin' not found"):
         open_dataset(probe(Path("."), source="synthetic", groups=["skin"]))
+
+
+def test_fairface_probe_runs_on_the_synthetic_lookalikes(hub_folder: Path) -> None:
+    """The shipped FairFace probe's labels all name values the synthetic sources can hold."""
+    shipped = load_probe(Path(__file__).resolve().parents[1] / "probes" / "fairface.yaml")
+    assert shipped.dataset.config == "1.25" and shipped.classification
+    lookalikes = {
+        "hub folder": {"path": str(hub_folder)},
+        "synthetic": {"source": "synthetic", "path": None, "config": None},
+    }
+    for name, change in lookalikes.items():
+        spec = shipped.model_copy(update={"dataset": shipped.dataset.model_copy(update=change)})
+        source = open_dataset(spec)
+        check_labels(spec, source.group_values(), name)  # raises ProbeError on an unknown value
+        assert set(next(source.samples()).groups) == set(shipped.dataset.groups)

@@ -29,6 +29,7 @@ class FairFaceCsvSource(DatasetSource):
 
     def __init__(self, spec: ProbeSpec) -> None:
         dataset = spec.dataset
+        self._path, self._labels_csv = str(dataset.path), str(dataset.labels_csv)
         self._root = spec.resolve_path(str(dataset.path))
         self._csv = spec.resolve_path(str(dataset.labels_csv))
         if not self._root.is_dir():
@@ -89,8 +90,10 @@ class FairFaceCsvSource(DatasetSource):
     def describe(self) -> dict[str, str | int]:
         return {
             "source": "fairface_csv",
-            "path": str(self._root),
-            "labels_csv": str(self._csv),
+            "path": self._path,
+            "labels_csv": self._labels_csv,
+            "resolved": str(self._root),
+            "resolved_labels_csv": str(self._csv),
             "n_rows": len(self._records),
             "n_samples": self._n,
         }

@@ -28,9 +28,9 @@ def open_hub(spec: ProbeSpec) -> ArrowSource:
     dataset = spec.dataset
     path = str(dataset.path)
     local = spec.resolve_path(path)
-    location = str(local) if local.exists() else path
-    if location == path and _looks_local(path):
+    if not local.exists() and _looks_local(path):
         raise DatasetError(f"dataset.path: folder {local} does not exist {_RELATIVE_HINT}")
+    location = str(local) if local.exists() else path
     try:
         table = datasets.load_dataset(
             location, dataset.config, split=dataset.split, revision=dataset.revision
@@ -50,8 +50,8 @@ def open_hub(spec: ProbeSpec) -> ArrowSource:
         message = " ".join(str(error).split())  # datasets' multi-line hints on one line
         raise DatasetError(f"{_key_of(message)}: {path}: {message}") from None
     provenance = _provenance(spec, "hub", table)
-    if location != path:
-        provenance["resolved"] = location
+    if local.exists():
+        provenance["resolved"] = str(local)
     return ArrowSource(table, dataset, provenance, image_root=local if local.exists() else None)
 
 
