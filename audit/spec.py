@@ -231,20 +231,11 @@ class ProbeSpec(StrictModel):
     probe_dir: str = "."
     """Set on load: the folder relative paths are resolved from."""
 
-    @model_validator(mode="before")
-    @classmethod
-    def _lists_not_empty(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in ("prompts", "classification"):
-                if key in data and not data[key]:
-                    raise ValueError(f"'{key}' is empty: give at least one entry or leave it out")
-            if not data.get("prompts") and not data.get("classification"):
-                raise ValueError("give at least one of 'prompts' or 'classification'")
-        return data
-
     @field_validator("prompts", "classification")
     @classmethod
     def _unique_ids(cls, items: list[Any]) -> list[Any]:
+        if not items:  # only reached when the key is given: a default is not validated
+            raise ValueError("is empty: give at least one entry or leave the key out")
         seen: set[str] = set()
         for item in items:
             if item.id in seen:
@@ -254,6 +245,8 @@ class ProbeSpec(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> ProbeSpec:
+        if not self.prompts and not self.classification:
+            raise ValueError("give at least one of 'prompts' or 'classification'")
         for task in self.classification:
             if task.target not in self.dataset.groups:
                 raise ValueError(

@@ -65,7 +65,7 @@ def test_empty_prompts_and_duplicate_ids(tmp_path: Path) -> None:
     assert code == 2 and f"{probe}: prompts: id 'a' is used twice" in output
     probe.write_text("name: x\ndataset: {source: synthetic, groups: [gender]}\nmodel: {id: m}\nprompts: []\n")
     code, output = invoke("validate", str(probe))
-    assert code == 2 and "'prompts' is empty" in output
+    assert code == 2 and f"{probe}: prompts: is empty" in output
 
 
 def test_label_that_maps_to_no_dataset_value(model: Path, tmp_path: Path) -> None:
