@@ -1,0 +1,170 @@
+"""Where a model's files are, what family it is, and how to load it onto a device.
+
+Every way a load can fail for a user reason (missing folder, offline without a cached copy,
+unsupported family, remote code not allowed) becomes a ``ModelLoadError`` that says what to do.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from audit.errors import ModelLoadError
+from audit.spec import ModelSpec
+
+_TRUTHY = {"1", "on", "yes", "true"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A resolved model location and its config (read at once: it is small)."""
+
+    location: str
+    is_local: bool
+    spec: ModelSpec
+    config: Any
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.model_type)
+
+    @property
+    def revision(self) -> str | None:
+        """The hub commit actually used; None for a local folder."""
+        if self.is_local:
+            return None
+        return getattr(self.config, "_commit_hash", None) or self.spec.revision
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """Weights and processor on their device."""
+
+    model: Any
+    processor: Any
+    device: str
+    dtype: Any
+
+
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` (or its transformers alias) forbids network calls."""
+    return any(
+        os.environ.get(name, "").strip().lower() in _TRUTHY
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _looks_local(location: str) -> bool:
+    return (
+        Path(location).expanduser().exists()
+        or location.startswith((".", "~", os.sep))
+        or (os.altsep is not None and os.altsep in location)
+        or location.count("/") > 1
+    )
+
+
+def _hub_kwargs(checkpoint_spec: ModelSpec, is_local: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": checkpoint_spec.trust_remote_code}
+    if not is_local and checkpoint_spec.revision:
+        kwargs["revision"] = checkpoint_spec.revision
+    return kwargs
+
+
+def _explain_failure(location: str, spec: ModelSpec, is_local: bool, error: Exception) -> str:
+    text = str(error)
+    if "trust_remote_code" in text:
+        return (
+            f"model {location} ships its own code; set 'model.trust_remote_code: true' in the "
+            "probe only if you trust that repository"
+        )
+    if not is_local and hub_offline():
+        return (
+            f"model {location} is not in the local cache and HF_HUB_OFFLINE is set: download it "
+            f"first with `huggingface-cli download {location}` or pass a local folder (there is "
+            f"no folder named {location} either)"
+        )
+    if not is_local:
+        revision = f" at revision {spec.revision}" if spec.revision else ""
+        return (
+            f"model {location}{revision} could not be loaded from the hub: {text.splitlines()[0]}"
+        )
+    return f"model folder {location} could not be loaded: {text.splitlines()[0]}"
+
+
+def open_checkpoint(location: str, spec: ModelSpec) -> Checkpoint:
+    """Resolve ``location`` (a local folder or a hub id) and read its config."""
+    from transformers import AutoConfig
+
+    is_local = _looks_local(location)
+    if is_local:
+        folder = Path(location).expanduser()
+        if not folder.exists():
+            raise ModelLoadError(f"model folder {location} does not exist")
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"{location} is not a model folder: it has no config.json (expected a folder "
+                "written by save_pretrained, or a hub id such as HuggingFaceM4/idefics-9b-instruct)"
+            )
+        location = str(folder)
+    try:
+        config = AutoConfig.from_pretrained(location, **_hub_kwargs(spec, is_local))
+    except (OSError, ValueError, KeyError) as error:
+        if "model_type" in str(error) or isinstance(error, KeyError):
+            raise ModelLoadError(
+                f"model {location}: unsupported model type ({str(error).splitlines()[0]})"
+            ) from None
+        raise ModelLoadError(_explain_failure(location, spec, is_local, error)) from None
+    return Checkpoint(location=location, is_local=is_local, spec=spec, config=config)
+
+
+def choose_device(requested: str) -> str:
+    """``auto`` is CUDA when torch sees a GPU, else CPU; an unusable request is a user error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"device '{requested}' was asked for, but torch sees no CUDA device")
+    return requested
+
+
+def choose_dtype(requested: str, device: str) -> Any:
+    """``auto`` is bfloat16 on CUDA and float32 elsewhere (CPU bfloat16 is slow and lossy)."""
+    import torch
+
+    if requested == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, requested)
+
+
+def load_checkpoint(checkpoint: Checkpoint) -> LoadedModel:
+    """Load processor and weights (``device_map="auto"`` when the probe asks for it)."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    spec = checkpoint.spec
+    device = choose_device(spec.device)
+    dtype = choose_dtype(spec.dtype, device)
+    kwargs = _hub_kwargs(spec, checkpoint.is_local)
+    try:
+        processor = AutoProcessor.from_pretrained(checkpoint.location, **kwargs)
+        if spec.device_map == "auto":
+            model = AutoModelForImageTextToText.from_pretrained(
+                checkpoint.location, dtype=dtype, device_map="auto", **kwargs
+            )
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(
+                checkpoint.location, dtype=dtype, **kwargs
+            ).to(device)
+    except (OSError, ValueError) as error:
+        if "Unrecognized" in str(error) or "model type" in str(error):
+            raise ModelLoadError(
+                f"model {checkpoint.location}: type '{checkpoint.model_type}' cannot be loaded as "
+                f"an image-text-to-text model ({str(error).splitlines()[0]})"
+            ) from None
+        raise ModelLoadError(
+            _explain_failure(checkpoint.location, spec, checkpoint.is_local, error)
+        ) from None
+    model.eval()
+    return LoadedModel(model=model, processor=processor, device=str(model.device), dtype=dtype)

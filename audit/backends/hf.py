@@ -1,0 +1,186 @@
+"""What every transformers-based backend shares: lazy loading, batched generation, scoring.
+
+A family module (``idefics``, ``chat``) only says how a prompt is laid out and encoded; the
+batching, sorting, out-of-memory back-off, decoding and scoring live here once.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from audit.backends.base import (
+    Backend,
+    BackendInfo,
+    Generation,
+    GenerationRequest,
+    GenerationSettings,
+    LabelScoreRequest,
+    LabelScores,
+    PreamblePart,
+)
+from audit.backends.batching import length_order, map_in_batches, restore_order
+from audit.backends.checkpoint import Checkpoint, LoadedModel, load_checkpoint
+from audit.backends.generation import TokenRoles, ensure_pad_token, run_generate, token_roles
+from audit.backends.prompt import Prompt
+from audit.backends.scoring import (
+    ScoringMethod,
+    prepare_jobs,
+    score_plain,
+    score_shared_prefix,
+)
+
+
+@contextmanager
+def _seeded(seed: int, device: str) -> Iterator[None]:
+    """Seed sampling without disturbing the caller's random state."""
+    import torch
+
+    devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+class HFBackend(Backend):
+    """A transformers image-text model; subclasses lay out and encode prompts."""
+
+    #: ``config.model_type`` values on which prefix-shared label scoring is verified by tests.
+    prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, checkpoint: Checkpoint, preamble: Sequence[PreamblePart] = ()) -> None:
+        self._checkpoint = checkpoint
+        self._preamble = tuple(preamble)
+        self._loaded: LoadedModel | None = None
+        self._roles: TokenRoles | None = None
+
+    # -- loading -------------------------------------------------------------------------
+    def _load(self) -> LoadedModel:
+        if self._loaded is None:
+            loaded = load_checkpoint(self._checkpoint)
+            self._check_processor(loaded.processor)
+            ensure_pad_token(loaded.processor.tokenizer)
+            self._roles = token_roles(loaded.processor, loaded.model)
+            self._loaded = loaded
+        return self._loaded
+
+    def _check_processor(self, processor: Any) -> None:
+        """Refuse a processor this family cannot drive (raise ``ModelLoadError``)."""
+
+    @property
+    def model(self) -> Any:
+        """The loaded transformers model (loads it on first access)."""
+        return self._load().model
+
+    @property
+    def processor(self) -> Any:
+        """The loaded processor (loads it on first access)."""
+        return self._load().processor
+
+    @property
+    def roles(self) -> TokenRoles:
+        """Stop, banned and pad token ids used in generation."""
+        self._load()
+        assert self._roles is not None
+        return self._roles
+
+    def info(self) -> BackendInfo:
+        import transformers
+
+        loaded = self._load()
+        extra: dict[str, Any] = {"transformers_version": transformers.__version__}
+        device_map = getattr(loaded.model, "hf_device_map", None)
+        if device_map:
+            extra["device_map"] = {str(k): str(v) for k, v in device_map.items()}
+        return BackendInfo(
+            backend=self.name,
+            model_id=self._checkpoint.spec.id,
+            model_type=self._checkpoint.model_type,
+            revision=self._checkpoint.revision,
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            device=loaded.device,
+            image_processor=type(loaded.processor.image_processor).__name__,
+            extra=extra,
+        )
+
+    # -- family hooks --------------------------------------------------------------------
+    @abstractmethod
+    def generation_prompt(self, image: Image.Image, prompt: str) -> Prompt:
+        """The preamble, the image and the open-ended prompt, ending where the answer starts."""
+
+    @abstractmethod
+    def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt:
+        """The preamble and the image in the user turn, then ``answer`` as the answer's start."""
+
+    @abstractmethod
+    def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
+        """Processor output for a batch, padded on ``padding_side``, on the model's device."""
+
+    def text_ids(self, prompt: Prompt) -> list[int]:
+        """Token ids of ``prompt.text`` with image placeholders left unexpanded."""
+        tokenizer = self.processor.tokenizer
+        return list(tokenizer(prompt.text, add_special_tokens=prompt.add_special_tokens).input_ids)
+
+    def continuation_inputs(
+        self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
+    ) -> dict[str, Any]:
+        """Extra model inputs for label tokens run against a cached prefix (none by default)."""
+        return {}
+
+    def _to_model(self, inputs: Any) -> Any:
+        loaded = self._load()
+        return inputs.to(device=loaded.model.device, dtype=loaded.dtype)
+
+    # -- the Backend interface -----------------------------------------------------------
+    def generate(
+        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+    ) -> list[Generation]:
+        """Batched generation, longest prompts first, results in request order."""
+        loaded = self._load()
+        prompts = [self.generation_prompt(r.image, r.prompt) for r in requests]
+        order = length_order([self._length_key(p) for p in prompts])
+        with _seeded(settings.seed, loaded.device):
+            results = map_in_batches(
+                [prompts[i] for i in order],
+                settings.batch_size,
+                lambda batch: run_generate(
+                    loaded.model,
+                    loaded.processor.tokenizer,
+                    self.encode(batch, "left"),
+                    settings,
+                    self.roles,
+                ),
+            )
+        return restore_order(order, results)
+
+    def _length_key(self, prompt: Prompt) -> int:
+        pixels = sum(image.width * image.height for image in prompt.images)
+        # Text tokens first; image size breaks ties (Idefics3: more pixels, more tiles).
+        return len(self.text_ids(prompt)) * 10**9 + min(pixels, 10**9 - 1)
+
+    def score_labels(
+        self,
+        requests: Sequence[LabelScoreRequest],
+        batch_size: int = 16,
+        *,
+        method: ScoringMethod = "auto",
+    ) -> list[LabelScores]:
+        """Summed log-likelihood of each continuation; ``batch_size`` requests per pass.
+
+        ``method="auto"`` shares the prompt's prefill across labels where that is verified for
+        the model type, and otherwise runs one sequence per label (``"plain"``).
+        """
+        self._load()
+        jobs = prepare_jobs(self, requests)
+        if method == "auto":
+            shared = self._checkpoint.model_type in self.prefix_sharing_model_types
+            method = "shared_prefix" if shared else "plain"
+        if method == "shared_prefix":
+            return score_shared_prefix(self, jobs, batch_size)
+        if method == "plain":
+            return score_plain(self, jobs, batch_size)
+        raise ValueError(f"unknown scoring method {method!r}")

@@ -1,0 +1,101 @@
+"""IDEFICS v1 (``model_type: idefics``): interleaved prompt lists of strings and images.
+
+The instruct format is ``["User:", image, "<text><end_of_utterance>", "\\nAssistant:"]``, with the
+probe's preamble interleaved in front. The v1 processor is called as
+``processor(text=[parts, ...], add_end_of_utterance_token=False)``: its first positional argument
+is now ``images``, and it no longer adds ``<end_of_utterance>`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from PIL import Image
+
+from audit.backends.hf import HFBackend
+from audit.backends.prompt import Prompt, as_rgb
+
+_FAKE = "<fake_token_around_image>"
+_IMAGE = "<image>"
+
+
+class IdeficsBackend(HFBackend):
+    """IDEFICS v1 (idefics-9b, idefics-80b and their instruct versions)."""
+
+    name: ClassVar[str] = "idefics"
+    model_types: ClassVar[tuple[str, ...]] = ("idefics",)
+    prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics",)
+
+    def _preamble_parts(self) -> list[str | Image.Image]:
+        parts: list[str | Image.Image] = []
+        for part in self._preamble:
+            if part.image is not None:
+                parts.append(as_rgb(part.image))
+            elif part.text is not None:
+                parts.append(part.text)
+        return parts
+
+    def _prompt(self, parts: list[str | Image.Image]) -> Prompt:
+        images = tuple(p for p in parts if isinstance(p, Image.Image))
+        return Prompt(
+            text=self._render(parts), images=images, parts=tuple(parts), add_special_tokens=False
+        )
+
+    def _render(self, parts: Sequence[str | Image.Image]) -> str:
+        """The string the v1 processor tokenizes for ``parts`` (mirrors its layout rules)."""
+        text = str(self.processor.tokenizer.bos_token)
+        last_was_image = False
+        for part in parts:
+            if isinstance(part, str):
+                text += part.strip(" ")
+                last_was_image = False
+            else:
+                text += f"{_IMAGE}{_FAKE}" if last_was_image else f"{_FAKE}{_IMAGE}{_FAKE}"
+                last_was_image = True
+        return text
+
+    def generation_prompt(self, image: Image.Image, prompt: str) -> Prompt:
+        return self._prompt(
+            [
+                *self._preamble_parts(),
+                "User:",
+                as_rgb(image),
+                f"{prompt}<end_of_utterance>",
+                "\nAssistant:",
+            ]
+        )
+
+    def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt:
+        return self._prompt(
+            [
+                *self._preamble_parts(),
+                "User:",
+                as_rgb(image),
+                "<end_of_utterance>",
+                f"\nAssistant:{answer}",
+            ]
+        )
+
+    def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
+        inputs = self.processor(
+            text=[list(p.parts) for p in prompts],
+            add_end_of_utterance_token=False,
+            padding="longest",
+            padding_side=padding_side,
+            return_tensors="pt",
+        )
+        return self._to_model(inputs)
+
+    def continuation_inputs(
+        self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
+    ) -> dict[str, Any]:
+        """Label tokens attend to the last image, like the tokens ``generate`` appends."""
+        image_mask = prefix_inputs["image_attention_mask"][rows][:, -1:, :]
+        states = prefix_output.image_hidden_states[rows]
+        key = (
+            "perceiver_embeddings"
+            if self.model.config.use_resampler
+            else "image_encoder_embeddings"
+        )
+        return {"image_attention_mask": image_mask.expand(-1, width, -1), key: states}
