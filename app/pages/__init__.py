@@ -1,0 +1,1 @@
+"""Dashboard pages (Streamlit lists every ``*.py`` here except this file)."""

@@ -1,0 +1,1 @@
+"""What the report and the dashboard share: loading run directories, formatting, figures."""

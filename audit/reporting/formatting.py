@@ -1,0 +1,118 @@
+"""How numbers and untrusted text are written into the report and the dashboard.
+
+Every estimate is written with its 95% interval and sample size; a value marked "insufficient
+data" (or missing) is written as words, never as ``nan``. Text that comes from a model or a
+dataset is escaped for the medium it lands in (``escape_markdown`` here; Jinja's autoescape for
+HTML).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+INSUFFICIENT = "insufficient data"
+NOT_ANALYSED = "not analysed"
+
+
+class MarkdownText(str):
+    """Markdown written by the report itself (formatted numbers, table rules): not escaped."""
+
+
+def is_missing(value: Any) -> bool:
+    """True for None, NaN, pandas NA and empty strings."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    try:
+        return bool(math.isnan(value))
+    except (TypeError, ValueError):
+        return value.__class__.__name__ in {"NAType", "NaTType"}
+
+
+def format_number(value: Any, percent: bool = False, digits: int = 3) -> str:
+    """``0.523`` or ``52.3%``; ``—`` for a missing value."""
+    if is_missing(value):
+        return "—"
+    number = float(value)
+    if percent:
+        return f"{100 * number:.1f}%"
+    magnitude = abs(number)
+    if number != 0 and (magnitude >= 1e5 or magnitude < 10**-digits):
+        return f"{number:.{digits - 1}e}"
+    return f"{number:.1f}" if magnitude >= 100 else f"{number:.{digits}f}"
+
+
+def format_interval(low: Any, high: Any, percent: bool = False) -> str:
+    """``[0.41, 0.63]``, or empty when the interval is not defined."""
+    if is_missing(low) or is_missing(high):
+        return ""
+    return f"[{format_number(low, percent)}, {format_number(high, percent)}]"
+
+
+def format_count(n: Any) -> str:
+    if is_missing(n):
+        return "n=?"
+    return f"n={int(n):,}"
+
+
+def format_estimate(row: Any, percent: bool = False) -> str:
+    """``0.523 [0.41, 0.63], n=120`` from a row with value/ci_low/ci_high/n/note."""
+    note = str(_get(row, "note") or "").strip()
+    value = _get(row, "value")
+    count = format_count(_get(row, "n"))
+    if note == INSUFFICIENT or is_missing(value):
+        return f"{note or INSUFFICIENT} ({count})"
+    interval = format_interval(_get(row, "ci_low"), _get(row, "ci_high"), percent)
+    text = format_number(value, percent)
+    text = f"{text} {interval}" if interval else text
+    suffix = f"; {note}" if note else ""
+    return f"{text}, {count}{suffix}"
+
+
+def format_p(value: Any) -> str:
+    """p- and q-values: ``0.012``, ``<0.001``, or ``—``."""
+    if is_missing(value):
+        return "—"
+    number = float(value)
+    return "<0.001" if number < 0.001 else f"{number:.3f}"
+
+
+def _get(row: Any, key: str) -> Any:
+    return row.get(key) if hasattr(row, "get") else getattr(row, key, None)
+
+
+# Markdown punctuation that can start markup (links, emphasis, code, tables, raw HTML, headings).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|~&$])")
+_WHITESPACE = re.compile(r"\s+")
+
+
+def escape_markdown(text: Any) -> str:
+    """Untrusted text made inert in Markdown: one line, every markup character backslashed.
+
+    CommonMark and GitHub render a backslash-escaped ASCII punctuation character as itself, so
+    ``<script>`` stays text, ``[x](javascript:...)`` is no link and ``|`` cannot end a table cell.
+    """
+    if is_missing(text):
+        return ""
+    flat = _WHITESPACE.sub(" ", str(text)).strip()
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+
+
+def markdown_finalize(value: Any) -> str:
+    """Jinja ``finalize`` for Markdown templates: escape everything not marked ``MarkdownText``."""
+    if isinstance(value, MarkdownText):
+        return str(value)
+    if value is None:
+        return ""
+    return escape_markdown(value)
+
+
+def shorten(text: Any, limit: int = 300) -> str:
+    """Untrusted text cut to ``limit`` characters on one line (still to be escaped)."""
+    if is_missing(text):
+        return ""
+    flat = _WHITESPACE.sub(" ", str(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"

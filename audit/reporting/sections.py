@@ -1,0 +1,185 @@
+"""The report's sections, built from loaded runs (one or several, side by side)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from audit.reporting.blocks import (
+    Block,
+    RunTables,
+    Section,
+    estimate_cell,
+    is_percent,
+    metric_blocks,
+    p_cell,
+)
+from audit.reporting.card_table import card_cells
+from audit.reporting.figures import confusion_heatmap, group_bars
+from audit.reporting.formatting import MarkdownText, format_number, is_missing
+from audit.reporting.run_data import RunData
+from audit.reporting.term_sections import terms_section
+
+
+def _axes(runs: Sequence[RunData]) -> list[str]:
+    return list(dict.fromkeys(axis for run in runs for axis in run.group_axes))
+
+
+def _tables(runs: Sequence[RunData], name: str) -> RunTables:
+    return [(run.label, table) for run in runs if (table := run.table(name)) is not None]
+
+
+def _bars(runs: RunTables, title: str, metric: str) -> go.Figure:
+    return group_bars(runs, title, metric, percent=is_percent(metric))
+
+
+def _missing(key: str, title: str) -> Section:
+    return Section(key=key, title=title, missing=True)
+
+
+def findings_section(runs: Sequence[RunData]) -> Section:
+    """Headline findings from each run's ``summary.json``."""
+    if all(run.summary is None for run in runs):
+        return _missing("findings", "Headline findings")
+    rows = []
+    for run in runs:
+        for finding in (run.summary or {}).get("findings", []) or []:
+            item = finding.get("prompt_id") or finding.get("task_id") or ""
+            rows.append([
+                run.label, str(finding.get("analysis", "")), str(item),
+                str(finding.get("axis", "")), str(finding.get("headline", "")),
+                estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
+                p_cell(finding.get("q_value", finding.get("p_value"))),
+            ])
+    columns = ["run", "analysis", "prompt / task", "axis", "finding", "estimate [95% CI], n", "q (p)"]
+    if len(runs) == 1:
+        columns, rows = columns[1:], [row[1:] for row in rows]
+    caption = "" if rows else "No finding passed the significance thresholds."
+    return Section(key="findings", title="Headline findings",
+                   blocks=[Block(title="", columns=columns, rows=rows, caption=caption)])
+
+
+def classification_section(runs: Sequence[RunData]) -> Section:
+    """The card's accuracy (std) table, then accuracy per group and intersection."""
+    tables = _tables(runs, "classification")
+    if not tables:
+        return _missing("classification", "Zero-shot classification accuracy")
+    card = _card_block(tables)
+    blocks = [card, *metric_blocks(tables, _axes(runs), _bars)]
+    blocks.extend(_confusion_blocks(runs))
+    return Section(
+        key="classification", title="Zero-shot classification accuracy", blocks=blocks,
+        intro="Accuracy of ranking the candidate labels by log-likelihood, per group, "
+              "with Wilson 95% intervals.",
+    )
+
+
+def _card_block(tables: RunTables) -> Block:
+    per_run = {label: {c.task_id: c for c in card_cells(frame)} for label, frame in tables}
+    tasks = list(dict.fromkeys(task for cells in per_run.values() for task in cells))
+    rows = []
+    for label, cells in per_run.items():
+        row: list[str] = [label]
+        for task in tasks:
+            cell = cells.get(task)
+            row.append(MarkdownText(cell.text() if cell else "—"))
+            row.append(MarkdownText(format_number(cell.noise_std, percent=True)
+                                    if cell and cell.noise_std is not None else "—"))
+        rows.append(row)
+    columns = ["run"]
+    for task in tasks:
+        columns += [f"{task} acc. (std)", f"{task} noise std"]
+    return Block(
+        title="Accuracy (std), in the model card's layout", columns=columns, rows=rows,
+        caption="Accuracy in %; std: population std (ddof=0) of the accuracies of the gender × race "
+                "cells (of the first intersection when a run has no gender × race). "
+                "Noise std: the std that binomial sampling noise alone would give at these cell "
+                "sizes if every cell had the overall accuracy.",
+    )
+
+
+def _confusion_blocks(runs: Sequence[RunData]) -> list[Block]:
+    blocks = []
+    for run in runs:
+        table = run.table("confusion")
+        if table is None or table.empty:
+            continue
+        for task_id, rows in table.groupby("task_id", sort=True):
+            if "axis" in rows:
+                rows = rows[rows["axis"].astype(str).eq("all")] if rows["axis"].eq("all").any() else rows
+            counts = rows.pivot_table(index="target", columns="prediction", values="count",
+                                      aggfunc="sum", fill_value=0)
+            title = f"{run.label} · {task_id} · confusion matrix"
+            blocks.append(Block(
+                title=title, columns=["true \\ predicted", *map(str, counts.columns)],
+                rows=[[str(i), *[MarkdownText(str(int(v))) for v in counts.loc[i]]]
+                      for i in counts.index],
+                figure=confusion_heatmap(counts, title), html_only=True,
+            ))
+    return blocks
+
+
+def per_group_section(runs: Sequence[RunData], name: str, title: str, intro: str) -> Section:
+    """A generation analysis shown as one table (and bar chart) per prompt and metric."""
+    tables = _tables(runs, name)
+    if not tables:
+        return _missing(name, title)
+    return Section(key=name, title=title, blocks=metric_blocks(tables, _axes(runs), _bars),
+                   intro=intro)
+
+
+def leakage_section(runs: Sequence[RunData]) -> Section:
+    """How well the group can be predicted from the text alone, against chance."""
+    tables = _tables(runs, "leakage")
+    if not tables:
+        return _missing("leakage", "Group leakage")
+    rows = []
+    for label, frame in tables:
+        for _, row in frame.iterrows():
+            rows.append([
+                label, str(row.get("prompt_id", "")), str(row["axis"]), str(row["metric"]),
+                estimate_cell(row, is_percent(str(row["metric"]))),
+                MarkdownText(_chance(row)), p_cell(row.get("p_value")),
+            ])
+    columns = ["run", "prompt", "axis", "metric", "estimate [95% CI], n", "chance", "p"]
+    if len(tables) == 1:
+        columns, rows = columns[1:], [r[1:] for r in rows]
+    return Section(
+        key="leakage", title="Group leakage", blocks=[Block(title="", columns=columns, rows=rows)],
+        intro="Cross-validated balanced accuracy of a linear model predicting the group from "
+              "the generated text alone. A model whose text carries no group signal sits at "
+              "chance.",
+    )
+
+
+def _chance(row: pd.Series) -> str:
+    for column in ("chance", "chance_level", "baseline"):
+        if column in row and not is_missing(row[column]):
+            return format_number(row[column], percent=True)
+    return "—"
+
+
+def build_sections(runs: Sequence[RunData]) -> list[Section]:
+    """Every analysis section, in the order a model card reads them."""
+    return [
+        findings_section(runs),
+        classification_section(runs),
+        terms_section(runs),
+        per_group_section(
+            runs, "toxicity", "Toxicity",
+            "Toxicity scores of the generations per group: mean score (bootstrap 95% interval "
+            "over images) and share above the threshold (Wilson interval).",
+        ),
+        per_group_section(
+            runs, "refusal", "Refusals",
+            "Share of generations matching a refusal pattern, per group (Wilson interval).",
+        ),
+        per_group_section(
+            runs, "generation_stats", "Generation statistics",
+            "New tokens, finish reasons and errors per group. Error rows are counted here and "
+            "excluded from every other analysis.",
+        ),
+        leakage_section(runs),
+    ]
