@@ -91,8 +91,18 @@ def import_generations(options: ImportOptions) -> list[Path]:
     else:
         mapping = resolve_mapping(source, options)
         runs, image_column = mapped_runs(source, options, mapping), mapping.get("image")
-    thumbnails = build_thumbnails(source, runs, image_column)
-    return [write_run(run, source, options, thumbnails) for run in runs]
+    stores = [open_target(Path(options.out) / run.run_id, run) for run in runs]
+    # Thumbnails only for images a run lacks: a re-import decodes nothing it already has.
+    missing = {
+        sample_id
+        for run, store in zip(runs, stores, strict=True)
+        for sample_id in set(run.generations["sample_id"]) - _thumbnail_ids(store)
+    }
+    thumbnails = build_thumbnails(source, runs, image_column, missing)
+    return [
+        write_run(store, run, source, options, thumbnails)
+        for run, store in zip(runs, stores, strict=True)
+    ]
 
 
 # -- layouts --------------------------------------------------------------------------------
@@ -257,9 +267,9 @@ def _run(
 
 # -- thumbnails -----------------------------------------------------------------------------
 def build_thumbnails(
-    source: SourceTable, runs: list[ImportedRun], column: str | None
+    source: SourceTable, runs: list[ImportedRun], column: str | None, wanted: set[str]
 ) -> pd.DataFrame:
-    """``sample_id, jpeg`` for every sample with a readable image (one per sample)."""
+    """``sample_id, jpeg`` for the ``wanted`` samples with a readable image (one per sample)."""
     from PIL import Image
 
     from audit.execution import thumbnail_jpeg
@@ -272,7 +282,7 @@ def build_thumbnails(
         for sample_id, image_row in run.generations[["sample_id", "image_row"]].itertuples(
             index=False
         ):
-            if sample_id in seen:
+            if sample_id in seen or sample_id not in wanted:
                 continue
             seen.add(sample_id)
             data = source.image_bytes(int(image_row), column)
@@ -287,32 +297,41 @@ def build_thumbnails(
 
 
 # -- storing --------------------------------------------------------------------------------
+def open_target(run_dir: Path, run: ImportedRun) -> RunStore:
+    """The run directory to import into: new, or an earlier import of the same layout."""
+    store = RunStore(run_dir)
+    if store.exists():
+        manifest = RunStore.open(run_dir).manifest()
+        if manifest.get("status") != "imported" or manifest.get("group_axes") != list(run.axes):
+            raise AuditError(
+                f"{run_dir}: holds another run (status {manifest.get('status')!r}, group axes "
+                f"{manifest.get('group_axes')}); import into another --out folder"
+            )
+    return store
+
+
+def _thumbnail_ids(store: RunStore) -> set[str]:
+    return set(store.read("thumbnails", columns=["sample_id"])["sample_id"].astype(str))
+
+
 def write_run(
-    run: ImportedRun, source: SourceTable, options: ImportOptions, thumbnails: pd.DataFrame
+    store: RunStore,
+    run: ImportedRun,
+    source: SourceTable,
+    options: ImportOptions,
+    thumbnails: pd.DataFrame,
 ) -> Path:
     """Store one imported run; rows whose key the directory already holds are left out."""
-    store = RunStore(Path(options.out) / run.run_id)
-    if store.exists():
-        _check_same_import(store, run)
     stored = store.read("generations", columns=["sample_id", "prompt_id"])
     held = set(stored[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None))
     keys = run.generations[["sample_id", "prompt_id"]].itertuples(index=False, name=None)
     new = run.generations[[key not in held for key in keys]].drop(columns="image_row")
     own = thumbnails[thumbnails["sample_id"].isin(set(run.generations["sample_id"]))]
-    have = set(store.read("thumbnails", columns=["sample_id"])["sample_id"].astype(str))
+    have = _thumbnail_ids(store)
     store.append("thumbnails", own[~own["sample_id"].isin(have)].reset_index(drop=True))
     store.append("generations", new.reset_index(drop=True))
     store.write_manifest(_manifest(store, run, source, options))
     return store.root
-
-
-def _check_same_import(store: RunStore, run: ImportedRun) -> None:
-    manifest = RunStore.open(store.root).manifest()
-    if manifest.get("status") != "imported" or manifest.get("group_axes") != list(run.axes):
-        raise AuditError(
-            f"{store.root}: holds another run (status {manifest.get('status')!r}, group axes "
-            f"{manifest.get('group_axes')}); import into another --out folder"
-        )
 
 
 def _manifest(

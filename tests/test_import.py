@@ -251,6 +251,10 @@ def test_single_prompt_file_with_prompt_id(tmp_path: Path) -> None:
         ),
         (["{src}", "--map", "generation=9B_resume", "--group", "gender_phrase"], "--prompt-id"),
         (["{tmp}/m4.csv", "--preset", "m4-bias-eval"], "no column 'gender_phrase'"),
+        (
+            ["HuggingFaceM4/m4-bias-eval-fair-face", "--preset", "m4-bias-eval"],
+            "hf download HuggingFaceM4/m4-bias-eval-fair-face --repo-type dataset",
+        ),
     ],
 )
 def test_bad_input_exits_2_naming_file_and_column(
@@ -268,3 +272,14 @@ def test_bad_input_exits_2_naming_file_and_column(
     assert expected in result.output
     assert filled[0] in result.output
     assert "Traceback" not in result.output
+
+
+def test_refuses_to_mix_into_another_run(tmp_path: Path) -> None:
+    source = tmp_path / "gens.parquet"
+    pd.DataFrame(m4_rows(3, with_age=False)).to_parquet(source)
+    RunStore(tmp_path / "runs" / "gens-idefics-9b-instruct").write_manifest(
+        {"status": "complete", "group_axes": ["gender", "race"]}
+    )
+    result = invoke(str(source), "--preset", "m4-bias-eval", "--out", str(tmp_path / "runs"))
+    assert result.exit_code == 2
+    assert "holds another run (status 'complete'" in result.output
