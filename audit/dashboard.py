@@ -56,6 +56,7 @@ def streamlit_command(port: int, address: str = DEFAULT_ADDRESS) -> list[str]:
         "--server.fileWatcherType", "none",
         "--browser.gatherUsageStats", "false",
         "--global.developmentMode", "false",
+        "--client.toolbarMode", "minimal",
     ]
 
 

@@ -110,24 +110,38 @@ def choose_run(runs: list[RunData], key: str = "run") -> RunData:
     return runs[labels.index(chosen)]
 
 
-def group_filter(run: RunData, frame: pd.DataFrame) -> pd.DataFrame:
-    """Sidebar multiselects per group axis; rows of unselected groups are hidden.
+def group_values(run: RunData) -> dict[str, list[str]]:
+    """Each group axis's values, as the run's analysis tables name them."""
+    values: dict[str, set[str]] = {axis: set() for axis in run.group_axes}
+    for table in run.tables.values():
+        if {"axis", "group"} <= set(table.columns):
+            pairs = table[["axis", "group"]].astype(str).drop_duplicates()
+            for axis, group in pairs.itertuples(index=False):
+                if axis in values:
+                    values[axis].add(group)
+    return {axis: sorted(found) for axis, found in values.items() if found}
 
-    Overall rows (``axis == 'all'``) always stay; intersection rows stay when every part of
-    their group is selected.
-    """
-    if frame.empty or "axis" not in frame:
+
+Selection = dict[str, set[str]]
+
+
+def group_selection(run: RunData) -> Selection:
+    """One sidebar multiselect per group axis (call once per page run)."""
+    selection = {}
+    for axis, values in group_values(run).items():
+        chosen = st.sidebar.multiselect(f"{axis} groups", values, default=values,
+                                        key=f"groups_{run.label}_{axis}")
+        selection[axis] = set(chosen)
+    return selection
+
+
+def filter_groups(frame: pd.DataFrame, selection: Selection) -> pd.DataFrame:
+    """Rows of selected groups. Overall rows (``axis == 'all'``) always stay; intersection rows
+    stay when every part of their group is selected."""
+    if frame.empty or "axis" not in frame or not selection:
         return frame
-    selected: dict[str, set[str]] = {}
-    for axis in run.group_axes:
-        values = sorted(frame.loc[frame["axis"].astype(str) == axis, "group"].astype(str).unique())
-        if values:
-            chosen = st.sidebar.multiselect(f"{axis} groups", values, default=values,
-                                            key=f"filter_{axis}")
-            selected[axis] = set(chosen)
-    if not selected:
-        return frame
-    return frame[[_keep(str(a), str(g), selected) for a, g in zip(frame["axis"], frame["group"])]]
+    keep = [_keep(str(a), str(g), selection) for a, g in zip(frame["axis"], frame["group"])]
+    return frame[keep]
 
 
 def _keep(axis: str, group: str, selected: dict[str, set[str]]) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
-from audit.reporting.app_state import choose_run, group_filter, require_runs
+from audit.reporting.app_state import choose_run, filter_groups, group_selection, require_runs
 from audit.reporting.blocks import is_percent, sort_groups
 from audit.reporting.figures import group_bars
 from audit.reporting.formatting import (
@@ -72,6 +72,7 @@ def metric_page(name: str, title: str, intro: str) -> None:
     st.caption(intro)
     runs = require_runs()
     run = choose_run(runs)
+    selection = group_selection(run)
     table = run.table(name)
     if table is None:
         st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
@@ -82,6 +83,6 @@ def metric_page(name: str, title: str, intro: str) -> None:
     rows = table[table[item].astype(str) == chosen_item]
     metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startswith("gap")]
     metric = st.selectbox("Metric", metrics)
-    selected = group_filter(run, rows[rows["metric"].astype(str) == metric])
+    selected = filter_groups(rows[rows["metric"].astype(str) == metric], selection)
     show_metric(selected, run, f"{chosen_item} · {metric}", metric)
     show_gaps(rows)

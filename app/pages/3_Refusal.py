@@ -1,0 +1,13 @@
+"""Refusal rate per group and prompt."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from audit.reporting.app_views import metric_page
+
+st.set_page_config(page_title="Refusals", layout="wide")
+metric_page(
+    "refusal", "Refusals",
+    "Share of generations matching a refusal pattern, per prompt and group (Wilson interval).",
+)

@@ -1,0 +1,168 @@
+"""The dashboard and the report in a real headless browser (Debian's chromium + chromedriver).
+
+Needs: ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``; skipped with
+the reason when either is missing. Screenshots are saved in each test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from audit.dashboard import RUN_DIRS_ENV, run_dirs_env, streamlit_command
+from audit.report import build_report
+from test_report_fixture import write_handmade_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+webdriver = pytest.importorskip(
+    "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
+)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None or CHROMEDRIVER is None,
+        reason="chromium/chromedriver not found (apt-get install -y chromium chromium-driver)",
+    ),
+]
+PAGES = {
+    "": "Bias audit: overview",
+    "Term_explorer": "Term explorer",
+    "Toxicity": "Toxicity",
+    "Refusal": "Refusals",
+    "Classification": "Zero-shot classification",
+    "Generations": "Generations",
+    "Compare_runs": "Compare runs",
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _browser(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--window-size=1400,1800",
+                     f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("browser-runs")
+    return [
+        write_handmade_run(root / "run-a", n=40, payload=True),
+        write_handmade_run(root / "run-b", n=40, payload=True, seed=3, model_id="other-model"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
+    env = {**os.environ, RUN_DIRS_ENV: run_dirs_env(runs)}
+    with open(log, "wb") as output:
+        process = subprocess.Popen(streamlit_command(port), env=env, stdout=output,
+                                   stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"streamlit did not start:\n{log.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _wait_for(driver, css: str, text: str, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        if any(text in element.text for element in found):
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"no {css!r} containing {text!r} within {timeout_s} s")
+
+
+def test_every_page_renders_without_exception(server: str, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    driver = _browser(tmp_path)
+    try:
+        for path, title in PAGES.items():
+            driver.get(f"{server}/{path}")
+            _wait_for(driver, "h1", title)
+            # Content arrives over the websocket after the title: wait for the script to finish.
+            _wait_for(driver, "[data-testid='stApp']", title)
+            deadline = time.monotonic() + 30
+            while driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            time.sleep(1.0)
+            driver.save_screenshot(str(tmp_path / f"page-{path or 'Home'}.png"))
+            exceptions = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+            assert not exceptions, f"/{path}: {exceptions[0].text[:500]}"
+            assert driver.execute_script("return window.__pwned") is None, f"/{path}: script ran"
+            assert not driver.find_elements(By.CSS_SELECTOR, "img[src='x']"), f"/{path}: raw <img>"
+        assert (tmp_path / "page-Home.png").stat().st_size > 10_000
+    finally:
+        driver.quit()
+
+
+def test_report_opens_offline_inert_and_draws_charts(runs: list[Path], tmp_path: Path) -> None:
+    html_path, _ = build_report(runs, tmp_path / "report")
+    driver = _browser(tmp_path)
+    try:
+        url = html_path.resolve().as_uri()
+        driver.get(url)
+        deadline = time.monotonic() + 30
+        count = 0
+        while time.monotonic() < deadline and not count:
+            count = driver.execute_script(
+                "return document.querySelectorAll('.plotly-graph-div .main-svg').length")
+            time.sleep(0.25)
+        driver.save_screenshot(str(tmp_path / "report.png"))
+        assert count > 0, "plotly drew no chart"
+        assert driver.execute_script("return window.__pwned") is None, "injected script ran"
+        requests = [
+            json.loads(entry["message"])["message"]["params"]
+            for entry in driver.get_log("performance")
+            if '"Network.requestWillBeSent"' in entry["message"]
+        ]
+        from_report = [r["request"]["url"] for r in requests if r.get("documentURL") == url]
+        assert from_report, "the performance log saw no request of the report at all"
+        outside = [u for u in from_report if not u.startswith(("file:", "data:", "blob:"))]
+        assert not outside, f"the report fetched {outside}"
+        severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
