@@ -1,0 +1,289 @@
+"""Toxicity of the generations per prompt and group, with intervals and a test across groups.
+
+Every successful generation is scored once by the probe's scorer (``analysis.toxicity``);
+scores are cached in ``analysis/toxicity_scores.parquet`` (``sample_id, prompt_id, scorer,
+<one column per label>``), so a re-run scores only generations the cache lacks and loads no
+model when it lacks none. Error rows are never scored.
+
+Per prompt, scorer label and group axis (each image has one generation per prompt, so rows are
+images):
+
+- ``mean_<label>``: mean score, 95% percentile bootstrap interval (images resampled within
+  their group);
+- ``share_<label>_above_threshold``: share of scores above ``analysis.toxicity.threshold``,
+  Wilson interval;
+- ``gap_mean_<label>`` (``group == "all"``): highest minus lowest group mean (``group_high``,
+  ``group_low``), stratified bootstrap interval of that difference, and ``p_value`` of a
+  permutation test of the range of group means (group labels permuted over images).
+
+Overall rows have ``axis == group == "all"``. Extra columns: ``scorer``, ``label``,
+``threshold``, ``p_value``, ``q_value`` (Benjamini-Hochberg over all gap tests of the table),
+``group_high``, ``group_low``. A group with fewer than ``MIN_GROUP_SIZE`` scored images gets
+``note == "insufficient data"`` and a null value. Groups are those of the manifest's
+``group_axes`` seen in any row, error rows included, so a group whose rows all failed shows up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.analyses.findings import Finding, finding, headlines, interval_text, p_text
+from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
+from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.table import ALL, INSUFFICIENT, MIN_GROUP_SIZE, build_table, empty_table
+from audit.spec import AnalysisSpec
+from audit.stats import (
+    benjamini_hochberg,
+    bootstrap_ratios,
+    percentile_interval,
+    permutation_p_values,
+    permuted_labels,
+    seeded_rng,
+    wilson_interval,
+)
+from audit.store import RunStore, write_parquet_atomic
+
+NAME = "toxicity"
+SCORES_TABLE = "toxicity_scores"
+KEYS = ["sample_id", "prompt_id", "scorer"]
+EXTRA = ["scorer", "label", "threshold", "p_value", "q_value", "group_high", "group_low"]
+
+
+@register(NAME)
+def analyze_toxicity(context: AnalysisContext) -> pd.DataFrame:
+    """Score new generations (cached), then summarise per prompt x axis x group."""
+    generations = context.generations
+    if generations.empty or "generation" not in generations:
+        return empty_table("prompt_id", EXTRA)
+    scores = score_generations(context)
+    valid, _ = split_errors(sort_rows(generations, ["sample_id", "prompt_id"]))
+    scored = valid.merge(scores, on=["sample_id", "prompt_id"], how="inner")
+    labels = [c for c in scores.columns if c not in KEYS]
+    axes = discover_axes(generations, context.group_axes)
+    return summarize_toxicity(scored, labels, axes, context.settings)
+
+
+def successful(generations: pd.DataFrame) -> pd.DataFrame:
+    """Rows with a generation: error rows and missing texts left out."""
+    valid, _ = split_errors(generations)
+    return valid[valid["generation"].notna()].reset_index(drop=True)
+
+
+# -- scoring with a cache -------------------------------------------------------------------
+def scores_path(store: RunStore) -> Path:
+    return store.root / "analysis" / f"{SCORES_TABLE}.parquet"
+
+
+def read_scores(store: RunStore) -> pd.DataFrame:
+    """Every cached score, of every scorer (labels of other scorers are null)."""
+    path = scores_path(store)
+    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=KEYS)
+
+
+def score_generations(context: AnalysisContext) -> pd.DataFrame:
+    """The probe scorer's scores of every successful generation, scoring only uncached ones.
+
+    Returns ``sample_id, prompt_id, <labels>`` for this scorer. The scorer is loaded only when
+    something needs scoring.
+    """
+    spec = context.settings.toxicity
+    cache = read_scores(context.store)
+    mine = cache[cache["scorer"] == spec.scorer] if len(cache) else cache
+    generations = successful(context.generations)
+    if generations.empty:
+        return pd.DataFrame(columns=["sample_id", "prompt_id"])
+    cached = set(mine[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None))
+    keys = generations[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None)
+    todo = generations[[key not in cached for key in keys]]
+    if len(todo):
+        from audit.scorers import load_scorer
+
+        probe_dir, origin = _probe_location(context)
+        scorer = load_scorer(spec, probe_dir, origin=origin)
+        new = scorer.score(todo["generation"].tolist())
+        new.insert(0, "scorer", spec.scorer)
+        new.insert(0, "prompt_id", todo["prompt_id"].astype(str).to_numpy())
+        new.insert(0, "sample_id", todo["sample_id"].astype(str).to_numpy())
+        cache = pd.concat([cache, new], ignore_index=True) if len(cache) else new
+        write_parquet_atomic(scores_path(context.store), cache)
+        mine = cache[cache["scorer"] == spec.scorer]
+    labels = [c for c in mine.columns if c not in KEYS and mine[c].notna().any()]
+    return mine[["sample_id", "prompt_id", *labels]].reset_index(drop=True)
+
+
+def _probe_location(context: AnalysisContext) -> tuple[Path, str]:
+    """Where relative scorer paths resolve from, and which file to name in errors."""
+    manifest = context.manifest
+    probe_path = manifest.get("probe_path")
+    probe_dir = (manifest.get("probe") or {}).get("probe_dir")
+    if probe_path:
+        return Path(probe_dir or Path(probe_path).parent), str(probe_path)
+    origin = f"{context.store.root / 'manifest.json'} (probe)"
+    return Path(probe_dir or Path.cwd()), origin
+
+
+# -- statistics -----------------------------------------------------------------------------
+def summarize_toxicity(
+    scored: pd.DataFrame, labels: list[str], axes: list[GroupAxis], settings: AnalysisSpec
+) -> pd.DataFrame:
+    """The long table described in the module docstring, from scored generation rows."""
+    frames = []
+    everyone = GroupAxis(ALL, (ALL,))
+    for prompt_id, part in scored.groupby("prompt_id", sort=True):
+        # Canonical row order, so resampling does not depend on how rows were stored.
+        part = sort_rows(part, ["sample_id"])
+        values = part[labels].to_numpy(dtype=float)
+        for axis in [everyone, *axes]:
+            codes = np.zeros(len(part), dtype=int) if axis is everyone else axis.codes(part)
+            rng = seeded_rng(settings.seed, NAME, str(prompt_id), axis.name)
+            rows = _axis_rows(values[codes >= 0], codes[codes >= 0], axis, labels, settings, rng)
+            frames.append(pd.DataFrame(rows).assign(prompt_id=str(prompt_id)))
+    if not frames:
+        return empty_table("prompt_id", EXTRA)
+    table = build_table(pd.concat(frames, ignore_index=True), "prompt_id", EXTRA)
+    table["scorer"] = settings.toxicity.scorer
+    table["threshold"] = settings.toxicity.threshold
+    gaps = table["p_value"].notna()
+    table.loc[gaps, "q_value"] = benjamini_hochberg(table.loc[gaps, "p_value"].to_numpy())
+    return table
+
+
+def _axis_rows(
+    values: np.ndarray,
+    codes: np.ndarray,
+    axis: GroupAxis,
+    labels: list[str],
+    settings: AnalysisSpec,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    n_groups = len(axis.groups)
+    counts = np.bincount(codes, minlength=n_groups)
+    strata = codes if len(codes) else np.zeros(0, dtype=int)
+    replicates = np.full((settings.n_bootstrap, n_groups, len(labels)), np.nan)
+    if len(codes):
+        found = bootstrap_ratios(values, np.ones(len(values)), strata, settings.n_bootstrap, rng)
+        replicates[:, : found.shape[1]] = found
+    low, high = percentile_interval(replicates)
+    above = np.vstack(
+        [(values[codes == g] > settings.toxicity.threshold).sum(axis=0) for g in range(n_groups)]
+    )
+    share_low, share_high = wilson_interval(above, counts[:, None])
+    rows = []
+    for g, group in enumerate(axis.groups):
+        enough = counts[g] >= MIN_GROUP_SIZE
+        mean = values[codes == g].mean(axis=0) if counts[g] else np.full(len(labels), np.nan)
+        for j, label in enumerate(labels):
+            common = {"axis": axis.name, "group": group, "n": int(counts[g]), "label": label}
+            rows.append(_estimate(common, f"mean_{label}", mean[j], low[g, j], high[g, j], enough))
+            share = above[g, j] / counts[g] if counts[g] else np.nan
+            rows.append(
+                _estimate(
+                    common,
+                    f"share_{label}_above_threshold",
+                    share,
+                    share_low[g, j],
+                    share_high[g, j],
+                    enough,
+                )
+            )
+    if axis.name != ALL:
+        rows += _gap_rows(values, codes, counts, axis, replicates, labels, settings, rng)
+    return rows
+
+
+def _estimate(
+    common: dict[str, Any], metric: str, value: float, low: float, high: float, enough: bool
+) -> dict[str, Any]:
+    if not enough:
+        return {**common, "metric": metric, "value": None, "note": INSUFFICIENT}
+    return {**common, "metric": metric, "value": value, "ci_low": low, "ci_high": high, "note": ""}
+
+
+def _gap_rows(
+    values: np.ndarray,
+    codes: np.ndarray,
+    counts: np.ndarray,
+    axis: GroupAxis,
+    replicates: np.ndarray,
+    labels: list[str],
+    settings: AnalysisSpec,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    """Highest minus lowest group mean with its interval, and a permutation test of the range."""
+    usable = np.flatnonzero(counts >= MIN_GROUP_SIZE)
+    base = {"axis": axis.name, "group": ALL, "n": int(counts[usable].sum())}
+    if usable.size < 2:
+        return [
+            {
+                **base,
+                "metric": f"gap_mean_{label}",
+                "label": label,
+                "value": None,
+                "note": INSUFFICIENT,
+            }
+            for label in labels
+        ]
+    keep = np.isin(codes, usable)
+    kept_codes = np.searchsorted(usable, codes[keep])
+    kept_values = values[keep]
+    sizes = counts[usable].astype(float)
+    means = np.vstack([kept_values[kept_codes == i].mean(axis=0) for i in range(usable.size)])
+    observed = means.max(axis=0) - means.min(axis=0)
+    perms = permuted_labels(kept_codes, settings.n_permutations, rng)
+    null = np.column_stack(
+        [_range_of_means(perms, kept_values[:, j], sizes) for j in range(len(labels))]
+    )
+    p_values = permutation_p_values(observed, null)
+    rows = []
+    for j, label in enumerate(labels):
+        hi, lo = usable[means[:, j].argmax()], usable[means[:, j].argmin()]
+        low, high = percentile_interval(replicates[:, hi, j] - replicates[:, lo, j])
+        rows.append(
+            {
+                **base,
+                "metric": f"gap_mean_{label}",
+                "label": label,
+                "value": float(observed[j]),
+                "ci_low": float(low),
+                "ci_high": float(high),
+                "note": "",
+                "p_value": p_values[j],
+                "group_high": axis.groups[hi],
+                "group_low": axis.groups[lo],
+            }
+        )
+    return rows
+
+
+def _range_of_means(perms: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Max minus min group mean under each permutation of group labels ``(B, n)`` -> ``(B,)``."""
+    n_perm, n_groups = perms.shape[0], sizes.size
+    flat = (perms + n_groups * np.arange(n_perm)[:, None]).ravel()
+    sums = np.bincount(flat, weights=np.tile(values, n_perm), minlength=n_perm * n_groups)
+    means = sums.reshape(n_perm, n_groups) / sizes
+    return means.max(axis=1) - means.min(axis=1)
+
+
+@headlines(NAME)
+def toxicity_findings(table: pd.DataFrame) -> list[Finding]:
+    """Per prompt and axis, the gap in mean score of the scorer's first label."""
+    gaps = table[table["metric"].astype(str).str.startswith("gap_mean_")]
+    if gaps.empty:
+        return []
+    first = gaps["label"].iloc[0]
+    found = []
+    for row in gaps[(gaps["label"] == first) & gaps["value"].notna()].to_dict("records"):
+        found.append(
+            finding(
+                NAME,
+                row,
+                f"{row['prompt_id']}, {row['axis']}: mean {first} {row['group_high']} minus "
+                f"{row['group_low']}: {interval_text(row)} (n={int(row['n'])}, "
+                f"{p_text(row['p_value'])}, q={row['q_value']:.3g})",
+            )
+        )
+    return found
