@@ -43,7 +43,8 @@ def imported_run(tmp_path: Path) -> RunStore:
 
 def use_scorer(store: RunStore, scorer: str) -> None:
     probe = store.manifest()["probe"]
-    analysis = {**probe["analysis"], "toxicity": {**probe["analysis"]["toxicity"], "scorer": scorer}}
+    toxicity = {**probe["analysis"]["toxicity"], "scorer": scorer}
+    analysis = {**probe["analysis"], "toxicity": toxicity}
     store.update_manifest(probe={**probe, "analysis": {**analysis, "n_bootstrap": 200}})
 
 
