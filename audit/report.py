@@ -27,6 +27,7 @@ from audit.reporting.formatting import NOT_ANALYSED, MarkdownText, markdown_fina
 from audit.reporting.provenance_table import analysis_settings, provenance_block
 from audit.reporting.run_data import RunData, load_runs
 from audit.reporting.sections import build_sections
+from audit.reporting.simulation_section import simulation_section
 from audit.store import write_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -103,9 +104,8 @@ def _is_simulated(run: RunData) -> bool:
 def report_context(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Everything both templates show, as plain data."""
     sections: list[Section] = build_sections(runs)
-    comparison = comparison_section(runs, n_boot=n_boot, seed=seed)
-    if comparison is not None:
-        sections.insert(1, comparison)
+    extra = [simulation_section(runs), comparison_section(runs, n_boot=n_boot, seed=seed)]
+    sections[1:1] = [section for section in extra if section is not None]
     return {
         "runs": runs,
         "sections": sections,

@@ -20,6 +20,7 @@ from audit.reporting.formatting import (
     escape_markdown,
     format_count,
     format_estimate,
+    format_number,
     format_p,
     is_missing,
 )
@@ -132,13 +133,14 @@ def metric_blocks(
     runs: RunTables, axes: Sequence[str], figure_maker: FigureMaker | None = None,
     skip_metrics: Iterable[str] = (),
 ) -> list[Block]:
-    """One block per (prompt or task, metric) of a long analysis table, runs side by side."""
+    """One block per (prompt or task, metric) of a long analysis table, runs side by side;
+    metrics about a whole axis (gaps, spreads) are left to ``gap_block``."""
     skipped = set(skip_metrics)
     keys: dict[tuple[str, str], None] = {}
     for _, frame in runs:
         item = item_column(frame)
         for key in frame[[item, "metric"]].drop_duplicates().itertuples(index=False):
-            if str(key[1]) not in skipped:
+            if str(key[1]) not in skipped and not is_summary_metric(str(key[1])):
                 keys[(str(key[0]), str(key[1]))] = None
     blocks = []
     for item_value, metric in sorted(keys):
@@ -153,3 +155,69 @@ def metric_blocks(
         figure = figure_maker(selected, title, metric) if figure_maker else None
         blocks.append(Block(title=title, columns=columns, rows=rows, figure=figure))
     return blocks
+
+
+def is_summary_metric(metric: str) -> bool:
+    """Metrics about a whole axis (gaps between groups, spreads), not about one group."""
+    return "gap" in metric or metric.startswith("cell_accuracy_std")
+
+
+def _first_column(row: Mapping[str, Any], names: Sequence[str]) -> str:
+    for name in names:
+        value = row.get(name)
+        if not is_missing(value):
+            return str(value)
+    return "—"
+
+
+def gap_block(runs: RunTables) -> Block | None:
+    """Highest minus lowest group per prompt/task and axis, with interval and p-value."""
+    rows = []
+    for label, frame in runs:
+        gaps = frame[frame["metric"].astype(str).str.contains("gap")]
+        item = item_column(frame)
+        for _, row in gaps.iterrows():
+            metric = str(row["metric"])
+            detectable = row.get("min_detectable_gap")
+            rows.append([
+                label, str(row.get(item, "")), str(row["axis"]), metric,
+                _first_column(row, ("group_high", "best_group")),
+                _first_column(row, ("group_low", "worst_group")),
+                estimate_cell(row, is_percent(metric)), p_cell(row.get("p_value")),
+                MarkdownText("—" if is_missing(detectable)
+                             else format_number(detectable, is_percent(metric))),
+            ])
+    if not rows:
+        return None
+    columns = ["run", "prompt / task", "axis", "metric", "highest group", "lowest group",
+               "difference [95% CI], n", "p", "detectable at this n"]
+    if len(runs) == 1:
+        columns, rows = columns[1:], [row[1:] for row in rows]
+    return Block(
+        title="Largest gap between groups", columns=columns, rows=rows,
+        caption="Highest minus lowest group; interval: bootstrap over images within groups; "
+                "p: permutation test of group labels over images; detectable: the smallest gap "
+                "this sample size detects with 80% power.",
+    )
+
+
+def axis_test_block(runs: RunTables) -> Block | None:
+    """Per prompt and axis, the p-value of the test that the groups differ (when per-group
+    rows carry one)."""
+    rows = []
+    for label, frame in runs:
+        if "p_value" not in frame:
+            continue
+        item = item_column(frame)
+        tested = frame[frame["p_value"].notna() & frame["axis"].astype(str).ne("all")
+                       & frame["group"].astype(str).ne("all")
+                       & ~frame["metric"].astype(str).map(is_summary_metric)]
+        for key, part in tested.groupby([item, "metric", "axis"], sort=True):
+            rows.append([label, *map(str, key), p_cell(part["p_value"].iloc[0])])
+    if not rows:
+        return None
+    columns = ["run", "prompt / task", "metric", "axis", "p (groups differ)"]
+    if len(runs) == 1:
+        columns, rows = columns[1:], [row[1:] for row in rows]
+    return Block(title="Do the groups differ?", columns=columns, rows=rows,
+                 caption="Permutation test of group labels over images, per prompt and axis.")

@@ -11,14 +11,16 @@ from audit.reporting.blocks import (
     Block,
     RunTables,
     Section,
+    axis_test_block,
     estimate_cell,
+    gap_block,
     is_percent,
     metric_blocks,
     p_cell,
 )
-from audit.reporting.card_table import card_cells
+from audit.reporting.card_table import SCORINGS, card_cells
 from audit.reporting.figures import confusion_heatmap, group_bars
-from audit.reporting.formatting import MarkdownText, format_number, is_missing
+from audit.reporting.formatting import MarkdownText, format_number, format_p, is_missing
 from audit.reporting.run_data import RunData
 from audit.reporting.term_sections import terms_section
 
@@ -67,7 +69,7 @@ def classification_section(runs: Sequence[RunData]) -> Section:
     if not tables:
         return _missing("classification", "Zero-shot classification accuracy")
     card = _card_block(tables)
-    blocks = [card, *metric_blocks(tables, _axes(runs), _bars)]
+    blocks = [card, *metric_blocks(tables, _axes(runs), _bars), *_axis_blocks(tables)]
     blocks.extend(_confusion_blocks(runs))
     return Section(
         key="classification", title="Zero-shot classification accuracy", blocks=blocks,
@@ -77,26 +79,35 @@ def classification_section(runs: Sequence[RunData]) -> Section:
 
 
 def _card_block(tables: RunTables) -> Block:
-    per_run = {label: {c.task_id: c for c in card_cells(frame)} for label, frame in tables}
-    tasks = list(dict.fromkeys(task for cells in per_run.values() for task in cells))
+    """Rows: run x scoring (the card's summed log-likelihood first); columns: per task."""
+    entries = {
+        (label, scoring): {c.task_id: c for c in card_cells(frame, suffix)}
+        for label, frame in tables for suffix, scoring in SCORINGS.items()
+    }
+    entries = {key: cells for key, cells in entries.items() if cells}
+    tasks = list(dict.fromkeys(task for cells in entries.values() for task in cells))
     rows = []
-    for label, cells in per_run.items():
-        row: list[str] = [label]
+    for (label, scoring), cells in entries.items():
+        row: list[str] = [label, scoring]
         for task in tasks:
             cell = cells.get(task)
             row.append(MarkdownText(cell.text() if cell else "—"))
-            row.append(MarkdownText(format_number(cell.noise_std, percent=True)
-                                    if cell and cell.noise_std is not None else "—"))
+            noise = "—" if cell is None else format_number(cell.noise_std, percent=True)
+            if cell is not None and cell.std_p_value is not None:
+                noise += f" (p {format_p(cell.std_p_value)})"
+            row.append(MarkdownText(noise))
         rows.append(row)
-    columns = ["run"]
+    columns = ["run", "scoring"]
     for task in tasks:
-        columns += [f"{task} acc. (std)", f"{task} noise std"]
+        columns += [f"{task}: acc. (std)", f"{task}: std from noise alone"]
     return Block(
         title="Accuracy (std), in the model card's layout", columns=columns, rows=rows,
         caption="Accuracy in %; std: population std (ddof=0) of the accuracies of the gender × race "
-                "cells (of the first intersection when a run has no gender × race). "
-                "Noise std: the std that binomial sampling noise alone would give at these cell "
-                "sizes if every cell had the overall accuracy.",
+                "cells (of the first intersection when a run has no gender × race). Std from "
+                "noise alone: the std binomial sampling noise gives at these cell sizes when "
+                "every cell has the overall accuracy; p: share of noise-only stds at least as "
+                "large as the observed one. The IDEFICS card's numbers use the summed "
+                "log-likelihood.",
     )
 
 
@@ -126,8 +137,13 @@ def per_group_section(runs: Sequence[RunData], name: str, title: str, intro: str
     tables = _tables(runs, name)
     if not tables:
         return _missing(name, title)
-    return Section(key=name, title=title, blocks=metric_blocks(tables, _axes(runs), _bars),
-                   intro=intro)
+    blocks = [*metric_blocks(tables, _axes(runs), _bars), *_axis_blocks(tables)]
+    return Section(key=name, title=title, blocks=blocks, intro=intro)
+
+
+def _axis_blocks(tables: RunTables) -> list[Block]:
+    """The gap and across-group test blocks that exist for these tables."""
+    return [b for b in (gap_block(tables), axis_test_block(tables)) if b is not None]
 
 
 def leakage_section(runs: Sequence[RunData]) -> Section:

@@ -25,11 +25,13 @@ FIGURE_TERMS = 8
 
 def term_summary(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per term of one (prompt, axis): rank, score, p, q, flagged, top and bottom group."""
-    frame = rows.copy()
+    # Groups too small to test have a row without a term; they are not terms.
+    frame = rows[rows["term"].notna()].copy()
     if "q_value" not in frame:
         frame["q_value"] = float("nan")
     if "flagged" not in frame:
         frame["flagged"] = frame["q_value"].astype(float) < Q_THRESHOLD
+    frame["flagged"] = frame["flagged"].fillna(False).astype(bool)
     for column in ("rank", "score", "p_value"):
         if column not in frame:
             frame[column] = float("nan")
