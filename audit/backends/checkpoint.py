@@ -7,6 +7,7 @@ unsupported family, remote code not allowed) becomes a ``ModelLoadError`` that s
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,12 @@ class Checkpoint:
     is_local: bool
     spec: ModelSpec
     config: Any
+    #: The hub commit actually used; None for a local folder.
+    revision: str | None = None
 
     @property
     def model_type(self) -> str:
         return str(self.config.model_type)
-
-    @property
-    def revision(self) -> str | None:
-        """The hub commit actually used; None for a local folder."""
-        if self.is_local:
-            return None
-        return getattr(self.config, "_commit_hash", None) or self.spec.revision
 
 
 @dataclass(frozen=True)
@@ -93,6 +89,19 @@ def _explain_failure(location: str, spec: ModelSpec, is_local: bool, error: Exce
     return f"model folder {location} could not be loaded: {text.splitlines()[0]}"
 
 
+def _check_hub_id(location: str) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(location)
+    except HFValidationError:
+        raise ModelLoadError(
+            f"model '{location}' is neither an existing local folder nor a valid hub id "
+            "(expected a folder written by save_pretrained, or an id such as "
+            "HuggingFaceM4/idefics-9b-instruct)"
+        ) from None
+
+
 def open_checkpoint(location: str, spec: ModelSpec) -> Checkpoint:
     """Resolve ``location`` (a local folder or a hub id) and read its config."""
     from transformers import AutoConfig
@@ -108,15 +117,29 @@ def open_checkpoint(location: str, spec: ModelSpec) -> Checkpoint:
                 "written by save_pretrained, or a hub id such as HuggingFaceM4/idefics-9b-instruct)"
             )
         location = str(folder)
+    else:
+        _check_hub_id(location)
     try:
         config = AutoConfig.from_pretrained(location, **_hub_kwargs(spec, is_local))
     except (OSError, ValueError, KeyError) as error:
-        if "model_type" in str(error) or isinstance(error, KeyError):
+        text = str(error)
+        unknown_type = "model type" in text or "model_type" in text
+        if "trust_remote_code" not in text and (unknown_type or isinstance(error, KeyError)):
             raise ModelLoadError(
-                f"model {location}: unsupported model type ({str(error).splitlines()[0]})"
+                f"model {location}: unsupported model type ({text.splitlines()[0]})"
             ) from None
         raise ModelLoadError(_explain_failure(location, spec, is_local, error)) from None
-    return Checkpoint(location=location, is_local=is_local, spec=spec, config=config)
+    revision = None if is_local else _cached_commit(location, spec.revision)
+    return Checkpoint(location, is_local, spec, config, revision)
+
+
+def _cached_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit of the cached snapshot the config was read from (the cache path names it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    match = re.search(r"snapshots/([0-9a-f]{40})/", str(path).replace(os.sep, "/"))
+    return match.group(1) if isinstance(path, str) and match else revision
 
 
 def choose_device(requested: str) -> str:

@@ -93,8 +93,9 @@ class HFBackend(Backend):
 
         loaded = self._load()
         extra: dict[str, Any] = {"transformers_version": transformers.__version__}
-        device_map = getattr(loaded.model, "hf_device_map", None)
-        if device_map:
+        if self._checkpoint.spec.device_map:
+            # accelerate leaves no map when everything fits one device; "" means the whole model.
+            device_map = getattr(loaded.model, "hf_device_map", None) or {"": loaded.device}
             extra["device_map"] = {str(k): str(v) for k, v in device_map.items()}
         return BackendInfo(
             backend=self.name,

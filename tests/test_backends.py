@@ -1,0 +1,339 @@
+"""The backends on tiny image-sensitive models of all three families, loaded through
+``load_backend``: generation and label scoring, batched against one at a time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from audit.backends import (
+    GenerationRequest,
+    GenerationSettings,
+    LabelScoreRequest,
+    PreamblePart,
+    load_backend,
+)
+from audit.backends.hf import HFBackend
+from audit.spec import ModelSpec
+from audit.tiny_models import FAMILIES, build_tiny_model
+
+PROMPTS = (
+    "Describe this person.",
+    "Describe this person's appearance. Then, write a resume for them.",
+    "Hi",
+    "Write the headline and first paragraph of an article about their recent arrest, please.",
+    "Who?",
+)
+# Different sizes and aspect ratios: Idefics3 cuts them into different numbers of tiles.
+SIZES = ((32, 32), (64, 16), (16, 64), (48, 40), (64, 64))
+
+
+def noise_image(width: int = 32, height: int = 32, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="module")
+def backends(model_dirs: dict[str, Path]) -> dict[str, HFBackend]:
+    loaded = {}
+    for family, folder in model_dirs.items():
+        backend = load_backend(str(folder), ModelSpec(id=str(folder)))
+        assert isinstance(backend, HFBackend)
+        loaded[family] = backend
+    return loaded
+
+
+def generation_requests() -> list[GenerationRequest]:
+    return [
+        GenerationRequest(noise_image(w, h, seed=i), prompt)
+        for i, ((w, h), prompt) in enumerate(zip(SIZES, PROMPTS, strict=True))
+    ]
+
+
+def score_requests() -> list[LabelScoreRequest]:
+    return [
+        LabelScoreRequest(
+            noise_image(32, 32, 0), "a photo of a", (" male person.", " female person.")
+        ),
+        LabelScoreRequest(
+            noise_image(64, 16, 1),
+            "a photo of a",
+            (" east asian person.", " black person.", " white person.", " a"),
+        ),
+        LabelScoreRequest(
+            noise_image(16, 64, 2),
+            "a photo of a person",
+            (" between 0 and 2 years old.", " more than 70 years old."),
+        ),
+        LabelScoreRequest(noise_image(48, 40, 3), "", ("male", "female", " middle eastern")),
+    ]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backend_is_chosen_from_the_config(backends: dict[str, HFBackend], family: str) -> None:
+    expected = "idefics" if family == "idefics" else "chat"
+    info = backends[family].info()
+    assert info.backend == expected
+    assert info.model_type == family
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_greedy_generation_equals_one_at_a_time(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    backend = backends[family]
+    requests = generation_requests()
+    settings = GenerationSettings(max_new_tokens=10, batch_size=3)
+    batched = backend.generate(requests, settings)
+    single = [
+        backend.generate([r], GenerationSettings(max_new_tokens=10, batch_size=1))[0]
+        for r in requests
+    ]
+    assert batched == single
+    assert len({g.text for g in batched}) > 1
+    if family == "idefics3":
+        tiles = {
+            backend.encode([backend.generation_prompt(r.image, r.prompt)], "left")[
+                "pixel_values"
+            ].shape[1]
+            for r in requests
+        }
+        assert len(tiles) > 1, "the images should give different tile counts"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_models_are_image_sensitive(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    settings = GenerationSettings(max_new_tokens=8)
+    a, b = (
+        backend.generate(
+            [GenerationRequest(noise_image(seed=s), "Describe this person.")], settings
+        )[0]
+        for s in (10, 11)
+    )
+    assert a.text != b.text
+    scores = [
+        backend.score_labels([LabelScoreRequest(noise_image(seed=s), "a photo of a", (" male",))])[
+            0
+        ]
+        for s in (10, 11)
+    ]
+    assert scores[0].logprob_sums[0] != pytest.approx(scores[1].logprob_sums[0], abs=1e-3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_results_keep_request_order(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    requests = generation_requests()
+    settings = GenerationSettings(max_new_tokens=6, batch_size=2)
+    forward = backend.generate(requests, settings)
+    backward = backend.generate(requests[::-1], settings)
+    assert backward == forward[::-1]
+    assert all(g.finish_reason in {"eos", "length"} for g in forward)
+    assert all(1 <= g.n_new_tokens <= 6 for g in forward)
+    assert all(g.n_new_tokens == 6 for g in forward if g.finish_reason == "length")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_stop_string_is_cut_and_counted(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    request = GenerationRequest(noise_image(seed=4), "Describe this person.")
+    free = backend.generate([request], GenerationSettings(max_new_tokens=16))[0]
+    text = free.text
+    # A stop string from the middle of what the model says anyway, so it must stop there.
+    stop = next(text[i : i + 2] for i in range(3, len(text) - 2) if text[i : i + 2].isprintable())
+    stopped = backend.generate(
+        [request], GenerationSettings(max_new_tokens=16, stop_strings=(stop,))
+    )[0]
+    assert stopped.text == text[: text.index(stop)]
+    assert stopped.finish_reason == "eos"
+    assert stopped.n_new_tokens < free.n_new_tokens
+    # The count runs up to and including the token that completes the stop string.
+    n = stopped.n_new_tokens
+    upto, before = (
+        backend.generate([request], GenerationSettings(max_new_tokens=k))[0].text
+        for k in (n, n - 1)
+    )
+    assert stop in upto
+    assert stop not in before
+
+
+class _LogitBoost:
+    """A forward hook on the output layer that makes some tokens overwhelmingly likely."""
+
+    def __init__(self, backend: HFBackend, token_ids: list[int]) -> None:
+        self.token_ids = token_ids
+        head = backend.model.get_output_embeddings()
+        self.handle = head.register_forward_hook(self.boost)
+
+    def boost(self, module: torch.nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+        output = output.clone()
+        output[..., self.token_ids] += 1e4
+        return output
+
+    def __enter__(self) -> _LogitBoost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_end_of_utterance_stops_generation(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    eou = backend.processor.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    assert eou in backend.roles.eos_ids
+    with _LogitBoost(backend, [eou]):
+        result = backend.generate(
+            [GenerationRequest(noise_image(), "Hi")], GenerationSettings(max_new_tokens=8)
+        )[0]
+    assert (result.text, result.n_new_tokens, result.finish_reason) == ("", 1, "eos")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_image_tokens_are_never_generated(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    tokenizer = backend.processor.tokenizer
+    names = ["<image>", "<fake_token_around_image>"]
+    if family == "idefics3":
+        names += ["<global-img>", "<row_1_col_1>", "<row_6_col_6>"]
+    banned = [tokenizer.convert_tokens_to_ids(n) for n in names]
+    assert set(banned) <= set(backend.roles.banned_ids)
+    requests = generation_requests()[:2]
+    settings = GenerationSettings(max_new_tokens=8, batch_size=2)
+    plain = backend.generate(requests, settings)
+    # Banned logits are set to -inf after the boost, so nothing may change.
+    with _LogitBoost(backend, banned):
+        boosted = backend.generate(requests, settings)
+    assert boosted == plain
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_min_new_tokens_holds_back_eos(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    eou = backend.processor.tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    request = [GenerationRequest(noise_image(), "Hi")]
+    with _LogitBoost(backend, [eou]):
+        result = backend.generate(request, GenerationSettings(max_new_tokens=12, min_new_tokens=5))
+    # Five tokens held back from stopping, then the (boosted) stop token: six in all.
+    assert (result[0].n_new_tokens, result[0].finish_reason) == (6, "eos")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sampling_is_seeded(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    requests = generation_requests()[:3]
+
+    def sample(seed: int) -> list[str]:
+        settings = GenerationSettings(max_new_tokens=8, do_sample=True, seed=seed, batch_size=3)
+        return [g.text for g in backend.generate(requests, settings)]
+
+    before = torch.random.get_rng_state()
+    assert sample(1) == sample(1)
+    assert sample(1) != sample(2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_label_scores_equal_one_pair_at_a_time(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    backend = backends[family]
+    requests = score_requests()
+    batched = backend.score_labels(requests, batch_size=4, method="plain")
+    for request, scores in zip(requests, batched, strict=True):
+        assert len(scores.logprob_sums) == len(request.continuations)
+        for j, continuation in enumerate(request.continuations):
+            alone = LabelScoreRequest(request.image, request.prefix, (continuation,))
+            single = backend.score_labels([alone], batch_size=1, method="plain")[0]
+            assert scores.logprob_sums[j] == pytest.approx(single.logprob_sums[0], abs=1e-4)
+            assert scores.n_tokens[j] == single.n_tokens[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_label_token_counts(backends: dict[str, HFBackend], family: str) -> None:
+    backend = backends[family]
+    tokenizer = backend.processor.tokenizer
+    requests = score_requests()[:3]  # labels that start on a token boundary
+    for request, scores in zip(requests, backend.score_labels(requests), strict=True):
+        expected = tuple(
+            len(tokenizer(c, add_special_tokens=False).input_ids) for c in request.continuations
+        )
+        assert scores.n_tokens == expected
+        assert all(s < 0 for s in scores.logprob_sums)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_plain_scores_match_a_direct_forward_pass(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    """Oracle: one unpadded sequence through the model, log-softmax summed by hand."""
+    backend = backends[family]
+    request = score_requests()[1]
+    scores = backend.score_labels([request], method="plain")[0]
+    tokenizer = backend.processor.tokenizer
+    for j, continuation in enumerate(request.continuations):
+        full = backend.scoring_prompt(request.image, f" {request.prefix}{continuation}")
+        inputs = backend.encode([full], "right")
+        n = len(tokenizer(continuation, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            logits = backend.model(**inputs).logits[0]
+        ids = inputs["input_ids"][0]
+        logprobs = torch.log_softmax(logits[-n - 1 : -1], dim=-1)
+        expected = logprobs.gather(-1, ids[-n:, None]).sum().item()
+        assert scores.logprob_sums[j] == pytest.approx(expected, abs=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefix_scores_equal_plain_scores(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    backend = backends[family]
+    requests = score_requests()
+    plain = backend.score_labels(requests, batch_size=4, method="plain")
+    shared = backend.score_labels(requests, batch_size=3, method="shared_prefix")
+    assert backend.score_labels(requests, batch_size=3) == shared  # auto shares on IDEFICS
+    for p, s in zip(plain, shared, strict=True):
+        assert s.n_tokens == p.n_tokens
+        np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_preamble_goes_first_and_matters(model_dirs: dict[str, Path], family: str) -> None:
+    folder = str(model_dirs[family])
+
+    def backend_with(seed: int) -> HFBackend:
+        preamble = [
+            PreamblePart(text="Here is an example."),
+            PreamblePart(image=noise_image(seed=seed)),
+            PreamblePart(text="A person.\n"),
+        ]
+        return load_backend(folder, ModelSpec(id=folder), preamble)  # type: ignore[return-value]
+
+    first, second = backend_with(20), backend_with(21)
+    prompt = first.generation_prompt(noise_image(), "Describe this person.")
+    assert len(prompt.images) == 2
+    after_bos = prompt.text.removeprefix(first.processor.tokenizer.bos_token)
+    if family == "idefics":
+        assert prompt.parts[0] == "Here is an example."
+        assert after_bos.startswith("Here is an example.")
+    else:
+        assert after_bos.startswith("User: Here is an example.<image>A person.\n<image>Describe")
+    settings = GenerationSettings(max_new_tokens=8)
+    request = [GenerationRequest(noise_image(), "Describe this person.")]
+    assert first.generate(request, settings) != second.generate(request, settings)
+    labels = score_requests()[:2]
+    shared = first.score_labels(labels, method="shared_prefix")
+    plain = first.score_labels(labels, method="plain")
+    for p, s in zip(plain, shared, strict=True):
+        np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
