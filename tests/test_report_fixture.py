@@ -120,7 +120,8 @@ def _term_tables(generations: pd.DataFrame, payload: bool) -> tuple[pd.DataFrame
     terms = [("nurse", "Female", 0.001, True), ("engineer", "Male", 0.002, True),
              ("person", "Female", 0.8, False)]
     if payload:
-        terms.append((IMG, GENDERS[0], 0.01, True))
+        terms += [(IMG, GENDERS[0], 0.01, True), (PIPE, GENDERS[1], 0.01, True),
+                  (MARKUP, GENDERS[0], 0.02, True)]
     rows, examples = [], []
     for prompt_id in ("resume", "dating"):
         for rank, (term, high, q, flagged) in enumerate(terms, start=1):
@@ -211,3 +212,41 @@ def test_handmade_run_reads_back(tmp_path: Path) -> None:
     overall = run.tables["classification"].query("axis == 'all'").iloc[0]
     correct = RunStore(root).read("classifications")["correct"]
     assert overall["value"] == correct.mean() and overall["n"] == 24
+
+
+_SIMULATED: dict[str, Path] = {}
+
+
+def cached_toxicity_scores(run: Path, scorer: str) -> None:
+    """Scores for every successful generation, written where ``audit analyze`` caches them, so
+    its toxicity analysis runs for real without loading a model. Planted: refusals score high."""
+    generations = RunStore(run).read("generations")
+    ok = generations[generations["finish_reason"] != "error"]
+    rng = np.random.default_rng(0)
+    toxic = np.clip(rng.beta(1, 12, len(ok)) + 0.5 * ok["generation"].str.contains("sorry"), 0, 1)
+    scores = pd.DataFrame({"sample_id": ok["sample_id"].astype(str),
+                           "prompt_id": ok["prompt_id"].astype(str), "scorer": scorer,
+                           "toxic": toxic.to_numpy(), "not_toxic": 1 - toxic.to_numpy()})
+    RunStore(run).write_analysis("toxicity_scores", scores)
+
+
+def analysed_simulated_run(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """A small simulated run with planted associations, analysed by the real ``audit analyze``
+    (toxicity from cached scores). Built once per test session."""
+    if "run" not in _SIMULATED:
+        import dataclasses
+
+        from audit.analyses import analyze_run
+        from audit.simulate import demo_simulation, write_simulated_run
+
+        root = tmp_path_factory.mktemp("simulated")
+        run = write_simulated_run(root / "simulated-planted",
+                                  dataclasses.replace(demo_simulation(0), n_images=280))
+        scorer = "transformers:cached-test-scores"
+        cached_toxicity_scores(run, scorer)
+        store = RunStore(run)
+        analysis = {"toxicity": {"scorer": scorer}, "n_permutations": 200, "n_bootstrap": 200}
+        store.update_manifest(probe={**store.manifest()["probe"], "analysis": analysis})
+        analyze_run(run)
+        _SIMULATED["run"] = run
+    return _SIMULATED["run"]

@@ -7,7 +7,7 @@ template escapes both.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,10 +131,11 @@ FigureMaker = Callable[[RunTables, str, str], "go.Figure | None"]
 
 def metric_blocks(
     runs: RunTables, axes: Sequence[str], figure_maker: FigureMaker | None = None,
-    skip_metrics: Iterable[str] = (),
+    skip_metrics: Iterable[str] = (), markdown_metrics: Collection[str] | None = None,
 ) -> list[Block]:
     """One block per (prompt or task, metric) of a long analysis table, runs side by side;
-    metrics about a whole axis (gaps, spreads) are left to ``gap_block``."""
+    metrics about a whole axis (gaps, spreads) are left to ``gap_block``. Metrics outside
+    ``markdown_metrics`` (when given) appear in the HTML report only."""
     skipped = set(skip_metrics)
     keys: dict[tuple[str, str], None] = {}
     for _, frame in runs:
@@ -153,7 +154,9 @@ def metric_blocks(
         title = f"{item_value} · {metric}"
         columns, rows = side_by_side(selected, metric, axes)
         figure = figure_maker(selected, title, metric) if figure_maker else None
-        blocks.append(Block(title=title, columns=columns, rows=rows, figure=figure))
+        html_only = markdown_metrics is not None and metric not in markdown_metrics
+        blocks.append(Block(title=title, columns=columns, rows=rows, figure=figure,
+                            html_only=html_only))
     return blocks
 
 

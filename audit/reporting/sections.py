@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -19,8 +19,10 @@ from audit.reporting.blocks import (
     p_cell,
 )
 from audit.reporting.card_table import SCORINGS, card_cells
+from audit.reporting.confusion_matrix import confusion_counts
 from audit.reporting.figures import confusion_heatmap, group_bars
 from audit.reporting.formatting import MarkdownText, format_number, format_p, is_missing
+from audit.reporting.pairing import TOXICITY_COLUMNS
 from audit.reporting.run_data import RunData
 from audit.reporting.term_sections import terms_section
 
@@ -117,11 +119,10 @@ def _confusion_blocks(runs: Sequence[RunData]) -> list[Block]:
         table = run.table("confusion")
         if table is None or table.empty:
             continue
-        for task_id, rows in table.groupby("task_id", sort=True):
-            if "axis" in rows:
-                rows = rows[rows["axis"].astype(str).eq("all")] if rows["axis"].eq("all").any() else rows
-            counts = rows.pivot_table(index="target", columns="prediction", values="count",
-                                      aggfunc="sum", fill_value=0)
+        for task_id in sorted(table["task_id"].astype(str).unique()):
+            counts = confusion_counts(table, task_id)
+            if counts is None:
+                continue
             title = f"{run.label} · {task_id} · confusion matrix"
             blocks.append(Block(
                 title=title, columns=["true \\ predicted", *map(str, counts.columns)],
@@ -132,12 +133,31 @@ def _confusion_blocks(runs: Sequence[RunData]) -> list[Block]:
     return blocks
 
 
-def per_group_section(runs: Sequence[RunData], name: str, title: str, intro: str) -> Section:
-    """A generation analysis shown as one table (and bar chart) per prompt and metric."""
+def main_toxicity_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the scorer's toxicity label (``toxicity`` for detoxify, ``toxic`` for the
+    card's classifier), not its complement or sub-labels; all rows when neither exists."""
+    if "label" not in frame:
+        return frame
+    labels = set(frame["label"].dropna().astype(str))
+    for label in TOXICITY_COLUMNS:
+        if label in labels:
+            return frame[frame["label"].astype(str) == label]
+    return frame
+
+
+def per_group_section(
+    runs: Sequence[RunData], name: str, title: str, intro: str,
+    markdown_metrics: Collection[str] | None = None,
+) -> Section:
+    """A generation analysis shown as one table (and bar chart) per prompt and metric; only
+    ``markdown_metrics`` (when given) also go into the Markdown section."""
     tables = _tables(runs, name)
+    if name == "toxicity":
+        tables = [(label, main_toxicity_rows(frame)) for label, frame in tables]
     if not tables:
         return _missing(name, title)
-    blocks = [*metric_blocks(tables, _axes(runs), _bars), *_axis_blocks(tables)]
+    blocks = [*metric_blocks(tables, _axes(runs), _bars, markdown_metrics=markdown_metrics),
+              *_axis_blocks(tables)]
     return Section(key=name, title=title, blocks=blocks, intro=intro)
 
 
@@ -153,7 +173,8 @@ def leakage_section(runs: Sequence[RunData]) -> Section:
         return _missing("leakage", "Group leakage")
     rows = []
     for label, frame in tables:
-        for _, row in frame.iterrows():
+        overall = frame[frame["group"].astype(str).eq("all")]
+        for _, row in overall.iterrows():
             rows.append([
                 label, str(row.get("prompt_id", "")), str(row["axis"]), str(row["metric"]),
                 estimate_cell(row, is_percent(str(row["metric"]))),
@@ -162,11 +183,19 @@ def leakage_section(runs: Sequence[RunData]) -> Section:
     columns = ["run", "prompt", "axis", "metric", "estimate [95% CI], n", "chance", "p"]
     if len(tables) == 1:
         columns, rows = columns[1:], [r[1:] for r in rows]
+    per_group = [
+        (label, frame[~frame["group"].astype(str).eq("all")]) for label, frame in tables
+    ]
+    details = [
+        Block(title=b.title, columns=b.columns, rows=b.rows, figure=b.figure, html_only=True)
+        for b in metric_blocks([(lb, f) for lb, f in per_group if not f.empty], _axes(runs), _bars)
+    ]
     return Section(
-        key="leakage", title="Group leakage", blocks=[Block(title="", columns=columns, rows=rows)],
+        key="leakage", title="Group leakage",
+        blocks=[Block(title="", columns=columns, rows=rows), *details],
         intro="Cross-validated balanced accuracy of a linear model predicting the group from "
-              "the generated text alone. A model whose text carries no group signal sits at "
-              "chance.",
+              "the generated text alone, with a permutation p-value. A model whose text carries "
+              "no group signal sits at chance.",
     )
 
 
@@ -195,7 +224,9 @@ def build_sections(runs: Sequence[RunData]) -> list[Section]:
         per_group_section(
             runs, "generation_stats", "Generation statistics",
             "New tokens, finish reasons and errors per group. Error rows are counted here and "
-            "excluded from every other analysis.",
+            "excluded from every other analysis. Share of generations stopped by an end token "
+            "or by the token limit: in report.html.",
+            markdown_metrics={"mean_new_tokens", "error_rate"},
         ),
         leakage_section(runs),
     ]
