@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 from typing import Any
 
+import pandas as pd
+
 from audit.errors import RunDirError
+from audit.launch.run_lock import run_lock
+from audit.launch.shard_record import read_shard_records, start_shard_record, write_shard_record
 from audit.provenance import hardware, now_iso, package_versions
 from audit.shard import Shard
 from audit.spec import ProbeSpec
-from audit.store import RunStore, write_json_atomic
+from audit.store import RunStore, write_parquet_atomic
+
+SAMPLES_FILE = "samples.parquet"
 
 # Parts of a probe that change what is generated; batch size, limit and device do not.
 _FINGERPRINT_EXCLUDE = {
@@ -51,8 +56,28 @@ def start_manifest(
     backend: Any,
     shard: Shard,
     probe_path: Any,
+    launcher: str | None = None,
 ) -> dict[str, Any]:
-    """Create the manifest, or mark an existing run as running again after checking it matches."""
+    """Create the manifest, or mark an existing run as running again after checking it matches.
+
+    Held under the run directory's lock: the processes of a sharded run start side by side, and
+    only one of them may create the manifest.
+    """
+    with run_lock(store.root):
+        manifest = _start_manifest(store, spec, source, backend, probe_path)
+        write_parquet_atomic(store.root / SAMPLES_FILE, _sample_ids(source))
+    start_shard_record(store.root, shard, launcher)
+    return manifest
+
+
+def _sample_ids(source: Any) -> pd.DataFrame:
+    """Every sample a complete run covers (images are not decoded), for ``audit status``."""
+    return pd.DataFrame({"sample_id": [s.sample_id for s in source.samples()]}, dtype="string")
+
+
+def _start_manifest(
+    store: RunStore, spec: ProbeSpec, source: Any, backend: Any, probe_path: Any
+) -> dict[str, Any]:
     n_samples = len(source)
     expected = {
         "generations": n_samples * len(spec.prompts),
@@ -98,14 +123,7 @@ def start_manifest(
             "started_at": now_iso(),
         }
         store.write_manifest(manifest)
-    _write_shard(store, shard, status="running", started_at=now_iso(), host=socket.gethostname())
     return manifest
-
-
-def _write_shard(store: RunStore, shard: Shard, **fields: Any) -> None:
-    path = store.root / "shards" / f"{shard.label}.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    write_json_atomic(path, {**current, "shard": shard.label, **fields})
 
 
 def stored_rows(store: RunStore) -> dict[str, int]:
@@ -124,20 +142,30 @@ def stored_rows(store: RunStore) -> dict[str, int]:
 def finalize_manifest(
     store: RunStore, shard: Shard, *, process_status: str, elapsed_s: float
 ) -> dict[str, Any]:
-    """Record this process's end and the run's status as the store now shows it."""
-    rows = stored_rows(store)
-    manifest = store.manifest()
-    expected = manifest.get("expected", {})
-    complete = all(rows.get(t, 0) >= n for t, n in expected.items())
-    _write_shard(
-        store, shard, status=process_status, finished_at=now_iso(), elapsed_s=round(elapsed_s, 3)
+    """Record this process's end and the run's status as the store now shows it.
+
+    Every process of a sharded run finalises under the run directory's lock, so counts and
+    status are computed from what all of them stored, one process at a time. Compaction
+    happens only once every expected row is stored (nothing is left to write, and other
+    processes' reads tolerate parts vanishing under them). A run that is not complete stays
+    ``running`` while another shard's process is alive, and is ``partial`` once none is.
+    """
+    write_shard_record(
+        store.root, shard, status=process_status, finished_at=now_iso(),
+        updated_at=now_iso(), elapsed_s=round(elapsed_s, 3),
     )
-    if complete:
-        for table in ("generations", "classifications", "thumbnails"):
-            store.compact(table)
-    return store.update_manifest(
-        rows=rows,
-        status="complete" if complete else "partial",
-        finished_at=now_iso(),
-        elapsed_s=round(elapsed_s, 3),
-    )
+    with run_lock(store.root):
+        rows = stored_rows(store)
+        manifest = store.manifest()
+        expected = manifest.get("expected", {})
+        complete = all(rows.get(t, 0) >= n for t, n in expected.items())
+        if complete:
+            for table in ("generations", "classifications", "thumbnails"):
+                store.compact(table)
+            status = "complete"
+        else:
+            others = [r for r in read_shard_records(store.root) if r.shard != shard]
+            status = "running" if any(r.is_live() for r in others) else "partial"
+        return store.update_manifest(
+            rows=rows, status=status, finished_at=now_iso(), elapsed_s=round(elapsed_s, 3)
+        )

@@ -13,8 +13,11 @@ import pandas as pd
 
 from audit.errors import AuditError, ProbeError
 from audit.execution import BatchExecutor, BatchRows, WorkItem, batched, load_item
+from audit.launch.placement import launcher_name, place_on_local_gpu
+from audit.launch.shard_record import write_shard_record
 from audit.manifest import finalize_manifest, start_manifest
 from audit.prefetch import prefetch
+from audit.provenance import now_iso
 from audit.shard import WHOLE, Shard
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store import RunStore
@@ -37,6 +40,7 @@ class RunOptions:
     progress: bool = True
     flush_rows: int = DEFAULT_FLUSH_ROWS
     flush_s: float = DEFAULT_FLUSH_S
+    launcher: str | None = None
 
     @classmethod
     def from_cli(
@@ -114,17 +118,24 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     from audit.backends.base import PreamblePart
     from audit.datasets import open_dataset
 
-    spec = options.apply(spec)
+    spec = place_on_local_gpu(options.apply(spec))
     origin = str(probe_path or spec.name)
     store = RunStore(options.run_dir_for(spec))
+    shard = options.shard or WHOLE
+    if options.fresh and shard.count > 1:
+        raise AuditError(
+            f"--fresh with shard {shard.index + 1}/{shard.count}: it would delete what the other "
+            f"shards wrote; delete {store.root} once before starting the shards instead"
+        )
     if options.fresh:
         store.clear()
-    shard = options.shard or WHOLE
     source = open_dataset(spec)
     check_labels(spec, source.group_values(), origin)
     preamble = [_preamble_part(spec, i, PreamblePart, origin) for i in range(len(spec.preamble))]
     backend = load_backend(spec.model_location(), spec.model, preamble)
-    start_manifest(store, spec, source, backend, shard, probe_path)
+    start_manifest(
+        store, spec, source, backend, shard, probe_path, launcher=options.launcher or launcher_name()
+    )
 
     started = time.perf_counter()
     executor = BatchExecutor(backend, spec, _settings(spec), spec.model.id)
@@ -159,7 +170,7 @@ def _execute(
 
     buffer = BatchRows()
     written = errors = 0
-    last_flush = time.monotonic()
+    last_flush = started = time.monotonic()
     batch_size = _batch_samples(spec)
     work = batched(_pending(store, spec, source, shard), batch_size)
     with tqdm(
@@ -175,11 +186,21 @@ def _execute(
                 if buffer.n_rows >= options.flush_rows or due:
                     written, errors = _count(buffer, written, errors)
                     _flush(store, buffer)
+                    _beat(store, shard, written, errors, time.monotonic() - started)
                     buffer, last_flush = BatchRows(), time.monotonic()
         finally:
             written, errors = _count(buffer, written, errors)
             _flush(store, buffer)  # whatever finished before a failure is kept
+            _beat(store, shard, written, errors, time.monotonic() - started)
     return written, errors
+
+
+def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: float) -> None:
+    """This process's heartbeat and counts in its shard record (``audit status`` reads them)."""
+    write_shard_record(
+        store.root, shard, rows_written=written, errors_written=errors,
+        elapsed_s=round(elapsed_s, 3), updated_at=now_iso(),
+    )
 
 
 def _count(buffer: BatchRows, written: int, errors: int) -> tuple[int, int]:

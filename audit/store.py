@@ -42,6 +42,7 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 MANIFEST = "manifest.json"
+_READ_ATTEMPTS = 5
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -152,10 +153,9 @@ class RunStore:
 
     def read(self, table: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """All rows of a table, one per key (a successful row wins over an error row)."""
-        parts = self.parts(table)
-        if not parts:
+        tables = self._read_parts(table, columns)
+        if not tables:
             return pd.DataFrame(columns=list(TABLE_KEYS.get(table, ())))
-        tables = [pq.read_table(p, columns=list(columns) if columns else None) for p in parts]
         frame = pa.concat_tables(tables, promote_options="default").to_pandas()
         keys = list(TABLE_KEYS.get(table, ()))
         if not keys or not set(keys) <= set(frame.columns):
@@ -165,6 +165,21 @@ class RunStore:
         frame = frame.sort_values(["_error", "_order"], kind="stable")
         frame = frame.drop_duplicates(keys, keep="first").sort_values("_order", kind="stable")
         return frame.drop(columns=["_error", "_order"]).reset_index(drop=True)
+
+    def _read_parts(self, table: str, columns: Iterable[str] | None) -> list[pa.Table]:
+        # Another process may compact the table while this one reads it: a part listed a moment
+        # ago can be gone, but the merged part holding its rows was written first, so listing
+        # the parts again finds them.
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return [
+                    pq.read_table(p, columns=list(columns) if columns else None)
+                    for p in self.parts(table)
+                ]
+            except FileNotFoundError:
+                if attempt == _READ_ATTEMPTS - 1:
+                    raise
+        return []
 
     def done_keys(self, table: str) -> set[tuple[str, ...]]:
         """Keys stored without error: a resumed run skips these and retries error rows."""
