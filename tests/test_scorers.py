@@ -156,3 +156,11 @@ def test_tiny_detoxify_uses_detoxify_class_names(detoxify_model: TinyDetoxify) -
     assert (
         Path(stored["config"]["arch"]["args"]["model_type"]) == detoxify_model.config_path.resolve()
     )
+
+
+def test_tiny_classifier_builds_the_same_model_every_time(classifier: Path, tmp_path: Path) -> None:
+    again = build_tiny_toxicity_classifier(tmp_path / "again")
+    assert (again / "model.safetensors").read_bytes() == (
+        classifier / "model.safetensors"
+    ).read_bytes()
+    assert (again / "tokenizer.json").read_text() == (classifier / "tokenizer.json").read_text()

@@ -11,6 +11,9 @@ they know: they are no measure of real toxicity.
 
 from __future__ import annotations
 
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -48,16 +51,37 @@ class TinyDetoxify(NamedTuple):
 
 
 def _vocabulary() -> dict[str, int]:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A WordPiece vocabulary learnt from the training sentences: every word, and every
+    character alone and as a ``##`` continuation, so unseen words still tokenize. Built in
+    sorted order, since ``tokenizers``' trainer breaks ties differently from run to run."""
+    from tokenizers import pre_tokenizers
 
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=300, special_tokens=_SPECIAL_TOKENS, show_progress=False
-    )
-    tokenizer.train_from_iterator(_NEUTRAL + _TOXIC, trainer)
-    return tokenizer.get_vocab()
+    split = pre_tokenizers.BertPreTokenizer()
+    words = {w for text in _NEUTRAL + _TOXIC for w, _ in split.pre_tokenize_str(text.lower())}
+    characters = sorted({c for word in words for c in word} | set(string.printable.strip()))
+    tokens = [*_SPECIAL_TOKENS, *characters, *(f"##{c}" for c in characters), *sorted(words)]
+    return {token: i for i, token in enumerate(dict.fromkeys(tokens))}
+
+
+@contextmanager
+def _seeded_and_quiet(seed: int = 0) -> Iterator[None]:
+    """A fixed torch seed, one thread and no progress bars, all restored afterwards."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    threads = torch.get_num_threads()
+    hf_logging.disable_progress_bar()
+    # Models this small gain nothing from threads, and lose 30x on a busy machine.
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        torch.set_num_threads(threads)
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
 
 
 def _fit(model: Any, tokenizer: Any, targets: Any, steps: int = 60) -> None:
@@ -97,13 +121,12 @@ def build_tiny_toxicity_classifier(out_dir: str | Path) -> Path:
         id2label={0: "not_toxic", 1: "toxic"},
         label2id={"not_toxic": 0, "toxic": 1},
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
+    with _seeded_and_quiet():
         model = DistilBertForSequenceClassification(config)
         targets = torch.tensor([0] * len(_NEUTRAL) + [1] * len(_TOXIC))
         _fit(model, tokenizer, targets)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     return out
 
 
@@ -126,8 +149,7 @@ def build_tiny_detoxify_checkpoint(out_dir: str | Path) -> TinyDetoxify:
         num_labels=len(DETOXIFY_CLASSES),
         problem_type="multi_label_classification",
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
+    with _seeded_and_quiet():
         model = BertForSequenceClassification(config)
         toxic = torch.tensor([0.0] * len(_NEUTRAL) + [1.0] * len(_TOXIC))
         _fit(model, tokenizer, toxic[:, None].repeat(1, len(DETOXIFY_CLASSES)))
