@@ -10,6 +10,7 @@ from audit.reporting.blocks import is_percent
 from audit.reporting.formatting import escape_markdown, format_estimate, format_p
 from audit.reporting.provenance_table import provenance
 from audit.reporting.run_data import ANALYSES, RunData
+from audit.reporting.simulation_section import simulation_section
 
 st.set_page_config(page_title="Bias audit", layout="wide")
 
@@ -37,6 +38,11 @@ def show_run(run: RunData) -> None:
     columns[3].metric("Tasks", len(run.manifest.get("tasks") or []))
     if run.manifest.get("simulated"):
         st.warning("SIMULATED run: generated with planted associations; it describes no model.")
+        planted = simulation_section([run])
+        if planted is not None:
+            block = planted.blocks[0]
+            st.markdown("**What was planted, and what the analyses found**")
+            st.dataframe(pd.DataFrame(block.rows, columns=block.columns), hide_index=True)
     st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}),
                  hide_index=True)
     missing = [name for name in ANALYSES if run.table(name) is None]

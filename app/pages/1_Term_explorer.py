@@ -74,17 +74,18 @@ table = run.table("term_variance")
 if table is None:
     st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
     st.stop()
-prompt_id = st.selectbox("Prompt", sorted(table["prompt_id"].astype(str).unique()))
+prompt_id = st.selectbox("Prompt", sorted(table["prompt_id"].astype(str).unique()), key="term_prompt")
 for_prompt = table[table["prompt_id"].astype(str) == prompt_id]
-axis = st.selectbox("Group axis", sorted(for_prompt["axis"].astype(str).unique()))
+axis = st.selectbox("Group axis", sorted(for_prompt["axis"].astype(str).unique()),
+                    key="term_axis")
 rows = for_prompt[for_prompt["axis"].astype(str) == axis]
-only_flagged = st.checkbox("Only flagged terms", value=False)
+only_flagged = st.checkbox("Only flagged terms", value=False, key="term_only_flagged")
 ranked = ranked_terms(rows, only_flagged)
 st.dataframe(ranked, hide_index=True, height=min(400, 36 * (len(ranked) + 1)))
 if ranked.empty:
     st.info("No term to show for this selection.")
     st.stop()
-term = st.selectbox("Term", ranked["term"].tolist())
+term = st.selectbox("Term", ranked["term"].tolist(), key="term_term")
 term_rows = filter_groups(rows[rows["term"].astype(str) == term], selection)
 show_metric(term_rows, run, f"{prompt_id} · {axis} · {term}", "mean TF-IDF")
 st.subheader("Example generations")

@@ -9,6 +9,7 @@ import streamlit as st
 from audit.reporting.app_state import choose_run, filter_groups, group_selection, require_runs
 from audit.reporting.app_views import show_gaps, show_metric
 from audit.reporting.card_table import card_cells
+from audit.reporting.confusion_matrix import confusion_counts, confusion_groups
 from audit.reporting.figures import confusion_heatmap
 from audit.reporting.formatting import NOT_ANALYSED, format_interval, format_number
 from audit.reporting.run_data import RunData
@@ -35,15 +36,17 @@ def show_confusion(run: RunData, task_id: str) -> None:
     if confusion is None:
         st.info("No confusion matrix stored for this run.")
         return
-    rows = confusion[confusion["task_id"].astype(str) == task_id]
-    if "axis" in rows and rows["axis"].astype(str).eq("all").any():
-        rows = rows[rows["axis"].astype(str).eq("all")]
-    if rows.empty:
-        st.info("No confusion matrix for this task.")
+    pairs = confusion_groups(confusion, task_id)
+    labels = ["all images" if axis == "all" else f"{axis}: {group}" for axis, group in pairs]
+    chosen = st.selectbox("Confusion matrix of", labels, key="confusion_group")
+    axis, group = pairs[labels.index(chosen)]
+    scorings = sorted(confusion.get("scoring", pd.Series(["sum"])).dropna().astype(str).unique())
+    scoring = st.radio("Scoring", scorings, horizontal=True) if len(scorings) > 1 else "sum"
+    counts = confusion_counts(confusion, task_id, axis, group, scoring)
+    if counts is None:
+        st.info("No confusion matrix for this selection.")
         return
-    counts = rows.pivot_table(index="target", columns="prediction", values="count",
-                              aggfunc="sum", fill_value=0)
-    st.plotly_chart(confusion_heatmap(counts, f"{task_id}: true value × prediction"))
+    st.plotly_chart(confusion_heatmap(counts, f"{task_id}: true value × prediction ({chosen})"))
 
 
 runs = require_runs()

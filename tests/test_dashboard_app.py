@@ -1,0 +1,147 @@
+"""Every dashboard page runs without exception in Streamlit's ``AppTest``: on hand-built runs with
+injected text, on a run analysed by ``audit analyze``, on runs without analyses, on bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from audit.dashboard import RUN_DIRS_ENV, app_entry, run_dirs_env
+from audit.store import RunStore
+from test_report_fixture import SCRIPT, analysed_simulated_run, write_handmade_run
+
+PAGES = sorted(p.name for p in (app_entry().parent / "pages").glob("[0-9]*.py"))
+TIMEOUT_S = 60
+
+
+def run_pages(run_dirs: list[Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, AppTest]]:
+    """Each page after a fresh run of the app started over ``run_dirs``."""
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env(run_dirs))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S)
+    app.run()
+    yield "Home.py", app
+    for page in PAGES:
+        app.switch_page(f"pages/{page}")
+        app.run()
+        yield page, app
+
+
+def assert_clean(page: str, app: AppTest) -> None:
+    assert not app.exception, f"{page}: {[e.value for e in app.exception]}"
+    assert not app.error, f"{page}: {[e.value for e in app.error]}"
+
+
+@pytest.fixture(scope="module")
+def handmade(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("dash")
+    return [write_handmade_run(root / "run-a", n=30, payload=True),
+            write_handmade_run(root / "run-b", n=30, payload=True, seed=2)]
+
+
+def test_there_are_six_pages() -> None:
+    assert len(PAGES) == 6
+
+
+def test_every_page_on_two_runs_with_injected_text(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shown = set()
+    for page, app in run_pages(handmade, monkeypatch):
+        assert_clean(page, app)
+        shown.add(page)
+        # Model text reaches Markdown elements only escaped: never as raw HTML.
+        for element in (*app.markdown, *app.caption):
+            assert SCRIPT not in element.value, f"{page}: raw payload in Markdown"
+    assert shown == {"Home.py", *PAGES}
+
+
+def test_every_page_on_a_run_analysed_by_audit_analyze(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = analysed_simulated_run(tmp_path_factory)
+    for page, app in run_pages([run], monkeypatch):
+        assert_clean(page, app)
+        if page == "Home.py":
+            assert any("SIMULATED" in w.value for w in app.warning)
+            assert len(app.dataframe) >= 3
+        if page.endswith("Compare_runs.py"):
+            assert any("two or more run directories" in i.value for i in app.info)
+        elif page != "Home.py":
+            assert app.dataframe, f"{page}: no table shown"
+            assert not app.warning, f"{page}: {[w.value for w in app.warning]}"
+
+
+def test_term_explorer_follows_the_selected_term(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = analysed_simulated_run(tmp_path_factory)
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env([run]))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S).run()
+    app.switch_page("pages/" + next(p for p in PAGES if "Term" in p)).run()
+    app.selectbox(key="term_prompt").set_value("story").run()
+    app.selectbox(key="term_axis").set_value("gender").run()
+    app.checkbox(key="term_only_flagged").check().run()
+    ranked = app.dataframe[0].value
+    assert "umbrella" in set(ranked["term"]), "the planted term is not flagged"
+    assert set(ranked["flagged"]) == {"yes"}
+    app.selectbox(key="term_term").set_value("umbrella").run()
+    assert_clean("term explorer", app)
+    groups = app.dataframe[1].value
+    assert set(groups["group"]) == {"Female", "Male"}
+    assert len(app.text) >= 2, "no example generation shown"
+
+
+def test_group_filter_hides_unselected_groups(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env(handmade[:1]))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S).run()
+    app.switch_page("pages/" + next(p for p in PAGES if "Refusal" in p)).run()
+    before = app.dataframe[0].value
+    assert "Male" in set(before["group"])
+    app.multiselect(key="groups_run-a_gender").set_value(["Female"]).run()
+    after = app.dataframe[0].value
+    assert "Male" not in set(after["group"]) and "Female" in set(after["group"])
+    assert not any(g.startswith("Male x") for g in after["group"])
+    assert "all" in set(after["group"])
+
+
+def test_pages_without_analyses_say_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bare = write_handmade_run(tmp_path / "bare", n=12, analyses=False)
+    for page, app in run_pages([bare], monkeypatch):
+        assert not app.exception, f"{page}: {[e.value for e in app.exception]}"
+        if any(name in page for name in ("Term", "Toxicity", "Refusal", "Classification")):
+            assert any("Not analysed" in w.value for w in app.warning), page
+
+
+def test_bad_run_directory_is_a_message_not_a_crash(
+    tmp_path: Path, handmade: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env([tmp_path / "missing", handmade[0]]))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S).run()
+    assert not app.exception
+    assert any("no such run directory" in e.value for e in app.sidebar.error)
+    assert any(e.value == "run-a" for e in app.subheader)
+
+
+def test_no_run_directory_explains_how_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RUN_DIRS_ENV, raising=False)
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S).run()
+    assert not app.exception
+    assert any("audit dashboard RUN_DIR" in i.value for i in app.info)
+
+
+def test_generation_browser_filters_by_text(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env(handmade[:1]))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S).run()
+    app.switch_page("pages/" + next(p for p in PAGES if "Generations" in p)).run()
+    app.text_input(key="browse_text").set_value("engineer").run()
+    shown = app.dataframe[-1].value
+    stored = RunStore(handmade[0]).read("generations")
+    assert len(shown) == stored["generation"].str.contains("engineer", case=False).sum()
+    assert shown["generation"].str.contains("engineer").all()
