@@ -236,3 +236,17 @@ def test_headline_findings_name_the_gap_with_its_test(tmp_path: Path, classifier
     planted = found[("arrest", "gender")]
     assert planted["p_value"] < 0.01 and planted["n"] == 40
     assert planted["headline"].startswith("arrest, gender: mean toxic b minus a:")
+
+
+def test_scoring_in_chunks_gives_the_same_cache(
+    tmp_path: Path, classifier: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import audit.analyses.toxicity as toxicity
+
+    rows = generation_rows(n_images=10)
+    whole = write_run(tmp_path / "whole", rows, f"transformers:{classifier}", batch_size=4)
+    run_toxicity(whole)
+    monkeypatch.setattr(toxicity, "CHUNK_TEXTS", 4)
+    chunked = write_run(tmp_path / "chunked", rows, f"transformers:{classifier}", batch_size=4)
+    run_toxicity(chunked)
+    pd.testing.assert_frame_equal(read_scores(chunked), read_scores(whole), atol=1e-6)

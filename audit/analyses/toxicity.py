@@ -50,6 +50,8 @@ from audit.store import RunStore, write_parquet_atomic
 NAME = "toxicity"
 SCORES_TABLE = "toxicity_scores"
 KEYS = ["sample_id", "prompt_id", "scorer"]
+#: Texts scored between two saves of the cache.
+CHUNK_TEXTS = 2048
 EXTRA = ["scorer", "label", "threshold", "p_value", "q_value", "group_high", "group_low"]
 
 
@@ -100,19 +102,40 @@ def score_generations(context: AnalysisContext) -> pd.DataFrame:
     keys = generations[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None)
     todo = generations[[key not in cached for key in keys]]
     if len(todo):
-        from audit.scorers import load_scorer
-
-        probe_dir, origin = _probe_location(context)
-        scorer = load_scorer(spec, probe_dir, origin=origin)
-        new = scorer.score(todo["generation"].tolist())
-        new.insert(0, "scorer", spec.scorer)
-        new.insert(0, "prompt_id", todo["prompt_id"].astype(str).to_numpy())
-        new.insert(0, "sample_id", todo["sample_id"].astype(str).to_numpy())
-        cache = pd.concat([cache, new], ignore_index=True) if len(cache) else new
-        write_parquet_atomic(scores_path(context.store), cache)
+        cache = _score_into_cache(context, todo, cache)
         mine = cache[cache["scorer"] == spec.scorer]
     labels = [c for c in mine.columns if c not in KEYS and mine[c].notna().any()]
     return mine[["sample_id", "prompt_id", *labels]].reset_index(drop=True)
+
+
+def _score_into_cache(
+    context: AnalysisContext, todo: pd.DataFrame, cache: pd.DataFrame
+) -> pd.DataFrame:
+    """Score ``todo`` chunk by chunk, saving the cache after each: an interrupted scoring
+    keeps what it finished, and the next run goes on from there."""
+    from tqdm.auto import tqdm
+
+    from audit.scorers import load_scorer
+
+    spec = context.settings.toxicity
+    probe_dir, origin = _probe_location(context)
+    scorer = load_scorer(spec, probe_dir, origin=origin)
+    chunk = max(CHUNK_TEXTS, spec.batch_size)
+    starts = range(0, len(todo), chunk)
+    for start in tqdm(
+        starts,
+        desc=f"scoring toxicity ({spec.scorer})",
+        unit="chunk",
+        disable=None if len(starts) > 1 else True,
+    ):
+        part = todo.iloc[start : start + chunk]
+        new = scorer.score(part["generation"].tolist())
+        new.insert(0, "scorer", spec.scorer)
+        new.insert(0, "prompt_id", part["prompt_id"].astype(str).to_numpy())
+        new.insert(0, "sample_id", part["sample_id"].astype(str).to_numpy())
+        cache = pd.concat([cache, new], ignore_index=True) if len(cache) else new
+        write_parquet_atomic(scores_path(context.store), cache)
+    return cache
 
 
 def _probe_location(context: AnalysisContext) -> tuple[Path, str]:

@@ -41,7 +41,7 @@ def checkpoint_source(checkpoint: Path, config_path: Path | None) -> str | IO[by
         return str(checkpoint)
     import torch
 
-    loaded = torch.load(checkpoint, map_location="cpu", weights_only=False, mmap=True)
+    loaded = torch.load(checkpoint, map_location="cpu", weights_only=False)
     args = loaded["config"]["arch"]["args"]
     if Path(str(args["model_type"])).resolve() == config_path.resolve():
         return str(checkpoint)
