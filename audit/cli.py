@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from audit.errors import AuditError
+
+if TYPE_CHECKING:
+    from audit.runner import RunOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -57,6 +60,8 @@ def run(
     fresh: Annotated[bool, typer.Option("--fresh", help="Delete what the run directory holds and start over.")] = False,
     flush_every: Annotated[int, typer.Option(help="Write a part every N rows (fewer lose less on a crash).")] = 512,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ray: Annotated[Optional[str], typer.Option(help="Spread shards over a Ray cluster: auto (the running cluster), local (start one here) or its address. The run directory must be on a filesystem every node shares.")] = None,
+    ray_shards: Annotated[Optional[int], typer.Option(help="With --ray: number of shards (default: one per GPU, or per CPU).")] = None,
 ) -> None:
     """Run a probe: dataset x prompts x model, stored as parquet in a run directory."""
     from audit.runner import RunOptions, run_probe_file
@@ -66,10 +71,24 @@ def run(
             out=out, model=model, limit=limit, batch_size=batch_size, device=device,
             shard=shard, fresh=fresh, flush_rows=flush_every, progress=progress,
         )
+        if ray is not None:
+            _run_on_ray(probe, options, ray, ray_shards)
+            return
+        if ray_shards is not None:
+            raise AuditError("--ray-shards: only used with --ray ADDRESS")
         result = run_probe_file(probe, options)
     except AuditError as error:
         _fail(error)
     typer.echo(result.describe())
+
+
+def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: Optional[int]) -> None:
+    from audit.launch.ray_runner import RayPlan, run_on_ray
+
+    result = run_on_ray(probe, options, RayPlan(address=address, n_shards=n_shards), typer.echo)
+    typer.echo(result.describe())
+    if result.failed:
+        raise typer.Exit(code=1)
 
 
 @app.command()
