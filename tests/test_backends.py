@@ -337,3 +337,22 @@ def test_preamble_goes_first_and_matters(model_dirs: dict[str, Path], family: st
     plain = first.score_labels(labels, method="plain")
     for p, s in zip(plain, shared, strict=True):
         np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_label_merging_with_the_prompt_is_scored_whole(
+    backends: dict[str, HFBackend], family: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``"...a pers" + "on."`` tokenizes as ``" person" "."``: the merged token is the label's."""
+    backend = backends[family]
+    tokenizer = backend.processor.tokenizer
+    request = LabelScoreRequest(noise_image(seed=5), "a photo of a pers", ("on.", "on"))
+    with caplog.at_level("WARNING", logger="audit.backends.scoring"):
+        shared = backend.score_labels([request], method="shared_prefix")[0]
+    assert "merges with the end of prompt" in caplog.text
+    plain = backend.score_labels([request], method="plain")[0]
+    expected = tuple(
+        len(tokenizer(t, add_special_tokens=False).input_ids) for t in (" person.", " person")
+    )
+    assert shared.n_tokens == plain.n_tokens == expected
+    np.testing.assert_allclose(shared.logprob_sums, plain.logprob_sums, atol=1e-4, rtol=0)
