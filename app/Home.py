@@ -19,12 +19,11 @@ def findings_frame(run: RunData) -> pd.DataFrame:
     findings = (run.summary or {}).get("findings", []) or []
     return pd.DataFrame({
         "analysis": [str(f.get("analysis", "")) for f in findings],
-        "prompt / task": [str(f.get("prompt_id") or f.get("task_id") or "") for f in findings],
-        "axis": [str(f.get("axis", "")) for f in findings],
         "finding": [str(f.get("headline", "")) for f in findings],
         "estimate [95% CI], n": [format_estimate(f, is_percent(str(f.get("metric", ""))))
                                  for f in findings],
-        "q": [format_p(f.get("q_value", f.get("p_value"))) for f in findings],
+        "p": [format_p(f.get("p_value")) for f in findings],
+        "q": [format_p(f.get("q_value")) for f in findings],
     })
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from audit.dashboard import RUN_DIRS_ENV, run_dirs_env, streamlit_command
 from audit.report import build_report
-from test_report_fixture import write_handmade_run
+from test_report_fixture import analysed_simulated_run, write_handmade_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -67,10 +67,11 @@ def _browser(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A run analysed by ``audit analyze`` and a hand-built one full of injected text."""
     root = tmp_path_factory.mktemp("browser-runs")
     return [
+        analysed_simulated_run(tmp_path_factory),
         write_handmade_run(root / "run-a", n=40, payload=True),
-        write_handmade_run(root / "run-b", n=40, payload=True, seed=3, model_id="other-model"),
     ]
 
 
@@ -112,6 +113,19 @@ def _wait_for(driver, css: str, text: str, timeout_s: float = 30.0) -> None:  # 
     raise AssertionError(f"no {css!r} containing {text!r} within {timeout_s} s")
 
 
+def _wait_until_rendered(driver, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    """Content arrives over the websocket after the title, and tables draw after that: wait
+    until neither the script's status widget nor a loading skeleton is seen twice in a row."""
+    from selenium.webdriver.common.by import By
+
+    busy = "[data-testid='stStatusWidget'], [data-testid='stSkeleton']"
+    deadline = time.monotonic() + timeout_s
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        quiet = 0 if driver.find_elements(By.CSS_SELECTOR, busy) else quiet + 1
+        time.sleep(0.3)
+
+
 def test_every_page_renders_without_exception(server: str, tmp_path: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -120,14 +134,7 @@ def test_every_page_renders_without_exception(server: str, tmp_path: Path) -> No
         for path, title in PAGES.items():
             driver.get(f"{server}/{path}")
             _wait_for(driver, "h1", title)
-            # Content arrives over the websocket after the title: wait for the script to finish.
-            _wait_for(driver, "[data-testid='stApp']", title)
-            deadline = time.monotonic() + 30
-            while driver.find_elements(By.CSS_SELECTOR, "[data-testid='stStatusWidget']"):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.25)
-            time.sleep(1.0)
+            _wait_until_rendered(driver)
             driver.save_screenshot(str(tmp_path / f"page-{path or 'Home'}.png"))
             exceptions = driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
             assert not exceptions, f"/{path}: {exceptions[0].text[:500]}"
@@ -138,7 +145,9 @@ def test_every_page_renders_without_exception(server: str, tmp_path: Path) -> No
         driver.quit()
 
 
-def test_report_opens_offline_inert_and_draws_charts(runs: list[Path], tmp_path: Path) -> None:
+def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
+    runs = [write_handmade_run(tmp_path / "run-a", n=30, payload=True),
+            write_handmade_run(tmp_path / "run-b", n=30, payload=True, seed=1)]
     html_path, _ = build_report(runs, tmp_path / "report")
     driver = _browser(tmp_path)
     try:

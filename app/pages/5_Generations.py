@@ -7,7 +7,6 @@ import streamlit as st
 
 from audit.reporting.app_state import choose_run, generations, require_runs, thumbnails
 from audit.reporting.app_views import estimate_frame, show_metric
-from audit.reporting.formatting import format_p
 from audit.reporting.run_data import RunData
 
 st.set_page_config(page_title="Generations", layout="wide")
@@ -33,10 +32,8 @@ def show_leakage(run: RunData) -> None:
     if table is None:
         st.info("Group leakage not analysed: run `audit analyze`.")
         return
-    frame = estimate_frame(table, run.group_axes)
-    frame.insert(0, "prompt", table.get("prompt_id", pd.Series("", table.index)).astype(str).to_numpy())
-    frame.insert(1, "metric", table["metric"].astype(str).to_numpy())
-    frame["p"] = [format_p(v) for v in table.get("p_value", pd.Series(None, table.index))]
+    frame = estimate_frame(table, run.group_axes, leading=("prompt_id", "metric"),
+                           trailing=("chance", "p_value"))
     st.dataframe(frame, hide_index=True)
 
 

@@ -117,7 +117,8 @@ def group_values(run: RunData) -> dict[str, list[str]]:
         if {"axis", "group"} <= set(table.columns):
             pairs = table[["axis", "group"]].astype(str).drop_duplicates()
             for axis, group in pairs.itertuples(index=False):
-                if axis in values:
+                # Rows about a whole axis (gaps, tests) carry group "all": not a group.
+                if axis in values and group != "all":
                     values[axis].add(group)
     return {axis: sorted(found) for axis, found in values.items() if found}
 

@@ -14,24 +14,38 @@ from audit.reporting.formatting import (
     INSUFFICIENT,
     NOT_ANALYSED,
     format_estimate,
+    format_number,
     format_p,
     is_missing,
 )
 from audit.reporting.run_data import RunData
 
 
-def estimate_frame(rows: pd.DataFrame, axes: Sequence[str], metric: str = "") -> pd.DataFrame:
-    """``axis, group, estimate, n, note`` for ``st.dataframe``: words for missing values."""
-    percent = is_percent(metric or (str(rows["metric"].iloc[0]) if len(rows) else ""))
-    ordered = sort_groups(rows, axes) if len(rows) else rows
-    return pd.DataFrame({
-        "axis": ordered["axis"].astype(str).to_numpy() if len(rows) else [],
-        "group": ordered["group"].astype(str).to_numpy() if len(rows) else [],
-        "estimate [95% CI]": [format_estimate(row, percent).rsplit(", n=", 1)[0]
-                              for _, row in ordered.iterrows()],
-        "n": [None if is_missing(n) else int(n) for n in ordered.get("n", [])],
-        "note": [("" if is_missing(v) else str(v)) for v in ordered.get("note", [""] * len(ordered))],
-    })
+def estimate_frame(
+    rows: pd.DataFrame, axes: Sequence[str], metric: str = "", leading: Sequence[str] = (),
+    trailing: Sequence[str] = (),
+) -> pd.DataFrame:
+    """``axis, group, estimate, n, note`` for ``st.dataframe``, words for missing values;
+    ``leading``/``trailing`` columns of ``rows`` are kept (in the same sorted order)."""
+    if rows.empty:
+        return pd.DataFrame(columns=[*leading, "axis", "group", "estimate [95% CI]", "n", "note"])
+    ordered = sort_groups(rows, axes)
+    frame = pd.DataFrame({column: ordered[column].astype(str).to_numpy()
+                          for column in leading if column in ordered})
+    frame["axis"] = ordered["axis"].astype(str).to_numpy()
+    frame["group"] = ordered["group"].astype(str).to_numpy()
+    frame["estimate [95% CI]"] = [
+        format_estimate(row, is_percent(metric or str(row.get("metric", "")))).rsplit(", n=", 1)[0]
+        for _, row in ordered.iterrows()
+    ]
+    frame["n"] = [None if is_missing(n) else int(n) for n in ordered.get("n", [None] * len(ordered))]
+    frame["note"] = ["" if is_missing(v) else str(v)
+                     for v in ordered.get("note", [""] * len(ordered))]
+    for column in trailing:
+        if column in ordered:
+            frame[column] = [format_p(v) if column.endswith("p_value") else format_number(v)
+                             for v in ordered[column]]
+    return frame
 
 
 def show_metric(rows: pd.DataFrame, run: RunData, title: str, metric: str) -> None:

@@ -97,9 +97,13 @@ def ordered_axes(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def sort_groups(frame: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
+    """Rows by prompt or task, then axis (overall first, the probe's order), then group."""
     order = {axis: i for i, axis in enumerate(ordered_axes(frame, axes))}
-    keyed = frame.assign(_axis=frame["axis"].astype(str).map(order), _group=frame["group"].astype(str))
-    return keyed.sort_values(["_axis", "_group"], kind="stable").drop(columns=["_axis", "_group"])
+    keyed = frame.assign(_axis=frame["axis"].astype(str).map(order),
+                         _group=frame["group"].astype(str))
+    item = item_column(frame)
+    keys = ([item] if item in frame else []) + ["_axis", "_group"]
+    return keyed.sort_values(keys, kind="stable").drop(columns=["_axis", "_group"])
 
 
 RunTables = Sequence[tuple[str, pd.DataFrame]]

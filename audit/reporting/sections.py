@@ -50,14 +50,12 @@ def findings_section(runs: Sequence[RunData]) -> Section:
     rows = []
     for run in runs:
         for finding in (run.summary or {}).get("findings", []) or []:
-            item = finding.get("prompt_id") or finding.get("task_id") or ""
             rows.append([
-                run.label, str(finding.get("analysis", "")), str(item),
-                str(finding.get("axis", "")), str(finding.get("headline", "")),
+                run.label, str(finding.get("analysis", "")), str(finding.get("headline", "")),
                 estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
-                p_cell(finding.get("q_value", finding.get("p_value"))),
+                p_cell(finding.get("p_value")), p_cell(finding.get("q_value")),
             ])
-    columns = ["run", "analysis", "prompt / task", "axis", "finding", "estimate [95% CI], n", "q (p)"]
+    columns = ["run", "analysis", "finding", "estimate [95% CI], n", "p", "q"]
     if len(runs) == 1:
         columns, rows = columns[1:], [row[1:] for row in rows]
     caption = "" if rows else "No finding passed the significance thresholds."
