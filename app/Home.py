@@ -17,14 +17,17 @@ st.set_page_config(page_title="Bias audit", layout="wide")
 
 def findings_frame(run: RunData) -> pd.DataFrame:
     findings = (run.summary or {}).get("findings", []) or []
-    return pd.DataFrame({
-        "analysis": [str(f.get("analysis", "")) for f in findings],
-        "finding": [str(f.get("headline", "")) for f in findings],
-        "estimate [95% CI], n": [format_estimate(f, is_percent(str(f.get("metric", ""))))
-                                 for f in findings],
-        "p": [format_p(f.get("p_value")) for f in findings],
-        "q": [format_p(f.get("q_value")) for f in findings],
-    })
+    return pd.DataFrame(
+        {
+            "analysis": [str(f.get("analysis", "")) for f in findings],
+            "finding": [str(f.get("headline", "")) for f in findings],
+            "estimate [95% CI], n": [
+                format_estimate(f, is_percent(str(f.get("metric", "")))) for f in findings
+            ],
+            "p": [format_p(f.get("p_value")) for f in findings],
+            "q": [format_p(f.get("q_value")) for f in findings],
+        }
+    )
 
 
 def show_run(run: RunData) -> None:
@@ -42,8 +45,7 @@ def show_run(run: RunData) -> None:
             block = planted.blocks[0]
             st.markdown("**What was planted, and what the analyses found**")
             st.dataframe(pd.DataFrame(block.rows, columns=block.columns), hide_index=True)
-    st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}),
-                 hide_index=True)
+    st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}), hide_index=True)
     missing = [name for name in ANALYSES if run.table(name) is None]
     if run.summary is None:
         st.info("Not analysed yet: run `audit analyze` on this run directory.")

@@ -1,1 +1,4 @@
-"""The Streamlit dashboard (``audit dashboard``): ``Home.py`` and ``pages/``; reads run directories only."""
+"""The Streamlit dashboard (``audit dashboard``): ``Home.py`` and ``pages/``.
+
+It reads run directories only and never loads a model.
+"""

@@ -69,8 +69,12 @@ def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNem
     discordant = only_a + only_b
     p_value = 1.0 if discordant == 0 else float(binomtest(only_b, discordant, 0.5).pvalue)
     return McNemarTest(
-        n=int(a.size), only_a=only_a, only_b=only_b,
-        accuracy_a=float(a.mean()), accuracy_b=float(b.mean()), p_value=min(1.0, p_value),
+        n=int(a.size),
+        only_a=only_a,
+        only_b=only_b,
+        accuracy_a=float(a.mean()),
+        accuracy_b=float(b.mean()),
+        p_value=min(1.0, p_value),
     )
 
 
@@ -116,17 +120,34 @@ def paired_bootstrap(
     null = (signs @ sums) / counts.sum()
     exceed = np.sum(np.abs(null) >= abs(observed) - 1e-12)
     return PairedDifference(
-        n=int(values_a.size), n_clusters=int(n_clusters),
-        mean_a=float(values_a.mean()), mean_b=float(values_b.mean()),
+        n=int(values_a.size),
+        n_clusters=int(n_clusters),
+        mean_a=float(values_a.mean()),
+        mean_b=float(values_b.mean()),
         difference=float(observed),
-        ci_low=float(np.quantile(boot, 0.025)), ci_high=float(np.quantile(boot, 0.975)),
+        ci_low=float(np.quantile(boot, 0.025)),
+        ci_high=float(np.quantile(boot, 0.975)),
         p_value=float((1 + exceed) / (1 + n_boot)),
     )
 
 
 COLUMNS = [
-    "test", "metric", "item", "axis", "group", "n", "value_a", "value_b", "difference",
-    "ci_low", "ci_high", "p_value", "q_value", "only_a", "only_b", "note",
+    "test",
+    "metric",
+    "item",
+    "axis",
+    "group",
+    "n",
+    "value_a",
+    "value_b",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "q_value",
+    "only_a",
+    "only_b",
+    "note",
 ]
 
 
@@ -152,8 +173,13 @@ def compare_correctness(
     rows: list[dict[str, object]] = []
     for task_id, task_pairs in pairs.groupby("task_id", sort=True):
         for axis, group, subset in _subsets(task_pairs, axes):
-            base = {"test": "mcnemar", "metric": "accuracy", "item": str(task_id),
-                    "axis": axis, "group": group}
+            base = {
+                "test": "mcnemar",
+                "metric": "accuracy",
+                "item": str(task_id),
+                "axis": axis,
+                "group": group,
+            }
             if len(subset) < MIN_PAIRS:
                 rows.append(_insufficient(base, len(subset)))
                 continue
@@ -161,12 +187,21 @@ def compare_correctness(
             b = subset["correct_b"].astype(bool).to_numpy()
             test = mcnemar_exact(a, b)
             interval = paired_bootstrap(a, b, subset["sample_id"], n_boot=n_boot, seed=seed)
-            rows.append({
-                **base, "n": test.n, "value_a": test.accuracy_a, "value_b": test.accuracy_b,
-                "difference": test.accuracy_b - test.accuracy_a,
-                "ci_low": interval.ci_low, "ci_high": interval.ci_high,
-                "p_value": test.p_value, "only_a": test.only_a, "only_b": test.only_b, "note": "",
-            })
+            rows.append(
+                {
+                    **base,
+                    "n": test.n,
+                    "value_a": test.accuracy_a,
+                    "value_b": test.accuracy_b,
+                    "difference": test.accuracy_b - test.accuracy_a,
+                    "ci_low": interval.ci_low,
+                    "ci_high": interval.ci_high,
+                    "p_value": test.p_value,
+                    "only_a": test.only_a,
+                    "only_b": test.only_b,
+                    "note": "",
+                }
+            )
     return _finish(rows)
 
 
@@ -178,19 +213,32 @@ def compare_scores(
     rows: list[dict[str, object]] = []
     for prompt_id, prompt_pairs in pairs.groupby("prompt_id", sort=True):
         for axis, group, subset in _subsets(prompt_pairs, axes):
-            base = {"test": "paired_bootstrap", "metric": metric, "item": str(prompt_id),
-                    "axis": axis, "group": group}
+            base = {
+                "test": "paired_bootstrap",
+                "metric": metric,
+                "item": str(prompt_id),
+                "axis": axis,
+                "group": group,
+            }
             if subset["sample_id"].nunique() < MIN_PAIRS:
                 rows.append(_insufficient(base, len(subset)))
                 continue
             result = paired_bootstrap(
                 subset["score_a"], subset["score_b"], subset["sample_id"], n_boot=n_boot, seed=seed
             )
-            rows.append({
-                **base, "n": result.n, "value_a": result.mean_a, "value_b": result.mean_b,
-                "difference": result.difference, "ci_low": result.ci_low,
-                "ci_high": result.ci_high, "p_value": result.p_value, "note": "",
-            })
+            rows.append(
+                {
+                    **base,
+                    "n": result.n,
+                    "value_a": result.mean_a,
+                    "value_b": result.mean_b,
+                    "difference": result.difference,
+                    "ci_low": result.ci_low,
+                    "ci_high": result.ci_high,
+                    "p_value": result.p_value,
+                    "note": "",
+                }
+            )
     return _finish(rows)
 
 

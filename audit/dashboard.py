@@ -49,14 +49,25 @@ def run_dirs_env(run_dirs: Sequence[Path]) -> str:
 def streamlit_command(port: int, address: str = DEFAULT_ADDRESS) -> list[str]:
     """``streamlit run`` headless, usage statistics off, no file watcher."""
     return [
-        sys.executable, "-m", "streamlit", "run", str(app_entry()),
-        "--server.headless", "true",
-        "--server.address", address,
-        "--server.port", str(port),
-        "--server.fileWatcherType", "none",
-        "--browser.gatherUsageStats", "false",
-        "--global.developmentMode", "false",
-        "--client.toolbarMode", "minimal",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app_entry()),
+        "--server.headless",
+        "true",
+        "--server.address",
+        address,
+        "--server.port",
+        str(port),
+        "--server.fileWatcherType",
+        "none",
+        "--browser.gatherUsageStats",
+        "false",
+        "--global.developmentMode",
+        "false",
+        "--client.toolbarMode",
+        "minimal",
     ]
 
 

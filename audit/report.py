@@ -82,8 +82,12 @@ def _settings_block(runs: Sequence[RunData]) -> Block:
     keys = list(dict.fromkeys(key for item in settings for key in item))
     rows = [[key, *[_setting_text(item.get(key)) for item in settings]] for key in keys]
     columns = ["setting", *([run.label for run in runs] if len(runs) > 1 else ["value"])]
-    return Block(title="Analysis settings", columns=columns, rows=rows,
-                 caption="" if rows else "The manifests record no analysis settings.")
+    return Block(
+        title="Analysis settings",
+        columns=columns,
+        rows=rows,
+        caption="" if rows else "The manifests record no analysis settings.",
+    )
 
 
 def _setting_text(value: Any) -> str:
@@ -96,8 +100,10 @@ def _setting_text(value: Any) -> str:
 
 def _is_simulated(run: RunData) -> bool:
     manifest = run.manifest
-    sources = {str((manifest.get("dataset") or {}).get("source", "")),
-               str((manifest.get("model") or {}).get("backend", ""))}
+    sources = {
+        str((manifest.get("dataset") or {}).get("source", "")),
+        str((manifest.get("model") or {}).get("backend", "")),
+    }
     return bool(manifest.get("simulated")) or "simulated" in sources
 
 
@@ -122,10 +128,14 @@ def report_context(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0) -
 
 def render_html(context: dict[str, Any]) -> str:
     """The self-contained HTML page: plotly.js inline, every script bound to a one-time nonce."""
-    return _environment(markdown=False).get_template("report.html.j2").render(
-        **context,
-        plotly_js=Markup(_plotly_js()),  # noqa: S704 - the plotly.js library itself
-        nonce=secrets.token_urlsafe(16),
+    return (
+        _environment(markdown=False)
+        .get_template("report.html.j2")
+        .render(
+            **context,
+            plotly_js=Markup(_plotly_js()),  # noqa: S704 - the plotly.js library itself
+            nonce=secrets.token_urlsafe(16),
+        )
     )
 
 
@@ -143,7 +153,9 @@ def build_report(run_dirs: Sequence[Path], out: Path | None = None) -> tuple[Pat
     runs = load_runs(list(run_dirs))
     folder = Path(out) if out is not None else runs[0].root
     if folder.exists() and not folder.is_dir():
-        raise AuditError(f"--out {folder}: exists and is not a folder; give a folder for the report")
+        raise AuditError(
+            f"--out {folder}: exists and is not a folder; give a folder for the report"
+        )
     context = report_context(runs)
     html_path, md_path = folder / "report.html", folder / "report.md"
     write_atomic(html_path, render_html(context).encode("utf-8"))

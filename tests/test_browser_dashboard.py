@@ -17,10 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from test_report_fixture import analysed_simulated_run, write_handmade_run
 
 from audit.dashboard import RUN_DIRS_ENV, run_dirs_env, streamlit_command
 from audit.report import build_report
-from test_report_fixture import analysed_simulated_run, write_handmade_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -56,10 +56,18 @@ def _browser(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                     "--no-first-run", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync", "--window-size=1400,1800",
-                     f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1400,1800",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -81,8 +89,9 @@ def server(runs: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = tmp_path_factory.mktemp("streamlit") / "streamlit.log"
     env = {**os.environ, RUN_DIRS_ENV: run_dirs_env(runs)}
     with open(log, "wb") as output:
-        process = subprocess.Popen(streamlit_command(port), env=env, stdout=output,
-                                   stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            streamlit_command(port), env=env, stdout=output, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -146,8 +155,10 @@ def test_every_page_renders_without_exception(server: str, tmp_path: Path) -> No
 
 
 def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
-    runs = [write_handmade_run(tmp_path / "run-a", n=30, payload=True),
-            write_handmade_run(tmp_path / "run-b", n=30, payload=True, seed=1)]
+    runs = [
+        write_handmade_run(tmp_path / "run-a", n=30, payload=True),
+        write_handmade_run(tmp_path / "run-b", n=30, payload=True, seed=1),
+    ]
     html_path, _ = build_report(runs, tmp_path / "report")
     driver = _browser(tmp_path)
     try:
@@ -157,7 +168,8 @@ def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
         count = 0
         while time.monotonic() < deadline and not count:
             count = driver.execute_script(
-                "return document.querySelectorAll('.plotly-graph-div .main-svg').length")
+                "return document.querySelectorAll('.plotly-graph-div .main-svg').length"
+            )
             time.sleep(0.25)
         driver.save_screenshot(str(tmp_path / "report.png"))
         assert count > 0, "plotly drew no chart"

@@ -8,16 +8,18 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from test_report_fixture import SCRIPT, analysed_simulated_run, write_handmade_run
 
 from audit.dashboard import RUN_DIRS_ENV, app_entry, run_dirs_env
 from audit.store import RunStore
-from test_report_fixture import SCRIPT, analysed_simulated_run, write_handmade_run
 
 PAGES = sorted(p.name for p in (app_entry().parent / "pages").glob("[0-9]*.py"))
 TIMEOUT_S = 60
 
 
-def run_pages(run_dirs: list[Path], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, AppTest]]:
+def run_pages(
+    run_dirs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, AppTest]]:
     """Each page after a fresh run of the app started over ``run_dirs``."""
     monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env(run_dirs))
     app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S)
@@ -37,8 +39,10 @@ def assert_clean(page: str, app: AppTest) -> None:
 @pytest.fixture(scope="module")
 def handmade(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("dash")
-    return [write_handmade_run(root / "run-a", n=30, payload=True),
-            write_handmade_run(root / "run-b", n=30, payload=True, seed=2)]
+    return [
+        write_handmade_run(root / "run-a", n=30, payload=True),
+        write_handmade_run(root / "run-b", n=30, payload=True, seed=2),
+    ]
 
 
 def test_there_are_six_pages() -> None:

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_report_fixture import write_handmade_run
 from typer.testing import CliRunner
 
 from audit.cli import app
@@ -23,7 +24,6 @@ from audit.dashboard import (
     streamlit_command,
 )
 from audit.errors import AuditError, RunDirError
-from test_report_fixture import write_handmade_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,7 @@ def test_app_entry_is_the_multipage_home() -> None:
 def test_command_is_headless_local_and_without_usage_stats() -> None:
     command = streamlit_command(8600)
     assert command[:4] == [sys.executable, "-m", "streamlit", "run"]
-    options = dict(zip(command[5::2], command[6::2]))
+    options = dict(zip(command[5::2], command[6::2], strict=True))
     assert options["--server.headless"] == "true"
     assert options["--browser.gatherUsageStats"] == "false"
     assert options["--server.address"] == "127.0.0.1"
@@ -72,26 +72,46 @@ def test_wheel_ships_the_app_and_the_templates(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
     for name in ("audit", "app"):
-        shutil.copytree(ROOT / name, source / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     for name in ("pyproject.toml", "README.md"):
         if (ROOT / name).is_file():
             shutil.copy(ROOT / name, source / name)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-         "-w", str(tmp_path / "dist"), str(source)],
-        check=True, capture_output=True, env={**os.environ, "PIP_NO_INDEX": "1"},
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "PIP_NO_INDEX": "1"},
     )
     wheel = next((tmp_path / "dist").glob("*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"app/Home.py", "audit/templates/report.html.j2", "audit/templates/report.md.j2",
-            "audit/dashboard.py"} <= names
+    assert {
+        "app/Home.py",
+        "audit/templates/report.html.j2",
+        "audit/templates/report.md.j2",
+        "audit/dashboard.py",
+    } <= names
     assert {f"app/pages/{p.name}" for p in (ROOT / "app" / "pages").glob("*.py")} <= names
     target = tmp_path / "installed"
     zipfile.ZipFile(wheel).extractall(target)
     located = subprocess.run(
         [sys.executable, "-c", "from audit.dashboard import app_entry; print(app_entry())"],
-        check=True, capture_output=True, text=True, cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"},
     ).stdout.strip()
     assert Path(located) == target / "app" / "Home.py"

@@ -12,7 +12,9 @@ from audit.dashboard import RUN_DIRS_ENV, app_entry, run_dirs_env
 from audit.simulate import Simulation, write_simulated_run
 
 
-def test_generations_page_on_100k_generations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_generations_page_on_100k_generations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     run = write_simulated_run(tmp_path / "big", Simulation(n_images=33_334, classification_axes=()))
     monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env([run]))
     app = AppTest.from_file(str(app_entry()), default_timeout=120).run()

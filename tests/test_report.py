@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_report_fixture import write_handmade_run
 from typer.testing import CliRunner
 
 from audit.cli import app
@@ -16,7 +17,6 @@ from audit.errors import AuditError
 from audit.report import build_report
 from audit.reporting.formatting import format_p
 from audit.store import RunStore
-from test_report_fixture import write_handmade_run
 
 runner = CliRunner()
 
@@ -81,7 +81,9 @@ def test_flagged_terms_refusals_and_provenance_are_in_the_markdown(
     assert re.search(r"\| engineer \| 0\.002 \| Male \|", markdown)
     assert "| person |" not in markdown.split("### Refusals")[0], "unflagged term listed as flagged"
     generations = RunStore(root).read("generations")
-    women = generations[(generations["prompt_id"] == "resume") & (generations["gender"] == "Female")]
+    women = generations[
+        (generations["prompt_id"] == "resume") & (generations["gender"] == "Female")
+    ]
     share = women["generation"].str.contains("nurse").mean()
     assert f"| gender | Female | {100 * share:.1f}% [" in markdown
     for fact in ("tiny-model", "abc123", "idefics", "faces.parquet"):
@@ -140,8 +142,11 @@ def test_several_runs_side_by_side_with_mcnemar(tmp_path: Path) -> None:
     rows_a = RunStore(a).read("classifications").set_index("sample_id")
     rows_b = RunStore(b).read("classifications").set_index("sample_id").loc[rows_a.index]
     oracle = mcnemar_exact(rows_a["correct"], rows_b["correct"])
-    overall = next(x for x in markdown.splitlines()
-                   if x.startswith("| run-a | run-b | accuracy | gender | all | all |"))
+    overall = next(
+        x
+        for x in markdown.splitlines()
+        if x.startswith("| run-a | run-b | accuracy | gender | all | all |")
+    )
     assert f"| n=40 | {format_p(oracle.p_value)} |" in overall
     assert "other-model" in markdown
 
@@ -170,8 +175,12 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, problem: str) -> None:
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     message = result.output
-    expected = {"missing": "no such run directory", "no-manifest": "not a run directory",
-                "bad-parquet": "refusal.parquet", "twice": "given twice"}[problem]
+    expected = {
+        "missing": "no such run directory",
+        "no-manifest": "not a run directory",
+        "bad-parquet": "refusal.parquet",
+        "twice": "given twice",
+    }[problem]
     assert expected in message
 
 

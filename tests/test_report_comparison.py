@@ -18,10 +18,19 @@ from audit.comparison import (
 )
 
 
-@pytest.mark.parametrize(("both", "only_a", "only_b", "neither"), [
-    (10, 3, 9, 20), (5, 0, 0, 5), (0, 7, 1, 2), (40, 12, 12, 3), (1, 0, 6, 0),
-])
-def test_mcnemar_matches_statsmodels_exact(both: int, only_a: int, only_b: int, neither: int) -> None:
+@pytest.mark.parametrize(
+    ("both", "only_a", "only_b", "neither"),
+    [
+        (10, 3, 9, 20),
+        (5, 0, 0, 5),
+        (0, 7, 1, 2),
+        (40, 12, 12, 3),
+        (1, 0, 6, 0),
+    ],
+)
+def test_mcnemar_matches_statsmodels_exact(
+    both: int, only_a: int, only_b: int, neither: int
+) -> None:
     a = [True] * both + [True] * only_a + [False] * only_b + [False] * neither
     b = [True] * both + [False] * only_a + [True] * only_b + [False] * neither
     result = mcnemar_exact(a, b)
@@ -57,10 +66,12 @@ def test_sign_flip_p_value_matches_exact_enumeration() -> None:
     rng = np.random.default_rng(3)
     diffs = rng.normal(0.3, 1.0, size=10)
     observed = abs(diffs.mean())
-    exact = np.mean([
-        abs(np.mean(np.array(signs) * diffs)) >= observed - 1e-12
-        for signs in itertools.product([-1, 1], repeat=10)
-    ])
+    exact = np.mean(
+        [
+            abs(np.mean(np.array(signs) * diffs)) >= observed - 1e-12
+            for signs in itertools.product([-1, 1], repeat=10)
+        ]
+    )
     result = paired_bootstrap(np.zeros(10), diffs, n_boot=20000, seed=0)
     assert result.p_value == pytest.approx(exact, abs=0.015)
 
@@ -95,12 +106,14 @@ def test_paired_bootstrap_interval_covers_true_difference() -> None:
 def _correctness_pairs() -> pd.DataFrame:
     rng = np.random.default_rng(5)
     n = 120
-    frame = pd.DataFrame({
-        "sample_id": [f"s{i}" for i in range(n)],
-        "task_id": "gender",
-        "gender": np.where(np.arange(n) % 2 == 0, "Female", "Male"),
-        "correct_a": rng.random(n) < 0.9,
-    })
+    frame = pd.DataFrame(
+        {
+            "sample_id": [f"s{i}" for i in range(n)],
+            "task_id": "gender",
+            "gender": np.where(np.arange(n) % 2 == 0, "Female", "Male"),
+            "correct_a": rng.random(n) < 0.9,
+        }
+    )
     # Run B is worse on women only.
     worse = (frame["gender"] == "Female") & (rng.random(n) < 0.4)
     frame["correct_b"] = frame["correct_a"] & ~worse
@@ -137,16 +150,19 @@ def test_compare_correctness_marks_small_groups() -> None:
 
 def test_compare_scores_invariant_to_row_order() -> None:
     rng = np.random.default_rng(1)
-    pairs = pd.DataFrame({
-        "sample_id": np.repeat([f"s{i}" for i in range(30)], 2),
-        "prompt_id": ["p1", "p2"] * 30,
-        "race": np.repeat(["A", "B", "C"], 20),
-        "score_a": rng.random(60),
-    })
+    pairs = pd.DataFrame(
+        {
+            "sample_id": np.repeat([f"s{i}" for i in range(30)], 2),
+            "prompt_id": ["p1", "p2"] * 30,
+            "race": np.repeat(["A", "B", "C"], 20),
+            "score_a": rng.random(60),
+        }
+    )
     pairs["score_b"] = pairs["score_a"] + rng.normal(0.1, 0.05, 60)
     first = compare_scores(pairs, "toxicity", ["race"], n_boot=200, seed=4)
-    second = compare_scores(pairs.sample(frac=1, random_state=2), "toxicity", ["race"],
-                            n_boot=200, seed=4)
+    second = compare_scores(
+        pairs.sample(frac=1, random_state=2), "toxicity", ["race"], n_boot=200, seed=4
+    )
     pd.testing.assert_frame_equal(first, second)
     row = first[(first["item"] == "p1") & (first["group"] == "all")].iloc[0]
     subset = pairs[pairs["prompt_id"] == "p1"]

@@ -75,7 +75,8 @@ def _classifications(images: pd.DataFrame, seed: int) -> pd.DataFrame:
     p_correct = np.where(frame["gender"] == "Female", 0.7, 0.95)
     frame["correct"] = rng.random(len(frame)) < p_correct
     frame["prediction"] = np.where(
-        frame["correct"], frame["target"],
+        frame["correct"],
+        frame["target"],
         np.where(frame["target"] == "Female", "Male", "Female"),
     )
     frame["error"] = None
@@ -94,8 +95,14 @@ def _thumbnails(images: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"sample_id": images["sample_id"], "jpeg": blobs})
 
 
-def rate_rows(frame: pd.DataFrame, flag: str, item: str, metric: str,
-              axes: tuple[str, ...] = ("gender", "race"), min_n: int = 1) -> list[dict]:
+def rate_rows(
+    frame: pd.DataFrame,
+    flag: str,
+    item: str,
+    metric: str,
+    axes: tuple[str, ...] = ("gender", "race"),
+    min_n: int = 1,
+) -> list[dict]:
     """Share of ``flag`` per item, overall, per axis and per gender x race, Wilson intervals."""
     rows = []
     for item_value, part in frame.groupby(item):
@@ -106,10 +113,23 @@ def rate_rows(frame: pd.DataFrame, flag: str, item: str, metric: str,
             for group, rows_of_group in part.groupby(labels):
                 n = len(rows_of_group)
                 k = int(rows_of_group[flag].sum())
-                base = {item: item_value, "axis": axis, "group": str(group), "metric": metric, "n": n}
+                base = {
+                    item: item_value,
+                    "axis": axis,
+                    "group": str(group),
+                    "metric": metric,
+                    "n": n,
+                }
                 if n < min_n:
-                    rows.append({**base, "value": None, "ci_low": None, "ci_high": None,
-                                 "note": "insufficient data"})
+                    rows.append(
+                        {
+                            **base,
+                            "value": None,
+                            "ci_low": None,
+                            "ci_high": None,
+                            "note": "insufficient data",
+                        }
+                    )
                     continue
                 low, high = wilson(k, n)
                 rows.append({**base, "value": k / n, "ci_low": low, "ci_high": high, "note": ""})
@@ -117,32 +137,63 @@ def rate_rows(frame: pd.DataFrame, flag: str, item: str, metric: str,
 
 
 def _term_tables(generations: pd.DataFrame, payload: bool) -> tuple[pd.DataFrame, pd.DataFrame]:
-    terms = [("nurse", "Female", 0.001, True), ("engineer", "Male", 0.002, True),
-             ("person", "Female", 0.8, False)]
+    terms = [
+        ("nurse", "Female", 0.001, True),
+        ("engineer", "Male", 0.002, True),
+        ("person", "Female", 0.8, False),
+    ]
     if payload:
-        terms += [(IMG, GENDERS[0], 0.01, True), (PIPE, GENDERS[1], 0.01, True),
-                  (MARKUP, GENDERS[0], 0.02, True)]
+        terms += [
+            (IMG, GENDERS[0], 0.01, True),
+            (PIPE, GENDERS[1], 0.01, True),
+            (MARKUP, GENDERS[0], 0.02, True),
+        ]
     rows, examples = [], []
     for prompt_id in ("resume", "dating"):
         for rank, (term, high, q, flagged) in enumerate(terms, start=1):
             for group in GENDERS:
                 mean = 0.3 if group == high else 0.05
-                rows.append({
-                    "prompt_id": prompt_id, "axis": "gender", "group": group, "term": term,
-                    "metric": "mean_tfidf", "value": mean, "ci_low": mean - 0.02,
-                    "ci_high": mean + 0.02, "n": 20, "note": "", "rank": rank,
-                    "score": 0.0156 / rank, "p_value": q / 2, "q_value": q, "flagged": flagged,
-                })
-                sample = generations[(generations["prompt_id"] == prompt_id)
-                                     & (generations["gender"] == group)].iloc[0]
-                examples.append({"prompt_id": prompt_id, "axis": "gender", "term": term,
-                                 "group": group, "sample_id": sample["sample_id"],
-                                 "generation": sample["generation"] + (f" {SCRIPT}" if payload else "")})
+                rows.append(
+                    {
+                        "prompt_id": prompt_id,
+                        "axis": "gender",
+                        "group": group,
+                        "term": term,
+                        "metric": "mean_tfidf",
+                        "value": mean,
+                        "ci_low": mean - 0.02,
+                        "ci_high": mean + 0.02,
+                        "n": 20,
+                        "note": "",
+                        "rank": rank,
+                        "score": 0.0156 / rank,
+                        "p_value": q / 2,
+                        "q_value": q,
+                        "flagged": flagged,
+                    }
+                )
+                sample = generations[
+                    (generations["prompt_id"] == prompt_id) & (generations["gender"] == group)
+                ].iloc[0]
+                examples.append(
+                    {
+                        "prompt_id": prompt_id,
+                        "axis": "gender",
+                        "term": term,
+                        "group": group,
+                        "sample_id": sample["sample_id"],
+                        "generation": sample["generation"] + (f" {SCRIPT}" if payload else ""),
+                    }
+                )
     return pd.DataFrame(rows), pd.DataFrame(examples)
 
 
 def write_handmade_run(
-    root: Path, n: int = 40, payload: bool = False, seed: int = 0, analyses: bool = True,
+    root: Path,
+    n: int = 40,
+    payload: bool = False,
+    seed: int = 0,
+    analyses: bool = True,
     model_id: str = "tiny-model",
 ) -> Path:
     """A complete run directory; with ``analyses`` also every analysis table and a summary."""
@@ -154,54 +205,97 @@ def write_handmade_run(
     store.append("generations", generations)
     store.append("classifications", classifications)
     store.append("thumbnails", _thumbnails(images))
-    store.write_manifest({
-        "run_id": root.name, "status": "complete",
-        "model": {"id": model_id + (f" {SCRIPT}" if payload else ""), "revision": "abc123",
-                  "backend": "idefics", "model_type": "idefics", "dtype": "float32",
-                  "device": "cpu"},
-        "dataset": {"source": "parquet", "path": "faces.parquet", "split": "train", "n_samples": n},
-        "group_axes": ["gender", "race"],
-        "prompts": [{"id": "resume", "text": "Write a resume."},
-                    {"id": "dating", "text": "Write a dating profile."}],
-        "tasks": [{"id": "gender", "target": "gender", "labels": {"woman": "Female", "man": "Male"}}],
-        "expected": {"generations": 2 * n, "classifications": n},
-        "rows": {"generations": 2 * n, "classifications": n, "errors": 0},
-        "versions": {"audit": "0.1.0", "python": "3.11", "transformers": "5.23.0"},
-        "probe": {"analysis": {"n_permutations": 1000, "n_bootstrap": 1000, "seed": 0,
-                               "toxicity": {"scorer": "detoxify:original", "threshold": 0.5}}},
-        "seed": seed, "started_at": "2026-11-23T10:00:00", "finished_at": "2026-11-23T10:05:00",
-    })
+    store.write_manifest(
+        {
+            "run_id": root.name,
+            "status": "complete",
+            "model": {
+                "id": model_id + (f" {SCRIPT}" if payload else ""),
+                "revision": "abc123",
+                "backend": "idefics",
+                "model_type": "idefics",
+                "dtype": "float32",
+                "device": "cpu",
+            },
+            "dataset": {
+                "source": "parquet",
+                "path": "faces.parquet",
+                "split": "train",
+                "n_samples": n,
+            },
+            "group_axes": ["gender", "race"],
+            "prompts": [
+                {"id": "resume", "text": "Write a resume."},
+                {"id": "dating", "text": "Write a dating profile."},
+            ],
+            "tasks": [
+                {"id": "gender", "target": "gender", "labels": {"woman": "Female", "man": "Male"}}
+            ],
+            "expected": {"generations": 2 * n, "classifications": n},
+            "rows": {"generations": 2 * n, "classifications": n, "errors": 0},
+            "versions": {"audit": "0.1.0", "python": "3.11", "transformers": "5.23.0"},
+            "probe": {
+                "analysis": {
+                    "n_permutations": 1000,
+                    "n_bootstrap": 1000,
+                    "seed": 0,
+                    "toxicity": {"scorer": "detoxify:original", "threshold": 0.5},
+                }
+            },
+            "seed": seed,
+            "started_at": "2026-11-23T10:00:00",
+            "finished_at": "2026-11-23T10:05:00",
+        }
+    )
     if analyses:
         write_analyses(store, generations, classifications, payload)
     return store.root
 
 
-def write_analyses(store: RunStore, generations: pd.DataFrame, classifications: pd.DataFrame,
-                   payload: bool) -> None:
+def write_analyses(
+    store: RunStore, generations: pd.DataFrame, classifications: pd.DataFrame, payload: bool
+) -> None:
     classification = pd.DataFrame(rate_rows(classifications, "correct", "task_id", "accuracy"))
     store.write_analysis("classification", classification)
-    confusion = (classifications.groupby(["task_id", "target", "prediction"]).size()
-                 .rename("count").reset_index().assign(axis="all", group="all"))
+    confusion = (
+        classifications.groupby(["task_id", "target", "prediction"])
+        .size()
+        .rename("count")
+        .reset_index()
+        .assign(axis="all", group="all")
+    )
     store.write_analysis("confusion", confusion)
     refused = generations.assign(refused=generations["generation"].str.contains("nurse"))
-    store.write_analysis("refusal", pd.DataFrame(
-        rate_rows(refused, "refused", "prompt_id", "refusal_rate", min_n=6)))
+    store.write_analysis(
+        "refusal", pd.DataFrame(rate_rows(refused, "refused", "prompt_id", "refusal_rate", min_n=6))
+    )
     terms, examples = _term_tables(generations, payload)
     store.write_analysis("term_variance", terms)
     store.write_analysis("term_examples", examples)
-    female = classification[(classification["axis"] == "gender")
-                            & (classification["group"] == "Female")].iloc[0]
-    store.write_summary({
-        "status": "complete",
-        "analyses": {"classification": {"rows": len(classification), "note": ""}},
-        "findings": [{
-            "analysis": "classification", "task_id": "gender", "axis": "gender",
-            "metric": "accuracy",
-            "headline": f"accuracy lowest for Female{' ' + LINK if payload else ''}",
-            "value": female["value"], "ci_low": female["ci_low"], "ci_high": female["ci_high"],
-            "n": int(female["n"]), "p_value": 0.01, "q_value": 0.02,
-        }],
-    })
+    female = classification[
+        (classification["axis"] == "gender") & (classification["group"] == "Female")
+    ].iloc[0]
+    store.write_summary(
+        {
+            "status": "complete",
+            "analyses": {"classification": {"rows": len(classification), "note": ""}},
+            "findings": [
+                {
+                    "analysis": "classification",
+                    "task_id": "gender",
+                    "axis": "gender",
+                    "metric": "accuracy",
+                    "headline": f"accuracy lowest for Female{' ' + LINK if payload else ''}",
+                    "value": female["value"],
+                    "ci_low": female["ci_low"],
+                    "ci_high": female["ci_high"],
+                    "n": int(female["n"]),
+                    "p_value": 0.01,
+                    "q_value": 0.02,
+                }
+            ],
+        }
+    )
 
 
 def test_handmade_run_reads_back(tmp_path: Path) -> None:
@@ -224,9 +318,15 @@ def cached_toxicity_scores(run: Path, scorer: str) -> None:
     ok = generations[generations["finish_reason"] != "error"]
     rng = np.random.default_rng(0)
     toxic = np.clip(rng.beta(1, 12, len(ok)) + 0.5 * ok["generation"].str.contains("sorry"), 0, 1)
-    scores = pd.DataFrame({"sample_id": ok["sample_id"].astype(str),
-                           "prompt_id": ok["prompt_id"].astype(str), "scorer": scorer,
-                           "toxic": toxic.to_numpy(), "not_toxic": 1 - toxic.to_numpy()})
+    scores = pd.DataFrame(
+        {
+            "sample_id": ok["sample_id"].astype(str),
+            "prompt_id": ok["prompt_id"].astype(str),
+            "scorer": scorer,
+            "toxic": toxic.to_numpy(),
+            "not_toxic": 1 - toxic.to_numpy(),
+        }
+    )
     RunStore(run).write_analysis("toxicity_scores", scores)
 
 
@@ -240,8 +340,9 @@ def analysed_simulated_run(tmp_path_factory) -> Path:  # type: ignore[no-untyped
         from audit.simulate import demo_simulation, write_simulated_run
 
         root = tmp_path_factory.mktemp("simulated")
-        run = write_simulated_run(root / "simulated-planted",
-                                  dataclasses.replace(demo_simulation(0), n_images=280))
+        run = write_simulated_run(
+            root / "simulated-planted", dataclasses.replace(demo_simulation(0), n_images=280)
+        )
         scorer = "transformers:cached-test-scores"
         cached_toxicity_scores(run, scorer)
         store = RunStore(run)

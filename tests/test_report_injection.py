@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import pytest
 from markdown_it import MarkdownIt
+from test_report_fixture import IMG, LINK, PAYLOADS, PIPE, SCRIPT, write_handmade_run
 
 from audit.report import build_report
 from audit.reporting.formatting import escape_markdown
-from test_report_fixture import IMG, LINK, PAYLOADS, PIPE, SCRIPT, write_handmade_run
 
 
 class _Elements(HTMLParser):
@@ -54,8 +53,10 @@ def _assert_inert(html: str, own_nonce: str | None) -> None:
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     root = tmp_path_factory.mktemp("inject")
-    runs = [write_handmade_run(root / "run-a", n=30, payload=True),
-            write_handmade_run(root / "run-b", n=30, payload=True, seed=1)]
+    runs = [
+        write_handmade_run(root / "run-a", n=30, payload=True),
+        write_handmade_run(root / "run-b", n=30, payload=True, seed=1),
+    ]
     html_path, md_path = build_report(runs, root / "out")
     return html_path.read_text(encoding="utf-8"), md_path.read_text(encoding="utf-8")
 

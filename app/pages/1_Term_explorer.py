@@ -31,26 +31,27 @@ def ranked_terms(rows: pd.DataFrame, only_flagged: bool) -> pd.DataFrame:
     terms = term_summary(rows)
     if only_flagged:
         terms = terms[terms["flagged"].astype(bool)]
-    return pd.DataFrame({
-        "term": terms["term"].astype(str),
-        "score": [format_number(v) for v in terms["score"]],
-        "p": [format_p(v) for v in terms["p_value"]],
-        "q": [format_p(v) for v in terms["q_value"]],
-        "flagged": ["yes" if f else "no" for f in terms["flagged"]],
-        "highest group": terms["top_group"].astype(str),
-        "lowest group": terms["bottom_group"].astype(str),
-    })
+    return pd.DataFrame(
+        {
+            "term": terms["term"].astype(str),
+            "score": [format_number(v) for v in terms["score"]],
+            "p": [format_p(v) for v in terms["p_value"]],
+            "q": [format_p(v) for v in terms["q_value"]],
+            "flagged": ["yes" if f else "no" for f in terms["flagged"]],
+            "highest group": terms["top_group"].astype(str),
+            "lowest group": terms["bottom_group"].astype(str),
+        }
+    )
 
 
-def show_examples(
-    run: RunData, prompt_id: str, axis: str, term: str, selection: Selection
-) -> None:
+def show_examples(run: RunData, prompt_id: str, axis: str, term: str, selection: Selection) -> None:
     examples = run.table("term_examples")
     if examples is None:
         st.info("No example generations stored for this run.")
         return
-    chosen = examples[(examples["prompt_id"].astype(str) == prompt_id)
-                      & (examples["term"].astype(str) == term)]
+    chosen = examples[
+        (examples["prompt_id"].astype(str) == prompt_id) & (examples["term"].astype(str) == term)
+    ]
     if "axis" in chosen:
         chosen = filter_groups(chosen[chosen["axis"].astype(str) == axis], selection)
     if chosen.empty:
@@ -74,10 +75,11 @@ table = run.table("term_variance")
 if table is None:
     st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
     st.stop()
-prompt_id = st.selectbox("Prompt", sorted(table["prompt_id"].astype(str).unique()), key="term_prompt")
+prompt_id = st.selectbox(
+    "Prompt", sorted(table["prompt_id"].astype(str).unique()), key="term_prompt"
+)
 for_prompt = table[table["prompt_id"].astype(str) == prompt_id]
-axis = st.selectbox("Group axis", sorted(for_prompt["axis"].astype(str).unique()),
-                    key="term_axis")
+axis = st.selectbox("Group axis", sorted(for_prompt["axis"].astype(str).unique()), key="term_axis")
 rows = for_prompt[for_prompt["axis"].astype(str) == axis]
 only_flagged = st.checkbox("Only flagged terms", value=False, key="term_only_flagged")
 ranked = ranked_terms(rows, only_flagged)

@@ -8,7 +8,8 @@ from audit.reporting.app_views import metric_page
 
 st.set_page_config(page_title="Toxicity", layout="wide")
 metric_page(
-    "toxicity", "Toxicity",
+    "toxicity",
+    "Toxicity",
     "Mean toxicity score (bootstrap 95% interval over images) and share above the threshold "
     "(Wilson interval), per prompt and group.",
 )

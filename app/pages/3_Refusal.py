@@ -8,6 +8,7 @@ from audit.reporting.app_views import metric_page
 
 st.set_page_config(page_title="Refusals", layout="wide")
 metric_page(
-    "refusal", "Refusals",
+    "refusal",
+    "Refusals",
     "Share of generations matching a refusal pattern, per prompt and group (Wilson interval).",
 )

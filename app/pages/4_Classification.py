@@ -21,14 +21,16 @@ st.caption("Accuracy of ranking candidate labels by log-likelihood, per group (W
 
 def card_frame(table: pd.DataFrame) -> pd.DataFrame:
     cells = card_cells(table)
-    return pd.DataFrame({
-        "task": [c.task_id for c in cells],
-        "accuracy (std)": [c.text() for c in cells],
-        "accuracy 95% CI": [format_interval(c.ci_low, c.ci_high, percent=True) for c in cells],
-        "n": [c.n for c in cells],
-        "std from noise alone": [format_number(c.noise_std, percent=True) for c in cells],
-        "cells": [f"{c.n_cells} ({c.intersection or '—'})" for c in cells],
-    })
+    return pd.DataFrame(
+        {
+            "task": [c.task_id for c in cells],
+            "accuracy (std)": [c.text() for c in cells],
+            "accuracy 95% CI": [format_interval(c.ci_low, c.ci_high, percent=True) for c in cells],
+            "n": [c.n for c in cells],
+            "std from noise alone": [format_number(c.noise_std, percent=True) for c in cells],
+            "cells": [f"{c.n_cells} ({c.intersection or '—'})" for c in cells],
+        }
+    )
 
 
 def show_confusion(run: RunData, task_id: str) -> None:
@@ -64,8 +66,9 @@ metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startsw
 metric = st.selectbox("Metric", metrics)
 selected = filter_groups(rows[rows["metric"].astype(str) == metric], selection)
 single = selected[~selected["axis"].astype(str).str.contains(" x ")]
-crossed = selected[selected["axis"].astype(str).str.contains(" x ")
-                   | selected["axis"].astype(str).eq("all")]
+crossed = selected[
+    selected["axis"].astype(str).str.contains(" x ") | selected["axis"].astype(str).eq("all")
+]
 st.subheader("Per group")
 show_metric(single, run, f"{task_id} · {metric}", metric)
 if len(crossed) > 1:

@@ -23,7 +23,9 @@ def show_statistics(run: RunData) -> None:
     item = "prompt_id" if "prompt_id" in table else "task_id"
     prompt = st.selectbox("Prompt", sorted(table[item].astype(str).unique()), key="stats_prompt")
     rows = table[table[item].astype(str) == prompt]
-    metric = st.selectbox("Metric", list(dict.fromkeys(rows["metric"].astype(str))), key="stats_metric")
+    metric = st.selectbox(
+        "Metric", list(dict.fromkeys(rows["metric"].astype(str))), key="stats_metric"
+    )
     show_metric(rows[rows["metric"].astype(str) == metric], run, f"{prompt} · {metric}", metric)
 
 
@@ -32,8 +34,9 @@ def show_leakage(run: RunData) -> None:
     if table is None:
         st.info("Group leakage not analysed: run `audit analyze`.")
         return
-    frame = estimate_frame(table, run.group_axes, leading=("prompt_id", "metric"),
-                           trailing=("chance", "p_value"))
+    frame = estimate_frame(
+        table, run.group_axes, leading=("prompt_id", "metric"), trailing=("chance", "p_value")
+    )
     st.dataframe(frame, hide_index=True)
 
 
@@ -52,14 +55,17 @@ def browse(run: RunData) -> None:
     for axis in run.group_axes:
         if axis in frame:
             values = sorted(frame[axis].unique())
-            chosen = st.sidebar.multiselect(f"{axis} (generations)", values, default=values,
-                                            key=f"browse_{axis}")
+            chosen = st.sidebar.multiselect(
+                f"{axis} (generations)", values, default=values, key=f"browse_{axis}"
+            )
             mask &= frame[axis].isin(chosen)
     if needle:
         mask &= frame["generation"].fillna("").str.contains(needle, case=False, regex=False)
     matched = frame[mask]
-    st.caption(f"{len(matched):,} of {len(frame):,} generations match; showing the first "
-               f"{min(SHOWN_ROWS, len(matched)):,}.")
+    st.caption(
+        f"{len(matched):,} of {len(frame):,} generations match; showing the first "
+        f"{min(SHOWN_ROWS, len(matched)):,}."
+    )
     shown = matched.head(SHOWN_ROWS)
     st.dataframe(shown, hide_index=True)
     if not shown.empty:
@@ -76,8 +82,10 @@ run = choose_run(runs)
 st.subheader("Statistics per group")
 show_statistics(run)
 st.subheader("Group leakage")
-st.caption("Cross-validated balanced accuracy of predicting the group from the text alone; "
-           "chance level is what a model whose text carries no group signal shows.")
+st.caption(
+    "Cross-validated balanced accuracy of predicting the group from the text alone; "
+    "chance level is what a model whose text carries no group signal shows."
+)
 show_leakage(run)
 st.subheader("Browse generations")
 browse(run)

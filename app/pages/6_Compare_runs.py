@@ -32,18 +32,27 @@ def cached_pairs(path_a: str, token_a: str, path_b: str, token_b: str) -> pd.Dat
 
 def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
     percent = [is_percent(str(m)) for m in table["metric"]]
-    return pd.DataFrame({
-        "metric": table["metric"].astype(str), "prompt / task": table["item"].astype(str),
-        "axis": table["axis"].astype(str), "group": table["group"].astype(str),
-        "A": [format_number(v, p) for v, p in zip(table["value_a"], percent)],
-        "B": [format_number(v, p) for v, p in zip(table["value_b"], percent)],
-        "B − A": [format_number(v, p) for v, p in zip(table["difference"], percent)],
-        "95% CI": [format_interval(lo, hi, p)
-                   for lo, hi, p in zip(table["ci_low"], table["ci_high"], percent)],
-        "n": [format_count(n) for n in table["n"]],
-        "p": [format_p(v) for v in table["p_value"]], "q": [format_p(v) for v in table["q_value"]],
-        "note": table["note"].astype(str),
-    })
+    return pd.DataFrame(
+        {
+            "metric": table["metric"].astype(str),
+            "prompt / task": table["item"].astype(str),
+            "axis": table["axis"].astype(str),
+            "group": table["group"].astype(str),
+            "A": [format_number(v, p) for v, p in zip(table["value_a"], percent, strict=True)],
+            "B": [format_number(v, p) for v, p in zip(table["value_b"], percent, strict=True)],
+            "B − A": [
+                format_number(v, p) for v, p in zip(table["difference"], percent, strict=True)
+            ],
+            "95% CI": [
+                format_interval(lo, hi, p)
+                for lo, hi, p in zip(table["ci_low"], table["ci_high"], percent, strict=True)
+            ],
+            "n": [format_count(n) for n in table["n"]],
+            "p": [format_p(v) for v in table["p_value"]],
+            "q": [format_p(v) for v in table["q_value"]],
+            "note": table["note"].astype(str),
+        }
+    )
 
 
 def side_by_side_view(a: RunData, b: RunData, selection: Selection) -> None:
@@ -62,10 +71,14 @@ def side_by_side_view(a: RunData, b: RunData, selection: Selection) -> None:
     both = [(r.label, t[t[item].astype(str) == chosen]) for r, t in ((a, table_a), (b, table_b))]
     metrics = sorted(set(both[0][1]["metric"].astype(str)) & set(both[1][1]["metric"].astype(str)))
     metric = st.selectbox("Metric", metrics)
-    selected = [(label, filter_groups(rows[rows["metric"].astype(str) == metric], selection))
-                for label, rows in both]
+    selected = [
+        (label, filter_groups(rows[rows["metric"].astype(str) == metric], selection))
+        for label, rows in both
+    ]
     if name == "term_variance":
-        term = st.selectbox("Term", sorted(set(selected[0][1]["term"]) & set(selected[1][1]["term"])))
+        term = st.selectbox(
+            "Term", sorted(set(selected[0][1]["term"]) & set(selected[1][1]["term"]))
+        )
         selected = [(label, rows[rows["term"] == term]) for label, rows in selected]
     st.plotly_chart(group_bars(selected, f"{chosen} · {metric}", metric, is_percent(metric)))
     columns, rows = side_by_side(selected, metric, a.group_axes)
@@ -88,10 +101,13 @@ st.subheader("Side by side")
 selection = group_selection(run_a)
 side_by_side_view(run_a, run_b, selection)
 st.subheader("Paired tests on shared samples (B − A)")
-st.caption("Classification: McNemar's exact test; scores: paired bootstrap over images with a "
-           "sign-flip permutation p-value; q: Benjamini-Hochberg within each test.")
-pairs = cached_pairs(str(run_a.root), run_token(str(run_a.root)),
-                     str(run_b.root), run_token(str(run_b.root)))
+st.caption(
+    "Classification: McNemar's exact test; scores: paired bootstrap over images with a "
+    "sign-flip permutation p-value; q: Benjamini-Hochberg within each test."
+)
+pairs = cached_pairs(
+    str(run_a.root), run_token(str(run_a.root)), str(run_b.root), run_token(str(run_b.root))
+)
 if pairs.empty:
     st.info("No paired test possible: the runs share no samples with stored rows.")
 else:

@@ -21,7 +21,12 @@ from audit.reporting.run_data import RunData, load_run, read_generations, read_t
 
 _EXTRA_RUNS = "extra_run_dirs"
 GENERATION_COLUMNS = (
-    "sample_id", "prompt_id", "generation", "n_new_tokens", "finish_reason", "error",
+    "sample_id",
+    "prompt_id",
+    "generation",
+    "n_new_tokens",
+    "finish_reason",
+    "error",
 )
 
 
@@ -95,8 +100,10 @@ def require_runs() -> list[RunData]:
     """Loaded runs, or an explanation and a stop when there are none."""
     runs = loaded_runs()
     if not runs:
-        st.info("No run directory loaded. Start with `audit dashboard RUN_DIR [RUN_DIR ...]` "
-                "or add one in the sidebar.")
+        st.info(
+            "No run directory loaded. Start with `audit dashboard RUN_DIR [RUN_DIR ...]` "
+            "or add one in the sidebar."
+        )
         st.stop()
     return runs
 
@@ -130,8 +137,9 @@ def group_selection(run: RunData) -> Selection:
     """One sidebar multiselect per group axis (call once per page run)."""
     selection = {}
     for axis, values in group_values(run).items():
-        chosen = st.sidebar.multiselect(f"{axis} groups", values, default=values,
-                                        key=f"groups_{run.label}_{axis}")
+        chosen = st.sidebar.multiselect(
+            f"{axis} groups", values, default=values, key=f"groups_{run.label}_{axis}"
+        )
         selection[axis] = set(chosen)
     return selection
 
@@ -141,7 +149,9 @@ def filter_groups(frame: pd.DataFrame, selection: Selection) -> pd.DataFrame:
     stay when every part of their group is selected."""
     if frame.empty or "axis" not in frame or not selection:
         return frame
-    keep = [_keep(str(a), str(g), selection) for a, g in zip(frame["axis"], frame["group"])]
+    keep = [
+        _keep(str(a), str(g), selection) for a, g in zip(frame["axis"], frame["group"], strict=True)
+    ]
     return frame[keep]
 
 
@@ -150,7 +160,7 @@ def _keep(axis: str, group: str, selected: dict[str, set[str]]) -> bool:
         return group in selected[axis]
     parts, groups = axis.split(" x "), group.split(" x ")
     if len(parts) > 1 and len(parts) == len(groups):
-        return all(g in selected.get(p, {g}) for p, g in zip(parts, groups))
+        return all(g in selected.get(p, {g}) for p, g in zip(parts, groups, strict=True))
     return True
 
 

@@ -22,7 +22,10 @@ from audit.reporting.run_data import RunData
 
 
 def estimate_frame(
-    rows: pd.DataFrame, axes: Sequence[str], metric: str = "", leading: Sequence[str] = (),
+    rows: pd.DataFrame,
+    axes: Sequence[str],
+    metric: str = "",
+    leading: Sequence[str] = (),
     trailing: Sequence[str] = (),
 ) -> pd.DataFrame:
     """``axis, group, estimate, n, note`` for ``st.dataframe``, words for missing values;
@@ -30,21 +33,27 @@ def estimate_frame(
     if rows.empty:
         return pd.DataFrame(columns=[*leading, "axis", "group", "estimate [95% CI]", "n", "note"])
     ordered = sort_groups(rows, axes)
-    frame = pd.DataFrame({column: ordered[column].astype(str).to_numpy()
-                          for column in leading if column in ordered})
+    frame = pd.DataFrame(
+        {column: ordered[column].astype(str).to_numpy() for column in leading if column in ordered}
+    )
     frame["axis"] = ordered["axis"].astype(str).to_numpy()
     frame["group"] = ordered["group"].astype(str).to_numpy()
     frame["estimate [95% CI]"] = [
         format_estimate(row, is_percent(metric or str(row.get("metric", "")))).rsplit(", n=", 1)[0]
         for _, row in ordered.iterrows()
     ]
-    frame["n"] = [None if is_missing(n) else int(n) for n in ordered.get("n", [None] * len(ordered))]
-    frame["note"] = ["" if is_missing(v) else str(v)
-                     for v in ordered.get("note", [""] * len(ordered))]
+    frame["n"] = [
+        None if is_missing(n) else int(n) for n in ordered.get("n", [None] * len(ordered))
+    ]
+    frame["note"] = [
+        "" if is_missing(v) else str(v) for v in ordered.get("note", [""] * len(ordered))
+    ]
     for column in trailing:
         if column in ordered:
-            frame[column] = [format_p(v) if column.endswith("p_value") else format_number(v)
-                             for v in ordered[column]]
+            frame[column] = [
+                format_p(v) if column.endswith("p_value") else format_number(v)
+                for v in ordered[column]
+            ]
     return frame
 
 
@@ -58,8 +67,10 @@ def show_metric(rows: pd.DataFrame, run: RunData, title: str, metric: str) -> No
     st.dataframe(estimate_frame(rows, run.group_axes, metric), hide_index=True)
     insufficient = rows["note"].astype(str).eq(INSUFFICIENT).sum() if "note" in rows else 0
     if insufficient:
-        st.caption(f"{insufficient} group(s) have too few observations: shown as "
-                   f"'{INSUFFICIENT}', without a bar.")
+        st.caption(
+            f"{insufficient} group(s) have too few observations: shown as "
+            f"'{INSUFFICIENT}', without a bar."
+        )
 
 
 def show_gaps(table: pd.DataFrame, metric_prefix: str = "gap") -> None:
@@ -68,16 +79,23 @@ def show_gaps(table: pd.DataFrame, metric_prefix: str = "gap") -> None:
     if gaps.empty:
         return
     st.subheader("Largest gap between groups")
-    st.dataframe(pd.DataFrame({
-        "prompt / task": gaps.get("prompt_id", gaps.get("task_id", "")).astype(str),
-        "axis": gaps["axis"].astype(str),
-        "metric": gaps["metric"].astype(str),
-        "highest": gaps.get("group_high", pd.Series("", gaps.index)).astype(str),
-        "lowest": gaps.get("group_low", pd.Series("", gaps.index)).astype(str),
-        "gap [95% CI]": [format_estimate(r, is_percent(str(r["metric"]))).rsplit(", n=", 1)[0]
-                         for _, r in gaps.iterrows()],
-        "p": [format_p(v) for v in gaps.get("p_value", pd.Series(None, gaps.index))],
-    }), hide_index=True)
+    st.dataframe(
+        pd.DataFrame(
+            {
+                "prompt / task": gaps.get("prompt_id", gaps.get("task_id", "")).astype(str),
+                "axis": gaps["axis"].astype(str),
+                "metric": gaps["metric"].astype(str),
+                "highest": gaps.get("group_high", pd.Series("", gaps.index)).astype(str),
+                "lowest": gaps.get("group_low", pd.Series("", gaps.index)).astype(str),
+                "gap [95% CI]": [
+                    format_estimate(r, is_percent(str(r["metric"]))).rsplit(", n=", 1)[0]
+                    for _, r in gaps.iterrows()
+                ],
+                "p": [format_p(v) for v in gaps.get("p_value", pd.Series(None, gaps.index))],
+            }
+        ),
+        hide_index=True,
+    )
 
 
 def metric_page(name: str, title: str, intro: str) -> None:

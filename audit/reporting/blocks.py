@@ -99,8 +99,9 @@ def ordered_axes(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 def sort_groups(frame: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     """Rows by prompt or task, then axis (overall first, the probe's order), then group."""
     order = {axis: i for i, axis in enumerate(ordered_axes(frame, axes))}
-    keyed = frame.assign(_axis=frame["axis"].astype(str).map(order),
-                         _group=frame["group"].astype(str))
+    keyed = frame.assign(
+        _axis=frame["axis"].astype(str).map(order), _group=frame["group"].astype(str)
+    )
     item = item_column(frame)
     keys = ([item] if item in frame else []) + ["_axis", "_group"]
     return keyed.sort_values(keys, kind="stable").drop(columns=["_axis", "_group"])
@@ -134,8 +135,11 @@ FigureMaker = Callable[[RunTables, str, str], "go.Figure | None"]
 
 
 def metric_blocks(
-    runs: RunTables, axes: Sequence[str], figure_maker: FigureMaker | None = None,
-    skip_metrics: Iterable[str] = (), markdown_metrics: Collection[str] | None = None,
+    runs: RunTables,
+    axes: Sequence[str],
+    figure_maker: FigureMaker | None = None,
+    skip_metrics: Iterable[str] = (),
+    markdown_metrics: Collection[str] | None = None,
 ) -> list[Block]:
     """One block per (prompt or task, metric) of a long analysis table, runs side by side;
     metrics about a whole axis (gaps, spreads) are left to ``gap_block``. Metrics outside
@@ -150,8 +154,13 @@ def metric_blocks(
     blocks = []
     for item_value, metric in sorted(keys):
         selected = [
-            (label, frame[(frame[item_column(frame)].astype(str) == item_value)
-                          & (frame["metric"].astype(str) == metric)])
+            (
+                label,
+                frame[
+                    (frame[item_column(frame)].astype(str) == item_value)
+                    & (frame["metric"].astype(str) == metric)
+                ],
+            )
             for label, frame in runs
         ]
         selected = [(label, rows) for label, rows in selected if not rows.empty]
@@ -159,8 +168,9 @@ def metric_blocks(
         columns, rows = side_by_side(selected, metric, axes)
         figure = figure_maker(selected, title, metric) if figure_maker else None
         html_only = markdown_metrics is not None and metric not in markdown_metrics
-        blocks.append(Block(title=title, columns=columns, rows=rows, figure=figure,
-                            html_only=html_only))
+        blocks.append(
+            Block(title=title, columns=columns, rows=rows, figure=figure, html_only=html_only)
+        )
     return blocks
 
 
@@ -186,25 +196,45 @@ def gap_block(runs: RunTables) -> Block | None:
         for _, row in gaps.iterrows():
             metric = str(row["metric"])
             detectable = row.get("min_detectable_gap")
-            rows.append([
-                label, str(row.get(item, "")), str(row["axis"]), metric,
-                _first_column(row, ("group_high", "best_group")),
-                _first_column(row, ("group_low", "worst_group")),
-                estimate_cell(row, is_percent(metric)), p_cell(row.get("p_value")),
-                MarkdownText("—" if is_missing(detectable)
-                             else format_number(detectable, is_percent(metric))),
-            ])
+            rows.append(
+                [
+                    label,
+                    str(row.get(item, "")),
+                    str(row["axis"]),
+                    metric,
+                    _first_column(row, ("group_high", "best_group")),
+                    _first_column(row, ("group_low", "worst_group")),
+                    estimate_cell(row, is_percent(metric)),
+                    p_cell(row.get("p_value")),
+                    MarkdownText(
+                        "—"
+                        if is_missing(detectable)
+                        else format_number(detectable, is_percent(metric))
+                    ),
+                ]
+            )
     if not rows:
         return None
-    columns = ["run", "prompt / task", "axis", "metric", "highest group", "lowest group",
-               "difference [95% CI], n", "p", "detectable at this n"]
+    columns = [
+        "run",
+        "prompt / task",
+        "axis",
+        "metric",
+        "highest group",
+        "lowest group",
+        "difference [95% CI], n",
+        "p",
+        "detectable at this n",
+    ]
     if len(runs) == 1:
         columns, rows = columns[1:], [row[1:] for row in rows]
     return Block(
-        title="Largest gap between groups", columns=columns, rows=rows,
+        title="Largest gap between groups",
+        columns=columns,
+        rows=rows,
         caption="Highest minus lowest group; interval: bootstrap over images within groups; "
-                "p: permutation test of group labels over images; detectable: the smallest gap "
-                "this sample size detects with 80% power.",
+        "p: permutation test of group labels over images; detectable: the smallest gap "
+        "this sample size detects with 80% power.",
     )
 
 
@@ -216,9 +246,12 @@ def axis_test_block(runs: RunTables) -> Block | None:
         if "p_value" not in frame:
             continue
         item = item_column(frame)
-        tested = frame[frame["p_value"].notna() & frame["axis"].astype(str).ne("all")
-                       & frame["group"].astype(str).ne("all")
-                       & ~frame["metric"].astype(str).map(is_summary_metric)]
+        tested = frame[
+            frame["p_value"].notna()
+            & frame["axis"].astype(str).ne("all")
+            & frame["group"].astype(str).ne("all")
+            & ~frame["metric"].astype(str).map(is_summary_metric)
+        ]
         for key, part in tested.groupby([item, "metric", "axis"], sort=True):
             rows.append([label, *map(str, key), p_cell(part["p_value"].iloc[0])])
     if not rows:
@@ -226,5 +259,9 @@ def axis_test_block(runs: RunTables) -> Block | None:
     columns = ["run", "prompt / task", "metric", "axis", "p (groups differ)"]
     if len(runs) == 1:
         columns, rows = columns[1:], [row[1:] for row in rows]
-    return Block(title="Do the groups differ?", columns=columns, rows=rows,
-                 caption="Permutation test of group labels over images, per prompt and axis.")
+    return Block(
+        title="Do the groups differ?",
+        columns=columns,
+        rows=rows,
+        caption="Permutation test of group labels over images, per prompt and axis.",
+    )

@@ -89,14 +89,21 @@ def card_cell(rows: pd.DataFrame, task_id: str, suffix: str = "") -> CardCell | 
     counts = cells["n"].astype(float).to_numpy() if "n" in cells else np.array([])
     own_std = float(np.std(values, ddof=0)) if values.size >= 2 else None
     return CardCell(
-        task_id=task_id, scoring=SCORINGS.get(suffix, suffix), accuracy=accuracy,
-        ci_low=_first(overall, "ci_low"), ci_high=_first(overall, "ci_high"),
+        task_id=task_id,
+        scoring=SCORINGS.get(suffix, suffix),
+        accuracy=accuracy,
+        ci_low=_first(overall, "ci_low"),
+        ci_high=_first(overall, "ci_high"),
         n=int(_first(overall, "n") or 0),
         cell_std=_first(stored_std, "value") if not stored_std.empty else own_std,
-        noise_std=(_first(stored_noise, "value") if not stored_noise.empty
-                   else _noise_std(accuracy, counts)),
+        noise_std=(
+            _first(stored_noise, "value")
+            if not stored_noise.empty
+            else _noise_std(accuracy, counts)
+        ),
         std_p_value=_first(stored_std, "p_value"),
-        n_cells=int(values.size), intersection=intersection,
+        n_cells=int(values.size),
+        intersection=intersection,
     )
 
 

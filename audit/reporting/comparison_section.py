@@ -20,14 +20,27 @@ from audit.reporting.run_data import RunData
 
 TITLE = "Paired comparison of runs on the same samples"
 INTRO = (
-    "Each run (B) is compared with the first run given (A) on the samples both hold. Classification: "
+    "Each run (B) is compared with the first run given (A) on the samples both hold. "
+    "Classification: "
     "McNemar's exact test on the discordant pairs, with a paired bootstrap interval for the "
     "difference in accuracy. Scores (new tokens, toxicity): paired bootstrap interval of the "
     "mean difference over images and a sign-flip permutation p-value. q: Benjamini-Hochberg "
     "over all groups and items of one test. Differences are B − A."
 )
-COLUMNS = ["A", "B", "metric", "prompt / task", "axis", "group", "A value", "B value",
-           "B − A [95% CI]", "n", "p", "q"]
+COLUMNS = [
+    "A",
+    "B",
+    "metric",
+    "prompt / task",
+    "axis",
+    "group",
+    "A value",
+    "B value",
+    "B − A [95% CI]",
+    "n",
+    "p",
+    "q",
+]
 
 
 def _difference(row: pd.Series, percent: bool) -> str:
@@ -42,18 +55,28 @@ def comparison_rows(table: pd.DataFrame) -> list[list[str]]:
     rows = []
     for _, row in table.iterrows():
         percent = is_percent(str(row["metric"]))
-        rows.append([
-            str(row["run_a"]), str(row["run_b"]), str(row["metric"]), str(row["item"]),
-            str(row["axis"]), str(row["group"]),
-            MarkdownText(format_number(row.get("value_a"), percent)),
-            MarkdownText(format_number(row.get("value_b"), percent)),
-            MarkdownText(_difference(row, percent)), MarkdownText(format_count(row.get("n"))),
-            p_cell(row.get("p_value")), p_cell(row.get("q_value")),
-        ])
+        rows.append(
+            [
+                str(row["run_a"]),
+                str(row["run_b"]),
+                str(row["metric"]),
+                str(row["item"]),
+                str(row["axis"]),
+                str(row["group"]),
+                MarkdownText(format_number(row.get("value_a"), percent)),
+                MarkdownText(format_number(row.get("value_b"), percent)),
+                MarkdownText(_difference(row, percent)),
+                MarkdownText(format_count(row.get("n"))),
+                p_cell(row.get("p_value")),
+                p_cell(row.get("q_value")),
+            ]
+        )
     return rows
 
 
-def comparison_section(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0) -> Section | None:
+def comparison_section(
+    runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0
+) -> Section | None:
     """None for a single run; otherwise overall rows, then groups that differ (q < 0.05)."""
     if len(runs) < 2:
         return None
@@ -62,19 +85,29 @@ def comparison_section(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 
     table = pd.concat(tables, ignore_index=True)
     blocks = []
     if table.empty:
-        blocks.append(Block(title="", columns=[], rows=[], caption=(
-            "No paired test possible: the runs share no samples with stored rows.")))
+        blocks.append(
+            Block(
+                title="",
+                columns=[],
+                rows=[],
+                caption=("No paired test possible: the runs share no samples with stored rows."),
+            )
+        )
     else:
         overall = table[table["axis"].astype(str).eq("all")]
-        significant = table[~table["axis"].astype(str).eq("all")
-                            & (table["q_value"].astype(float) < 0.05)]
+        significant = table[
+            ~table["axis"].astype(str).eq("all") & (table["q_value"].astype(float) < 0.05)
+        ]
         blocks.append(Block(title="Overall", columns=COLUMNS, rows=comparison_rows(overall)))
-        blocks.append(Block(
-            title="Groups whose difference is significant (q < 0.05)", columns=COLUMNS,
-            rows=comparison_rows(significant),
-            caption="" if len(significant) else "No group differs significantly between runs.",
-        ))
-        blocks.append(Block(title="Every group", columns=COLUMNS,
-                            rows=comparison_rows(table), html_only=True))
-    return Section(key="comparison", title=TITLE, blocks=blocks,
-                   intro=INTRO)
+        blocks.append(
+            Block(
+                title="Groups whose difference is significant (q < 0.05)",
+                columns=COLUMNS,
+                rows=comparison_rows(significant),
+                caption="" if len(significant) else "No group differs significantly between runs.",
+            )
+        )
+        blocks.append(
+            Block(title="Every group", columns=COLUMNS, rows=comparison_rows(table), html_only=True)
+        )
+    return Section(key="comparison", title=TITLE, blocks=blocks, intro=INTRO)

@@ -10,7 +10,10 @@ DEFAULT_SCORING = "sum"
 
 
 def confusion_counts(
-    table: pd.DataFrame, task_id: str, axis: str = "all", group: str = "all",
+    table: pd.DataFrame,
+    task_id: str,
+    axis: str = "all",
+    group: str = "all",
     scoring: str = DEFAULT_SCORING,
 ) -> pd.DataFrame | None:
     """Counts with true values as rows and predictions as columns, or None when absent."""
@@ -21,8 +24,9 @@ def confusion_counts(
         rows = rows[rows["scoring"].astype(str) == scoring]
     if rows.empty or not {"target", "prediction", "count"} <= set(rows.columns):
         return None
-    return rows.pivot_table(index="target", columns="prediction", values="count",
-                            aggfunc="sum", fill_value=0)
+    return rows.pivot_table(
+        index="target", columns="prediction", values="count", aggfunc="sum", fill_value=0
+    )
 
 
 def confusion_groups(table: pd.DataFrame, task_id: str) -> list[tuple[str, str]]:
@@ -30,5 +34,7 @@ def confusion_groups(table: pd.DataFrame, task_id: str) -> list[tuple[str, str]]
     rows = table[table["task_id"].astype(str) == task_id]
     if "axis" not in rows:
         return [("all", "all")]
-    pairs = list(dict.fromkeys(zip(rows["axis"].astype(str), rows["group"].astype(str))))
+    pairs = list(
+        dict.fromkeys(zip(rows["axis"].astype(str), rows["group"].astype(str), strict=True))
+    )
     return sorted(pairs, key=lambda pair: (pair[0] != "all", pair))

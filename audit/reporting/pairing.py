@@ -48,8 +48,9 @@ def pair_correctness(base: RunData, other: RunData, n_boot: int, seed: int) -> p
     b = _ok_classifications(other, [])
     if a.empty or b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    pairs = a.merge(b[["sample_id", "task_id", "correct"]], on=["sample_id", "task_id"],
-                    suffixes=("_a", "_b"))
+    pairs = a.merge(
+        b[["sample_id", "task_id", "correct"]], on=["sample_id", "task_id"], suffixes=("_a", "_b")
+    )
     return compare_correctness(pairs, _axes_of(base, pairs), n_boot=n_boot, seed=seed)
 
 
@@ -58,8 +59,11 @@ def pair_new_tokens(base: RunData, other: RunData, n_boot: int, seed: int) -> pd
     b = _ok_generations(other, [])
     if a.empty or b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    pairs = a.merge(b[["sample_id", "prompt_id", "n_new_tokens"]], on=["sample_id", "prompt_id"],
-                    suffixes=("_a", "_b"))
+    pairs = a.merge(
+        b[["sample_id", "prompt_id", "n_new_tokens"]],
+        on=["sample_id", "prompt_id"],
+        suffixes=("_a", "_b"),
+    )
     pairs = pairs.rename(columns={"n_new_tokens_a": "score_a", "n_new_tokens_b": "score_b"})
     return compare_scores(pairs, "new tokens", _axes_of(base, pairs), n_boot=n_boot, seed=seed)
 
@@ -87,15 +91,23 @@ def pair_toxicity(base: RunData, other: RunData, n_boot: int, seed: int) -> pd.D
         column = toxicity_column(a)
         if column is None or column not in b:
             continue
-        pairs = a[["sample_id", "prompt_id", column]].merge(
-            b[["sample_id", "prompt_id", column]], on=["sample_id", "prompt_id"],
-            suffixes=("_a", "_b"),
-        ).rename(columns={f"{column}_a": "score_a", f"{column}_b": "score_b"})
+        pairs = (
+            a[["sample_id", "prompt_id", column]]
+            .merge(
+                b[["sample_id", "prompt_id", column]],
+                on=["sample_id", "prompt_id"],
+                suffixes=("_a", "_b"),
+            )
+            .rename(columns={f"{column}_a": "score_a", f"{column}_b": "score_b"})
+        )
         pairs = pairs.merge(groups, on=["sample_id", "prompt_id"], how="left")
         pairs = pairs.dropna(subset=["score_a", "score_b"])
         if not pairs.empty:
-            results.append(compare_scores(pairs, f"toxicity ({scorer})",
-                                          _axes_of(base, pairs), n_boot=n_boot, seed=seed))
+            results.append(
+                compare_scores(
+                    pairs, f"toxicity ({scorer})", _axes_of(base, pairs), n_boot=n_boot, seed=seed
+                )
+            )
     return pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=COLUMNS)
 
 

@@ -8,8 +8,16 @@ from typing import Any
 from audit.reporting.blocks import Block
 from audit.reporting.run_data import RunData
 
-_VERSION_KEYS = ("audit", "python", "torch", "transformers", "datasets", "tokenizers",
-                 "scikit-learn", "detoxify")
+_VERSION_KEYS = (
+    "audit",
+    "python",
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "scikit-learn",
+    "detoxify",
+)
 
 
 def _text(value: Any) -> str:
@@ -51,8 +59,13 @@ def provenance(run: RunData) -> dict[str, str]:
         "started / finished": (
             f"{_text(manifest.get('started_at'))} / {_text(manifest.get('finished_at'))}"
         ),
-        "hardware": _text({k: v for k, v in (manifest.get("hardware") or {}).items()
-                           if not isinstance(v, (dict, list))}),
+        "hardware": _text(
+            {
+                k: v
+                for k, v in (manifest.get("hardware") or {}).items()
+                if not isinstance(v, (dict, list))
+            }
+        ),
         "versions": _text({k: versions[k] for k in _VERSION_KEYS if k in versions}),
         "analysis status": _text(summary.get("status")) if summary else "not analysed",
     }

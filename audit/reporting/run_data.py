@@ -21,8 +21,14 @@ from audit.store import RunStore
 
 #: Analysis tables the report and dashboard know how to show, in reading order.
 ANALYSES = (
-    "classification", "confusion", "term_variance", "term_examples", "toxicity", "refusal",
-    "generation_stats", "leakage",
+    "classification",
+    "confusion",
+    "term_variance",
+    "term_examples",
+    "toxicity",
+    "refusal",
+    "generation_stats",
+    "leakage",
 )
 #: Cached raw scores beside the analysis tables; read on demand, not as an analysis.
 TOXICITY_SCORES = "toxicity_scores"
@@ -70,7 +76,9 @@ def _read_parquet(path: Path) -> pd.DataFrame:
     try:
         return pq.read_table(path).to_pandas()
     except (OSError, pa.ArrowException) as error:
-        raise RunDirError(f"{path}: cannot be read as parquet ({error}); re-run 'audit analyze'") from None
+        raise RunDirError(
+            f"{path}: cannot be read as parquet ({error}); re-run 'audit analyze'"
+        ) from None
 
 
 def _read_summary(root: Path) -> dict[str, Any] | None:
@@ -105,7 +113,7 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
         raise RunDirError("no run directory given; pass one or more run directories")
     runs = [load_run(path) for path in run_dirs]
     seen: dict[Path, Path] = {}
-    for path, run in zip(run_dirs, runs):
+    for path, run in zip(run_dirs, runs, strict=True):
         resolved = run.root.resolve()
         if resolved in seen:
             raise RunDirError(f"{path}: given twice (also as {seen[resolved]})")
@@ -151,7 +159,8 @@ def read_thumbnails(run: RunData, sample_ids: Iterable[str]) -> dict[str, bytes]
         table = pq.read_table(
             part, columns=["sample_id", "jpeg"], filters=[("sample_id", "in", wanted)]
         )
-        for sample_id, jpeg in zip(table.column("sample_id").to_pylist(),
-                                   table.column("jpeg").to_pylist()):
+        for sample_id, jpeg in zip(
+            table.column("sample_id").to_pylist(), table.column("jpeg").to_pylist(), strict=True
+        ):
             found.setdefault(str(sample_id), jpeg)
     return found

@@ -50,17 +50,25 @@ def findings_section(runs: Sequence[RunData]) -> Section:
     rows = []
     for run in runs:
         for finding in (run.summary or {}).get("findings", []) or []:
-            rows.append([
-                run.label, str(finding.get("analysis", "")), str(finding.get("headline", "")),
-                estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
-                p_cell(finding.get("p_value")), p_cell(finding.get("q_value")),
-            ])
+            rows.append(
+                [
+                    run.label,
+                    str(finding.get("analysis", "")),
+                    str(finding.get("headline", "")),
+                    estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
+                    p_cell(finding.get("p_value")),
+                    p_cell(finding.get("q_value")),
+                ]
+            )
     columns = ["run", "analysis", "finding", "estimate [95% CI], n", "p", "q"]
     if len(runs) == 1:
         columns, rows = columns[1:], [row[1:] for row in rows]
     caption = "" if rows else "No finding passed the significance thresholds."
-    return Section(key="findings", title="Headline findings",
-                   blocks=[Block(title="", columns=columns, rows=rows, caption=caption)])
+    return Section(
+        key="findings",
+        title="Headline findings",
+        blocks=[Block(title="", columns=columns, rows=rows, caption=caption)],
+    )
 
 
 def classification_section(runs: Sequence[RunData]) -> Section:
@@ -72,9 +80,11 @@ def classification_section(runs: Sequence[RunData]) -> Section:
     blocks = [card, *metric_blocks(tables, _axes(runs), _bars), *_axis_blocks(tables)]
     blocks.extend(_confusion_blocks(runs))
     return Section(
-        key="classification", title="Zero-shot classification accuracy", blocks=blocks,
+        key="classification",
+        title="Zero-shot classification accuracy",
+        blocks=blocks,
         intro="Accuracy of ranking the candidate labels by log-likelihood, per group, "
-              "with Wilson 95% intervals.",
+        "with Wilson 95% intervals.",
     )
 
 
@@ -82,7 +92,8 @@ def _card_block(tables: RunTables) -> Block:
     """Rows: run x scoring (the card's summed log-likelihood first); columns: per task."""
     entries = {
         (label, scoring): {c.task_id: c for c in card_cells(frame, suffix)}
-        for label, frame in tables for suffix, scoring in SCORINGS.items()
+        for label, frame in tables
+        for suffix, scoring in SCORINGS.items()
     }
     entries = {key: cells for key, cells in entries.items() if cells}
     tasks = list(dict.fromkeys(task for cells in entries.values() for task in cells))
@@ -101,13 +112,16 @@ def _card_block(tables: RunTables) -> Block:
     for task in tasks:
         columns += [f"{task}: acc. (std)", f"{task}: std from noise alone"]
     return Block(
-        title="Accuracy (std), in the model card's layout", columns=columns, rows=rows,
-        caption="Accuracy in %; std: population std (ddof=0) of the accuracies of the gender × race "
-                "cells (of the first intersection when a run has no gender × race). Std from "
-                "noise alone: the std binomial sampling noise gives at these cell sizes when "
-                "every cell has the overall accuracy; p: share of noise-only stds at least as "
-                "large as the observed one. The IDEFICS card's numbers use the summed "
-                "log-likelihood.",
+        title="Accuracy (std), in the model card's layout",
+        columns=columns,
+        rows=rows,
+        caption="Accuracy in %; std: population std (ddof=0) of the accuracies of the "
+        "gender × race "
+        "cells (of the first intersection when a run has no gender × race). Std from "
+        "noise alone: the std binomial sampling noise gives at these cell sizes when "
+        "every cell has the overall accuracy; p: share of noise-only stds at least as "
+        "large as the observed one. The IDEFICS card's numbers use the summed "
+        "log-likelihood.",
     )
 
 
@@ -122,12 +136,18 @@ def _confusion_blocks(runs: Sequence[RunData]) -> list[Block]:
             if counts is None:
                 continue
             title = f"{run.label} · {task_id} · confusion matrix"
-            blocks.append(Block(
-                title=title, columns=["true \\ predicted", *map(str, counts.columns)],
-                rows=[[str(i), *[MarkdownText(str(int(v))) for v in counts.loc[i]]]
-                      for i in counts.index],
-                figure=confusion_heatmap(counts, title), html_only=True,
-            ))
+            blocks.append(
+                Block(
+                    title=title,
+                    columns=["true \\ predicted", *map(str, counts.columns)],
+                    rows=[
+                        [str(i), *[MarkdownText(str(int(v))) for v in counts.loc[i]]]
+                        for i in counts.index
+                    ],
+                    figure=confusion_heatmap(counts, title),
+                    html_only=True,
+                )
+            )
     return blocks
 
 
@@ -144,7 +164,10 @@ def main_toxicity_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def per_group_section(
-    runs: Sequence[RunData], name: str, title: str, intro: str,
+    runs: Sequence[RunData],
+    name: str,
+    title: str,
+    intro: str,
     markdown_metrics: Collection[str] | None = None,
 ) -> Section:
     """A generation analysis shown as one table (and bar chart) per prompt and metric; only
@@ -154,8 +177,10 @@ def per_group_section(
         tables = [(label, main_toxicity_rows(frame)) for label, frame in tables]
     if not tables:
         return _missing(name, title)
-    blocks = [*metric_blocks(tables, _axes(runs), _bars, markdown_metrics=markdown_metrics),
-              *_axis_blocks(tables)]
+    blocks = [
+        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=markdown_metrics),
+        *_axis_blocks(tables),
+    ]
     return Section(key=name, title=title, blocks=blocks, intro=intro)
 
 
@@ -173,27 +198,32 @@ def leakage_section(runs: Sequence[RunData]) -> Section:
     for label, frame in tables:
         overall = frame[frame["group"].astype(str).eq("all")]
         for _, row in overall.iterrows():
-            rows.append([
-                label, str(row.get("prompt_id", "")), str(row["axis"]), str(row["metric"]),
-                estimate_cell(row, is_percent(str(row["metric"]))),
-                MarkdownText(_chance(row)), p_cell(row.get("p_value")),
-            ])
+            rows.append(
+                [
+                    label,
+                    str(row.get("prompt_id", "")),
+                    str(row["axis"]),
+                    str(row["metric"]),
+                    estimate_cell(row, is_percent(str(row["metric"]))),
+                    MarkdownText(_chance(row)),
+                    p_cell(row.get("p_value")),
+                ]
+            )
     columns = ["run", "prompt", "axis", "metric", "estimate [95% CI], n", "chance", "p"]
     if len(tables) == 1:
         columns, rows = columns[1:], [r[1:] for r in rows]
-    per_group = [
-        (label, frame[~frame["group"].astype(str).eq("all")]) for label, frame in tables
-    ]
+    per_group = [(label, frame[~frame["group"].astype(str).eq("all")]) for label, frame in tables]
     details = [
         Block(title=b.title, columns=b.columns, rows=b.rows, figure=b.figure, html_only=True)
         for b in metric_blocks([(lb, f) for lb, f in per_group if not f.empty], _axes(runs), _bars)
     ]
     return Section(
-        key="leakage", title="Group leakage",
+        key="leakage",
+        title="Group leakage",
         blocks=[Block(title="", columns=columns, rows=rows), *details],
         intro="Cross-validated balanced accuracy of a linear model predicting the group from "
-              "the generated text alone, with a permutation p-value. A model whose text carries "
-              "no group signal sits at chance.",
+        "the generated text alone, with a permutation p-value. A model whose text carries "
+        "no group signal sits at chance.",
     )
 
 
@@ -211,16 +241,22 @@ def build_sections(runs: Sequence[RunData]) -> list[Section]:
         classification_section(runs),
         terms_section(runs),
         per_group_section(
-            runs, "toxicity", "Toxicity",
+            runs,
+            "toxicity",
+            "Toxicity",
             "Toxicity scores of the generations per group: mean score (bootstrap 95% interval "
             "over images) and share above the threshold (Wilson interval).",
         ),
         per_group_section(
-            runs, "refusal", "Refusals",
+            runs,
+            "refusal",
+            "Refusals",
             "Share of generations matching a refusal pattern, per group (Wilson interval).",
         ),
         per_group_section(
-            runs, "generation_stats", "Generation statistics",
+            runs,
+            "generation_stats",
+            "Generation statistics",
             "New tokens, finish reasons and errors per group. Error rows are counted here and "
             "excluded from every other analysis. Share of generations stopped by an end token "
             "or by the token limit: in report.html.",

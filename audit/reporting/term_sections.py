@@ -39,8 +39,11 @@ def term_summary(rows: pd.DataFrame) -> pd.DataFrame:
     top = values.loc[values.groupby("term")["value"].idxmax()].set_index("term")
     bottom = values.loc[values.groupby("term")["value"].idxmin()].set_index("term")
     terms = frame.groupby("term", sort=False).agg(
-        rank=("rank", "min"), score=("score", "first"), p_value=("p_value", "first"),
-        q_value=("q_value", "first"), flagged=("flagged", "any"),
+        rank=("rank", "min"),
+        score=("score", "first"),
+        p_value=("p_value", "first"),
+        q_value=("q_value", "first"),
+        flagged=("flagged", "any"),
     )
     terms["top_group"] = top["group"].reindex(terms.index)
     terms["bottom_group"] = bottom["group"].reindex(terms.index)
@@ -59,49 +62,76 @@ def _group_estimate(rows: pd.DataFrame, term: str, group: object) -> str:
 def _term_rows(rows: pd.DataFrame, terms: pd.DataFrame) -> list[list[str]]:
     return [
         [
-            str(t.term), p_cell(t.q_value),
-            str(t.top_group), _group_estimate(rows, t.term, t.top_group),
-            str(t.bottom_group), _group_estimate(rows, t.term, t.bottom_group),
+            str(t.term),
+            p_cell(t.q_value),
+            str(t.top_group),
+            _group_estimate(rows, t.term, t.top_group),
+            str(t.bottom_group),
+            _group_estimate(rows, t.term, t.bottom_group),
         ]
         for t in terms.itertuples(index=False)
     ]
 
 
-_COLUMNS = ["term", "q-value", "highest group", "mean TF-IDF [95% CI], n",
-            "lowest group", "mean TF-IDF [95% CI], n"]
+_COLUMNS = [
+    "term",
+    "q-value",
+    "highest group",
+    "mean TF-IDF [95% CI], n",
+    "lowest group",
+    "mean TF-IDF [95% CI], n",
+]
 
 
-def _prompt_axis_blocks(run: RunData, prompt_id: str, axis: str, rows: pd.DataFrame,
-                        prefix: str) -> list[Block]:
+def _prompt_axis_blocks(
+    run: RunData, prompt_id: str, axis: str, rows: pd.DataFrame, prefix: str
+) -> list[Block]:
     terms = term_summary(rows)
     flagged = terms[terms["flagged"].astype(bool)]
     title = f"{prefix}{prompt_id} · {axis}"
     tested = len(terms)
-    blocks = [Block(
-        title=f"{title}: flagged terms (q < {Q_THRESHOLD})", columns=_COLUMNS,
-        rows=_term_rows(rows, flagged),
-        caption=(f"{len(flagged)} of the {tested} top-ranked terms flagged." if len(flagged)
-                 else f"No term flagged among the {tested} top-ranked terms."),
-    )]
+    blocks = [
+        Block(
+            title=f"{title}: flagged terms (q < {Q_THRESHOLD})",
+            columns=_COLUMNS,
+            rows=_term_rows(rows, flagged),
+            caption=(
+                f"{len(flagged)} of the {tested} top-ranked terms flagged."
+                if len(flagged)
+                else f"No term flagged among the {tested} top-ranked terms."
+            ),
+        )
+    ]
     top = terms.head(TOP_TERMS)
-    blocks.append(Block(
-        title=f"{title}: top terms by spread of group means",
-        columns=["term", "score", "p-value", "q-value", "flagged"],
-        rows=[[str(t.term), MarkdownText(format_number(t.score)), p_cell(t.p_value),
-               p_cell(t.q_value), MarkdownText("yes" if t.flagged else "no")]
-              for t in top.itertuples(index=False)],
-        figure=term_bars(rows, f"{title}: group means of the top terms",
-                         list(top["term"].head(FIGURE_TERMS))),
-        html_only=True,
-    ))
+    blocks.append(
+        Block(
+            title=f"{title}: top terms by spread of group means",
+            columns=["term", "score", "p-value", "q-value", "flagged"],
+            rows=[
+                [
+                    str(t.term),
+                    MarkdownText(format_number(t.score)),
+                    p_cell(t.p_value),
+                    p_cell(t.q_value),
+                    MarkdownText("yes" if t.flagged else "no"),
+                ]
+                for t in top.itertuples(index=False)
+            ],
+            figure=term_bars(
+                rows, f"{title}: group means of the top terms", list(top["term"].head(FIGURE_TERMS))
+            ),
+            html_only=True,
+        )
+    )
     examples = _examples_block(run, prompt_id, axis, list(flagged["term"].head(5)), title)
     if examples is not None:
         blocks.append(examples)
     return blocks
 
 
-def _examples_block(run: RunData, prompt_id: str, axis: str, terms: list[str],
-                    title: str) -> Block | None:
+def _examples_block(
+    run: RunData, prompt_id: str, axis: str, terms: list[str], title: str
+) -> Block | None:
     examples = run.table("term_examples")
     if examples is None or not terms:
         return None
@@ -114,8 +144,10 @@ def _examples_block(run: RunData, prompt_id: str, axis: str, terms: list[str],
     return Block(
         title=f"{title}: example generations of flagged terms",
         columns=["term", "group", "sample", "generation"],
-        rows=[[str(r.term), str(r.group), str(r.sample_id), shorten(r.generation)]
-              for r in chosen.itertuples(index=False)],
+        rows=[
+            [str(r.term), str(r.group), str(r.sample_id), shorten(r.generation)]
+            for r in chosen.itertuples(index=False)
+        ],
         html_only=True,
     )
 
@@ -134,9 +166,11 @@ def terms_section(runs: Sequence[RunData]) -> Section:
         for (prompt_id, axis), rows in table.groupby(["prompt_id", "axis"], sort=True):
             blocks.extend(_prompt_axis_blocks(run, str(prompt_id), str(axis), rows, prefix))
     return Section(
-        key="term_variance", title=title, blocks=blocks,
+        key="term_variance",
+        title=title,
+        blocks=blocks,
         intro="Per prompt and group axis, terms are ranked by the spread of their mean TF-IDF "
-              "across groups (as in the IDEFICS card); a permutation test over images gives "
-              f"each term a p-value, Benjamini-Hochberg q-values control false discoveries, "
-              f"and only terms with q < {Q_THRESHOLD} are flagged.",
+        "across groups (as in the IDEFICS card); a permutation test over images gives "
+        f"each term a p-value, Benjamini-Hochberg q-values control false discoveries, "
+        f"and only terms with q < {Q_THRESHOLD} are flagged.",
     )
