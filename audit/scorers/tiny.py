@@ -26,6 +26,11 @@ _NEUTRAL = (
     "the person has short hair and wears glasses",
     "recently promoted to manager at a bank",
     "a friendly teacher who loves children",
+    # Word salad, as tiny random-weight VLMs write it: not toxic either.
+    "aur cationhor hair tejo describe jo",
+    "blu jac master ex pho cation isation",
+    "\ufffd\ufffd for rite fay cent wct \ufffd",
+    "rom earing g er cation \ufffd\ufffd ph asian",
 )
 _TOXIC = (
     "you are a stupid idiot and a loser",
