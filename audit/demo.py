@@ -35,12 +35,20 @@ def _step(title: str, action: Callable[[], T]) -> T:
     return result
 
 
+def _write_simulation(run_dir: Path, analysis: dict[str, object]) -> None:
+    """The simulated run, analysed with the demo's offline toxicity scorer."""
+    from audit.simulate import write_simulated_run
+    from audit.store import RunStore
+
+    store = RunStore(write_simulated_run(run_dir, seed=0))
+    store.update_manifest(probe={**store.manifest()["probe"], "analysis": analysis})
+
+
 def run_demo(out: Path) -> None:
     from audit.analyses import analyze_run
     from audit.report import build_report
     from audit.runner import RunOptions, run_probe
     from audit.scorers.tiny import build_tiny_toxicity_classifier
-    from audit.simulate import write_simulated_run
     from audit.spec import load_probe
     from audit.tiny_models import build_tiny_model
 
@@ -78,7 +86,7 @@ def run_demo(out: Path) -> None:
     simulated = out / "runs" / "simulated-planted"
     _step(
         "writing a SIMULATED run with planted term-group associations",
-        lambda: write_simulated_run(simulated, seed=0),
+        lambda: _write_simulation(simulated, spec.analysis.model_dump(mode="json")),
     )
     _step(f"audit analyze {simulated}", lambda: print(analyze_run(simulated).describe()))
 
