@@ -27,6 +27,15 @@ def noise_image(seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models are overhead-bound: extra threads only contend with parallel test runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def backends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HFBackend]:
     root = tmp_path_factory.mktemp("tiny-models")

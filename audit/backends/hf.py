@@ -170,10 +170,12 @@ class HFBackend(Backend):
         *,
         method: ScoringMethod = "auto",
     ) -> list[LabelScores]:
-        """Summed log-likelihood of each continuation; ``batch_size`` requests per pass.
+        """Summed log-likelihood of each continuation, and its token count.
 
-        ``method="auto"`` shares the prompt's prefill across labels where that is verified for
-        the model type, and otherwise runs one sequence per label (``"plain"``).
+        ``method="shared_prefix"`` prefills each prompt once and runs only the labels' tokens
+        against its cache (``batch_size`` requests per pass); ``"plain"`` runs one full sequence
+        per label (``batch_size`` sequences per pass). ``"auto"`` shares where that is verified
+        for the model type (IDEFICS v1, Idefics2, Idefics3) and is plain elsewhere.
         """
         self._load()
         jobs = prepare_jobs(self, requests)
