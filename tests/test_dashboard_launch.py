@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -115,3 +118,41 @@ def test_wheel_ships_the_app_and_the_templates(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"},
     ).stdout.strip()
     assert Path(located) == target / "app" / "Home.py"
+
+
+def test_cli_serves_the_app_until_interrupted(tmp_path: Path) -> None:
+    run = write_handmade_run(tmp_path / "run", n=12)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-c",
+        "from audit.cli import main; main()",
+        "dashboard",
+        str(run),
+        "--port",
+        str(port),
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                url = f"http://127.0.0.1:{port}/_stcore/health"
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert process.poll() is None, process.stdout.read().decode()
+                assert time.monotonic() < deadline, "the dashboard did not come up"
+                time.sleep(0.3)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+            assert b'<div id="root"' in response.read()
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=30)[0].decode()
+    assert process.returncode == 0, output
+    assert f"dashboard: http://127.0.0.1:{port}" in output

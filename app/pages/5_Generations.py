@@ -7,6 +7,7 @@ import streamlit as st
 
 from audit.reporting.app_state import choose_run, generations, require_runs, thumbnails
 from audit.reporting.app_views import estimate_frame, show_metric
+from audit.reporting.formatting import escape_markdown
 from audit.reporting.run_data import RunData
 
 st.set_page_config(page_title="Generations", layout="wide")
@@ -56,7 +57,10 @@ def browse(run: RunData) -> None:
         if axis in frame:
             values = sorted(frame[axis].unique())
             chosen = st.sidebar.multiselect(
-                f"{axis} (generations)", values, default=values, key=f"browse_{axis}"
+                escape_markdown(f"{axis} (generations)"),
+                values,
+                default=values,
+                key=f"browse_{axis}",
             )
             mask &= frame[axis].isin(chosen)
     if needle:

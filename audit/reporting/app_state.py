@@ -91,7 +91,7 @@ def loaded_runs() -> list[RunData]:
         try:
             runs.append(cached_run(path, run_token(path)))
         except AuditError as error:
-            st.sidebar.error(str(error))
+            st.sidebar.error(escape_markdown(str(error)))  # paths are user text
     _add_run_box()
     return runs
 
@@ -138,7 +138,11 @@ def group_selection(run: RunData) -> Selection:
     selection = {}
     for axis, values in group_values(run).items():
         chosen = st.sidebar.multiselect(
-            f"{axis} groups", values, default=values, key=f"groups_{run.label}_{axis}"
+            # Widget labels render Markdown; axis names come from the run.
+            escape_markdown(f"{axis} groups"),
+            values,
+            default=values,
+            key=f"groups_{run.label}_{axis}",
         )
         selection[axis] = set(chosen)
     return selection
