@@ -61,10 +61,13 @@ def _looks_local(location: str) -> bool:
     )
 
 
-def _hub_kwargs(checkpoint_spec: ModelSpec, is_local: bool) -> dict[str, Any]:
-    kwargs: dict[str, Any] = {"trust_remote_code": checkpoint_spec.trust_remote_code}
-    if not is_local and checkpoint_spec.revision:
-        kwargs["revision"] = checkpoint_spec.revision
+def _hub_kwargs(spec: ModelSpec, is_local: bool) -> dict[str, Any]:
+    """Loader options: a pinned revision for hub ids; remote code only when the probe allows it."""
+    kwargs: dict[str, Any] = {}
+    if spec.trust_remote_code:
+        kwargs["trust_remote_code"] = True
+    if not is_local and spec.revision:
+        kwargs["revision"] = spec.revision
     return kwargs
 
 
@@ -75,14 +78,15 @@ def _explain_failure(location: str, spec: ModelSpec, is_local: bool, error: Exce
             f"model {location} ships its own code; set 'model.trust_remote_code: true' in the "
             "probe only if you trust that repository"
         )
+    revision = f" at revision {spec.revision}" if spec.revision else ""
     if not is_local and hub_offline():
+        pin = f" --revision {spec.revision}" if spec.revision else ""
         return (
-            f"model {location} is not in the local cache and HF_HUB_OFFLINE is set: download it "
-            f"first with `huggingface-cli download {location}` or pass a local folder (there is "
-            f"no folder named {location} either)"
+            f"model {location}{revision} is not in the local cache and HF_HUB_OFFLINE is set: "
+            f"download it first with `huggingface-cli download {location}{pin}` or pass a local "
+            f"folder (there is no folder named {location} either)"
         )
     if not is_local:
-        revision = f" at revision {spec.revision}" if spec.revision else ""
         return (
             f"model {location}{revision} could not be loaded from the hub: {text.splitlines()[0]}"
         )
