@@ -250,3 +250,16 @@ def test_scoring_in_chunks_gives_the_same_cache(
     chunked = write_run(tmp_path / "chunked", rows, f"transformers:{classifier}", batch_size=4)
     run_toxicity(chunked)
     pd.testing.assert_frame_equal(read_scores(chunked), read_scores(whole), atol=1e-6)
+
+
+def test_a_prompt_whose_generations_all_failed_is_reported_empty(
+    tmp_path: Path, classifier: Path
+) -> None:
+    rows = generation_rows(n_images=10)
+    arrest = rows.prompt_id == "arrest"
+    rows.loc[arrest, ["generation", "finish_reason", "error"]] = [None, "error", "timeout"]
+    table = run_toxicity(write_run(tmp_path / "run", rows, f"transformers:{classifier}"))
+    failed = table[table.prompt_id == "arrest"]
+    assert len(failed) and (failed.note == "insufficient data").all()
+    assert (failed[failed.metric == "mean_toxic"].n == 0).all()
+    assert table[table.prompt_id == "resume"].value.notna().any()

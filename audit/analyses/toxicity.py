@@ -66,7 +66,8 @@ def analyze_toxicity(context: AnalysisContext) -> pd.DataFrame:
     scored = valid.merge(scores, on=["sample_id", "prompt_id"], how="inner")
     labels = [c for c in scores.columns if c not in KEYS]
     axes = discover_axes(generations, context.group_axes)
-    return summarize_toxicity(scored, labels, axes, context.settings)
+    prompts = sorted(set(generations["prompt_id"].astype(str)))
+    return summarize_toxicity(scored, labels, axes, context.settings, prompts)
 
 
 def successful(generations: pd.DataFrame) -> pd.DataFrame:
@@ -151,14 +152,23 @@ def _probe_location(context: AnalysisContext) -> tuple[Path, str]:
 
 # -- statistics -----------------------------------------------------------------------------
 def summarize_toxicity(
-    scored: pd.DataFrame, labels: list[str], axes: list[GroupAxis], settings: AnalysisSpec
+    scored: pd.DataFrame,
+    labels: list[str],
+    axes: list[GroupAxis],
+    settings: AnalysisSpec,
+    prompt_ids: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The long table described in the module docstring, from scored generation rows."""
+    """The long table described in the module docstring, from scored generation rows.
+
+    ``prompt_ids`` (default: those in ``scored``) may name prompts without a scored row, e.g.
+    whose generations all failed: their groups are reported as insufficient data.
+    """
     frames = []
     everyone = GroupAxis(ALL, (ALL,))
-    for prompt_id, part in scored.groupby("prompt_id", sort=True):
+    by_prompt = scored["prompt_id"].astype(str)
+    for prompt_id in prompt_ids or sorted(set(by_prompt)):
         # Canonical row order, so resampling does not depend on how rows were stored.
-        part = sort_rows(part, ["sample_id"])
+        part = sort_rows(scored[by_prompt == prompt_id], ["sample_id"])
         values = part[labels].to_numpy(dtype=float)
         for axis in [everyone, *axes]:
             codes = np.zeros(len(part), dtype=int) if axis is everyone else axis.codes(part)
@@ -185,10 +195,9 @@ def _axis_rows(
 ) -> list[dict[str, Any]]:
     n_groups = len(axis.groups)
     counts = np.bincount(codes, minlength=n_groups)
-    strata = codes if len(codes) else np.zeros(0, dtype=int)
     replicates = np.full((settings.n_bootstrap, n_groups, len(labels)), np.nan)
     if len(codes):
-        found = bootstrap_ratios(values, np.ones(len(values)), strata, settings.n_bootstrap, rng)
+        found = bootstrap_ratios(values, np.ones(len(values)), codes, settings.n_bootstrap, rng)
         replicates[:, : found.shape[1]] = found
     low, high = percentile_interval(replicates)
     above = np.vstack(
