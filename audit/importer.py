@@ -338,6 +338,11 @@ def _manifest(
     store: RunStore, run: ImportedRun, source: SourceTable, options: ImportOptions
 ) -> dict[str, Any]:
     generations = store.read("generations", columns=["sample_id", "prompt_id", "finish_reason"])
+    previous = store.manifest() if store.exists() else {}
+    # Analysis settings edited in an earlier import's manifest survive a re-import.
+    analysis = (previous.get("probe") or {}).get("analysis") or AnalysisSpec().model_dump(
+        mode="json"
+    )
     probe = parse_probe(
         {
             "name": run.run_id,
@@ -351,13 +356,12 @@ def _manifest(
             },
             "model": {"id": run.model_id},
             "prompts": run.prompts,
-            "analysis": AnalysisSpec().model_dump(mode="json"),
+            "analysis": analysis,
         },
         f"{source.origin} (import)",
         Path.cwd(),
     ).model_dump(mode="json", exclude={"probe_dir"})
     n_errors = int(generations["finish_reason"].eq("error").sum()) if len(generations) else 0
-    previous = store.manifest() if store.exists() else {}
     return {
         "run_id": run.run_id,
         "probe": probe,

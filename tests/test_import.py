@@ -144,8 +144,12 @@ def test_reimport_adds_nothing_twice(tmp_path: Path) -> None:
     assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
     run_dir = out / "gens-idefics-9b-instruct"
     parts = RunStore(run_dir).parts("generations")
+    probe = RunStore.open(run_dir).manifest()["probe"]
+    probe["analysis"]["toxicity"]["scorer"] = "detoxify:unbiased"  # the user's own setting
+    RunStore(run_dir).update_manifest(probe=probe)
     assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
     store = RunStore.open(run_dir)
+    assert store.manifest()["probe"]["analysis"]["toxicity"]["scorer"] == "detoxify:unbiased"
     assert store.parts("generations") == parts
     assert len(pq_rows(store, "generations")) == 18
     assert len(pq_rows(store, "thumbnails")) == 6
