@@ -153,8 +153,24 @@ def describe_status(run_dir: str | Path) -> str:
     lines += [_describe_shard(p) for p in progress.shards]
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
     if manifest.get("status") != "complete" and manifest.get("probe_path"):
-        lines.append(f"resume with: audit run {manifest['probe_path']} --out {progress.run_dir}")
+        command = f"audit run {manifest['probe_path']} --out {progress.run_dir}"
+        lines += _describe_resume(progress, command)
     return "\n".join(lines)
+
+
+def _describe_resume(progress: RunProgress, command: str) -> list[str]:
+    """How to finish the run: per shard when it was split one way, else as one process."""
+    counts = {p.shard.count for p in progress.shards}
+    if len(counts) != 1 or counts == {1} or not progress.samples_known:
+        return [f"resume with: {command}"]
+    unfinished = [
+        p for p in progress.shards
+        if (p.missing or p.errors) and not (p.record and p.record.is_live())
+    ]
+    return [
+        f"resume shard {p.shard.label} with: {command} --shard {p.shard.index + 1}/{p.shard.count}"
+        for p in unfinished
+    ]
 
 
 def _describe_shard(progress: ShardProgress) -> str:

@@ -156,7 +156,9 @@ class RunStore:
         tables = self._read_parts(table, columns)
         if not tables:
             return pd.DataFrame(columns=list(TABLE_KEYS.get(table, ())))
-        frame = pa.concat_tables(tables, promote_options="default").to_pandas()
+        # Permissive: a part whose rows are all scored stores token counts as integers, one with
+        # an error row as floats (null); parts written by different shards must still combine.
+        frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
         keys = list(TABLE_KEYS.get(table, ()))
         if not keys or not set(keys) <= set(frame.columns):
             return frame

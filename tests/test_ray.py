@@ -36,7 +36,9 @@ def test_ray_run_equals_a_single_process_run(
 ) -> None:
     probe, reference = case
     run_dir = tmp_path / "run"
-    code, output = invoke("run", str(probe), "--out", str(run_dir), "--ray", "auto", "--ray-shards", "3")
+    code, output = invoke(
+        "run", str(probe), "--out", str(run_dir), "--ray", "auto", "--ray-shards", "3"
+    )
     assert code == 0, output
     assert "3 shards on 2 CPU actors" in output
     assert output.count(" done: ") == 3 and "status: complete" in output
@@ -84,6 +86,6 @@ def _kill_a_shard_midway(record_path: Path, rows: int, deadline_s: float) -> int
         if record.get("status") == "running" and 0 < (record.get("rows_written") or 0) < rows:
             os.kill(record["pid"], signal.SIGKILL)
             return int(record["pid"])
-        assert record.get("status") in (None, "running"), f"the shard ended before the kill: {record}"
+        assert record.get("status") in (None, "running"), f"the shard ended unkilled: {record}"
         time.sleep(0.02)
     raise AssertionError("the shard never started writing")

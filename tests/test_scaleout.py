@@ -66,7 +66,9 @@ def launch_side_by_side(probe: Path, run_dir: Path, envs: list[dict[str, str]]) 
         "--no-progress", "--flush-every", "1",
     ]
     processes = [
-        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         for env in envs
     ]
     for process in processes:
@@ -93,7 +95,8 @@ def test_torchrun_ranks_fill_one_run(case: tuple[Path, Path], tmp_path: Path) ->
     assert_same_run(run_dir, reference)
     records = {p.stem: p.read_text() for p in (run_dir / "shards").glob("*.json")}
     assert set(records) == {"1-of-2", "2-of-2"}
-    assert all('"launcher": "torchrun"' in text and '"status": "done"' in text for text in records.values())
+    for text in records.values():
+        assert '"launcher": "torchrun"' in text and '"status": "done"' in text
     assert pd.read_parquet(run_dir / SAMPLES_FILE)["sample_id"].nunique() == 12
 
 
@@ -128,7 +131,8 @@ def invoke(*args: str) -> tuple[int, str]:
 def test_fresh_is_refused_for_one_shard_of_many(case: tuple[Path, Path], tmp_path: Path) -> None:
     probe, _ = case
     code, output = invoke(
-        "run", str(probe), "--out", str(tmp_path / "run"), "--shard", "2/4", "--fresh", "--no-progress"
+        "run", str(probe), "--out", str(tmp_path / "run"), "--shard", "2/4", "--fresh",
+        "--no-progress",
     )
     assert code == 2
     assert "--fresh" in output and "other shards" in output and "Traceback" not in output

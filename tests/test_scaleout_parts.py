@@ -26,14 +26,15 @@ IDS = [f"img-{i}" for i in range(200)]
     [
         ({"RANK": "1", "WORLD_SIZE": "2"}, Shard(1, 2)),
         ({"RANK": "0", "WORLD_SIZE": "1"}, None),
-        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3"}, Shard(1, 2)),
+        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3"},
+         Shard(1, 2)),
         ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "3"}, Shard(0, 3)),
         # --array=10-30:10 gives ids 10, 20, 30
         ({"SLURM_ARRAY_TASK_ID": "20", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "10",
           "SLURM_ARRAY_TASK_STEP": "10"}, Shard(1, 3)),
         # array task 2 of 3, each task a torchrun of 4 ranks: rank 1 there is shard 2*4+1 of 12
-        ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "RANK": "1", "WORLD_SIZE": "4"},
-         Shard(9, 12)),
+        ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "RANK": "1",
+          "WORLD_SIZE": "4"}, Shard(9, 12)),
         ({}, None),
     ],
 )
@@ -93,7 +94,8 @@ def test_more_ranks_than_gpus_is_a_user_error() -> None:
 
 def test_launcher_name() -> None:
     assert launcher_name({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}) == "torchrun"
-    assert launcher_name({"RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "no"}) == "accelerate"
+    accelerate = {"RANK": "0", "WORLD_SIZE": "2", "ACCELERATE_MIXED_PRECISION": "no"}
+    assert launcher_name(accelerate) == "accelerate"
     assert launcher_name({"SLURM_ARRAY_TASK_ID": "1"}) == "slurm-array"
     assert launcher_name({}) == "cli"
 
@@ -147,7 +149,9 @@ def test_reads_see_every_row_while_another_process_compacts(tmp_path: Path) -> N
     assert reads > 10 and len(store.read("generations")) == 150
 
 
-def test_ray_missing_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_missing_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is absent
     probe = tmp_path / "probe.yaml"
     probe.write_text("name: x\n")
