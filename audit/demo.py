@@ -63,7 +63,7 @@ def run_demo(out: Path) -> None:
         lambda: {f: build_tiny_model(f, out / "models" / f) for f in FAMILIES},
     )
     scorer = _step(
-        "building a tiny random-weight toxicity classifier",
+        "building a tiny toxicity classifier (a few training steps on 20 sentences: a stand-in for a real one)",
         lambda: build_tiny_toxicity_classifier(out / "scorers" / "toxicity"),
     )
     base = load_probe(demo_probe_path())
