@@ -74,6 +74,7 @@ def _environment(markdown: bool) -> jinja2.Environment:
     )
     environment.filters["trusted"] = MarkdownText if markdown else (lambda text: text)
     environment.filters["figure_html"] = figure_html
+    environment.tests["report_text"] = lambda value: isinstance(value, MarkdownText)
     return environment
 
 

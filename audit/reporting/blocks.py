@@ -165,13 +165,35 @@ def metric_blocks(
         ]
         selected = [(label, rows) for label, rows in selected if not rows.empty]
         title = f"{item_value} · {metric}"
-        columns, rows = side_by_side(selected, metric, axes)
-        figure = figure_maker(selected, title, metric) if figure_maker else None
+        main = [(label, rows[_in_markdown(rows["axis"])]) for label, rows in selected]
+        crossed = [(label, rows[~_in_markdown(rows["axis"])]) for label, rows in selected]
+        columns, rows = side_by_side(main, metric, axes)
+        figure = figure_maker(main, title, metric) if figure_maker else None
         html_only = markdown_metrics is not None and metric not in markdown_metrics
         blocks.append(
             Block(title=title, columns=columns, rows=rows, figure=figure, html_only=html_only)
         )
+        crossed = [(label, rows) for label, rows in crossed if not rows.empty]
+        if crossed:
+            columns, rows = side_by_side(crossed, metric, axes)
+            blocks.append(
+                Block(
+                    title=f"{title} · other intersections",
+                    columns=columns,
+                    rows=rows,
+                    html_only=True,
+                )
+            )
     return blocks
+
+
+#: The one intersection the Markdown section shows (the card's); others are in the HTML only.
+MARKDOWN_INTERSECTION = "gender x race"
+
+
+def _in_markdown(axes: pd.Series) -> pd.Series:
+    text = axes.astype(str)
+    return ~text.str.contains(" x ") | text.eq(MARKDOWN_INTERSECTION)
 
 
 def is_summary_metric(metric: str) -> bool:

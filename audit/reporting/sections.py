@@ -77,7 +77,11 @@ def classification_section(runs: Sequence[RunData]) -> Section:
     if not tables:
         return _missing("classification", "Zero-shot classification accuracy")
     card = _card_block(tables)
-    blocks = [card, *metric_blocks(tables, _axes(runs), _bars), *_axis_blocks(tables)]
+    blocks = [
+        card,
+        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics={"accuracy"}),
+        *_axis_blocks(tables),
+    ]
     blocks.extend(_confusion_blocks(runs))
     return Section(
         key="classification",
