@@ -104,7 +104,10 @@ class RunResult:
         for table in ("generations", "classifications"):
             if expected.get(table):
                 lines.append(f"{table}: {rows.get(table, 0)} / {expected[table]} stored")
-        lines.append(f"next: audit analyze {self.run_dir}")
+        if self.status == "running":  # this shard is done, others are still writing
+            lines.append(f"other shards are still running: audit status {self.run_dir}")
+        else:
+            lines.append(f"next: audit analyze {self.run_dir}")
         return "\n".join(lines)
 
 
