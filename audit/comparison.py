@@ -89,6 +89,23 @@ def _cluster_sums(
     return sums, counts
 
 
+#: Resample draws held in memory at once (resamples x clusters): bounds memory at 100,000 images.
+MAX_DRAWS = 4_000_000
+
+
+def _chunk_sizes(n_boot: int, n_clusters: int) -> list[int]:
+    size = max(1, min(n_boot, MAX_DRAWS // max(n_clusters, 1)))
+    return [min(size, n_boot - start) for start in range(0, n_boot, size)]
+
+
+def _resample_counts(rng: np.random.Generator, n_resamples: int, n_clusters: int) -> np.ndarray:
+    """``(n_resamples, n_clusters)``: how often each cluster is drawn in each resample."""
+    draws = rng.integers(0, n_clusters, size=(n_resamples, n_clusters))
+    offsets = (np.arange(n_resamples) * n_clusters)[:, None]
+    counts = np.bincount((draws + offsets).ravel(), minlength=n_resamples * n_clusters)
+    return counts.reshape(n_resamples, n_clusters).astype(float)
+
+
 def paired_bootstrap(
     a: Sequence[float],
     b: Sequence[float],
@@ -111,22 +128,23 @@ def paired_bootstrap(
         raise ValueError("paired values must be finite; drop error rows first")
     sums, counts = _cluster_sums(values_b - values_a, clusters)
     observed = sums.sum() / counts.sum()
-    rng = np.random.default_rng(seed)
-    n_clusters = sums.size
-    # Multinomial weights resample whole clusters in one matrix product instead of a loop.
-    weights = rng.multinomial(n_clusters, np.full(n_clusters, 1 / n_clusters), size=n_boot)
-    boot = (weights @ sums) / (weights @ counts)
-    signs = rng.choice(np.array([-1.0, 1.0]), size=(n_boot, n_clusters))
-    null = (signs @ sums) / counts.sum()
-    exceed = np.sum(np.abs(null) >= abs(observed) - 1e-12)
+    boot_rng, sign_rng = np.random.default_rng([seed, 0]), np.random.default_rng([seed, 1])
+    boot, null = [], []
+    for size in _chunk_sizes(n_boot, sums.size):
+        weights = _resample_counts(boot_rng, size, sums.size)
+        boot.append((weights @ sums) / (weights @ counts))
+        signs = sign_rng.integers(0, 2, size=(size, sums.size)) * 2.0 - 1.0
+        null.append((signs @ sums) / counts.sum())
+    boot_means, null_means = np.concatenate(boot), np.concatenate(null)
+    exceed = np.sum(np.abs(null_means) >= abs(observed) - 1e-12)
     return PairedDifference(
         n=int(values_a.size),
-        n_clusters=int(n_clusters),
+        n_clusters=int(sums.size),
         mean_a=float(values_a.mean()),
         mean_b=float(values_b.mean()),
         difference=float(observed),
-        ci_low=float(np.quantile(boot, 0.025)),
-        ci_high=float(np.quantile(boot, 0.975)),
+        ci_low=float(np.quantile(boot_means, 0.025)),
+        ci_high=float(np.quantile(boot_means, 0.975)),
         p_value=float((1 + exceed) / (1 + n_boot)),
     )
 
