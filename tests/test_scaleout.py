@@ -18,6 +18,7 @@ from audit.shard import Shard
 from audit.store import RunStore
 from tests.runs import write_probe
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 KEYS = {"generations": ["sample_id", "prompt_id"], "classifications": ["sample_id", "task_id"]}
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "TORCHELASTIC_RUN_ID")
 
@@ -59,12 +60,16 @@ def clean_env(**variables: str) -> dict[str, str]:
     return {**env, **variables}
 
 
-def launch_side_by_side(probe: Path, run_dir: Path, envs: list[dict[str, str]]) -> None:
-    """Start one ``audit run`` per environment at once, flushing every row, and wait for all."""
-    command = [
+def audit_command(probe: Path, run_dir: Path) -> list[str]:
+    """``audit run`` flushing every row, so the processes' writes interleave as much as they can."""
+    return [
         sys.executable, "-m", "audit.cli", "run", str(probe), "--out", str(run_dir),
         "--no-progress", "--flush-every", "1",
     ]
+
+
+def launch_side_by_side(command: list[str], envs: list[dict[str, str]]) -> None:
+    """Start the command once per environment, all at once, and wait for all."""
     processes = [
         subprocess.Popen(
             command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -85,7 +90,7 @@ def test_torchrun_ranks_fill_one_run(case: tuple[Path, Path], tmp_path: Path) ->
     probe, reference = case
     run_dir = tmp_path / "run"
     launch_side_by_side(
-        probe, run_dir,
+        audit_command(probe, run_dir),
         [
             clean_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2",
                       TORCHELASTIC_RUN_ID="test")
@@ -101,14 +106,22 @@ def test_torchrun_ranks_fill_one_run(case: tuple[Path, Path], tmp_path: Path) ->
 
 
 def test_slurm_array_tasks_fill_one_run(case: tuple[Path, Path], tmp_path: Path) -> None:
+    """The example sbatch script's array tasks, as SLURM would start them (ids 3 and 4 of
+    ``--array=3-4``), with ``srun`` running its command in place as it does for one task."""
     probe, reference = case
     run_dir = tmp_path / "run"
-    # sbatch --array=3-4: ids 3 and 4, counted from SLURM_ARRAY_TASK_MIN.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text('#!/bin/sh\nexec "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    audit = " ".join(audit_command(probe, run_dir)[:3])  # python -m audit.cli
     launch_side_by_side(
-        probe, run_dir,
+        ["bash", str(EXAMPLES / "slurm_fairface.sbatch")],
         [
             clean_env(SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2",
-                      SLURM_ARRAY_TASK_MIN="3", SLURM_ARRAY_TASK_MAX="4", SLURM_JOB_ID="77")
+                      SLURM_ARRAY_TASK_MIN="3", SLURM_ARRAY_TASK_MAX="4", SLURM_JOB_ID="77",
+                      PROBE=str(probe), RUN_DIR=str(run_dir), AUDIT=audit,
+                      PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
             for task in (3, 4)
         ],
     )
@@ -119,6 +132,26 @@ def test_slurm_array_tasks_fill_one_run(case: tuple[Path, Path], tmp_path: Path)
         rows = 4 * sum(shard.owns(f"synthetic:{i}") for i in range(12))
         assert f"shard {shard.label}: done, {rows} / {rows} rows done, 0 errors" in output
     assert "slurm-array" in output and "missing:" not in output
+
+
+def test_slurm_script_submits_the_array_then_a_dependent_report(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "sbatch-calls"
+    # Records each submission and answers with a job id, as `sbatch --parsable` does.
+    (bin_dir / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n---\\n" "$*" >> {calls}\necho 4242\n')
+    (bin_dir / "sbatch").chmod(0o755)
+    env = clean_env(RUN_DIR="runs/ff", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = subprocess.run(
+        ["bash", str(EXAMPLES / "slurm_fairface.sbatch")], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    array, report = calls.read_text().split("\n---\n")[:2]
+    assert array.strip() == f"--parsable {EXAMPLES / 'slurm_fairface.sbatch'}"
+    assert "--dependency=afterany:4242" in report
+    assert "audit status 'runs/ff'" in report and "audit analyze 'runs/ff'" in report
+    assert "submitted array job 4242" in done.stdout
 
 
 def invoke(*args: str) -> tuple[int, str]:
