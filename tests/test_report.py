@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_report_fixture import write_handmade_run
+from test_report_fixture import analysed_simulated_run, write_handmade_run
 from typer.testing import CliRunner
 
 from audit.cli import app
@@ -199,3 +199,44 @@ def test_report_is_reproducible_apart_from_time_and_nonce(tmp_path: Path) -> Non
     second = build_report([a, b], tmp_path / "two")[1].read_text(encoding="utf-8")
     strip = re.compile(r"on \d{4}-\d\d-\d\d \d\d:\d\d UTC")
     assert strip.sub("", first) == strip.sub("", second)
+
+
+def test_report_on_a_run_analysed_by_audit_analyze(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    run = analysed_simulated_run(tmp_path_factory)
+    html_path, md_path = build_report([run], tmp_path)
+    markdown = md_path.read_text(encoding="utf-8")
+    assert "**Simulated data.**" in markdown
+    planted = markdown.split("### Simulated run")[1].split("###")[0]
+    assert re.search(
+        r"term 'bicycle' \| race \| East Asian \| 35% vs 6% \| flagged in [1-3] of 3", planted
+    )
+    assert re.search(r"refusals \| race \| Indian \| .* \| found in [1-4] of 4", planted)
+    classification = RunStore(run).read_analysis("classification")
+    std = classification[
+        (classification["task_id"] == "race")
+        & (classification["metric"] == "cell_accuracy_std")
+        & (classification["axis"] == "gender x race")
+    ]["value"].iloc[0]
+    accuracy = classification[
+        (classification["task_id"] == "race")
+        & (classification["metric"] == "accuracy")
+        & (classification["axis"] == "all")
+    ]["value"].iloc[0]
+    assert f"| {100 * accuracy:.1f} ({100 * std:.1f}) |" in markdown
+    terms = markdown.split("### Terms whose use")[1].split("### Toxicity")[0]
+    assert re.search(r"\| bicycle \| [0-9.<]+ \| East Asian \|", terms)
+    for section in (
+        "### Toxicity",
+        "### Refusals",
+        "### Generation statistics",
+        "### Group leakage",
+    ):
+        body = markdown.split(section)[1].split("\n### ")[0]
+        assert "Not analysed" not in body, section
+        expected = "balanced\\_accuracy" if "leakage" in section else "| all | all |"
+        assert expected in body, section
+    visible = " ".join(parse_html(html_path).text)
+    for text in (markdown, visible):
+        assert not re.search(r"\bnan\b", text, flags=re.IGNORECASE)

@@ -45,7 +45,8 @@ def _term_found(table: pd.DataFrame | None, planted: dict[str, Any], prompts: li
 
 
 def _rate_found(table: pd.DataFrame | None, planted: dict[str, Any], high: bool) -> str:
-    """For refusals (the planted group is highest) or accuracy (lowest) per prompt or task."""
+    """For refusals (the planted group is highest) or accuracy (lowest) per prompt or task
+    (``all``: the prompts pooled)."""
     if table is None:
         return "not analysed"
     rows = table[
@@ -55,7 +56,7 @@ def _rate_found(table: pd.DataFrame | None, planted: dict[str, Any], high: bool)
     item = "prompt_id" if "prompt_id" in rows else "task_id"
     hits, total = [], 0
     for item_value, part in rows.groupby(item, sort=True):
-        if str(item_value) == "all" or part["value"].isna().all():
+        if part["value"].isna().all():
             continue
         total += 1
         extreme = part.loc[
