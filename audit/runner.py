@@ -141,12 +141,15 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     )
 
     started = time.perf_counter()
-    executor = BatchExecutor(backend, spec, _settings(spec), spec.model.id)
+    batch_size = _batch_samples(spec, backend.info().device)
+    executor = BatchExecutor(backend, spec, _settings(spec, batch_size), spec.model.id)
     total = sum(item.n_rows for item in _pending(store, spec, source, shard))
     written = errors = 0
     status = "failed"
     try:
-        written, errors = _execute(store, spec, source, shard, executor, total, options)
+        written, errors = _execute(
+            store, spec, source, shard, executor, total, options, batch_size
+        )
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -168,6 +171,7 @@ def _execute(
     executor: BatchExecutor,
     total: int,
     options: RunOptions,
+    batch_size: int,
 ) -> tuple[int, int]:
     from tqdm.auto import tqdm
 
@@ -235,12 +239,19 @@ def _pending(store: RunStore, spec: ProbeSpec, source: Any, shard: Shard) -> Ite
             yield WorkItem(sample, prompts, tasks, needs_thumbnail=sid not in thumbnails)
 
 
-def _batch_samples(spec: ProbeSpec) -> int:
+# ``--batch-size auto``: start large on a GPU; the backend halves a batch on out-of-memory and
+# remembers the size that fit, so the run settles on the largest batch that fits.
+AUTO_BATCH = {"cuda": 64, "cpu": 8}
+
+
+def _batch_samples(spec: ProbeSpec, device: str) -> int:
     size = spec.generation.batch_size
-    return size if isinstance(size, int) else 16
+    if isinstance(size, int):
+        return size
+    return AUTO_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
-def _settings(spec: ProbeSpec) -> Any:
+def _settings(spec: ProbeSpec, batch_size: int) -> Any:
     from audit.backends.base import GenerationSettings
 
     g = spec.generation
@@ -252,7 +263,7 @@ def _settings(spec: ProbeSpec) -> Any:
         top_p=g.top_p,
         seed=g.seed,
         stop_strings=tuple(g.stop_strings),
-        batch_size=_batch_samples(spec),
+        batch_size=batch_size,
     )
 
 

@@ -37,13 +37,15 @@ def one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def backends(tmp_path_factory: pytest.TempPathFactory) -> dict[str, HFBackend]:
+def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("tiny-models")
-    loaded = {}
-    for family in FAMILIES:
-        folder = str(build_tiny_model(family, root / family))
-        loaded[family] = load_backend(folder, ModelSpec(id=folder))
-    return loaded  # type: ignore[return-value]
+    return {family: str(build_tiny_model(family, root / family)) for family in FAMILIES}
+
+
+@pytest.fixture
+def backends(model_folders: dict[str, str]) -> dict[str, HFBackend]:
+    """Fresh backends per test: a backend remembers the batch size that fit."""
+    return {f: load_backend(d, ModelSpec(id=d)) for f, d in model_folders.items()}  # type: ignore[misc]
 
 
 @contextmanager
@@ -138,3 +140,13 @@ def test_map_in_batches_keeps_order_and_shrinks_once() -> None:
 def test_map_in_batches_rejects_a_zero_batch() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         map_in_batches([1], 0, lambda batch: list(batch))
+
+
+def test_the_batch_size_that_fit_is_remembered_across_calls(backends: dict[str, HFBackend]) -> None:
+    backend = backends["idefics2"]
+    settings = GenerationSettings(max_new_tokens=2, batch_size=8)
+    with memory_limit(backend, max_rows=2) as first:
+        backend.generate(generation_requests(6), settings)
+    with memory_limit(backend, max_rows=2) as second:
+        backend.generate(generation_requests(6), settings)
+    assert first[0] == 6 and max(second) <= 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -30,20 +31,35 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+@dataclass
+class BatchCeiling:
+    """The largest batch known to fit, learned from out-of-memory errors and kept across calls,
+    so a backend asked for large batches (``--batch-size auto``) runs out of memory once, not in
+    every call."""
+
+    value: int | None = None
+
+    def limit(self, batch_size: int) -> int:
+        return batch_size if self.value is None else min(batch_size, self.value)
+
+
 def map_in_batches(
     items: Sequence[Item],
     batch_size: int,
     run_batch: Callable[[Sequence[Item]], list[Result]],
+    ceiling: BatchCeiling | None = None,
 ) -> list[Result]:
     """``run_batch`` over consecutive batches of ``items``; results concatenated in item order.
 
-    On out-of-memory the failed batch is halved and retried, and later batches keep the smaller
-    size; a batch of one that still runs out of memory re-raises.
+    On out-of-memory the failed batch is halved and retried, and later batches (of this call, and
+    of later calls sharing ``ceiling``) keep the smaller size; a batch of one that still runs out
+    of memory re-raises.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    ceiling = ceiling or BatchCeiling()
     results: list[Result] = []
-    size = batch_size
+    size = ceiling.limit(batch_size)
     start = 0
     while start < len(items):
         batch = items[start : start + size]
@@ -53,6 +69,7 @@ def map_in_batches(
             if not is_out_of_memory(error) or len(batch) == 1:
                 raise
             size = max(1, len(batch) // 2)
+            ceiling.value = size
             logger.warning(
                 "out of memory with a batch of %d; retrying with batches of %d", len(batch), size
             )

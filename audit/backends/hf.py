@@ -23,7 +23,7 @@ from audit.backends.base import (
     LabelScores,
     PreamblePart,
 )
-from audit.backends.batching import length_order, map_in_batches, restore_order
+from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.checkpoint import Checkpoint, LoadedModel, load_checkpoint
 from audit.backends.generation import TokenRoles, ensure_pad_token, run_generate, token_roles
 from audit.backends.prompt import Prompt
@@ -57,6 +57,8 @@ class HFBackend(Backend):
         self._preamble = tuple(preamble)
         self._loaded: LoadedModel | None = None
         self._roles: TokenRoles | None = None
+        self._generate_ceiling = BatchCeiling()
+        self._score_ceiling = BatchCeiling()
 
     # -- loading -------------------------------------------------------------------------
     def _load(self) -> LoadedModel:
@@ -155,6 +157,7 @@ class HFBackend(Backend):
                     settings,
                     self.roles,
                 ),
+                self._generate_ceiling,
             )
         return restore_order(order, results)
 
@@ -183,7 +186,7 @@ class HFBackend(Backend):
             shared = self._checkpoint.model_type in self.prefix_sharing_model_types
             method = "shared_prefix" if shared else "plain"
         if method == "shared_prefix":
-            return score_shared_prefix(self, jobs, batch_size)
+            return score_shared_prefix(self, jobs, batch_size, self._score_ceiling)
         if method == "plain":
-            return score_plain(self, jobs, batch_size)
+            return score_plain(self, jobs, batch_size, self._score_ceiling)
         raise ValueError(f"unknown scoring method {method!r}")

@@ -24,7 +24,7 @@ from typing import Any, Literal, Protocol
 from PIL import Image
 
 from audit.backends.base import LabelScoreRequest, LabelScores
-from audit.backends.batching import length_order, map_in_batches, restore_order
+from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.prompt import Prompt, answer_start
 
 ScoringMethod = Literal["auto", "shared_prefix", "plain"]
@@ -102,13 +102,16 @@ def positions_from_mask(mask: Any) -> Any:
 
 
 def score_plain(
-    encoder: PromptEncoder, jobs: Sequence[ScoringJob], batch_size: int
+    encoder: PromptEncoder,
+    jobs: Sequence[ScoringJob],
+    batch_size: int,
+    ceiling: BatchCeiling | None = None,
 ) -> list[LabelScores]:
     """One sequence per (request, label), right padded, batched over pairs."""
     pairs = [(job.fulls[j], job.label_ids[j]) for job in jobs for j in range(len(job.fulls))]
     order = length_order([len(p.text) for p, _ in pairs])
     sums = map_in_batches(
-        [pairs[i] for i in order], batch_size, lambda batch: _plain_batch(encoder, batch)
+        [pairs[i] for i in order], batch_size, lambda batch: _plain_batch(encoder, batch), ceiling
     )
     flat = iter(restore_order(order, sums))
     return [
@@ -147,19 +150,24 @@ def _plain_batch(
 
 
 def score_shared_prefix(
-    encoder: PromptEncoder, jobs: Sequence[ScoringJob], batch_size: int
+    encoder: PromptEncoder,
+    jobs: Sequence[ScoringJob],
+    batch_size: int,
+    ceiling: BatchCeiling | None = None,
 ) -> list[LabelScores]:
     """Prompt encoded once per request; labels scored against its repeated key/value cache."""
     results: list[LabelScores | None] = [None] * len(jobs)
     plain = [i for i, job in enumerate(jobs) if not job.on_boundary]
     for i, scores in zip(
-        plain, score_plain(encoder, [jobs[i] for i in plain], batch_size), strict=True
+        plain, score_plain(encoder, [jobs[i] for i in plain], batch_size, ceiling), strict=True
     ):
         results[i] = scores
     shared = [i for i, job in enumerate(jobs) if job.on_boundary]
     order = length_order([jobs[i].n_prefix_tokens for i in shared])
     ordered = [jobs[shared[k]] for k in order]
-    scores = map_in_batches(ordered, batch_size, lambda batch: _shared_batch(encoder, batch))
+    scores = map_in_batches(
+        ordered, batch_size, lambda batch: _shared_batch(encoder, batch), ceiling
+    )
     for i, score in zip(shared, restore_order(order, scores), strict=True):
         results[i] = score
     return results  # type: ignore[return-value]
