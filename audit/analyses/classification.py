@@ -1,0 +1,183 @@
+"""``classification``: zero-shot accuracy per task and group, gaps between groups, the card's std.
+
+For each task and scoring (``sum``: summed label log-likelihood, the card's method, metric names
+as below; ``mean``: per-token mean, the same metric names with ``_per_token`` appended):
+
+- ``accuracy`` overall (axis ``all``), per group of every axis and per group of every pairwise
+  intersection (``gender x race``), Wilson intervals (one row per image and task);
+- ``accuracy_gap`` per axis/intersection (group ``all``): best minus worst group accuracy, bootstrap
+  interval (images resampled within groups), permutation p-value (group labels permuted over
+  images), ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall accuracy and the
+  two groups' sizes), ``worst_group`` / ``best_group``;
+- ``cell_accuracy_std`` per intersection: the card's "std", the population std (ddof=0) of the
+  cells' accuracies, bootstrap interval; its ``p_value`` is the share of noise-only stds at least as
+  large. ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
+  the overall accuracy (mean over simulations; interval: 2.5–97.5 percentiles).
+
+Extra columns: ``scoring``, ``successes``, ``observations``, ``p_value``, ``min_detectable_gap``,
+``worst_group``, ``best_group``. Groups with fewer than ``MIN_GROUP_SIZE`` images are reported as
+``insufficient data`` and left out of gaps and stds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
+from audit.analyses.grouping import GroupAxis, discover_axes, intersections, sort_rows, split_errors
+from audit.analyses.label_scores import SCORINGS, SUFFIX, Task, predictions, tasks_of
+from audit.analyses.rates import (
+    UnitRates,
+    group_rows,
+    overall_row,
+    permutation_test,
+    range_interval,
+    rate_range,
+)
+from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.table import ALL, empty_table, estimate, insufficient, records_table
+from audit.stats import (
+    bootstrap_ratios,
+    minimum_detectable_difference,
+    percentile_interval,
+    seeded_rng,
+)
+
+NAME = "classification"
+EXTRA = ("scoring", "successes", "observations", "p_value", "min_detectable_gap",
+         "worst_group", "best_group")
+
+
+def task_axes(context: AnalysisContext, frame: pd.DataFrame, tasks: list[Task]) -> list[GroupAxis]:
+    """Every group axis and pairwise intersection; a task's label values count as groups of its
+    target axis even when no row has them (a group with zero rows)."""
+    extra: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.target:
+            extra.setdefault(task.target, []).extend(task.values)
+    names = [*context.group_axes, *intersections(context.group_axes)]
+    return discover_axes(frame, names, extra)
+
+
+@register(NAME)
+def classification(context: AnalysisContext) -> pd.DataFrame:
+    """Accuracy per task x group and intersection, gaps with tests, and the card's std."""
+    frame = context.classifications
+    if frame.empty or "task_id" not in frame or "target" not in frame:
+        return empty_table("task_id", EXTRA)
+    frame = sort_rows(frame, ["sample_id", "task_id"])
+    tasks = tasks_of(context.manifest, frame)
+    axes = task_axes(context, frame, tasks)
+    valid, _ = split_errors(frame)
+    records: list[dict[str, Any]] = []
+    for task in tasks:
+        rows = valid[(valid["task_id"].astype(str) == task.id) & valid["target"].notna()]
+        rows = rows.reset_index(drop=True)
+        for scoring in SCORINGS:
+            predicted = predictions(rows, task, scoring)
+            if predicted is None:
+                continue
+            correct = (predicted == rows["target"].astype(str).to_numpy()).astype(float)
+            records += _task_records(context, task.id, scoring, rows, correct, axes)
+    return records_table(records, "task_id", EXTRA)
+
+
+def _task_records(context: AnalysisContext, task_id: str, scoring: str, rows: pd.DataFrame,
+                  correct: np.ndarray, axes: list[GroupAxis]) -> list[dict[str, Any]]:
+    settings = context.settings
+    suffix = SUFFIX[scoring]
+    metric = f"accuracy{suffix}"
+    rng = seeded_rng(settings.seed, NAME, task_id, scoring)
+    overall = UnitRates(correct, np.ones(len(rows)), np.zeros(len(rows), dtype=int), (ALL,))
+    records = [overall_row(task_id, metric, overall, settings.n_bootstrap, rng, scoring=scoring)]
+    accuracy = float(correct.mean()) if len(rows) else float("nan")
+    for axis in axes:
+        rng = seeded_rng(settings.seed, NAME, task_id, scoring, axis.name)
+        rates = UnitRates(correct, np.ones(len(rows)), axis.codes(rows), axis.groups)
+        groups = group_rows(task_id, axis.name, metric, rates, settings.n_bootstrap, rng,
+                            scoring=scoring)
+        records += groups
+        records.append(_gap_row(task_id, axis.name, suffix, rates, groups, accuracy, settings, rng))
+        if " x " in axis.name:
+            records += _std_rows(task_id, axis.name, suffix, rates, accuracy, settings, rng)
+    for record in records:
+        record["scoring"] = scoring
+    return records
+
+
+def _gap_row(task_id: str, axis: str, suffix: str, rates: UnitRates,
+             groups: list[dict[str, Any]], accuracy: float, settings: Any,
+             rng: np.random.Generator) -> dict[str, Any]:
+    metric = f"accuracy_gap{suffix}"
+    usable = [g for g in groups if g["value"] is not None]
+    n = int(sum(g["n"] for g in usable))
+    if len(usable) < 2:
+        return insufficient(task_id, axis, ALL, metric, n)
+    worst = min(usable, key=lambda g: (g["value"], g["group"]))
+    best = max(usable, key=lambda g: (g["value"], g["group"]))
+    _, p_value = permutation_test(rates, rate_range, settings.n_permutations, rng)
+    interval = range_interval(rates, settings.n_bootstrap, rng)
+    detectable = minimum_detectable_difference(accuracy, best["n"], worst["n"])
+    return estimate(task_id, axis, ALL, metric, best["value"] - worst["value"], interval, n,
+                    p_value=p_value, min_detectable_gap=detectable, worst_group=worst["group"],
+                    best_group=best["group"])
+
+
+def _std_rows(task_id: str, axis: str, suffix: str, rates: UnitRates, accuracy: float,
+              settings: Any, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The card's std over intersection cells, and the std binomial noise alone would give."""
+    metric, noise_metric = f"cell_accuracy_std{suffix}", f"cell_accuracy_std_noise{suffix}"
+    keep, local = rates.restricted()
+    n = int(keep.size)
+    cells = int(local.max()) + 1 if local.size else 0
+    if cells < 2:
+        return [insufficient(task_id, axis, ALL, metric, n),
+                insufficient(task_id, axis, ALL, noise_metric, n)]
+    sizes = np.bincount(local, minlength=cells)
+    observed = np.bincount(local, weights=rates.successes[keep], minlength=cells) / sizes
+    std = float(observed.std())
+    replicates = bootstrap_ratios(rates.successes[keep], rates.totals[keep], local,
+                                  settings.n_bootstrap, rng)[:, :, 0]
+    low, high = percentile_interval(replicates.std(axis=1)[:, None])
+    noise = (rng.binomial(sizes, accuracy, size=(settings.n_bootstrap, cells)) / sizes).std(axis=1)
+    noise_low, noise_high = np.percentile(noise, [2.5, 97.5])
+    p_value = (1 + np.sum(noise >= std - 1e-12)) / (1 + noise.size)
+    return [
+        estimate(task_id, axis, ALL, metric, std, (low[0], high[0]), n, p_value=p_value),
+        estimate(task_id, axis, ALL, noise_metric, float(noise.mean()), (noise_low, noise_high), n),
+    ]
+
+
+@headlines(NAME)
+def classification_findings(table: pd.DataFrame) -> list[Finding]:
+    """Per task (card's scoring): accuracy (std), and per axis the largest gap with its test."""
+    found: list[Finding] = []
+    rows = table[table["scoring"] == "sum"] if "scoring" in table else table
+    for task_id, part in rows.groupby("task_id", sort=False):
+        overall = part[(part["axis"] == ALL) & (part["metric"] == "accuracy")]
+        stds = part[(part["metric"] == "cell_accuracy_std") & part["value"].notna()]
+        noise = part[part["metric"] == "cell_accuracy_std_noise"]
+        if not overall.empty and overall["value"].notna().any():
+            row = overall.iloc[0]
+            std_text = ""
+            if not stds.empty:
+                cell = stds.iloc[0]
+                expected = noise[noise["axis"] == cell["axis"]]
+                std_text = (f"; std over {cell['axis']} cells {fmt(100 * cell['value'])} points "
+                            f"(noise alone: {fmt(100 * expected['value'].iloc[0])})"
+                            if not expected.empty else "")
+            found.append(finding(NAME, row, f"task '{task_id}': accuracy "
+                                            f"{interval_text(row, True)} (n={int(row['n'])})"
+                                            f"{std_text}"))
+        gaps = part[(part["metric"] == "accuracy_gap") & part["value"].notna()]
+        for _, gap in gaps[~gaps["axis"].str.contains(" x ")].iterrows():
+            found.append(finding(
+                NAME, gap,
+                f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']}, gap to "
+                f"{gap['best_group']} {interval_text(gap, True)} points, {p_text(gap['p_value'])}; "
+                f"detectable at this n: {fmt(gap['min_detectable_gap'], True)}",
+            ))
+    return found

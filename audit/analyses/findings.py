@@ -1,0 +1,104 @@
+"""Headline findings: the few numbers per analysis that ``summary.json`` and the CLI lead with.
+
+Each analysis may register a function turning its table into findings; an analysis without one
+gets a generic finding per prompt/task, axis and metric (the group with the highest value).
+Every finding carries its value, 95% interval, n and, where a test was made, p and q.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+
+from audit.analyses.table import ALL
+
+Finding = dict[str, Any]
+FindingsMaker = Callable[[pd.DataFrame], list[Finding]]
+
+FINDINGS: dict[str, FindingsMaker] = {}
+
+
+def headlines(name: str) -> Callable[[FindingsMaker], FindingsMaker]:
+    """Register the function that extracts analysis ``name``'s headline findings."""
+
+    def decorator(function: FindingsMaker) -> FindingsMaker:
+        FINDINGS[name] = function
+        return function
+
+    return decorator
+
+
+def number(value: Any) -> float | None:
+    """A JSON-safe float: None for missing or non-finite values (never NaN)."""
+    if value is None or value is pd.NA:
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None
+
+
+def finding(analysis: str, row: pd.Series | dict[str, Any], headline: str, **extra: Any) -> Finding:
+    """A finding from a table row: id, axis, value, interval, n, p, q, plus ``extra``."""
+    get = row.get
+    result: Finding = {"analysis": analysis}
+    for key in ("prompt_id", "task_id"):
+        if get(key) is not None and not pd.isna(get(key)):
+            result[key] = str(get(key))
+    result.update({
+        "axis": str(get("axis", ALL)), "group": str(get("group", ALL)),
+        "metric": str(get("metric", "")), "headline": headline,
+        "value": number(get("value")), "ci_low": number(get("ci_low")),
+        "ci_high": number(get("ci_high")), "n": int(number(get("n")) or 0),
+        "p_value": number(get("p_value")), "q_value": number(get("q_value")),
+    })
+    result.update({k: number(v) if isinstance(v, float) else v for k, v in extra.items()})
+    return result
+
+
+def fmt(value: Any, percent: bool = False) -> str:
+    """A value for a headline: ``12.3%`` or ``0.0521``; ``n/a`` when missing."""
+    number_ = number(value)
+    if number_ is None:
+        return "n/a"
+    return f"{100 * number_:.1f}%" if percent else f"{number_:.3g}"
+
+
+def interval_text(row: pd.Series | dict[str, Any], percent: bool = False) -> str:
+    return f"{fmt(row.get('value'), percent)} [{fmt(row.get('ci_low'), percent)}, " \
+           f"{fmt(row.get('ci_high'), percent)}]"
+
+
+def p_text(value: Any) -> str:
+    p = number(value)
+    if p is None:
+        return "p n/a"
+    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+
+
+def generic_findings(name: str, table: pd.DataFrame) -> list[Finding]:
+    """For an analysis without its own extractor: per id, axis and metric, the highest group."""
+    id_column = "prompt_id" if "prompt_id" in table else "task_id"
+    if table.empty or id_column not in table or "value" not in table:
+        return []
+    usable = table[table["value"].notna() & table["axis"].astype(str).ne(ALL)]
+    found = []
+    for (item, axis, metric), rows in usable.groupby([id_column, "axis", "metric"], sort=True):
+        top = rows.loc[rows["value"].astype(float).idxmax()]
+        percent = any(w in str(metric) for w in ("rate", "share", "accuracy"))
+        found.append(finding(
+            name, top,
+            f"{item}, {axis}: highest {metric} for {top['group']}: "
+            f"{interval_text(top, percent)} (n={int(top['n'])})",
+        ))
+    return found[:12]
+
+
+def findings_for(name: str, table: pd.DataFrame) -> list[Finding]:
+    """The registered extractor's findings, or the generic ones."""
+    maker = FINDINGS.get(name)
+    return maker(table) if maker else generic_findings(name, table)

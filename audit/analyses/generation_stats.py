@@ -1,0 +1,133 @@
+"""``generation_stats``: how long the model answers, why it stopped, and how often it failed.
+
+Per prompt, overall (axis ``all``) and per group of every axis:
+
+- ``mean_new_tokens``: mean ``n_new_tokens`` of successful generations, bootstrap interval
+  (images resampled within the group);
+- ``share_eos`` / ``share_length``: share of successful generations that stopped at an
+  end-of-sequence token / at ``max_new_tokens`` (Wilson interval);
+- ``error_rate``: share of all generations (error rows included) that failed (Wilson).
+
+Columns besides the common ones: ``successes`` and ``observations`` for the shares (null for
+``mean_new_tokens``). ``n`` is the number of images behind the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from audit.analyses.findings import Finding, finding, headlines, interval_text
+from audit.analyses.grouping import GroupAxis, discover_axes, error_mask, sort_rows
+from audit.analyses.rates import UnitRates, group_rows, overall_row
+from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.table import (
+    ALL,
+    MIN_GROUP_SIZE,
+    empty_table,
+    estimate,
+    insufficient,
+    records_table,
+)
+from audit.analyses.term_variance import prompt_ids
+from audit.stats import bootstrap_ratios, percentile_interval, seeded_rng
+
+NAME = "generation_stats"
+EXTRA = ("successes", "observations")
+
+
+def _codes(frame: pd.DataFrame, axis: GroupAxis | None) -> tuple[np.ndarray, tuple[str, ...]]:
+    if axis is None:
+        return np.zeros(len(frame), dtype=int), (ALL,)
+    return axis.codes(frame), axis.groups
+
+
+def _token_rows(prompt_id: str, frame: pd.DataFrame, axis: GroupAxis | None, n_boot: int,
+                rng: np.random.Generator) -> list[dict[str, Any]]:
+    codes, groups = _codes(frame, axis)
+    tokens = pd.to_numeric(frame["n_new_tokens"], errors="coerce").to_numpy(dtype=float)
+    known = np.isfinite(tokens) & (codes >= 0)
+    sizes = np.bincount(codes[known], minlength=len(groups))
+    included = np.flatnonzero(sizes >= MIN_GROUP_SIZE)
+    axis_name = axis.name if axis else ALL
+    rows = []
+    recode = np.full(len(groups), -1)
+    recode[included] = np.arange(included.size)
+    keep = known & np.isin(codes, included)
+    if included.size:
+        local = recode[codes[keep]]
+        replicates = bootstrap_ratios(tokens[keep], np.ones(int(keep.sum())), local, n_boot, rng)
+        low, high = percentile_interval(replicates[:, :, 0])
+    for code, group in enumerate(groups):
+        if recode[code] < 0:
+            rows.append(
+                insufficient(prompt_id, axis_name, group, "mean_new_tokens", int(sizes[code]))
+            )
+            continue
+        values = tokens[keep][local == recode[code]]
+        rows.append(estimate(prompt_id, axis_name, group, "mean_new_tokens", values.mean(),
+                             (low[recode[code]], high[recode[code]]), int(sizes[code])))
+    return rows
+
+
+def _share_rows(
+    prompt_id: str, frame: pd.DataFrame, hits: np.ndarray, metric: str,
+    axis: GroupAxis | None, n_boot: int, rng: np.random.Generator,
+) -> list[dict[str, Any]]:
+    codes, groups = _codes(frame, axis)
+    rates = UnitRates(successes=hits.astype(float), totals=np.ones(len(frame)), codes=codes,
+                      groups=groups)
+    if axis is None:
+        return [overall_row(prompt_id, metric, rates, n_boot, rng)]
+    return group_rows(prompt_id, axis.name, metric, rates, n_boot, rng)
+
+
+@register(NAME)
+def generation_stats(context: AnalysisContext) -> pd.DataFrame:
+    """New tokens, finish reasons and error rate per prompt x group."""
+    generations = context.generations
+    if generations.empty or "finish_reason" not in generations:
+        return empty_table("prompt_id", EXTRA)
+    generations = sort_rows(generations, ["sample_id", "prompt_id"])
+    axes: list[GroupAxis | None] = [None, *discover_axes(generations, context.group_axes)]
+    n_boot = context.settings.n_bootstrap
+    records: list[dict[str, Any]] = []
+    for prompt_id in prompt_ids(context, generations):
+        every = generations[generations["prompt_id"].astype(str) == prompt_id]
+        every = every.reset_index(drop=True)
+        failed = error_mask(every).to_numpy()
+        valid = every[~failed].reset_index(drop=True)
+        reason = valid["finish_reason"].astype(str).to_numpy()
+        for axis in axes:
+            rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name if axis else ALL)
+            if "n_new_tokens" in valid:
+                records += _token_rows(prompt_id, valid, axis, n_boot, rng)
+            for metric, hits in (("share_eos", reason == "eos"),
+                                 ("share_length", reason == "length")):
+                records += _share_rows(prompt_id, valid, hits, metric, axis, n_boot, rng)
+            records += _share_rows(prompt_id, every, failed, "error_rate", axis, n_boot, rng)
+    return records_table(records, "prompt_id", EXTRA)
+
+
+@headlines(NAME)
+def generation_findings(table: pd.DataFrame) -> list[Finding]:
+    """Per prompt: the overall error rate and mean length."""
+    found: list[Finding] = []
+    overall = table[(table["axis"] == ALL) & table["value"].notna()]
+    for prompt_id, rows in overall.groupby("prompt_id", sort=False):
+        by_metric = rows.set_index("metric")
+        if "mean_new_tokens" in by_metric.index:
+            row = by_metric.loc["mean_new_tokens"]
+            found.append(finding(NAME, {**row.to_dict(), "metric": "mean_new_tokens",
+                                        "prompt_id": prompt_id},
+                                 f"prompt '{prompt_id}': {interval_text(row)} new tokens on "
+                                 f"average (n={int(row['n'])})"))
+        if "error_rate" in by_metric.index:
+            row = by_metric.loc["error_rate"]
+            found.append(finding(NAME, {**row.to_dict(), "metric": "error_rate",
+                                        "prompt_id": prompt_id},
+                                 f"prompt '{prompt_id}': error rate {interval_text(row, True)} "
+                                 f"(n={int(row['n'])}); error rows are excluded from analyses"))
+    return found

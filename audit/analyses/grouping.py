@@ -1,0 +1,102 @@
+"""Group axes of a run: which groups exist, which group each row belongs to, error rows.
+
+An axis is a group column named in the manifest's ``group_axes`` (``gender``) or an
+intersection of two (``gender x race``, groups ``Female x Black``). Groups are coded in the order
+they first appear when rows are sorted by ``sample_id``, so codes (and every seeded resample that
+depends on them) do not change when rows are reordered or groups renamed.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from audit.errors import RunDirError
+
+INTERSECTION = " x "
+
+
+@dataclass(frozen=True)
+class GroupAxis:
+    """One axis or intersection and its groups, in code order."""
+
+    name: str
+    groups: tuple[str, ...]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.name.split(INTERSECTION)
+
+    def labels(self, frame: pd.DataFrame) -> pd.Series:
+        """Each row's group as a string; missing where any of the axis columns is missing."""
+        return group_labels(frame, self.name)
+
+    def codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """Each row's group code ``0..G-1``; ``-1`` for rows with no (known) group."""
+        lookup = {group: code for code, group in enumerate(self.groups)}
+        return self.labels(frame).map(lookup).fillna(-1).to_numpy(dtype=int)
+
+
+def group_labels(frame: pd.DataFrame, axis: str) -> pd.Series:
+    """Group of every row on ``axis`` (an axis or an ``a x b`` intersection)."""
+    columns = axis.split(INTERSECTION)
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise RunDirError(
+            f"group column(s) {missing} named in the manifest's group_axes are not in the table "
+            f"(it has {sorted(map(str, frame.columns))})"
+        )
+    parts = [frame[c].astype(object).where(frame[c].notna()) for c in columns]
+    known = pd.concat([p.notna() for p in parts], axis=1).all(axis=1)
+    text = parts[0].astype(str)
+    for part in parts[1:]:
+        text = text + INTERSECTION + part.astype(str)
+    return text.where(known)
+
+
+def intersections(axes: Sequence[str]) -> list[str]:
+    """Every pair of axes, in the probe's order (``gender x race``, ``gender x age``, ...)."""
+    return [f"{a}{INTERSECTION}{b}" for a, b in itertools.combinations(axes, 2)]
+
+
+def discover_axes(
+    frame: pd.DataFrame, names: Iterable[str], extra: dict[str, Iterable[str]] | None = None
+) -> list[GroupAxis]:
+    """The groups of each axis: every value seen in ``frame`` (error rows included, so a group
+    whose rows all failed still shows up) plus ``extra`` values known from elsewhere."""
+    ordered = sort_rows(frame, ["sample_id"]) if "sample_id" in frame else frame
+    axes = []
+    for name in names:
+        seen = list(dict.fromkeys(group_labels(ordered, name).dropna()))
+        more = sorted(set(map(str, (extra or {}).get(name, ()))) - set(seen))
+        axes.append(GroupAxis(name=name, groups=tuple(seen + more)))
+    return axes
+
+
+def sort_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Rows in a canonical order, so results do not depend on how the table was stored."""
+    present = [k for k in keys if k in frame.columns]
+    if not present:
+        return frame.reset_index(drop=True)
+    return frame.sort_values(present, kind="stable").reset_index(drop=True)
+
+
+def error_mask(frame: pd.DataFrame) -> pd.Series:
+    """Rows that failed: ``finish_reason == 'error'`` or a non-empty ``error``."""
+    failed = pd.Series(False, index=frame.index)
+    if "finish_reason" in frame:
+        failed |= frame["finish_reason"].astype(object).eq("error")
+    if "error" in frame:
+        text = frame["error"].astype(object)
+        failed |= text.notna() & text.astype(str).str.strip().ne("")
+    return failed
+
+
+def split_errors(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The successful rows and the number of error rows left out."""
+    failed = error_mask(frame)
+    return frame[~failed].reset_index(drop=True), int(failed.sum())

@@ -1,0 +1,219 @@
+"""``analyze_run``: every registered analysis over one run directory, written back into it.
+
+Reads ``generations``/``classifications`` and the manifest, runs the analyses (all, or those
+named by ``only``), writes ``analysis/<name>.parquet`` atomically and ``analysis/summary.json``.
+Seeds come from ``probe.analysis.seed``, so running it twice writes the same tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pydantic import ValidationError
+
+from audit.analyses.findings import Finding, findings_for
+from audit.analyses.grouping import error_mask
+from audit.analyses.registry import REGISTRY, AnalysisContext
+from audit.errors import AuditError, ProbeError, RunDirError
+from audit.spec import AnalysisSpec, format_validation_error
+from audit.store import MANIFEST, RunStore
+
+Companion = Callable[[pd.DataFrame, AnalysisContext], pd.DataFrame]
+#: Tables derived from another analysis' table, written with it: parent -> [(name, function)].
+COMPANIONS: dict[str, list[tuple[str, Companion]]] = {}
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def companion(parent: str, name: str) -> Callable[[Companion], Companion]:
+    """Register ``name`` as a table computed from ``parent``'s table, written right after it."""
+
+    def decorator(function: Companion) -> Companion:
+        COMPANIONS.setdefault(parent, []).append((name, function))
+        return function
+
+    return decorator
+
+
+def terminal_safe(text: str) -> str:
+    """Model or dataset text for a terminal: control characters (ANSI escapes) made visible."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What ``analyze_run`` wrote: the tables, their row counts and the summary."""
+
+    run_dir: Path
+    tables: dict[str, Path]
+    rows: dict[str, int]
+    summary: dict[str, Any]
+    failures: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """Which analyses ran, rows, headline findings with n and interval, where files are."""
+        s = self.summary
+        counts = s.get("counts", {})
+        lines = [
+            f"analyzed {terminal_safe(str(self.run_dir))} (run status: {s.get('run_status')}; "
+            f"analysis status: {s.get('status')})",
+            "  rows: " + ", ".join(
+                f"{t} {c.get('stored', 0)}/{c.get('expected') or '?'}"
+                f" ({c.get('errors', 0)} error rows excluded)" for t, c in counts.items()
+            ),
+        ]
+        if s.get("status") == "partial":
+            lines.append(f"  PARTIAL: {s.get('status_detail', '')}")
+        for name, path in self.tables.items():
+            lines.append(f"  {name:<18} {self.rows.get(name, 0):>7} rows  {path}")
+        for name, message in self.failures.items():
+            lines.append(f"  {name:<18} FAILED: {terminal_safe(message)}")
+        findings: list[Finding] = s.get("findings", [])
+        lines.append(f"findings ({len(findings)}):" if findings else "findings: none")
+        lines += [f"  - [{f['analysis']}] {terminal_safe(f['headline'])}" for f in findings[:40]]
+        if len(findings) > 40:
+            lines.append(f"  ... {len(findings) - 40} more in the summary")
+        lines.append(f"summary: {self.run_dir / 'analysis' / 'summary.json'}")
+        return "\n".join(lines)
+
+
+def analysis_settings(manifest: dict[str, Any], manifest_path: Path) -> AnalysisSpec:
+    """The probe's ``analysis`` section from the manifest (defaults when absent)."""
+    probe = manifest.get("probe") or {}
+    data = probe.get("analysis") if isinstance(probe, dict) else None
+    if data is None:
+        return AnalysisSpec()
+    try:
+        return AnalysisSpec.model_validate(data)
+    except ValidationError as error:
+        origin = str(manifest_path)
+        text = format_validation_error(origin, error)
+        raise ProbeError(text.replace(f"{origin}: ", f"{origin}: probe.analysis.")) from None
+
+
+def _selected(only: Sequence[str] | None) -> list[str]:
+    known = list(REGISTRY)
+    if not only:
+        return known
+    unknown = [name for name in only if name not in REGISTRY]
+    if unknown:
+        raise AuditError(
+            f"unknown analysis {', '.join(repr(u) for u in unknown)}; known analyses: "
+            f"{', '.join(known)}"
+        )
+    return list(dict.fromkeys(only))
+
+
+def _counts(context: AnalysisContext) -> dict[str, dict[str, Any]]:
+    expected = context.manifest.get("expected") or {}
+    counts = {}
+    for table in ("generations", "classifications"):
+        frame = context.generations if table == "generations" else context.classifications
+        counts[table] = {"stored": len(frame), "errors": int(error_mask(frame).sum()),
+                         "expected": expected.get(table)}
+    return counts
+
+
+def _status(manifest: dict[str, Any], counts: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    run_status = str(manifest.get("status") or "unknown")
+    missing = [
+        f"{c['stored']} of {c['expected']} {t} stored" for t, c in counts.items()
+        if isinstance(c["expected"], int) and c["stored"] < c["expected"]
+    ]
+    if run_status in {"running", "partial", "failed"} or missing:
+        detail = "; ".join(missing) or f"the run's status is '{run_status}'"
+        return "partial", f"analysed as far as the run goes: {detail}"
+    return "complete", ""
+
+
+def _run_one(
+    name: str, context: AnalysisContext, store: RunStore
+) -> tuple[dict[str, pd.DataFrame], str | None]:
+    try:
+        table = REGISTRY[name](context)
+        tables = {name: table}
+        for companion_name, function in COMPANIONS.get(name, []):
+            tables[companion_name] = function(table, context)
+    except AuditError as error:
+        return {}, str(error)
+    for table_name, frame in tables.items():
+        store.write_analysis(table_name, frame)
+    return tables, None
+
+
+def analyze_run(run_dir: str | Path, only: list[str] | None = None) -> AnalysisResult:
+    """Run the registered analyses (or ``only`` these) and write their tables and the summary.
+
+    Raises ``RunDirError`` for a folder that is not a run directory or holds no rows, and
+    ``AuditError`` for an unknown analysis name or when an analysis cannot run (after writing
+    the others).
+    """
+    store = RunStore.open(run_dir)
+    manifest = store.manifest()
+    names = _selected(only)
+    settings = analysis_settings(manifest, store.root / MANIFEST)
+    context = AnalysisContext(store=store, manifest=manifest, settings=settings)
+    if context.generations.empty and context.classifications.empty:
+        raise RunDirError(
+            f"{store.root}: no generations or classifications stored yet; "
+            "run 'audit run' (or 'audit import') first"
+        )
+    written: dict[str, Path] = {}
+    rows: dict[str, int] = {}
+    entries: dict[str, dict[str, Any]] = {}
+    findings: list[Finding] = []
+    failures: dict[str, str] = {}
+    for name in names:
+        tables, failure = _run_one(name, context, store)
+        if failure is not None:
+            failures[name] = failure
+            entries[name] = {"rows": 0, "note": f"failed: {failure}"}
+            continue
+        for table_name, frame in tables.items():
+            written[table_name] = store.root / "analysis" / f"{table_name}.parquet"
+            rows[table_name] = len(frame)
+            entries[table_name] = {"rows": len(frame), "note": "" if len(frame) else "no rows"}
+        findings += findings_for(name, tables[name])
+    summary = _summary(store, manifest, _counts(context), entries, findings)
+    store.write_summary(summary)
+    result = AnalysisResult(store.root, written, rows, summary, failures)
+    if failures:
+        raise AuditError(
+            result.describe() + "\n" + "\n".join(f"{n}: {m}" for n, m in failures.items())
+        )
+    return result
+
+
+def _summary(
+    store: RunStore,
+    manifest: dict[str, Any],
+    counts: dict[str, dict[str, Any]],
+    entries: dict[str, dict[str, Any]],
+    findings: list[Finding],
+) -> dict[str, Any]:
+    status, detail = _status(manifest, counts)
+    previous = _previous_summary(store)
+    kept = {k: v for k, v in (previous.get("analyses") or {}).items() if k not in entries}
+    kept_findings = [f for f in previous.get("findings") or [] if f.get("analysis") in kept]
+    return {
+        "status": status, "status_detail": detail,
+        "run_status": str(manifest.get("status") or "unknown"),
+        "simulated": bool(manifest.get("simulated", False)),
+        "counts": counts,
+        "excluded_error_rows": {t: c["errors"] for t, c in counts.items()},
+        "analyses": {**kept, **entries},
+        "findings": kept_findings + findings,
+    }
+
+
+def _previous_summary(store: RunStore) -> dict[str, Any]:
+    # Analyses not re-run now (``--only``) keep their earlier entries and findings.
+    try:
+        previous = store.read_summary()
+    except (RunDirError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}

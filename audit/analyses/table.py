@@ -1,0 +1,70 @@
+"""The one shape every analysis table has (docs/run_directory.md, "analysis tables").
+
+``<prompt_id|task_id>, axis, group, metric, value, ci_low, ci_high, n, note`` and then the
+analysis' own columns. A value that cannot be estimated is null with a ``note`` saying why,
+never NaN passed off as a number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+COMMON_COLUMNS = ("axis", "group", "metric", "value", "ci_low", "ci_high", "n", "note")
+INSUFFICIENT = "insufficient data"
+#: Groups with fewer images than this get a row marked ``INSUFFICIENT`` instead of an estimate.
+MIN_GROUP_SIZE = 5
+ALL = "all"
+
+
+def build_table(
+    records: list[dict[str, Any]] | pd.DataFrame, id_column: str, extra: Sequence[str] = ()
+) -> pd.DataFrame:
+    """Records (or a frame) in the common layout, with stable dtypes and nulls where noted."""
+    columns = [id_column, *COMMON_COLUMNS, *extra]
+    frame = (
+        records.reindex(columns=columns)
+        if isinstance(records, pd.DataFrame)
+        else pd.DataFrame.from_records(records, columns=columns)
+    )
+    for column in ("value", "ci_low", "ci_high"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce").astype(float)
+    frame["n"] = pd.to_numeric(frame["n"], errors="coerce").fillna(0).astype("int64")
+    frame["note"] = frame["note"].fillna("").astype(str)
+    for column in (id_column, "axis", "group", "metric"):
+        frame[column] = frame[column].astype(str)
+    unusable = frame["note"].eq(INSUFFICIENT) | ~np.isfinite(frame["value"].to_numpy())
+    frame.loc[unusable, ["value", "ci_low", "ci_high"]] = np.nan
+    frame.loc[unusable & frame["note"].eq(""), "note"] = INSUFFICIENT
+    return frame.reset_index(drop=True)
+
+
+def empty_table(id_column: str, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """A table with the right columns and no rows (nothing to analyse)."""
+    return build_table([], id_column, extra)
+
+
+def insufficient(id_value: str, axis: str, group: str, metric: str, n: int,
+                 **extra: Any) -> dict[str, Any]:
+    """A row that says the estimate was not made: too few images."""
+    return {"axis": axis, "group": group, "metric": metric, "value": None, "ci_low": None,
+            "ci_high": None, "n": n, "note": INSUFFICIENT, **extra, "_id": id_value}
+
+
+def estimate(id_value: str, axis: str, group: str, metric: str, value: float,
+             interval: tuple[float, float], n: int, **extra: Any) -> dict[str, Any]:
+    """A row with an estimate and its 95% interval."""
+    low, high = interval
+    return {"axis": axis, "group": group, "metric": metric, "value": float(value),
+            "ci_low": float(low), "ci_high": float(high), "n": int(n), "note": "", **extra,
+            "_id": id_value}
+
+
+def records_table(records: list[dict[str, Any]], id_column: str,
+                  extra: Sequence[str] = ()) -> pd.DataFrame:
+    """``build_table`` for rows made with ``estimate``/``insufficient`` (id under ``_id``)."""
+    renamed = [{**{k: v for k, v in r.items() if k != "_id"}, id_column: r["_id"]} for r in records]
+    return build_table(renamed, id_column, extra)

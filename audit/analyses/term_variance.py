@@ -1,0 +1,297 @@
+"""``term_variance``: which words a model uses more for some groups than others, per prompt.
+
+Method (term_statistics.py): TF-IDF fit on all successful generations of a prompt, group means
+per axis, ranking by ``variance`` (default) or ``card`` (``probe.analysis.tfidf.ranking``), a
+permutation test per term with Benjamini–Hochberg q-values over all tested terms of that prompt
+and axis, and a stratified bootstrap (images resampled within each group) of each group's mean for
+the reported terms. Reported terms: the ``top_k`` best ranked plus every flagged term.
+
+Columns besides the common ones (one row per prompt, axis, term and group;
+``metric = "mean_tfidf"``, ``value`` the group's mean TF-IDF weight, ``n`` its images):
+
+- ``term``; ``rank`` (1 = largest spread under the chosen ranking); ``ranking`` (the mode);
+- ``score`` (the ranking's score), ``variance`` (population variance of group means),
+  ``card_score`` (``sqrt(Σ_g (m_g − Σ_h m_h)²)``);
+- ``deviation``: the group's mean minus the mean over groups; ``overall_mean``: the term's mean
+  TF-IDF over all documents of the included groups;
+- ``p_value`` (permutation), ``q_value`` (BH), ``flagged`` (``q_value < 0.05``),
+  ``n_permutations`` (null where the term is too rare to test), ``p_method`` (``permutation``, or
+  ``permutation, normal tail`` for frequent terms beyond the permutations' resolution);
+- ``example_ids``: up to 3 sample ids of the group's generations where the term weighs most
+  (the companion table ``term_examples`` holds their text).
+
+Groups with fewer than ``MIN_GROUP_SIZE`` images get one row with ``note = "insufficient data"``
+and no term; they are left out of the test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
+from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
+from audit.analyses.pipeline import companion
+from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.table import MIN_GROUP_SIZE, build_table, empty_table, insufficient
+from audit.analyses.term_statistics import FDR_LEVEL, NoTerms, TermScores, score_terms, vectorize
+from audit.stats import percentile_interval, seeded_rng, stratified_bootstrap_weights
+
+NAME = "term_variance"
+EXAMPLES_PER_GROUP = 3
+EXTRA = (
+    "term", "rank", "ranking", "score", "variance", "card_score", "deviation", "overall_mean",
+    "p_value", "q_value", "flagged", "n_permutations", "p_method", "example_ids",
+)
+
+
+def prompt_ids(context: AnalysisContext, frame: pd.DataFrame) -> list[str]:
+    """The manifest's prompts in probe order, then any other prompt found in the table."""
+    listed = [str(p["id"]) for p in context.manifest.get("prompts") or [] if "id" in p]
+    found = sorted(set(frame["prompt_id"].astype(str))) if "prompt_id" in frame else []
+    return list(dict.fromkeys(listed + found))
+
+
+@register(NAME)
+def term_variance(context: AnalysisContext) -> pd.DataFrame:
+    """Per prompt and group axis: ranked terms, per-group means with intervals, q-values."""
+    generations = context.generations
+    if generations.empty or "generation" not in generations:
+        return empty_table("prompt_id", EXTRA)
+    generations = sort_rows(generations, ["sample_id", "prompt_id"])
+    valid, _ = split_errors(generations)
+    axes = discover_axes(generations, context.group_axes)
+    tables = []
+    for prompt_id in prompt_ids(context, generations):
+        subset = valid[valid["prompt_id"].astype(str) == prompt_id].reset_index(drop=True)
+        tables.extend(_prompt_tables(context, prompt_id, subset, axes))
+    if not tables:
+        return empty_table("prompt_id", EXTRA)
+    return build_table(pd.concat(tables, ignore_index=True), "prompt_id", EXTRA)
+
+
+@dataclass(frozen=True)
+class AxisTerms:
+    """One axis' tested terms within a prompt, before intervals are attached."""
+
+    axis: GroupAxis
+    included: np.ndarray
+    """Codes of the groups with enough images."""
+    rows: np.ndarray
+    """The prompt's documents in those groups."""
+    local: np.ndarray
+    """Their group, renumbered ``0..K-1``."""
+    scores: TermScores
+    chosen: np.ndarray
+    """Reported terms: the ``top_k`` best ranked, then every other flagged one."""
+    rank: np.ndarray
+
+
+def _prompt_tables(
+    context: AnalysisContext, prompt_id: str, subset: pd.DataFrame, axes: list[GroupAxis]
+) -> list[pd.DataFrame]:
+    settings = context.settings
+    texts = subset["generation"].fillna("").astype(str).tolist()
+    try:
+        matrix, terms = vectorize(texts, settings.tfidf, list(settings.exclude_terms))
+    except NoTerms:
+        matrix, terms = None, None
+    tables, scored = [], []
+    for axis in axes:
+        codes = axis.codes(subset)
+        sizes = np.bincount(codes[codes >= 0], minlength=len(axis.groups))
+        included = np.flatnonzero(sizes >= MIN_GROUP_SIZE)
+        if matrix is None or included.size < 2:
+            included = included[:0]
+        else:
+            rng = seeded_rng(settings.seed, NAME, prompt_id, axis.name)
+            scored.append(_score_axis(context, matrix, terms, axis, codes, included, rng))
+        short = [
+            insufficient(prompt_id, axis.name, group, "mean_tfidf", int(sizes[g]))
+            for g, group in enumerate(axis.groups) if g not in set(included.tolist())
+        ]
+        if short:
+            tables.append(pd.DataFrame.from_records(short).rename(columns={"_id": "prompt_id"}))
+    if scored:
+        cells = np.unique(np.column_stack([a.codes(subset) for a in axes]), axis=0,
+                          return_inverse=True)[1].ravel()
+        rng = seeded_rng(settings.seed, NAME, prompt_id, "bootstrap")
+        intervals = _group_intervals(matrix, cells, scored, settings.n_bootstrap, rng)
+        ids = subset["sample_id"].astype(str).to_numpy()
+        for item, interval in zip(scored, intervals, strict=True):
+            tables.append(_term_rows(prompt_id, item, matrix, ids, interval,
+                                     settings.tfidf.ranking))
+    return tables
+
+
+def _score_axis(
+    context: AnalysisContext,
+    matrix: sp.csr_matrix,
+    terms: np.ndarray,
+    axis: GroupAxis,
+    codes: np.ndarray,
+    included: np.ndarray,
+    rng: np.random.Generator,
+) -> AxisTerms:
+    settings = context.settings
+    recode = np.full(len(axis.groups), -1)
+    recode[included] = np.arange(included.size)
+    rows = np.flatnonzero(np.isin(codes, included))
+    local = recode[codes[rows]]
+    scores = score_terms(matrix[rows], terms, local, settings.n_permutations, rng)
+    order = scores.ranking(settings.tfidf.ranking)
+    top, later = order[: settings.tfidf.top_k], order[settings.tfidf.top_k :]
+    chosen = np.concatenate([top, later[scores.q_values[later] < FDR_LEVEL]]).astype(int)
+    rank = np.empty(terms.size, dtype=int)
+    rank[order] = np.arange(1, terms.size + 1)
+    return AxisTerms(axis, included, rows, local, scores, chosen, rank)
+
+
+def _group_intervals(
+    matrix: sp.csr_matrix, cells: np.ndarray, scored: list[AxisTerms], n_boot: int,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Bootstrap intervals of each group's mean TF-IDF for each axis' reported terms.
+
+    Images are resampled within the cells of all axes crossed (``gender x race``), which keeps
+    every group of every axis at its size, so one set of resamples serves all axes.
+    """
+    union = np.unique(np.concatenate([item.chosen for item in scored]))
+    # Documents sorted by cell, so each cell's resampling weights are a contiguous slice.
+    order = np.argsort(cells, kind="stable")
+    values = matrix[order][:, union].toarray()
+    bounds = np.searchsorted(cells[order], np.arange(int(cells.max()) + 2))
+    replicates = [np.empty((n_boot, item.included.size, item.chosen.size)) for item in scored]
+    chunk = max(1, min(n_boot, 4_000_000 // max(cells.size, 1)))
+    for start in range(0, n_boot, chunk):
+        weights = stratified_bootstrap_weights(cells[order], min(chunk, n_boot - start), rng)
+        slices = zip(bounds[:-1], bounds[1:], strict=True)
+        cell_sums = np.stack([weights[:, a:b] @ values[a:b] for a, b in slices], axis=1)
+        for item, out in zip(scored, replicates, strict=True):
+            columns = np.searchsorted(union, item.chosen)
+            cell_group = _cell_groups(cells, item)
+            for j in range(item.included.size):
+                in_group = np.flatnonzero(cell_group == j)
+                size = np.count_nonzero(item.local == j)
+                out[start : start + chunk, j, :] = (
+                    cell_sums[:, in_group][:, :, columns].sum(axis=1) / size
+                )
+    return [percentile_interval(r) for r in replicates]
+
+
+def _cell_groups(cells: np.ndarray, item: AxisTerms) -> np.ndarray:
+    """The (renumbered) group of each cell on this axis; ``-1`` for cells outside it."""
+    groups = np.full(int(cells.max()) + 1, -1)
+    groups[cells[item.rows]] = item.local
+    return groups
+
+
+def _example_ids(
+    values: np.ndarray, local: np.ndarray, sample_ids: np.ndarray, n_groups: int
+) -> list[list[list[str]]]:
+    """``[group][term] -> sample ids`` of the documents where the term weighs most."""
+    found: list[list[list[str]]] = []
+    for g in range(n_groups):
+        members = np.flatnonzero(local == g)
+        per_term = []
+        for k in range(values.shape[1]):
+            weights = values[members, k]
+            hits = members[weights > 0]
+            best = hits[np.lexsort((sample_ids[hits].astype(str), -values[hits, k]))]
+            per_term.append([str(s) for s in sample_ids[best[:EXAMPLES_PER_GROUP]]])
+        found.append(per_term)
+    return found
+
+
+def _term_rows(
+    prompt_id: str,
+    item: AxisTerms,
+    matrix: sp.csr_matrix,
+    sample_ids: np.ndarray,
+    interval: tuple[np.ndarray, np.ndarray],
+    ranking: str,
+) -> pd.DataFrame:
+    scores, chosen = item.scores, item.chosen
+    values = matrix[item.rows][:, chosen].toarray()
+    examples = _example_ids(values, item.local, sample_ids[item.rows], item.included.size)
+    groups = np.array(item.axis.groups, dtype=object)[item.included]
+    n_groups, n_terms = groups.size, chosen.size
+    means = scores.group_means[:, chosen]
+    group_index = np.repeat(np.arange(n_groups), n_terms)
+    term_index = np.tile(np.arange(n_terms), n_groups)
+    picked = chosen[term_index]
+    score = scores.card if ranking == "card" else scores.variance
+    tested = ~np.isnan(scores.p_values[picked])
+    frame = pd.DataFrame({
+        "prompt_id": prompt_id, "axis": item.axis.name, "group": groups[group_index],
+        "metric": "mean_tfidf", "value": means.ravel(),
+        "ci_low": interval[0].ravel(), "ci_high": interval[1].ravel(),
+        "n": scores.group_sizes[group_index].astype(int), "note": "",
+        "term": scores.terms[picked], "rank": item.rank[picked], "ranking": ranking,
+        "score": score[picked], "variance": scores.variance[picked],
+        "card_score": scores.card[picked],
+        "deviation": (means - means.mean(axis=0)).ravel(),
+        "overall_mean": values.mean(axis=0)[term_index],
+        "p_value": scores.p_values[picked], "q_value": scores.q_values[picked],
+        "flagged": scores.q_values[picked] < FDR_LEVEL,
+        "n_permutations": pd.array(np.where(tested, scores.permutations[picked], 0),
+                                   dtype="Int64"),
+        "p_method": scores.p_method[picked],
+        "example_ids": [examples[g][k] for g, k in zip(group_index, term_index, strict=True)],
+    })
+    frame.loc[~tested, "n_permutations"] = pd.NA
+    return frame.sort_values(["rank", "group"], kind="stable")
+
+
+@companion(NAME, "term_examples")
+def term_examples(table: pd.DataFrame, context: AnalysisContext) -> pd.DataFrame:
+    """Companion table: the text of each reported term's example generations.
+
+    Columns: ``prompt_id, axis, group, term, rank, example, sample_id, generation`` (``example``
+    is 1..3, the term weighing most first). Generations are model output: escape on display.
+    """
+    columns = ["prompt_id", "axis", "group", "term", "rank", "example", "sample_id", "generation"]
+    listed = table[table["term"].notna()] if "term" in table else table.iloc[:0]
+    if listed.empty:
+        return pd.DataFrame(columns=columns)
+    exploded = listed[["prompt_id", "axis", "group", "term", "rank", "example_ids"]].explode(
+        "example_ids"
+    ).dropna(subset=["example_ids"]).rename(columns={"example_ids": "sample_id"})
+    exploded["example"] = exploded.groupby(["prompt_id", "axis", "group", "term"]).cumcount() + 1
+    texts = context.generations[["sample_id", "prompt_id", "generation"]].astype(
+        {"sample_id": str, "prompt_id": str}
+    )
+    merged = exploded.merge(texts, on=["sample_id", "prompt_id"], how="left")
+    return merged[columns].reset_index(drop=True)
+
+
+@headlines(NAME)
+def term_findings(table: pd.DataFrame) -> list[Finding]:
+    """Per prompt and axis: the flagged terms (at most 3), each with the group using it most."""
+    found: list[Finding] = []
+    rows = table[table["term"].notna()]
+    for (prompt_id, axis), part in rows.groupby(["prompt_id", "axis"], sort=False):
+        flagged = part[part["flagged"].fillna(False).astype(bool)]
+        tested = part.drop_duplicates("term")
+        if flagged.empty:
+            best = part.loc[part["rank"].idxmin()]
+            found.append(finding(
+                NAME, best,
+                f"prompt '{prompt_id}', {axis}: no term differs between groups at q<{FDR_LEVEL} "
+                f"(top-ranked '{best['term']}', {p_text(best['p_value'])})",
+            ))
+            continue
+        terms = flagged.drop_duplicates("term").sort_values("q_value", kind="stable")
+        for term in terms["term"].head(3):
+            top = flagged[flagged["term"] == term].sort_values("value", ascending=False).iloc[0]
+            found.append(finding(
+                NAME, top,
+                f"prompt '{prompt_id}', {axis}: '{term}' used most for {top['group']}: mean TF-IDF "
+                f"{interval_text(top)} (n={int(top['n'])}), q={fmt(top['q_value'])}; "
+                f"{terms['term'].nunique()} of {tested['term'].nunique()} reported terms flagged",
+                term=str(term),
+            ))
+    return found
