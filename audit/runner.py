@@ -178,7 +178,6 @@ def _execute(
     buffer = BatchRows()
     written = errors = 0
     last_flush = started = time.monotonic()
-    batch_size = _batch_samples(spec)
     work = batched(_pending(store, spec, source, shard), batch_size)
     with tqdm(
         total=total, unit="row", disable=not options.progress, desc=f"{spec.name} {shard.label}",
