@@ -92,8 +92,8 @@ def test_cluster_bootstrap_covers_where_row_bootstrap_does_not():
         propensity = rng.beta(0.6, 1.4, size=n_images)  # mean 0.3, strong image effect
         outcomes = rng.random((n_images, prompts)) < propensity[:, None]
         per_image = outcomes.sum(axis=1).astype(float)
-        replicates = bootstrap_ratios(per_image, np.full(n_images, prompts), np.zeros(n_images, int),
-                                      400, rng)[:, 0, :]
+        replicates = bootstrap_ratios(per_image, np.full(n_images, prompts),
+                                      np.zeros(n_images, int), 400, rng)[:, 0, :]
         low, high = percentile_interval(replicates)
         covered_images.append(low[0] <= true_rate <= high[0])
         rows = outcomes.ravel().astype(float)
@@ -134,7 +134,6 @@ def test_simulated_run_is_labelled_and_recovers_exactly_what_was_planted(tmp_pat
     analyze_run(run_dir, only=["term_variance", "refusal", "classification"])
     terms = pd.read_parquet(run_dir / "analysis" / "term_variance.parquet")
     flagged = terms[terms["flagged"].fillna(False).astype(bool)]
-    refusal_words = {"sorry", "determine", "image"}
     for item in demo_simulation(0).planted_terms:
         prompts = [item.prompt_id] if item.prompt_id else ["describe", "occupation", "story"]
         for prompt_id in prompts:

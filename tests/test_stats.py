@@ -141,7 +141,8 @@ def _mean_gap_statistic(values: np.ndarray):
         def compute(labels: np.ndarray) -> np.ndarray:
             one = labels == 1
             sub = values[:, active]
-            return np.abs(one @ sub / one.sum(1, keepdims=True) - (~one) @ sub / (~one).sum(1, keepdims=True))
+            first = one @ sub / one.sum(1, keepdims=True)
+            return np.abs(first - (~one) @ sub / (~one).sum(1, keepdims=True))
 
         return rows, compute
 
@@ -197,7 +198,8 @@ def test_permutation_p_values_are_uniform_under_the_null(n_groups):
         observed = np.bincount(codes, weights=outcome, minlength=n_groups)
         spread = lambda s, t: (s / np.maximum(t, 1)).std(axis=-1)  # noqa: E731
         stat = spread(observed[None], np.bincount(codes, minlength=n_groups)[None])
-        p_values.append(permutation_p_values(stat, spread(sums[:, :, 0], sums[:, :, 1])[:, None])[0])
+        null = spread(sums[:, :, 0], sums[:, :, 1])[:, None]
+        p_values.append(permutation_p_values(stat, null)[0])
     p_values = np.array(p_values)
     assert 0.02 <= (p_values <= 0.05).mean() <= 0.09
     assert 0.4 <= (p_values <= 0.5).mean() <= 0.6
