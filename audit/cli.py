@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -51,25 +51,52 @@ def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) ->
 @app.command()
 def run(
     probe: Annotated[Path, typer.Argument(help="Probe YAML file.")],
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<probe>-<model>).")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Model hub id or local folder.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="Use only the first N samples.")] = None,
-    batch_size: Annotated[Optional[str], typer.Option(help="Images per batch, or 'auto'.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
-    shard: Annotated[Optional[str], typer.Option(help="K/N: run the K-th of N shards (1-based).")] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Delete what the run directory holds and start over.")] = False,
-    flush_every: Annotated[int, typer.Option(help="Write a part every N rows (fewer lose less on a crash).")] = 512,
+    out: Annotated[
+        Path | None, typer.Option(help="Run directory (default runs/<probe>-<model>).")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Model hub id or local folder.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
+    batch_size: Annotated[str | None, typer.Option(help="Images per batch, or 'auto'.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="K/N: run the K-th of N shards (1-based).")
+    ] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Delete what the run directory holds and start over.")
+    ] = False,
+    flush_every: Annotated[
+        int, typer.Option(help="Write a part every N rows (fewer lose less on a crash).")
+    ] = 512,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-    ray: Annotated[Optional[str], typer.Option(help="Spread shards over a Ray cluster: auto (the running cluster), local (start one here) or its address. The run directory must be on a filesystem every node shares.")] = None,
-    ray_shards: Annotated[Optional[int], typer.Option(help="With --ray: number of shards (default: one per GPU, or per CPU).")] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Spread shards over a Ray cluster: auto (the running cluster), local (start "
+                "one here) or its address. The run directory must be on a filesystem every "
+                "node shares."
+            )
+        ),
+    ] = None,
+    ray_shards: Annotated[
+        int | None,
+        typer.Option(help="With --ray: number of shards (default: one per GPU, or per CPU)."),
+    ] = None,
 ) -> None:
     """Run a probe: dataset x prompts x model, stored as parquet in a run directory."""
     from audit.runner import RunOptions, run_probe_file
 
     try:
         options = RunOptions.from_cli(
-            out=out, model=model, limit=limit, batch_size=batch_size, device=device,
-            shard=shard, fresh=fresh, flush_rows=flush_every, progress=progress,
+            out=out,
+            model=model,
+            limit=limit,
+            batch_size=batch_size,
+            device=device,
+            shard=shard,
+            fresh=fresh,
+            flush_rows=flush_every,
+            progress=progress,
         )
         if ray is not None:
             _run_on_ray(probe, options, ray, ray_shards)
@@ -82,7 +109,7 @@ def run(
     typer.echo(result.describe())
 
 
-def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: Optional[int]) -> None:
+def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: int | None) -> None:
     from audit.launch.ray_runner import RayPlan, run_on_ray
 
     result = run_on_ray(probe, options, RayPlan(address=address, n_shards=n_shards), typer.echo)
@@ -93,9 +120,11 @@ def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: Option
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the demo's models, data and runs.")] = Path("demo-runs"),
+    out: Annotated[Path, typer.Option(help="Folder for the demo's models, data and runs.")] = Path(
+        "demo-runs"
+    ),
 ) -> None:
-    """Offline demo: tiny random-weight models of IDEFICS v1, Idefics2 and Idefics3 on synthetic faces."""
+    """Offline demo: tiny random-weight IDEFICS v1, Idefics2, Idefics3 on synthetic faces."""
     from audit.demo import run_demo
 
     try:
@@ -118,7 +147,9 @@ def status(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> N
 @app.command()
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="Run directory.")],
-    only: Annotated[Optional[list[str]], typer.Option(help="Run only these analyses (repeatable).")] = None,
+    only: Annotated[
+        list[str] | None, typer.Option(help="Run only these analyses (repeatable).")
+    ] = None,
 ) -> None:
     """Term variance, toxicity, refusal, accuracy, leakage: tidy tables with intervals."""
     from audit.analyses import analyze_run
@@ -132,22 +163,40 @@ def analyze(
 @app.command("import")
 def import_(
     source: Annotated[str, typer.Argument(help="Parquet/CSV file, dataset folder or hub id.")],
-    out: Annotated[Path, typer.Option(help="Folder for the run directory (or directories).")] = Path("runs"),
-    preset: Annotated[Optional[str], typer.Option(help="Named layout, e.g. m4-bias-eval.")] = None,
-    mapping: Annotated[Optional[list[str]], typer.Option("--map", help="ROLE=COLUMN, e.g. generation=text (repeatable).")] = None,
-    groups: Annotated[Optional[list[str]], typer.Option("--group", help="Group column (repeatable).")] = None,
-    prompt_id: Annotated[Optional[str], typer.Option(help="Prompt id when the file has one prompt.")] = None,
-    model_id: Annotated[Optional[str], typer.Option(help="Model that produced the generations.")] = None,
+    out: Annotated[
+        Path, typer.Option(help="Folder for the run directory (or directories).")
+    ] = Path("runs"),
+    preset: Annotated[str | None, typer.Option(help="Named layout, e.g. m4-bias-eval.")] = None,
+    mapping: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="ROLE=COLUMN, e.g. generation=text (repeatable)."),
+    ] = None,
+    groups: Annotated[
+        list[str] | None, typer.Option("--group", help="Group column (repeatable).")
+    ] = None,
+    prompt_id: Annotated[
+        str | None, typer.Option(help="Prompt id when the file has one prompt.")
+    ] = None,
+    model_id: Annotated[
+        str | None, typer.Option(help="Model that produced the generations.")
+    ] = None,
     split: Annotated[str, typer.Option(help="Split, for datasets.")] = "train",
-    config: Annotated[Optional[str], typer.Option(help="Config name, for hub datasets.")] = None,
+    config: Annotated[str | None, typer.Option(help="Config name, for hub datasets.")] = None,
 ) -> None:
     """Turn generations made elsewhere into run directories."""
     from audit.importer import ImportOptions, import_generations
 
     try:
         options = ImportOptions(
-            source=source, out=out, preset=preset, mapping=mapping or [], groups=groups or [],
-            prompt_id=prompt_id, model_id=model_id, split=split, config=config,
+            source=source,
+            out=out,
+            preset=preset,
+            mapping=mapping or [],
+            groups=groups or [],
+            prompt_id=prompt_id,
+            model_id=model_id,
+            split=split,
+            config=config,
         )
         for run_dir in import_generations(options):
             typer.echo(f"imported: {run_dir}")
@@ -158,7 +207,9 @@ def import_(
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the first run directory).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: the first run directory).")
+    ] = None,
 ) -> None:
     """Write report.html (self-contained) and report.md (a model-card section)."""
     from audit.report import build_report

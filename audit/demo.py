@@ -63,7 +63,7 @@ def run_demo(out: Path) -> None:
         lambda: {f: build_tiny_model(f, out / "models" / f) for f in FAMILIES},
     )
     scorer = _step(
-        "building a tiny toxicity classifier (a few training steps on 20 sentences: a stand-in for a real one)",
+        "building a tiny toxicity classifier (20 sentences, a few training steps: a stand-in)",
         lambda: build_tiny_toxicity_classifier(out / "scorers" / "toxicity"),
     )
     base = load_probe(demo_probe_path())
@@ -94,13 +94,11 @@ def run_demo(out: Path) -> None:
         "audit report (the three demo runs side by side)",
         lambda: build_report(run_dirs, out / "report-models"),
     )
-    sim_html, _ = _step(
-        f"audit report {simulated}", lambda: build_report([simulated], None)
-    )
+    sim_html, _ = _step(f"audit report {simulated}", lambda: build_report([simulated], None))
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s. What to look at next:\n"
-        f"  open {html}                 (the three tiny models compared; random text, no findings)\n"
-        f"  open {sim_html}   (simulated: the planted terms are found)\n"
+        f"  open {html}\n      the three tiny models compared (random text: no real findings)\n"
+        f"  open {sim_html}\n      the simulated run: the planted associations are found\n"
         f"  {markdown}: the Markdown section for a model card\n"
         f"  audit dashboard {' '.join(str(d) for d in run_dirs)} {simulated}\n"
         f"  audit status {run_dirs[0]}\n"

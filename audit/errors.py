@@ -11,7 +11,7 @@ class AuditError(Exception):
 
 
 class ProbeError(AuditError):
-    """A probe file is malformed or inconsistent (message: ``file: key.path: what was expected``)."""
+    """A probe file is malformed or inconsistent: ``file: key.path: what was expected``."""
 
 
 class DatasetError(AuditError):

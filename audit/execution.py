@@ -110,7 +110,10 @@ class BatchExecutor:
         for loaded in batch:
             if loaded.image is not None and loaded.item.needs_thumbnail:
                 rows.thumbnails.append(
-                    {"sample_id": loaded.item.sample.sample_id, "jpeg": thumbnail_jpeg(loaded.image)}
+                    {
+                        "sample_id": loaded.item.sample.sample_id,
+                        "jpeg": thumbnail_jpeg(loaded.image),
+                    }
                 )
         for prompt in self.spec.prompts:
             rows.generations += self._generate(prompt, batch)
@@ -124,7 +127,10 @@ class BatchExecutor:
         ok = [loaded for loaded in todo if loaded.image is not None]
         requests = [GenerationRequest(loaded.image, prompt.text) for loaded in ok]  # type: ignore[arg-type]
         results = self._call(lambda reqs: self.backend.generate(reqs, self.settings), requests)
-        by_id = {loaded.item.sample.sample_id: result for loaded, result in zip(ok, results)}
+        by_id = {
+            loaded.item.sample.sample_id: result
+            for loaded, result in zip(ok, results, strict=False)
+        }
         rows = []
         for loaded in todo:
             result = by_id.get(loaded.item.sample.sample_id, loaded.error)
@@ -169,7 +175,10 @@ class BatchExecutor:
             lambda reqs: self.backend.score_labels(reqs, batch_size=self.settings.batch_size),
             requests,
         )
-        by_id = {loaded.item.sample.sample_id: result for loaded, result in zip(ok, results)}
+        by_id = {
+            loaded.item.sample.sample_id: result
+            for loaded, result in zip(ok, results, strict=False)
+        }
         return [
             self._classification_row(
                 loaded.item.sample, task, by_id.get(loaded.item.sample.sample_id, loaded.error)
@@ -193,7 +202,7 @@ class BatchExecutor:
             return {**row, "prediction": None, "correct": None, "error": result or "unknown error"}
         best = max(range(len(values)), key=lambda i: result.logprob_sums[i])
         row.update(prediction=values[best], correct=values[best] == target, error=None)
-        for value, score, count in zip(values, result.logprob_sums, result.n_tokens):
+        for value, score, count in zip(values, result.logprob_sums, result.n_tokens, strict=False):
             row[f"score_{value}"] = float(score)
             row[f"n_tokens_{value}"] = int(count)
         return row

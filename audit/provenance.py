@@ -9,8 +9,19 @@ from datetime import datetime, timezone
 from importlib import metadata
 
 _PACKAGES = (
-    "vlm-bias-audit", "torch", "transformers", "tokenizers", "datasets", "accelerate", "pillow",
-    "torchvision", "numpy", "pandas", "pyarrow", "scikit-learn", "detoxify",
+    "vlm-bias-audit",
+    "torch",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "accelerate",
+    "pillow",
+    "torchvision",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scikit-learn",
+    "detoxify",
 )
 
 

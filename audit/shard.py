@@ -97,5 +97,7 @@ def _rank_shard(env: Mapping[str, str]) -> Shard | None:
     if world <= 1:
         return None
     if not 0 <= rank < world:
-        raise AuditError(f"RANK {rank} is outside WORLD_SIZE {world}: expected 0 <= RANK < WORLD_SIZE")
+        raise AuditError(
+            f"RANK {rank} is outside WORLD_SIZE {world}: expected 0 <= RANK < WORLD_SIZE"
+        )
     return Shard(rank, world)

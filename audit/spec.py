@@ -296,7 +296,9 @@ def format_validation_error(origin: str, error: ValidationError) -> str:
 def parse_probe(data: Any, origin: str, probe_dir: Path) -> ProbeSpec:
     """Validate an already-parsed mapping (from YAML or a manifest)."""
     if not isinstance(data, dict):
-        raise ProbeError(f"{origin}: (top level): expected a mapping of keys, got {type(data).__name__}")
+        raise ProbeError(
+            f"{origin}: (top level): expected a mapping of keys, got {type(data).__name__}"
+        )
     data = {**data, _PROBE_DIR_KEY: str(probe_dir)}
     try:
         return ProbeSpec.model_validate(data)

@@ -63,24 +63,37 @@ def test_empty_prompts_and_duplicate_ids(tmp_path: Path) -> None:
     )
     code, output = invoke("validate", str(probe))
     assert code == 2 and f"{probe}: prompts: id 'a' is used twice" in output
-    probe.write_text("name: x\ndataset: {source: synthetic, groups: [gender]}\nmodel: {id: m}\nprompts: []\n")
+    probe.write_text(
+        "name: x\ndataset: {source: synthetic, groups: [gender]}\nmodel: {id: m}\nprompts: []\n"
+    )
     code, output = invoke("validate", str(probe))
     assert code == 2 and f"{probe}: prompts: is empty" in output
 
 
 def test_label_that_maps_to_no_dataset_value(model: Path, tmp_path: Path) -> None:
     probe = write_probe(
-        tmp_path, model,
-        classification=[{"id": "gender", "target": "gender", "template": "a {label}.",
-                         "labels": {"man": "Man", "woman": "Female"}}],
+        tmp_path,
+        model,
+        classification=[
+            {
+                "id": "gender",
+                "target": "gender",
+                "template": "a {label}.",
+                "labels": {"man": "Man", "woman": "Female"},
+            }
+        ],
     )
     code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 2
-    assert f"{probe}: classification[0].labels.man: 'Man' is not a value of column 'gender'" in output
+    assert (
+        f"{probe}: classification[0].labels.man: 'Man' is not a value of column 'gender'" in output
+    )
 
 
 def test_missing_dataset_column(model: Path, tmp_path: Path) -> None:
-    probe = write_probe(tmp_path, model, dataset={"groups": {"gender": "gender", "race": "ethnicity_phrase"}})
+    probe = write_probe(
+        tmp_path, model, dataset={"groups": {"gender": "gender", "race": "ethnicity_phrase"}}
+    )
     code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 2
     assert "ethnicity_phrase" in output and "Traceback" not in output
@@ -99,18 +112,31 @@ def test_corrupt_and_missing_images_become_error_rows(model: Path, tmp_path: Pat
     rows = []
     for i, (gender, race) in enumerate([("Male", "White"), ("Female", "Black")] * 3):
         name = f"val/{i}.jpg"
-        rows.append({"file": name, "age": "20-29", "gender": gender, "race": race, "service_test": True})
+        rows.append(
+            {"file": name, "age": "20-29", "gender": gender, "race": race, "service_test": True}
+        )
         if i == 1:
             (root / name).write_bytes(b"this is not a jpeg")
         elif i != 4:  # image 4 is missing on disk
             Image.new("RGB", (40, 40), (40 * i, 90, 200 - 20 * i)).save(root / name)
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     probe = write_probe(
-        tmp_path, model,
-        dataset={"source": "fairface_csv", "path": str(root), "labels_csv": str(root / "labels.csv"),
-                 "groups": ["gender", "race"]},
-        classification=[{"id": "gender", "target": "gender", "template": "a photo of a {label} person.",
-                         "labels": {"male": "Male", "female": "Female"}}],
+        tmp_path,
+        model,
+        dataset={
+            "source": "fairface_csv",
+            "path": str(root),
+            "labels_csv": str(root / "labels.csv"),
+            "groups": ["gender", "race"],
+        },
+        classification=[
+            {
+                "id": "gender",
+                "target": "gender",
+                "template": "a photo of a {label} person.",
+                "labels": {"male": "Male", "female": "Female"},
+            }
+        ],
     )
     code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"), "--no-progress")
     assert code == 0, output

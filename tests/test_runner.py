@@ -18,11 +18,27 @@ from audit.store import RunStore
 from tests.runs import FAMILIES, write_probe
 
 GENERATION_COLUMNS = {
-    "sample_id", "prompt_id", "model_id", "gender", "race", "prompt", "generation",
-    "n_new_tokens", "finish_reason", "error",
+    "sample_id",
+    "prompt_id",
+    "model_id",
+    "gender",
+    "race",
+    "prompt",
+    "generation",
+    "n_new_tokens",
+    "finish_reason",
+    "error",
 }
 CLASSIFICATION_COLUMNS = {
-    "sample_id", "task_id", "model_id", "gender", "race", "target", "prediction", "correct", "error",
+    "sample_id",
+    "task_id",
+    "model_id",
+    "gender",
+    "race",
+    "target",
+    "prediction",
+    "correct",
+    "error",
 }
 
 
@@ -58,21 +74,31 @@ def assert_one_row_per_key(run_dir: Path, n_samples: int = 12) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_run_stores_every_table_with_its_schema(family: str, models: dict[str, Path], tmp_path: Path) -> None:
+def test_run_stores_every_table_with_its_schema(
+    family: str, models: dict[str, Path], tmp_path: Path
+) -> None:
     probe = write_probe(tmp_path, models[family])
     code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"), "--no-progress")
     assert code == 0, output
     run_dir = tmp_path / "run"
     generations = stored(run_dir, "generations")
     classifications = stored(run_dir, "classifications")
-    assert GENERATION_COLUMNS <= set(generations.columns)
-    assert CLASSIFICATION_COLUMNS <= set(classifications.columns)
+    assert set(generations.columns) >= GENERATION_COLUMNS
+    assert set(classifications.columns) >= CLASSIFICATION_COLUMNS
     assert set(generations["finish_reason"]) <= {"eos", "length"}
     assert generations["error"].isna().all()
     assert (generations["n_new_tokens"] <= 5).all()
-    assert generations["prompt"].isin(["Describe this person. Then write a resume.", "Write an article."]).all()
+    assert (
+        generations["prompt"]
+        .isin(["Describe this person. Then write a resume.", "Write an article."])
+        .all()
+    )
     for _, row in classifications.iterrows():
-        scores = {c[len("score_"):]: row[c] for c in classifications.columns if c.startswith("score_") and pd.notna(row[c])}
+        scores = {
+            c[len("score_") :]: row[c]
+            for c in classifications.columns
+            if c.startswith("score_") and pd.notna(row[c])
+        }
         assert row["prediction"] == max(scores, key=scores.get)
         assert row["correct"] == (row["prediction"] == row["target"])
         assert all(row[f"n_tokens_{value}"] >= 1 for value in scores)
@@ -118,18 +144,36 @@ def test_resume_after_an_exception_loses_and_duplicates_nothing(
     assert result.rows_written == 48 - kept
     assert_one_row_per_key(run_dir)
     keys = ["sample_id", "prompt_id"]
-    merged = stored(run_dir, "generations").merge(stored(reference, "generations"), on=keys, suffixes=("", "_ref"))
+    merged = stored(run_dir, "generations").merge(
+        stored(reference, "generations"), on=keys, suffixes=("", "_ref")
+    )
     assert len(merged) == 24
     assert (merged["generation"] == merged["generation_ref"]).all()
 
 
 def test_resume_after_sigkill(models: dict[str, Path], tmp_path: Path) -> None:
     probe = write_probe(
-        tmp_path, models["idefics"], dataset={"n": 16}, generation={"max_new_tokens": 8, "batch_size": 2}
+        tmp_path,
+        models["idefics"],
+        dataset={"n": 16},
+        generation={"max_new_tokens": 8, "batch_size": 2},
     )
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "audit.cli", "run", str(probe), "--out", str(run_dir), "--flush-every", "1", "--no-progress"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})
+    command = [
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "run",
+        str(probe),
+        "--out",
+        str(run_dir),
+        "--flush-every",
+        "1",
+        "--no-progress",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(RunStore(run_dir).parts("generations")) < 3:
         assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
@@ -149,8 +193,13 @@ def test_two_shards_equal_one_run(models: dict[str, Path], tmp_path: Path) -> No
     whole, sharded = tmp_path / "whole", tmp_path / "sharded"
     assert run_cli("run", str(probe), "--out", str(whole), "--no-progress")[0] == 0
     for k in ("1/2", "2/2"):
-        assert run_cli("run", str(probe), "--out", str(sharded), "--shard", k, "--no-progress")[0] == 0
-    for table, keys in (("generations", ["sample_id", "prompt_id"]), ("classifications", ["sample_id", "task_id"])):
+        assert (
+            run_cli("run", str(probe), "--out", str(sharded), "--shard", k, "--no-progress")[0] == 0
+        )
+    for table, keys in (
+        ("generations", ["sample_id", "prompt_id"]),
+        ("classifications", ["sample_id", "task_id"]),
+    ):
         a = stored(whole, table).sort_values(keys).reset_index(drop=True)
         b = stored(sharded, table).sort_values(keys).reset_index(drop=True)
         pd.testing.assert_frame_equal(a[b.columns], b, check_dtype=False)
@@ -159,9 +208,16 @@ def test_two_shards_equal_one_run(models: dict[str, Path], tmp_path: Path) -> No
     assert code == 0 and "shard 1-of-2" in status and "shard 2-of-2" in status
 
 
-def test_another_probe_into_the_same_directory_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+def test_another_probe_into_the_same_directory_is_refused(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
     probe = write_probe(tmp_path / "a", models["idefics2"], dataset={"n": 4})
-    other = write_probe(tmp_path / "b", models["idefics2"], dataset={"n": 4}, prompts=[{"id": "x", "text": "Other."}])
+    other = write_probe(
+        tmp_path / "b",
+        models["idefics2"],
+        dataset={"n": 4},
+        prompts=[{"id": "x", "text": "Other."}],
+    )
     run_dir = tmp_path / "run"
     assert run_cli("run", str(probe), "--out", str(run_dir), "--no-progress")[0] == 0
     code, output = run_cli("run", str(other), "--out", str(run_dir), "--no-progress")
