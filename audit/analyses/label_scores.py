@@ -51,14 +51,16 @@ def predictions(rows: pd.DataFrame, task: Task, scoring: str) -> np.ndarray | No
 
     Rows whose scores are all missing get a null prediction (counted as wrong).
     """
-    columns = [f"score_{v}" for v in task.values]
-    if not task.values or not set(columns) <= set(rows.columns):
+    # A value without a score column (a label no row was scored for) can never be predicted.
+    values = [v for v in task.values if f"score_{v}" in rows.columns]
+    if len(values) < 2:
         if scoring == "sum" and "prediction" in rows:
             return rows["prediction"].astype(object).where(rows["prediction"].notna()).to_numpy()
         return None
-    scores = rows[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    scores = rows[[f"score_{v}" for v in values]].apply(pd.to_numeric, errors="coerce")
+    scores = scores.to_numpy(dtype=float)
     if scoring == "mean":
-        lengths = [f"n_tokens_{v}" for v in task.values]
+        lengths = [f"n_tokens_{v}" for v in values]
         if not set(lengths) <= set(rows.columns):
             return None
         counts = rows[lengths].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
@@ -66,6 +68,6 @@ def predictions(rows: pd.DataFrame, task: Task, scoring: str) -> np.ndarray | No
             scores = np.where(counts > 0, scores / counts, np.nan)
     missing = np.isnan(scores).all(axis=1)
     best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
-    chosen = np.array(task.values, dtype=object)[best]
+    chosen = np.array(values, dtype=object)[best]
     chosen[missing] = None
     return chosen

@@ -204,8 +204,10 @@ def score_terms(
     sizes = np.bincount(codes, minlength=n_groups).astype(float)
     columns = sp.csc_matrix(matrix)
     columns.sort_indices()
-    sums = _group_sums(sp.csr_matrix(matrix.T), codes[None, :], n_groups)[0]
-    means = sums / sizes[:, None]
+    indicator = sp.csr_matrix(
+        (np.ones(codes.size), (codes, np.arange(codes.size))), shape=(n_groups, codes.size)
+    )
+    means = (indicator @ matrix).toarray() / sizes[:, None]
     variance = means.var(axis=0)
     card = np.sqrt(((means - means.sum(axis=0)) ** 2).sum(axis=0))
     document_counts = np.diff(columns.indptr)
