@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,6 +76,42 @@ def _is_error(frame: pd.DataFrame) -> pd.Series:
     if "error" in frame:
         return frame["error"].notna() & frame["error"].astype(str).ne("")
     return pd.Series(False, index=frame.index)
+
+
+_STATUS_COLUMNS = ("finish_reason", "error")
+
+
+def _status_columns(parts: list[Path]) -> list[str]:
+    """The columns ``_is_error`` reads that every part has (read from the footers only)."""
+    names = [set(pq.read_schema(p).names) for p in parts]
+    return [c for c in _STATUS_COLUMNS if names and all(c in n for n in names)]
+
+
+def _rows_to_keep(parts: list[Path], keys: list[str]) -> list[np.ndarray]:
+    """Per part, the row numbers ``read`` keeps: one per key, a successful row over an error."""
+    if not keys:
+        return [np.arange(pq.read_metadata(p).num_rows) for p in parts]
+    columns = keys + _status_columns(parts)
+    frames = []
+    for index, part in enumerate(parts):
+        frame = pq.read_table(part, columns=columns).to_pandas()
+        frames.append(frame.assign(_part=index, _row=np.arange(len(frame))))
+    frame = pd.concat(frames, ignore_index=True)
+    frame["_error"] = _is_error(frame).to_numpy()
+    frame = frame.sort_values("_error", kind="stable").drop_duplicates(keys, keep="first")
+    rows = frame.groupby("_part")["_row"].apply(np.sort)
+    return [rows.get(index, np.array([], dtype=np.int64)) for index in range(len(parts))]
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table`` with ``schema``'s columns and types (a column it lacks becomes nulls)."""
+    columns = [
+        table.column(f.name).cast(f.type)
+        if f.name in table.column_names
+        else pa.nulls(table.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
 class RunStore:
@@ -186,20 +223,36 @@ class RunStore:
     def done_keys(self, table: str) -> set[tuple[str, ...]]:
         """Keys stored without error: a resumed run skips these and retries error rows."""
         keys = list(TABLE_KEYS[table])
-        frame = self.read(table)
+        # Keys and status only: the texts and thumbnails of a large run need not be in memory.
+        frame = self.read(table, columns=keys + _status_columns(self.parts(table)))
         if frame.empty:
             return set()
         ok = frame[~_is_error(frame)]
         return set(ok[keys].astype(str).itertuples(index=False, name=None))
 
     def compact(self, table: str) -> None:
-        """Merge a table's parts into one. Safe beside writers: the merged part is visible
-        before the old parts go, and reads resolve the overlap to one row per key."""
+        """Merge a table's parts into one, holding one part in memory at a time.
+
+        Safe beside writers: the merged part is visible before the old parts go, and reads
+        resolve the overlap to one row per key. The rows kept are the ones ``read`` returns.
+        """
         parts = self.parts(table)
         if len(parts) < 2:
             return
-        frame = self.read(table)
-        self.append(table, frame)
+        kept = _rows_to_keep(parts, list(TABLE_KEYS.get(table, ())))
+        schema = pa.unify_schemas(
+            [pq.read_schema(p) for p in parts], promote_options="permissive"
+        ).remove_metadata()
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
+        path = self.root / table / name
+        tmp = path.parent / f".{name}.{uuid.uuid4().hex}.tmp"
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for part, rows in zip(parts, kept, strict=True):
+                if len(rows):
+                    writer.write_table(_conform(pq.read_table(part).take(rows), schema))
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
         for part in parts:
             part.unlink(missing_ok=True)
 
