@@ -1,0 +1,61 @@
+"""The benchmark scripts run end to end at tiny sizes (``--quick``), so they cannot rot.
+
+Their figures are not checked (timings on a shared machine are not test material); what is
+checked is what each script must get right whatever the timings: the runner's outputs equal the
+naive loop's, and both memory runs complete with one stored row per image.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import memory_scaling, runner_vs_naive
+
+# The scripts set these for themselves (and their child processes); the test gives them back.
+_ENV = ("HF_DATASETS_CACHE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_DATASETS_OFFLINE")
+
+
+@pytest.fixture
+def restored_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name in _ENV:
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("restored_environment")
+def test_runner_vs_naive_quick_gives_identical_outputs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = runner_vs_naive.main(
+        ["--quick", "--families", "idefics,idefics2", "--work-dir", str(tmp_path)]
+    )
+    output = capsys.readouterr().out
+    assert code == 0, output
+    # 3 images x 3 prompts per family, every stored generation equal to the naive loop's.
+    assert output.count("outputs: 9/9 identical (text and token count)") == 2, output
+    assert re.search(r"summary \(runner / naive, median\): idefics \d+\.\d\dx, idefics2 ", output)
+    assert "machine: " in output and "versions: " in output
+
+
+@pytest.mark.usefixtures("restored_environment")
+def test_memory_scaling_quick_measures_two_complete_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = memory_scaling.main(["--quick", "--work-dir", str(tmp_path)])
+    output = capsys.readouterr().out
+    assert code == 0, output
+    peaks = [float(p) for p in re.findall(r"images: peak +([\d.]+) MiB", output)]
+    assert len(peaks) == 2 and all(p > 50 for p in peaks), output  # a torch process, measured
+    assert "stored: 50 rows" in output and "stored: 200 rows" in output
+    assert re.search(r"peak ratio 200 / 50 images: \d+\.\d\dx \[target <= 1.5x: (met|NOT met)\]", output)
