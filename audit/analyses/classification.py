@@ -166,8 +166,8 @@ def classification_findings(table: pd.DataFrame) -> list[Finding]:
             if not stds.empty:
                 cell = stds.iloc[0]
                 expected = noise[noise["axis"] == cell["axis"]]
-                std_text = (f"; std over {cell['axis']} cells {fmt(100 * cell['value'])} points "
-                            f"(noise alone: {fmt(100 * expected['value'].iloc[0])})"
+                std_text = (f"; std over {cell['axis']} cells {_points(cell['value'])} points "
+                            f"(noise alone: {_points(expected['value'].iloc[0])})"
                             if not expected.empty else "")
             found.append(finding(NAME, row, f"task '{task_id}': accuracy "
                                             f"{interval_text(row, True)} (n={int(row['n'])})"
@@ -176,8 +176,16 @@ def classification_findings(table: pd.DataFrame) -> list[Finding]:
         for _, gap in gaps[~gaps["axis"].str.contains(" x ")].iterrows():
             found.append(finding(
                 NAME, gap,
-                f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']}, gap to "
-                f"{gap['best_group']} {interval_text(gap, True)} points, {p_text(gap['p_value'])}; "
-                f"detectable at this n: {fmt(gap['min_detectable_gap'], True)}",
+                f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']}, "
+                f"{_points(gap['value'])} points below {gap['best_group']} "
+                f"[{_points(gap['ci_low'])}, {_points(gap['ci_high'])}], "
+                f"{p_text(gap['p_value'])}; smallest gap detectable at this n: "
+                f"{_points(gap['min_detectable_gap'])} points",
             ))
     return found
+
+
+def _points(value: Any) -> str:
+    """A proportion difference in percentage points: ``12.3``."""
+    number = fmt(value)
+    return "n/a" if number == "n/a" else f"{100 * float(value):.1f}"

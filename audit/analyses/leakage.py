@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import scipy.linalg
 from sklearn.model_selection import StratifiedKFold
+from threadpoolctl import threadpool_limits
 
 from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
@@ -150,11 +151,15 @@ def _scored(context: AnalysisContext, prompt_id: str, axis: str, groups: list[st
     kernel = (matrix @ matrix.T).toarray()
     splitter = StratifiedKFold(N_FOLDS, shuffle=True, random_state=int(rng.integers(2**31)))
     folds = list(splitter.split(np.zeros(local.size), local))
-    operators = fold_operators(kernel, folds)
-    predicted = out_of_fold_predictions(operators, folds, local[None, :], k)[0]
-    observed = float(balanced_accuracy(local[None, :], predicted[None, :], k)[0])
     permuted = permuted_labels(local, N_PERMUTATIONS, rng)
-    null = balanced_accuracy(permuted, out_of_fold_predictions(operators, folds, permuted, k), k)
+    # Matrices of at most MAX_IMAGES rows: BLAS threads cost more than they save, and on a
+    # busy machine they contend badly.
+    with threadpool_limits(limits=1, user_api="blas"):
+        operators = fold_operators(kernel, folds)
+        predicted = out_of_fold_predictions(operators, folds, local[None, :], k)[0]
+        null_predictions = out_of_fold_predictions(operators, folds, permuted, k)
+    observed = float(balanced_accuracy(local[None, :], predicted[None, :], k)[0])
+    null = balanced_accuracy(permuted, null_predictions, k)
     p_value = (1 + np.sum(null >= observed - 1e-12)) / (1 + N_PERMUTATIONS)
     hits = (predicted == local).astype(float)
     replicates = bootstrap_ratios(hits, np.ones(local.size), local, context.settings.n_bootstrap,
