@@ -6,9 +6,10 @@ as below; ``mean``: per-token mean, the same metric names with ``_per_token`` ap
 - ``accuracy`` overall (axis ``all``), per group of every axis and per group of every pairwise
   intersection (``gender x race``), Wilson intervals (one row per image and task);
 - ``accuracy_gap`` per axis/intersection (group ``all``): best minus worst group accuracy, bootstrap
-  interval (images resampled within groups), permutation p-value (group labels permuted over
-  images), ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall accuracy and the
-  two groups' sizes), ``worst_group`` / ``best_group``;
+  interval of that contrast (images resampled within groups), permutation p-value of the largest
+  minus smallest group accuracy (group labels permuted over images, so it accounts for having
+  picked the extreme pair), ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall
+  accuracy and the two groups' sizes), ``worst_group`` / ``best_group``;
 - ``cell_accuracy_std`` per intersection: the card's "std", the population std (ddof=0) of the
   cells' accuracies, bootstrap interval; its ``p_value`` is the share of noise-only stds at least as
   large. ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
@@ -31,10 +32,10 @@ from audit.analyses.grouping import GroupAxis, discover_axes, intersections, sor
 from audit.analyses.label_scores import SCORINGS, SUFFIX, Task, predictions, tasks_of
 from audit.analyses.rates import (
     UnitRates,
+    difference_interval,
     group_rows,
     overall_row,
     permutation_test,
-    range_interval,
     rate_range,
 )
 from audit.analyses.registry import AnalysisContext, register
@@ -119,7 +120,8 @@ def _gap_row(task_id: str, axis: str, suffix: str, rates: UnitRates,
     worst = min(usable, key=lambda g: (g["value"], g["group"]))
     best = max(usable, key=lambda g: (g["value"], g["group"]))
     _, p_value = permutation_test(rates, rate_range, settings.n_permutations, rng)
-    interval = range_interval(rates, settings.n_bootstrap, rng)
+    interval = difference_interval(rates, best["group"], worst["group"], settings.n_bootstrap,
+                                   rng)
     detectable = minimum_detectable_difference(accuracy, best["n"], worst["n"])
     return estimate(task_id, axis, ALL, metric, best["value"] - worst["value"], interval, n,
                     p_value=p_value, min_detectable_gap=detectable, worst_group=worst["group"],
