@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, headlines, interval_text
-from audit.analyses.grouping import GroupAxis, discover_axes, error_mask, sort_rows
+from audit.analyses.grouping import GroupAxis, discover_axes, error_mask, prompt_ids, sort_rows
 from audit.analyses.rates import UnitRates, group_rows, overall_row
 from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.table import (
@@ -31,7 +31,6 @@ from audit.analyses.table import (
     insufficient,
     records_table,
 )
-from audit.analyses.term_variance import prompt_ids
 from audit.stats import bootstrap_ratios, percentile_interval, seeded_rng
 
 NAME = "generation_stats"
@@ -94,7 +93,7 @@ def generation_stats(context: AnalysisContext) -> pd.DataFrame:
     axes: list[GroupAxis | None] = [None, *discover_axes(generations, context.group_axes)]
     n_boot = context.settings.n_bootstrap
     records: list[dict[str, Any]] = []
-    for prompt_id in prompt_ids(context, generations):
+    for prompt_id in prompt_ids(context.manifest, generations):
         every = generations[generations["prompt_id"].astype(str) == prompt_id]
         every = every.reset_index(drop=True)
         failed = error_mask(every).to_numpy()

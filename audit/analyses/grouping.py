@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,6 +76,14 @@ def discover_axes(
         more = sorted(set(map(str, (extra or {}).get(name, ()))) - set(seen))
         axes.append(GroupAxis(name=name, groups=tuple(seen + more)))
     return axes
+
+
+def prompt_ids(manifest: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+    """The manifest's prompts in probe order, then any other prompt found in the table (a
+    listed prompt with no rows still gets its rows marked ``insufficient data``)."""
+    listed = [str(p["id"]) for p in manifest.get("prompts") or [] if "id" in p]
+    found = sorted(set(frame["prompt_id"].astype(str))) if "prompt_id" in frame else []
+    return list(dict.fromkeys(listed + found))
 
 
 def sort_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:

@@ -27,7 +27,7 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
+from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
 from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.table import (
     ALL,
@@ -38,7 +38,6 @@ from audit.analyses.table import (
     records_table,
 )
 from audit.analyses.term_statistics import NoTerms, vectorize
-from audit.analyses.term_variance import prompt_ids
 from audit.stats import (
     bootstrap_ratios,
     percentile_interval,
@@ -110,7 +109,7 @@ def leakage(context: AnalysisContext) -> pd.DataFrame:
     valid, _ = split_errors(generations)
     axes = discover_axes(generations, context.group_axes)
     records: list[dict[str, Any]] = []
-    for prompt_id in prompt_ids(context, generations):
+    for prompt_id in prompt_ids(context.manifest, generations):
         subset = valid[valid["prompt_id"].astype(str) == prompt_id].reset_index(drop=True)
         for axis in axes:
             rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, headlines, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
+from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
 from audit.analyses.rates import (
     UnitRates,
     chi_square_statistic,
@@ -30,7 +30,6 @@ from audit.analyses.rates import (
 )
 from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.table import ALL, empty_table, records_table
-from audit.analyses.term_variance import prompt_ids
 from audit.errors import ProbeError
 from audit.stats import seeded_rng
 from audit.store import MANIFEST
@@ -98,7 +97,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
     valid, _ = split_errors(generations)
     refused = valid["generation"].fillna("").astype(str).map(lambda t: bool(pattern.search(t)))
     axes = discover_axes(generations, context.group_axes)
-    prompts = prompt_ids(context, generations)
+    prompts = prompt_ids(context.manifest, generations)
     records = []
     for prompt_id in [*prompts, ALL] if len(prompts) > 1 else prompts:
         mask = valid["prompt_id"].astype(str).eq(prompt_id) | (prompt_id == ALL)

@@ -33,7 +33,13 @@ import pandas as pd
 import scipy.sparse as sp
 
 from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
+from audit.analyses.grouping import (
+    GroupAxis,
+    discover_axes,
+    prompt_ids,
+    sort_rows,
+    split_errors,
+)
 from audit.analyses.pipeline import companion
 from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.table import MIN_GROUP_SIZE, build_table, empty_table, insufficient
@@ -48,13 +54,6 @@ EXTRA = (
 )
 
 
-def prompt_ids(context: AnalysisContext, frame: pd.DataFrame) -> list[str]:
-    """The manifest's prompts in probe order, then any other prompt found in the table."""
-    listed = [str(p["id"]) for p in context.manifest.get("prompts") or [] if "id" in p]
-    found = sorted(set(frame["prompt_id"].astype(str))) if "prompt_id" in frame else []
-    return list(dict.fromkeys(listed + found))
-
-
 @register(NAME)
 def term_variance(context: AnalysisContext) -> pd.DataFrame:
     """Per prompt and group axis: ranked terms, per-group means with intervals, q-values."""
@@ -65,7 +64,7 @@ def term_variance(context: AnalysisContext) -> pd.DataFrame:
     valid, _ = split_errors(generations)
     axes = discover_axes(generations, context.group_axes)
     tables = []
-    for prompt_id in prompt_ids(context, generations):
+    for prompt_id in prompt_ids(context.manifest, generations):
         subset = valid[valid["prompt_id"].astype(str) == prompt_id].reset_index(drop=True)
         tables.extend(_prompt_tables(context, prompt_id, subset, axes))
     if not tables:
