@@ -287,3 +287,21 @@ def test_refuses_to_mix_into_another_run(tmp_path: Path) -> None:
     result = invoke(str(source), "--preset", "m4-bias-eval", "--out", str(tmp_path / "runs"))
     assert result.exit_code == 2
     assert "holds another run (status 'complete'" in result.output
+
+
+def test_imported_runs_leave_unknown_lengths_and_finish_reasons_out_of_the_statistics(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "m4.parquet"
+    m4_dataset(n=20).to_parquet(str(source))
+    assert (
+        invoke(str(source), "--preset", "m4-bias-eval", "--out", str(tmp_path / "runs")).exit_code
+        == 0
+    )
+    run_dir = next((tmp_path / "runs").iterdir())
+    result = CliRunner().invoke(app, ["analyze", str(run_dir), "--only", "generation_stats"])
+    assert result.exit_code == 0, result.output
+    table = RunStore.open(run_dir).read_analysis("generation_stats")
+    assert set(table["metric"]) == {"error_rate"}
+    overall = table[(table["axis"] == "all") & (table["prompt_id"] == "resume")]
+    assert overall["value"].tolist() == [0.0] and overall["n"].tolist() == [20]

@@ -43,8 +43,13 @@ def _codes(frame: pd.DataFrame, axis: GroupAxis | None) -> tuple[np.ndarray, tup
     return axis.codes(frame), axis.groups
 
 
-def _token_rows(prompt_id: str, frame: pd.DataFrame, axis: GroupAxis | None, n_boot: int,
-                rng: np.random.Generator) -> list[dict[str, Any]]:
+def _token_rows(
+    prompt_id: str,
+    frame: pd.DataFrame,
+    axis: GroupAxis | None,
+    n_boot: int,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
     codes, groups = _codes(frame, axis)
     tokens = pd.to_numeric(frame["n_new_tokens"], errors="coerce").to_numpy(dtype=float)
     known = np.isfinite(tokens) & (codes >= 0)
@@ -66,18 +71,33 @@ def _token_rows(prompt_id: str, frame: pd.DataFrame, axis: GroupAxis | None, n_b
             )
             continue
         values = tokens[keep][local == recode[code]]
-        rows.append(estimate(prompt_id, axis_name, group, "mean_new_tokens", values.mean(),
-                             (low[recode[code]], high[recode[code]]), int(sizes[code])))
+        rows.append(
+            estimate(
+                prompt_id,
+                axis_name,
+                group,
+                "mean_new_tokens",
+                values.mean(),
+                (low[recode[code]], high[recode[code]]),
+                int(sizes[code]),
+            )
+        )
     return rows
 
 
 def _share_rows(
-    prompt_id: str, frame: pd.DataFrame, hits: np.ndarray, metric: str,
-    axis: GroupAxis | None, n_boot: int, rng: np.random.Generator,
+    prompt_id: str,
+    frame: pd.DataFrame,
+    hits: np.ndarray,
+    metric: str,
+    axis: GroupAxis | None,
+    n_boot: int,
+    rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
     codes, groups = _codes(frame, axis)
-    rates = UnitRates(successes=hits.astype(float), totals=np.ones(len(frame)), codes=codes,
-                      groups=groups)
+    rates = UnitRates(
+        successes=hits.astype(float), totals=np.ones(len(frame)), codes=codes, groups=groups
+    )
     if axis is None:
         return [overall_row(prompt_id, metric, rates, n_boot, rng)]
     return group_rows(prompt_id, axis.name, metric, rates, n_boot, rng)
@@ -98,14 +118,22 @@ def generation_stats(context: AnalysisContext) -> pd.DataFrame:
         every = every.reset_index(drop=True)
         failed = error_mask(every).to_numpy()
         valid = every[~failed].reset_index(drop=True)
-        reason = valid["finish_reason"].astype(str).to_numpy()
+        # Imported generations may not record how they ended or their length: unknown, not 0.
+        ended = valid[valid["finish_reason"].notna()].reset_index(drop=True)
+        reason = ended["finish_reason"].astype(str).to_numpy()
+        counted = valid
+        if "n_new_tokens" in valid:
+            counted = valid[valid["n_new_tokens"].notna()].reset_index(drop=True)
         for axis in axes:
             rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name if axis else ALL)
-            if "n_new_tokens" in valid:
-                records += _token_rows(prompt_id, valid, axis, n_boot, rng)
-            for metric, hits in (("share_eos", reason == "eos"),
-                                 ("share_length", reason == "length")):
-                records += _share_rows(prompt_id, valid, hits, metric, axis, n_boot, rng)
+            if "n_new_tokens" in valid and len(counted):
+                records += _token_rows(prompt_id, counted, axis, n_boot, rng)
+            if len(ended):
+                for metric, hits in (
+                    ("share_eos", reason == "eos"),
+                    ("share_length", reason == "length"),
+                ):
+                    records += _share_rows(prompt_id, ended, hits, metric, axis, n_boot, rng)
             records += _share_rows(prompt_id, every, failed, "error_rate", axis, n_boot, rng)
     return records_table(records, "prompt_id", EXTRA)
 
@@ -119,14 +147,22 @@ def generation_findings(table: pd.DataFrame) -> list[Finding]:
         by_metric = rows.set_index("metric")
         if "mean_new_tokens" in by_metric.index:
             row = by_metric.loc["mean_new_tokens"]
-            found.append(finding(NAME, {**row.to_dict(), "metric": "mean_new_tokens",
-                                        "prompt_id": prompt_id},
-                                 f"prompt '{prompt_id}': {interval_text(row)} new tokens on "
-                                 f"average (n={int(row['n'])})"))
+            found.append(
+                finding(
+                    NAME,
+                    {**row.to_dict(), "metric": "mean_new_tokens", "prompt_id": prompt_id},
+                    f"prompt '{prompt_id}': {interval_text(row)} new tokens on "
+                    f"average (n={int(row['n'])})",
+                )
+            )
         if "error_rate" in by_metric.index:
             row = by_metric.loc["error_rate"]
-            found.append(finding(NAME, {**row.to_dict(), "metric": "error_rate",
-                                        "prompt_id": prompt_id},
-                                 f"prompt '{prompt_id}': error rate {interval_text(row, True)} "
-                                 f"(n={int(row['n'])}); error rows are excluded from analyses"))
+            found.append(
+                finding(
+                    NAME,
+                    {**row.to_dict(), "metric": "error_rate", "prompt_id": prompt_id},
+                    f"prompt '{prompt_id}': error rate {interval_text(row, True)} "
+                    f"(n={int(row['n'])}); error rows are excluded from analyses",
+                )
+            )
     return found
