@@ -1,0 +1,613 @@
+"""Benchmark 5: decode throughput of the real idefics-9b architecture on one GPU, and the full
+FairFace probe projected from it.
+
+The model has idefics-9b's published shape (LLaMA-7B decoder, CLIP ViT-H/14, 6-layer perceiver
+resampler, gated cross-attention every 4 decoder layers: 8.93 B parameters) and random weights;
+nothing is downloaded. ``_from_config`` under a ``torch.device`` context creates the parameters
+directly on the GPU in bfloat16 and transformers' ``_init_weights`` fills them there (normal,
+std ``initializer_range``), so the 18 GB never pass through CPU memory. Values do not change the
+speed; ``min_new_tokens = max_new_tokens`` suppresses EOS so every row decodes every step.
+``--arch idefics2|idefics3``: Idefics2-8b (Mistral-7B + SigLIP so400m) or Idefics3-8B
+(Llama-3.1-8B + SigLIP so400m/14-384). Token ids go in directly, laid out like the card's prompt.
+
+Per batch: tokens/s, ms per decode step (a logits processor stamps each step), peak memory and
+the fraction of the memory-bandwidth roofline (the weights a decode step reads, once, over the
+step time, against the GPU's peak bandwidth). The auto batch comes from the runner's own
+out-of-memory back-off (``audit.backends.batching``). The runner's path (``run_probe`` on a
+``save_pretrained`` checkpoint) is not run: saving and reloading 18 GB would dominate, and
+benchmark 1 measures that path.
+
+    .venv/bin/python -m benchmarks.gpu_throughput [--arch idefics] [--batch-sizes 1,16,32,64]
+        [--auto-start 512] [--new-tokens 256] [--peak-gbps GBPS] [--out results.json]
+
+``--scale tiny --device cpu``: the same code on a shrunken model, in seconds (the smoke test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import limit_threads
+
+ARCHS = ("idefics", "idefics2", "idefics3")
+SCALES = ("full", "tiny")
+
+# The full FairFace probe (issue 5): validation split x the card's 3 prompts, and 2 + 7 + 9
+# candidate labels per image for gender, race and age.
+FAIRFACE_IMAGES = 10_954
+FAIRFACE_PROMPTS = 3
+FAIRFACE_LABEL_SEQUENCES = 197_172
+GOAL_MIN = 30.0
+
+#: Peak memory bandwidth in GB/s by device name, most specific first (vendors' data sheets).
+PEAK_GBPS = (
+    ("H200", 4800.0),
+    ("H100 NVL", 3900.0),
+    ("H100 PCIe", 2000.0),
+    ("H100", 3350.0),
+    ("A100-SXM4-80GB", 2039.0),
+    ("A100 80GB PCIe", 1935.0),
+    ("A100", 1555.0),
+    ("L40S", 864.0),
+)
+# Parameters a decode step does not read: the image is encoded once, at prefill, and an input
+# embedding is a row lookup, not a read of the table.
+PREFILL_ONLY_MODULES = ("vision_model", "perceiver_resampler", "connector")
+BOS, EOS, PAD = 1, 2, 0
+
+
+@dataclass(frozen=True)
+class Shape:
+    """An architecture's dimensions at one scale."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    mlp: int
+    vocab: int  # without the added image tokens
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    vision_mlp: int
+    vision_px: int  # the vision config's image_size
+    input_px: int  # side of the tiles the processor makes of a 224 px FairFace face
+    patch_px: int
+    resampler_depth: int
+    latents: int
+    resampler_heads: int
+    resampler_head_dim: int
+    cross_interval: int = 4
+
+
+_CLIP_H = {"vision_width": 1280, "vision_layers": 32, "vision_heads": 16, "vision_mlp": 5120}
+_SIGLIP = {"vision_width": 1152, "vision_layers": 27, "vision_heads": 16, "vision_mlp": 4304}
+_RESAMPLER = {"latents": 64, "resampler_heads": 16, "resampler_head_dim": 96}
+_DECODER_7B = {"hidden": 4096, "layers": 32, "heads": 32}
+FULL_SHAPES = {
+    "idefics": Shape(**_DECODER_7B, kv_heads=32, mlp=11008, vocab=32000, **_CLIP_H, vision_px=224,
+                     input_px=224, patch_px=14, resampler_depth=6, **_RESAMPLER),
+    # Idefics2's processor resizes a 224 px image up to its shortest edge, 378, with no split.
+    "idefics2": Shape(**_DECODER_7B, kv_heads=8, mlp=14336, vocab=32000, **_SIGLIP, vision_px=980,
+                      input_px=378, patch_px=14, resampler_depth=3, **_RESAMPLER),
+    "idefics3": Shape(**_DECODER_7B, kv_heads=8, mlp=14336, vocab=128256, **_SIGLIP,
+                      vision_px=364, input_px=364, patch_px=14, resampler_depth=0, latents=0,
+                      resampler_heads=0, resampler_head_dim=0),
+}  # fmt: skip
+_TINY = {"hidden": 64, "layers": 2, "heads": 4, "kv_heads": 2, "mlp": 128, "vocab": 1000,
+         "vision_width": 64, "vision_layers": 2, "vision_heads": 4, "vision_mlp": 128,
+         "vision_px": 32, "input_px": 32, "patch_px": 8, "cross_interval": 2}  # fmt: skip
+TINY_SHAPES = {
+    arch: dataclasses.replace(
+        shape, **_TINY, latents=min(shape.latents, 4),
+        resampler_heads=min(shape.resampler_heads, 4),
+        resampler_head_dim=min(shape.resampler_head_dim, 16),
+        resampler_depth=min(shape.resampler_depth, 1),
+    )
+    for arch, shape in FULL_SHAPES.items()
+}  # fmt: skip
+# Like the full model, tiny Idefics2 gets images smaller than its vision config's size.
+TINY_SHAPES["idefics2"] = dataclasses.replace(TINY_SHAPES["idefics2"], input_px=24)
+# Idefics3's processor splits a 224 px face, upscaled to 4 x 364 px, into 4 x 4 tiles plus
+# the whole image; 169 tokens per 364 px tile (pixel shuffle by 2 of 26 x 26 patches).
+IDEFICS3_TILES = 17
+IDEFICS3_SCALE_FACTOR = 2
+
+
+def shape_of(arch: str, scale: str) -> Shape:
+    """The dimensions of ``arch`` at ``scale`` (``full``: the published model; ``tiny``: CPU)."""
+    return (FULL_SHAPES if scale == "full" else TINY_SHAPES)[arch]
+
+
+def image_tokens_per_tile(arch: str, shape: Shape) -> int:
+    """How many ``<image>`` tokens one image tile takes in the prompt."""
+    if arch == "idefics":
+        return 1  # v1 attends to the image through cross-attention, not in the sequence
+    if arch == "idefics2":
+        return shape.latents
+    return (shape.vision_px // shape.patch_px) ** 2 // IDEFICS3_SCALE_FACTOR**2
+
+
+def model_config(arch: str, scale: str) -> Any:
+    """The transformers config of ``arch`` at ``scale``; 3 image tokens follow the vocabulary."""
+    import transformers
+
+    s = shape_of(arch, scale)
+    vision = {"hidden_size": s.vision_width, "intermediate_size": s.vision_mlp,
+              "num_hidden_layers": s.vision_layers, "num_attention_heads": s.vision_heads,
+              "image_size": s.vision_px, "patch_size": s.patch_px}  # fmt: skip
+    text = {"vocab_size": s.vocab + 3, "hidden_size": s.hidden, "intermediate_size": s.mlp,
+            "num_hidden_layers": s.layers, "num_attention_heads": s.heads,
+            "num_key_value_heads": s.kv_heads, "rms_norm_eps": 1e-5, "pad_token_id": PAD,
+            "bos_token_id": BOS, "eos_token_id": EOS}  # fmt: skip
+    resampler = {"resampler_n_latents": s.latents, "resampler_depth": s.resampler_depth,
+                 "resampler_n_heads": s.resampler_heads,
+                 "resampler_head_dim": s.resampler_head_dim}  # fmt: skip
+    if arch == "idefics":
+        vision["embed_dim"] = vision.pop("hidden_size")
+        del text["num_key_value_heads"]
+        return transformers.IdeficsConfig(
+            **{**text, "vocab_size": s.vocab, "rms_norm_eps": 1e-6}, additional_vocab_size=3,
+            cross_layer_interval=s.cross_interval, use_resampler=True, tie_word_embeddings=False,
+            vision_config=vision, perceiver_config={"use_resampler": True, **resampler},
+        )  # fmt: skip
+    if arch == "idefics2":
+        perceiver = {**resampler, "hidden_size": s.hidden, "num_key_value_heads": s.kv_heads // 2}
+        return transformers.Idefics2Config(
+            text_config={"model_type": "mistral", "sliding_window": 4096, **text},
+            vision_config=vision, perceiver_config=perceiver, image_token_id=s.vocab + 1,
+            tie_word_embeddings=False,
+        )  # fmt: skip
+    return transformers.Idefics3Config(
+        text_config={"model_type": "llama", "rope_theta": 500_000.0, **text},
+        vision_config=vision, image_token_id=s.vocab + 1, scale_factor=IDEFICS3_SCALE_FACTOR,
+        pad_token_id=PAD, tie_word_embeddings=False,
+    )  # fmt: skip
+
+
+def build_model(arch: str, scale: str, device: str, dtype: Any) -> Any:
+    """A random-weight model of ``arch`` created directly on ``device`` (``meta``: no memory)."""
+    import torch
+    import transformers
+
+    model_class = {
+        "idefics": transformers.IdeficsForVisionText2Text,
+        "idefics2": transformers.Idefics2ForConditionalGeneration,
+        "idefics3": transformers.Idefics3ForConditionalGeneration,
+    }[arch]
+    with torch.device(device):
+        model = model_class._from_config(model_config(arch, scale), dtype=dtype)
+    return model.eval()
+
+
+def count_parameters(model: Any) -> int:
+    """Number of parameters (works on the ``meta`` device)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def decode_weight_bytes(model: Any) -> int:
+    """Bytes of the weights one decode step reads: all but the image encoder and the embeddings."""
+    skipped = {id(p) for p in model.get_input_embeddings().parameters()}
+    total = 0
+    for name, parameter in model.named_parameters():
+        if id(parameter) in skipped or set(name.split(".")) & set(PREFILL_ONLY_MODULES):
+            continue
+        total += parameter.numel() * parameter.element_size()
+    return total
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What one measurement feeds the model."""
+
+    arch: str
+    shape: Shape
+    prompt_tokens: int
+    new_tokens: int
+    device: str
+    dtype: Any
+    tiles: int = 1
+
+    def prompt_ids(self, text_ids: list[int]) -> list[int]:
+        """One prompt: BOS, the image's placeholders, the text, end of utterance, 'Assistant:'."""
+        fake, image, end_of_utterance = (self.shape.vocab + i for i in range(3))
+        per_tile = [fake, *[image] * image_tokens_per_tile(self.arch, self.shape)]
+        placeholders = per_tile * self.tiles + [fake]
+        return [BOS, *text_ids[:2], *placeholders, *text_ids[2:], end_of_utterance, *text_ids[:3]]
+
+    def inputs(self, batch_size: int, seed: int = 0) -> dict[str, Any]:
+        """Model inputs for ``batch_size`` prompts of equal length (random text ids)."""
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        size = (batch_size, self.prompt_tokens)
+        texts = torch.randint(3, self.shape.vocab, size, generator=generator)
+        ids = torch.tensor([self.prompt_ids(row) for row in texts.tolist()])
+        px = self.shape.input_px
+        pixels = torch.randn((batch_size, self.tiles, 3, px, px), generator=generator)
+        inputs = {
+            "input_ids": ids,
+            "attention_mask": torch.ones_like(ids),
+            "pixel_values": pixels.to(self.dtype),
+        }
+        if self.arch == "idefics":
+            # Text after the image attends to it (the processor's image_attention_mask).
+            seen = (ids == self.shape.vocab + 1).cumsum(dim=1).clamp(max=1)
+            inputs["image_attention_mask"] = seen.unsqueeze(-1)
+        else:
+            mask_size = (batch_size, self.tiles, px, px)
+            inputs["pixel_attention_mask"] = torch.ones(mask_size, dtype=torch.bool)
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+
+def _synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _make_step_clock(device: str) -> Any:
+    from transformers import LogitsProcessor
+
+    class StepClock(LogitsProcessor):
+        """Records the time at each decoding step, once its logits are ready."""
+
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            _synchronize(device)
+            self.times.append(time.perf_counter())
+            return scores
+
+    return StepClock()
+
+
+def _peak_memory_gib(device: str) -> float:
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def _reset_peak_memory(device: str) -> None:
+    import torch
+
+    gc.collect()  # an out-of-memory traceback's tensors go before the next measurement
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def generate_timed(model: Any, work: Workload, batch_size: int, new_tokens: int) -> dict[str, Any]:
+    """One ``generate`` of ``new_tokens`` tokens per row (EOS suppressed), timed per step."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    inputs = work.inputs(batch_size)
+    config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                              eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS)  # fmt: skip
+    clock = _make_step_clock(work.device)
+    _synchronize(work.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = model.generate(**inputs, generation_config=config,
+                                logits_processor=LogitsProcessorList([clock]))  # fmt: skip
+    _synchronize(work.device)
+    total_s = time.perf_counter() - start
+    steps = len(clock.times)
+    decode_s = clock.times[-1] - clock.times[0]
+    return {
+        "batch_size": batch_size,
+        "steps": steps,
+        "new_tokens_per_row": int(output.shape[1] - inputs["input_ids"].shape[1]),
+        "total_s": total_s,
+        "prefill_s": clock.times[0] - start,
+        "decode_step_ms": 1000 * decode_s / (steps - 1) if steps > 1 else math.nan,
+        "tokens_per_s": batch_size * steps / total_s,
+    }
+
+
+def measure_batch(model: Any, work: Workload, batch_size: int) -> dict[str, Any]:
+    """Warm up at this batch size (2 tokens), then time a full generation and its peak memory."""
+    from audit.backends.batching import is_out_of_memory
+
+    _reset_peak_memory(work.device)
+    try:
+        generate_timed(model, work, batch_size, 2)
+        row = generate_timed(model, work, batch_size, work.new_tokens)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        return {"batch_size": batch_size, "status": "out_of_memory"}
+    return {"status": "ok", **row, "peak_memory_gib": _peak_memory_gib(work.device)}
+
+
+def find_auto_batch(model: Any, work: Workload, start: int) -> dict[str, Any]:
+    """The batch ``--batch-size auto`` settles on: the runner's back-off from ``start`` rows.
+
+    ``start`` prompts go through ``map_in_batches``, which halves a batch on out-of-memory and
+    keeps the size that fit; the last full batch's timing is the measurement.
+    """
+    from audit.backends.batching import BatchCeiling, map_in_batches
+
+    ceiling = BatchCeiling()
+    timings: list[dict[str, Any]] = []
+
+    def run_batch(rows: Sequence[int]) -> list[int]:
+        _reset_peak_memory(work.device)
+        timing = generate_timed(model, work, len(rows), work.new_tokens)
+        timings.append({**timing, "peak_memory_gib": _peak_memory_gib(work.device)})
+        return [timing["new_tokens_per_row"]] * len(rows)
+
+    map_in_batches(list(range(start)), start, run_batch, ceiling)
+    settled = ceiling.limit(start)
+    best = [t for t in timings if t["batch_size"] == settled][-1]
+    return {"status": "ok", **best, "auto": True, "auto_start": start, "batches_run": len(timings)}
+
+
+def measure_scoring(
+    model: Any, work: Workload, n_sequences: int, batch_size: int
+) -> dict[str, Any]:
+    """Sequences/s of plain label scoring: one forward pass per (image, prompt + label) row."""
+    import torch
+
+    from audit.backends.batching import BatchCeiling, map_in_batches
+
+    ceiling = BatchCeiling()
+    label_tokens = 4
+
+    def score(rows: Sequence[int]) -> list[float]:
+        inputs = work.inputs(len(rows), seed=rows[0])
+        with torch.inference_mode():
+            logits = model(**inputs).logits[:, -label_tokens - 1 : -1].float()
+        targets = inputs["input_ids"][:, -label_tokens:]
+        picked = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return picked.sum(-1).tolist()
+
+    score(list(range(min(batch_size, n_sequences))))  # warm-up
+    _synchronize(work.device)
+    start = time.perf_counter()
+    scores = map_in_batches(list(range(n_sequences)), batch_size, score, ceiling)
+    _synchronize(work.device)
+    elapsed = time.perf_counter() - start
+    return {"sequences": len(scores), "batch_size": ceiling.limit(batch_size),
+            "sequence_tokens": len(work.prompt_ids([0] * work.prompt_tokens)),
+            "total_s": elapsed, "sequences_per_s": len(scores) / elapsed,
+            "finite_scores": all(math.isfinite(s) for s in scores)}  # fmt: skip
+
+
+def peak_bandwidth(device: str, override_gbps: float | None) -> tuple[float | None, str]:
+    """The device's peak memory bandwidth in GB/s and where the figure came from."""
+    if override_gbps is not None:
+        return override_gbps, "--peak-gbps"
+    if not device.startswith("cuda"):
+        return None, "unknown for a CPU; pass --peak-gbps"
+    name = device_name(device)
+    for key, gbps in PEAK_GBPS:
+        if key.lower() in name.lower():
+            return gbps, f"data sheet of {key} (matched '{name}')"
+    return None, f"unknown for '{name}'; pass --peak-gbps"
+
+
+def device_name(device: str) -> str:
+    """The GPU's name, or the CPU's architecture."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def add_roofline(row: dict[str, Any], weight_bytes: int, peak_gbps: float | None) -> None:
+    """Effective bandwidth of a decode step's weight reads, and its fraction of the peak."""
+    if row.get("status") != "ok" or not math.isfinite(row["decode_step_ms"]):
+        return
+    effective_gbps = weight_bytes / (row["decode_step_ms"] / 1000) / 1e9
+    row["decode_tokens_per_s"] = row["batch_size"] / (row["decode_step_ms"] / 1000)
+    row["effective_gbps"] = effective_gbps
+    row["roofline_fraction"] = effective_gbps / peak_gbps if peak_gbps else None
+
+
+def project_fairface(
+    best: dict[str, Any], scoring: dict[str, Any], real_model_on_gpu: bool
+) -> dict[str, Any]:
+    """Minutes for the full FairFace probe at the best measured batch.
+
+    An upper bound on both counts: every generation runs all its tokens (EOS ignored), and
+    scoring is one sequence per label (the backend shares the prompt's prefix across labels).
+    """
+    generations = FAIRFACE_IMAGES * FAIRFACE_PROMPTS
+    generation_min = math.ceil(generations / best["batch_size"]) * best["total_s"] / 60
+    scoring_min = FAIRFACE_LABEL_SEQUENCES / scoring["sequences_per_s"] / 60
+    total_min = generation_min + scoring_min
+    return {"generations": generations, "new_tokens": best["steps"],
+            "label_sequences": FAIRFACE_LABEL_SEQUENCES, "batch_size": best["batch_size"],
+            "generation_min": generation_min, "scoring_min": scoring_min, "total_min": total_min,
+            "goal_min": GOAL_MIN,
+            # The goal is about the real model on a GPU; a tiny or CPU run only exercises the code.
+            "goal_met": total_min <= GOAL_MIN if real_model_on_gpu else None}  # fmt: skip
+
+
+def _measure_all(model: Any, work: Workload, args: argparse.Namespace) -> dict[str, Any]:
+    """Every fixed batch size, the auto batch, the scoring pass and the projection."""
+    weight_bytes = decode_weight_bytes(model)
+    peak_gbps, peak_source = peak_bandwidth(args.device, args.peak_gbps)
+    rows = [measure_batch(model, work, size) for size in args.batch_sizes]
+    rows.append(find_auto_batch(model, work, args.auto_start))
+    for row in rows:
+        add_roofline(row, weight_bytes, peak_gbps)
+    score_work = dataclasses.replace(work, prompt_tokens=args.score_prompt_tokens)
+    scoring = measure_scoring(model, score_work, args.score_sequences, args.score_batch)
+    best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["tokens_per_s"])
+    real = args.scale == "full" and args.device.startswith("cuda")
+    return {"decode_weight_bytes": weight_bytes, "peak_gbps": peak_gbps,
+            "peak_gbps_source": peak_source, "batches": rows, "scoring": scoring,
+            "projection": project_fairface(best, scoring, real)}  # fmt: skip
+
+
+def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the model, measure it, and describe where and how (the JSON written by ``--out``)."""
+    import torch
+    import transformers
+
+    from audit.runner import AUTO_BATCH
+
+    dtype = getattr(torch, args.dtype)
+    started = time.perf_counter()
+    model = build_model(args.arch, args.scale, args.device, dtype)
+    _synchronize(args.device)
+    build_s = time.perf_counter() - started
+    work = Workload(args.arch, shape_of(args.arch, args.scale), args.prompt_tokens,
+                    args.new_tokens, args.device, dtype, args.tiles)  # fmt: skip
+    cuda = args.device.startswith("cuda")
+    return {
+        "benchmark": "gpu_throughput",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "transformers": transformers.__version__},
+        "device": args.device, "device_name": device_name(args.device), "dtype": args.dtype,
+        "arch": args.arch, "scale": args.scale, "build_s": build_s,
+        "weights": "random: transformers' _init_weights (normal, std initializer_range), on device",
+        "n_parameters": count_parameters(model),
+        "weight_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "prompt_length": len(work.prompt_ids([0] * args.prompt_tokens)),
+        "image_tiles": args.tiles, "new_tokens": args.new_tokens,
+        "peak_memory_measure": "torch.cuda.max_memory_allocated, per batch" if cuda
+        else "process peak RSS so far (CPU)",
+        "runner_auto_start": AUTO_BATCH["cuda" if cuda else "cpu"],
+        **_measure_all(model, work, args),
+        "runner_path": "not run: saving and reloading the 18 GB checkpoint would dominate the "
+        "figures; benchmark 1 measures the runner's path",
+    }  # fmt: skip
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The figures as a plain-text table."""
+    lines = [
+        f"GPU throughput: {result['arch']} ({result['scale']}), "
+        f"{result['n_parameters'] / 1e9:.2f} B parameters, {result['dtype']}, "
+        f"on {result['device_name']}",
+        f"  {result['date']}; torch {result['versions']['torch']}, transformers "
+        f"{result['versions']['transformers']}; model built in {result['build_s']:.1f} s",
+        f"  prompt {result['prompt_length']} tokens ({result['image_tiles']} image tile(s)), "
+        f"{result['new_tokens']} new tokens, EOS ignored; a decode step reads "
+        f"{result['decode_weight_bytes'] / 1e9:.2f} GB of weights; peak bandwidth "
+        f"{result['peak_gbps'] or 'n/a'} GB/s ({result['peak_gbps_source']})",
+        f"{'batch':>10} {'tokens/s':>10} {'ms/step':>9} {'prefill s':>10} {'peak GiB':>9} "
+        f"{'GB/s':>8} {'roofline':>9}",
+    ]
+    for row in result["batches"]:
+        label = f"{row['batch_size']}{' auto' if row.get('auto') else ''}"
+        if row["status"] != "ok":
+            lines.append(f"{label:>10} {'out of memory':>20}")
+            continue
+        fraction = row["roofline_fraction"]
+        lines.append(
+            f"{label:>10} {row['tokens_per_s']:>10.1f} {row['decode_step_ms']:>9.2f} "
+            f"{row['prefill_s']:>10.3f} {row['peak_memory_gib']:>9.2f} "
+            f"{row['effective_gbps']:>8.1f} {f'{fraction:.1%}' if fraction else 'n/a':>9}"
+        )
+    s, p = result["scoring"], result["projection"]
+    goal = {True: "met", False: "NOT met", None: "not applicable: not the real model on a GPU"}
+    lines += [
+        f"  auto: --auto-start {result['batches'][-1]['auto_start']} settled on batch "
+        f"{result['batches'][-1]['batch_size']} (the runner's auto starts at "
+        f"{result['runner_auto_start']})",
+        f"  scoring: {s['sequences_per_s']:.1f} sequences/s ({s['sequences']} sequences of "
+        f"{s['sequence_tokens']} tokens, batch {s['batch_size']}, one sequence per label)",
+        f"  FairFace at batch {p['batch_size']}: {p['generations']:,} generations x "
+        f"{p['new_tokens']} tokens {p['generation_min']:.1f} min + {p['label_sequences']:,} "
+        f"label sequences {p['scoring_min']:.1f} min = {p['total_min']:.1f} min "
+        f"[goal <= {p['goal_min']:.0f} min on one H100: {goal[p['goal_met']]}]",
+        f"  runner's path: {result['runner_path']}",
+    ]
+    return "\n".join(lines)
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,16,32, got {text!r}")
+    return sizes
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options; ``--scale tiny`` and ``--device cpu`` change some defaults."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--arch", choices=ARCHS, default="idefics")
+    add("--scale", choices=SCALES, default="full", help="tiny: a shrunken model for CPU")
+    add("--device", default="cuda", help="cuda, cuda:N or cpu")
+    add("--dtype", choices=("bfloat16", "float16", "float32"), help="bfloat16 (CPU: float32)")
+    add("--batch-sizes", type=_sizes, help="fixed batch sizes (1,16,32,64; tiny: 1,2,4)")
+    add("--auto-start", type=int, help="first batch the auto back-off tries (512; tiny: 8)")
+    add("--new-tokens", type=int, default=256, help="new tokens per row, EOS ignored")
+    add("--prompt-tokens", type=int, default=40, help="text tokens of the prompt")
+    add("--tiles", type=int, help="image tiles per prompt (1; idefics3: 17, its split of a face)")
+    add("--score-sequences", type=int, help="label sequences timed (512; tiny: 16)")
+    add("--score-batch", type=int, help="label sequences per forward pass (64; tiny: 4)")
+    add("--score-prompt-tokens", type=int, default=12, help="template and label tokens")
+    add("--peak-gbps", type=float, help="the device's peak memory bandwidth, GB/s")
+    add("--threads", type=int, help="torch CPU threads (cpu: 1, see benchmarks/common.py)")
+    add("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args(argv)
+    tiny, cpu = args.scale == "tiny", args.device == "cpu"
+    defaults = {"batch_sizes": [1, 2, 4] if tiny else [1, 16, 32, 64],
+                "auto_start": 8 if tiny else 512, "score_sequences": 16 if tiny else 512,
+                "score_batch": 4 if tiny else 64, "dtype": "float32" if cpu else "bfloat16",
+                "tiles": IDEFICS3_TILES if args.arch == "idefics3" else 1,
+                "threads": 1 if cpu else None}  # fmt: skip
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.new_tokens < 2 or min(args.auto_start, args.score_batch, args.tiles) < 1:
+        parser.error("--new-tokens must be at least 2; --auto-start, --score-batch, --tiles >= 1")
+    if args.tiles != 1 and args.arch != "idefics3":
+        parser.error(f"--tiles: {args.arch} takes one image tile per face; only idefics3 splits")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the benchmark, print its table, write JSON if asked; 2 when there is no such device."""
+    args = parse_args(argv)
+    os.environ["HF_HUB_OFFLINE"] = "1"  # everything is built here; nothing may download
+    import torch
+
+    if args.threads:
+        limit_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        print("no CUDA device here: run with --device cpu (and --scale tiny)", file=sys.stderr)
+        return 2
+    result = run_benchmark(args)
+    print(format_report(result))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
