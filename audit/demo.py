@@ -9,6 +9,8 @@ models produce meaningless text and find nothing real.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,14 @@ def _step(title: str, action: Callable[[], T]) -> T:
     result = action()
     print(f"   ({time.perf_counter() - started:.1f} s)", flush=True)
     return result
+
+
+def _audit_command() -> str:
+    """``audit`` if it is on PATH, else the path of the one beside this Python (a venv)."""
+    if shutil.which("audit"):
+        return "audit"
+    beside = Path(sys.executable).parent / "audit"
+    return str(beside) if beside.exists() else "audit"
 
 
 def _write_simulation(run_dir: Path, analysis: dict[str, object]) -> None:
@@ -95,12 +105,13 @@ def run_demo(out: Path) -> None:
         lambda: build_report(run_dirs, out / "report-models"),
     )
     sim_html, _ = _step(f"audit report {simulated}", lambda: build_report([simulated], None))
+    audit = _audit_command()
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s. What to look at next:\n"
         f"  open {html}\n      the three tiny models compared (random text: no real findings)\n"
         f"  open {sim_html}\n      the simulated run: the planted associations are found\n"
         f"  {markdown}: the Markdown section for a model card\n"
-        f"  audit dashboard {' '.join(str(d) for d in run_dirs)} {simulated}\n"
-        f"  audit status {run_dirs[0]}\n"
-        "For a real audit: audit run probes/fairface.yaml --model HuggingFaceM4/idefics-9b-instruct"
+        f"  {audit} dashboard {' '.join(str(d) for d in run_dirs)} {simulated}\n"
+        f"  {audit} status {run_dirs[0]}\n"
+        f"For a real audit: {audit} run probes/fairface.yaml --model HuggingFaceM4/idefics-9b-instruct"
     )
