@@ -113,5 +113,6 @@ def run_demo(out: Path) -> None:
         f"  {markdown}: the Markdown section for a model card\n"
         f"  {audit} dashboard {' '.join(str(d) for d in run_dirs)} {simulated}\n"
         f"  {audit} status {run_dirs[0]}\n"
-        f"For a real audit: {audit} run probes/fairface.yaml --model HuggingFaceM4/idefics-9b-instruct"
+        f"For a real audit: {audit} run probes/fairface.yaml "
+        "--model HuggingFaceM4/idefics-9b-instruct"
     )
