@@ -90,7 +90,10 @@ def run_demo(out: Path) -> None:
             lambda options=options: run_probe(spec, options, probe_path=demo_probe_path()),
         )
         print(result.describe())
-        _step(f"audit analyze {run_dir}", lambda d=run_dir: print(analyze_run(d).describe()))
+        _step(
+            f"audit analyze {run_dir}",
+            lambda d=run_dir: print(analyze_run(d).describe(max_findings=6)),
+        )
         run_dirs.append(run_dir)
 
     simulated = out / "runs" / "simulated-planted"
@@ -98,7 +101,10 @@ def run_demo(out: Path) -> None:
         "writing a SIMULATED run with planted term-group associations",
         lambda: _write_simulation(simulated, spec.analysis.model_dump(mode="json")),
     )
-    _step(f"audit analyze {simulated}", lambda: print(analyze_run(simulated).describe()))
+    _step(
+        f"audit analyze {simulated}",
+        lambda: print(analyze_run(simulated).describe(max_findings=12)),
+    )
 
     html, markdown = _step(
         "audit report (the three demo runs side by side)",

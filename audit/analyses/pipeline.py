@@ -54,7 +54,7 @@ class AnalysisResult:
     summary: dict[str, Any]
     failures: dict[str, str] = field(default_factory=dict)
 
-    def describe(self) -> str:
+    def describe(self, max_findings: int = 40) -> str:
         """Which analyses ran, rows, headline findings with n and interval, where files are."""
         s = self.summary
         counts = s.get("counts", {})
@@ -74,9 +74,10 @@ class AnalysisResult:
             lines.append(f"  {name:<18} FAILED: {terminal_safe(message)}")
         findings: list[Finding] = s.get("findings", [])
         lines.append(f"findings ({len(findings)}):" if findings else "findings: none")
-        lines += [f"  - [{f['analysis']}] {terminal_safe(f['headline'])}" for f in findings[:40]]
-        if len(findings) > 40:
-            lines.append(f"  ... {len(findings) - 40} more in the summary")
+        shown = findings[:max_findings]
+        lines += [f"  - [{f['analysis']}] {terminal_safe(f['headline'])}" for f in shown]
+        if len(findings) > len(shown):
+            lines.append(f"  ... {len(findings) - len(shown)} more in the summary")
         lines.append(f"summary: {self.run_dir / 'analysis' / 'summary.json'}")
         return "\n".join(lines)
 
