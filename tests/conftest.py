@@ -19,3 +19,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # made small matrix products 30x slower with two threads while anything else ran.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random-weight, image-sensitive models of every family, built once per session."""
+    from audit.tiny_models import FAMILIES, build_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build_tiny_model(family, root / family) for family in FAMILIES}

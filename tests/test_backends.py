@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from audit.backends import (
 )
 from audit.backends.hf import HFBackend
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES, build_tiny_model
+from audit.tiny_models import FAMILIES
 
 PROMPTS = (
     "Describe this person.",
@@ -36,21 +35,6 @@ SIZES = ((32, 32), (64, 16), (16, 64), (48, 40), (64, 64))
 def noise_image(width: int = 32, height: int = 32, seed: int = 0) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models are overhead-bound: extra threads only contend with parallel test runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from PIL import Image
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
 from audit.errors import ModelLoadError
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES, build_tiny_model
+from audit.tiny_models import FAMILIES
 
 SETTINGS = GenerationSettings(max_new_tokens=4)
 
@@ -26,21 +25,6 @@ SETTINGS = GenerationSettings(max_new_tokens=4)
 def request() -> list[GenerationRequest]:
     pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     return [GenerationRequest(Image.fromarray(pixels), "Describe this person.")]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models are overhead-bound: extra threads only contend with parallel test runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
 
 
 def copy_model(source: Path, target: Path) -> Path:

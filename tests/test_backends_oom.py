@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from audit.backends import GenerationRequest, GenerationSettings, LabelScoreRequ
 from audit.backends.batching import map_in_batches
 from audit.backends.hf import HFBackend
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES, build_tiny_model
+from audit.tiny_models import FAMILIES
 
 
 def noise_image(seed: int) -> Image.Image:
@@ -27,25 +28,10 @@ def noise_image(seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Tiny models are overhead-bound: extra threads only contend with parallel test runs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def model_folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("tiny-models")
-    return {family: str(build_tiny_model(family, root / family)) for family in FAMILIES}
-
-
 @pytest.fixture
-def backends(model_folders: dict[str, str]) -> dict[str, HFBackend]:
+def backends(model_dirs: dict[str, Path]) -> dict[str, HFBackend]:
     """Fresh backends per test: a backend remembers the batch size that fit."""
-    return {f: load_backend(d, ModelSpec(id=d)) for f, d in model_folders.items()}  # type: ignore[misc]
+    return {f: load_backend(str(d), ModelSpec(id=str(d))) for f, d in model_dirs.items()}  # type: ignore[misc]
 
 
 @contextmanager

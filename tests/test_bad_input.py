@@ -23,10 +23,8 @@ def invoke(*args: str) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from audit.tiny_models import build_tiny_model
-
-    return build_tiny_model("idefics2", tmp_path_factory.mktemp("model") / "idefics2")
+def model(model_dirs: dict[str, Path]) -> Path:
+    return model_dirs["idefics2"]
 
 
 def test_malformed_yaml(tmp_path: Path) -> None:

@@ -43,11 +43,8 @@ CLASSIFICATION_COLUMNS = {
 
 
 @pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from audit.tiny_models import build_tiny_model
-
-    root = tmp_path_factory.mktemp("models")
-    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+def models(model_dirs: dict[str, Path]) -> dict[str, Path]:
+    return model_dirs
 
 
 def run_cli(*args: str) -> tuple[int, str]:

@@ -54,10 +54,8 @@ def faces_probe(tmp_path: Path, model: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from audit.tiny_models import build_tiny_model
-
-    return build_tiny_model("idefics2", tmp_path_factory.mktemp("model") / "idefics2")
+def model(model_dirs: dict[str, Path]) -> Path:
+    return model_dirs["idefics2"]
 
 
 def test_status_of_a_run_with_one_shard_of_two_done(model: Path, tmp_path: Path) -> None:
