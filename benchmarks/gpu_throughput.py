@@ -123,7 +123,9 @@ TINY_SHAPES = {
     )
     for arch, shape in FULL_SHAPES.items()
 }  # fmt: skip
-# Like the full model, tiny Idefics2 gets images smaller than its vision config's size.
+# Like the full models: IDEFICS v1 has no grouped-query attention, and Idefics2 gets images
+# smaller than its vision config's size.
+TINY_SHAPES["idefics"] = dataclasses.replace(TINY_SHAPES["idefics"], kv_heads=4)
 TINY_SHAPES["idefics2"] = dataclasses.replace(TINY_SHAPES["idefics2"], input_px=24)
 # Idefics3's processor splits a 224 px face, upscaled to 4 x 364 px, into 4 x 4 tiles plus
 # the whole image; 169 tokens per 364 px tile (pixel shuffle by 2 of 26 x 26 patches).
@@ -318,6 +320,7 @@ def generate_timed(model: Any, work: Workload, batch_size: int, new_tokens: int)
     decode_s = clock.times[-1] - clock.times[0]
     return {
         "batch_size": batch_size,
+        "prompt_length": int(inputs["input_ids"].shape[1]),
         "steps": steps,
         "new_tokens_per_row": int(output.shape[1] - inputs["input_ids"].shape[1]),
         "total_s": total_s,
@@ -346,7 +349,8 @@ def find_auto_batch(model: Any, work: Workload, start: int) -> dict[str, Any]:
     """The batch ``--batch-size auto`` settles on: the runner's back-off from ``start`` rows.
 
     ``start`` prompts go through ``map_in_batches``, which halves a batch on out-of-memory and
-    keeps the size that fit; the last full batch's timing is the measurement.
+    keeps the size that fit; each batch is warmed up like the fixed sizes, and the last one at
+    the settled size is the measurement.
     """
     from audit.backends.batching import BatchCeiling, map_in_batches
 
@@ -355,6 +359,7 @@ def find_auto_batch(model: Any, work: Workload, start: int) -> dict[str, Any]:
 
     def run_batch(rows: Sequence[int]) -> list[int]:
         _reset_peak_memory(work.device)
+        generate_timed(model, work, len(rows), 2)
         timing = generate_timed(model, work, len(rows), work.new_tokens)
         timings.append({**timing, "peak_memory_gib": _peak_memory_gib(work.device)})
         return [timing["new_tokens_per_row"]] * len(rows)
@@ -379,7 +384,11 @@ def measure_scoring(
     def score(rows: Sequence[int]) -> list[float]:
         inputs = work.inputs(len(rows), seed=rows[0])
         with torch.inference_mode():
-            logits = model(**inputs).logits[:, -label_tokens - 1 : -1].float()
+            # Only the label's positions: a vocabulary-wide row per prompt token would not fit.
+            output = model(**inputs, logits_to_keep=label_tokens + 1)
+        logits = output.logits[:, :-1].float()
+        if logits.shape[1] != label_tokens:
+            raise RuntimeError(f"{work.arch} ignored logits_to_keep: {tuple(logits.shape)}")
         targets = inputs["input_ids"][:, -label_tokens:]
         picked = logits.log_softmax(-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
         return picked.sum(-1).tolist()
@@ -418,14 +427,33 @@ def device_name(device: str) -> str:
     return f"CPU {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def add_roofline(row: dict[str, Any], weight_bytes: int, peak_gbps: float | None) -> None:
-    """Effective bandwidth of a decode step's weight reads, and its fraction of the peak."""
+def kv_cache_bytes_per_token(model: Any) -> int:
+    """Bytes of keys and values one token keeps in the decoder's cache, over all layers."""
+    text = model.config.get_text_config()
+    heads = text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads  # IDEFICS v1: no GQA
+    element_size = next(model.parameters()).element_size()
+    return text.num_hidden_layers * 2 * kv_heads * (text.hidden_size // heads) * element_size
+
+
+def add_roofline(row: dict[str, Any], weight_bytes: int, peak_gbps: float | None,
+                 kv_bytes: float) -> None:  # fmt: skip
+    """Effective bandwidth of a decode step's reads, and its fraction of the peak.
+
+    ``kv_bytes``: the cache bytes per token per row; a decode step reads, on average, the
+    prompt and half the new tokens' worth per row, which dominates the weights at large batches.
+    """
     if row.get("status") != "ok" or not math.isfinite(row["decode_step_ms"]):
         return
-    effective_gbps = weight_bytes / (row["decode_step_ms"] / 1000) / 1e9
-    row["decode_tokens_per_s"] = row["batch_size"] / (row["decode_step_ms"] / 1000)
-    row["effective_gbps"] = effective_gbps
-    row["roofline_fraction"] = effective_gbps / peak_gbps if peak_gbps else None
+    step_s = row["decode_step_ms"] / 1000
+    cache_bytes = row["batch_size"] * (row["prompt_length"] + row["steps"] / 2) * kv_bytes
+    row["decode_tokens_per_s"] = row["batch_size"] / step_s
+    row["effective_gbps"] = weight_bytes / step_s / 1e9
+    row["effective_gbps_with_kv"] = (weight_bytes + cache_bytes) / step_s / 1e9
+    row["roofline_fraction"] = row["effective_gbps"] / peak_gbps if peak_gbps else None
+    row["roofline_fraction_with_kv"] = (
+        row["effective_gbps_with_kv"] / peak_gbps if peak_gbps else None
+    )
 
 
 def project_fairface(
@@ -454,8 +482,9 @@ def _measure_all(model: Any, work: Workload, args: argparse.Namespace) -> dict[s
     peak_gbps, peak_source = peak_bandwidth(args.device, args.peak_gbps)
     rows = [measure_batch(model, work, size) for size in args.batch_sizes]
     rows.append(find_auto_batch(model, work, args.auto_start))
+    kv_bytes = kv_cache_bytes_per_token(model)
     for row in rows:
-        add_roofline(row, weight_bytes, peak_gbps)
+        add_roofline(row, weight_bytes, peak_gbps, kv_bytes)
     score_work = dataclasses.replace(work, prompt_tokens=args.score_prompt_tokens)
     scoring = measure_scoring(model, score_work, args.score_sequences, args.score_batch)
     best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["tokens_per_s"])
@@ -501,47 +530,51 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def format_report(result: dict[str, Any]) -> str:
-    """The figures as a plain-text table."""
-    lines = [
-        f"GPU throughput: {result['arch']} ({result['scale']}), "
-        f"{result['n_parameters'] / 1e9:.2f} B parameters, {result['dtype']}, "
-        f"on {result['device_name']}",
-        f"  {result['date']}; torch {result['versions']['torch']}, transformers "
-        f"{result['versions']['transformers']}; model built in {result['build_s']:.1f} s",
-        f"  prompt {result['prompt_length']} tokens ({result['image_tiles']} image tile(s)), "
-        f"{result['new_tokens']} new tokens, EOS ignored; a decode step reads "
-        f"{result['decode_weight_bytes'] / 1e9:.2f} GB of weights; peak bandwidth "
-        f"{result['peak_gbps'] or 'n/a'} GB/s ({result['peak_gbps_source']})",
-        f"{'batch':>10} {'tokens/s':>10} {'ms/step':>9} {'prefill s':>10} {'peak GiB':>9} "
-        f"{'GB/s':>8} {'roofline':>9}",
-    ]
-    for row in result["batches"]:
+def _percent(fraction: float | None) -> str:
+    return "n/a" if fraction is None else f"{fraction:.1%}"
+
+
+def _table_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [f"{'batch':>10} {'tokens/s':>10} {'ms/step':>9} {'prefill s':>10} {'peak GiB':>9} "
+             f"{'GB/s':>8} {'roofline':>9} {'+KV cache':>10}"]  # fmt: skip
+    for row in rows:
         label = f"{row['batch_size']}{' auto' if row.get('auto') else ''}"
         if row["status"] != "ok":
             lines.append(f"{label:>10} {'out of memory':>20}")
             continue
-        fraction = row["roofline_fraction"]
         lines.append(
             f"{label:>10} {row['tokens_per_s']:>10.1f} {row['decode_step_ms']:>9.2f} "
             f"{row['prefill_s']:>10.3f} {row['peak_memory_gib']:>9.2f} "
-            f"{row['effective_gbps']:>8.1f} {f'{fraction:.1%}' if fraction else 'n/a':>9}"
+            f"{row['effective_gbps']:>8.1f} {_percent(row['roofline_fraction']):>9} "
+            f"{_percent(row['roofline_fraction_with_kv']):>10}"
         )
-    s, p = result["scoring"], result["projection"]
+    return lines
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """The figures as plain text: where and what, one row per batch, scoring, projection."""
+    r, s, p, auto = result, result["scoring"], result["projection"], result["batches"][-1]
     goal = {True: "met", False: "NOT met", None: "not applicable: not the real model on a GPU"}
-    lines += [
-        f"  auto: --auto-start {result['batches'][-1]['auto_start']} settled on batch "
-        f"{result['batches'][-1]['batch_size']} (the runner's auto starts at "
-        f"{result['runner_auto_start']})",
+    return "\n".join([
+        f"GPU throughput: {r['arch']} ({r['scale']}), {r['n_parameters'] / 1e9:.2f} B "
+        f"parameters, {r['dtype']}, on {r['device_name']}",
+        f"  {r['date']}; torch {r['versions']['torch']}, transformers "
+        f"{r['versions']['transformers']}; model built in {r['build_s']:.1f} s",
+        f"  prompt {r['prompt_length']} tokens ({r['image_tiles']} image tile(s)), "
+        f"{r['new_tokens']} new tokens, EOS ignored; a decode step reads "
+        f"{r['decode_weight_bytes'] / 1e9:.2f} GB of weights; peak bandwidth "
+        f"{r['peak_gbps'] or 'n/a'} GB/s ({r['peak_gbps_source']})",
+        *_table_lines(r["batches"]),
+        f"  auto: from {auto['auto_start']}, settled on batch {auto['batch_size']} "
+        f"(the runner's auto starts at {r['runner_auto_start']})",
         f"  scoring: {s['sequences_per_s']:.1f} sequences/s ({s['sequences']} sequences of "
         f"{s['sequence_tokens']} tokens, batch {s['batch_size']}, one sequence per label)",
         f"  FairFace at batch {p['batch_size']}: {p['generations']:,} generations x "
         f"{p['new_tokens']} tokens {p['generation_min']:.1f} min + {p['label_sequences']:,} "
         f"label sequences {p['scoring_min']:.1f} min = {p['total_min']:.1f} min "
         f"[goal <= {p['goal_min']:.0f} min on one H100: {goal[p['goal_met']]}]",
-        f"  runner's path: {result['runner_path']}",
-    ]
-    return "\n".join(lines)
+        f"  runner's path: {r['runner_path']}",
+    ])  # fmt: skip
 
 
 def _sizes(text: str) -> list[int]:

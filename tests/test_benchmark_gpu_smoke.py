@@ -24,10 +24,13 @@ from benchmarks import gpu_throughput
 
 REPO = Path(__file__).resolve().parents[1]
 ROW_FIELDS = {
-    "batch_size", "status", "steps", "new_tokens_per_row", "total_s", "prefill_s",
-    "decode_step_ms", "tokens_per_s", "decode_tokens_per_s", "peak_memory_gib",
-    "effective_gbps", "roofline_fraction",
+    "batch_size", "status", "prompt_length", "steps", "new_tokens_per_row", "total_s",
+    "prefill_s", "decode_step_ms", "tokens_per_s", "decode_tokens_per_s", "peak_memory_gib",
+    "effective_gbps", "roofline_fraction", "effective_gbps_with_kv", "roofline_fraction_with_kv",
 }  # fmt: skip
+# Keys and values per cached token of the tiny models in float32: 2 layers x (k, v) x the
+# key/value width (IDEFICS v1: all 4 heads of 16; Idefics2/3: 2 grouped heads of 16) x 4 bytes.
+TINY_KV_BYTES = {"idefics": 2 * 2 * 64 * 4, "idefics2": 2 * 2 * 32 * 4, "idefics3": 2 * 2 * 32 * 4}
 TOP_FIELDS = {
     "benchmark", "date", "versions", "device", "device_name", "dtype", "arch", "scale",
     "build_s", "weights", "n_parameters", "weight_bytes", "decode_weight_bytes", "prompt_length",
@@ -69,6 +72,12 @@ def _check_result(result: dict[str, Any], new_tokens: int, peak_gbps: float) -> 
         assert (new_tokens - 1) * step_s < row["total_s"]
         assert math.isclose(row["effective_gbps"], result["decode_weight_bytes"] / step_s / 1e9)
         assert math.isclose(row["roofline_fraction"], row["effective_gbps"] / peak_gbps)
+        assert row["prompt_length"] == result["prompt_length"]
+        cache = row["batch_size"] * (row["prompt_length"] + new_tokens / 2)
+        cache *= TINY_KV_BYTES[result["arch"]]
+        with_kv = (result["decode_weight_bytes"] + cache) / step_s / 1e9
+        assert math.isclose(row["effective_gbps_with_kv"], with_kv)
+        assert math.isclose(row["roofline_fraction_with_kv"], with_kv / peak_gbps)
     scoring = result["scoring"]
     assert scoring["sequences"] == 16 and scoring["sequences_per_s"] > 0
     assert scoring["finite_scores"] is True
@@ -155,6 +164,8 @@ def test_full_idefics_has_the_published_9b_shape() -> None:
     assert len(model.model.gated_cross_attn_layers) == 32 // 4
     assert len(model.model.perceiver_resampler.blocks) == 6
     assert tuple(model.model.perceiver_resampler.latents.shape) == (64, 1280)
+    # Each cached token: 32 layers x (k, v) x 4096 x 2 bytes, half a MiB.
+    assert gpu_throughput.kv_cache_bytes_per_token(model) == 32 * 2 * 4096 * 2
     assert next(model.parameters()).device.type == "meta"  # nothing was allocated
 
 
@@ -170,3 +181,4 @@ def test_full_idefics2_and_idefics3_have_their_published_shapes(
     decoder = _parameters_under(model, "model.text_model.", "lm_head.")
     assert decoder == _decoder_parameters(vocab, 4096, 32, 14336, kv_dim)
     assert abs(gpu_throughput.count_parameters(model) - total) < 0.01e9
+    assert gpu_throughput.kv_cache_bytes_per_token(model) == 32 * 2 * kv_dim * 2
