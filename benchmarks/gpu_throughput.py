@@ -263,7 +263,7 @@ def _synchronize(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def _make_step_clock(device: str) -> Any:
@@ -287,7 +287,7 @@ def _peak_memory_gib(device: str) -> float:
     import torch
 
     if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**30
+        return torch.cuda.max_memory_allocated(device) / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
@@ -297,7 +297,7 @@ def _reset_peak_memory(device: str) -> None:
     gc.collect()  # an out-of-memory traceback's tensors go before the next measurement
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def generate_timed(model: Any, work: Workload, batch_size: int, new_tokens: int) -> dict[str, Any]:

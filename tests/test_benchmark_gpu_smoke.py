@@ -166,7 +166,11 @@ def test_full_idefics_has_the_published_9b_shape() -> None:
     assert tuple(model.model.perceiver_resampler.latents.shape) == (64, 1280)
     # Each cached token: 32 layers x (k, v) x 4096 x 2 bytes, half a MiB.
     assert gpu_throughput.kv_cache_bytes_per_token(model) == 32 * 2 * 4096 * 2
-    assert next(model.parameters()).device.type == "meta"  # nothing was allocated
+    # Created on the device asked for, buffers (rotary frequencies) included: on a GPU nothing
+    # would pass through CPU memory.
+    tensors = [*model.parameters(), *model.buffers()]
+    assert {t.device.type for t in tensors} == {"meta"}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
 
 
 @pytest.mark.parametrize(
