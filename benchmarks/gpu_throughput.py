@@ -243,12 +243,11 @@ class Workload:
         texts = torch.randint(3, self.shape.vocab, size, generator=generator)
         ids = torch.tensor([self.prompt_ids(row) for row in texts.tolist()])
         px = self.shape.input_px
-        pixels = torch.randn((batch_size, self.tiles, 3, px, px), generator=generator)
-        inputs = {
-            "input_ids": ids,
-            "attention_mask": torch.ones_like(ids),
-            "pixel_values": pixels.to(self.dtype),
-        }
+        # Drawn where they are used: a large batch of Idefics3 tiles is gigabytes.
+        pixel_generator = torch.Generator(self.device).manual_seed(seed)
+        pixels = torch.randn((batch_size, self.tiles, 3, px, px), generator=pixel_generator,
+                             device=self.device, dtype=self.dtype)  # fmt: skip
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
         if self.arch == "idefics":
             # Text after the image attends to it (the processor's image_attention_mask).
             seen = (ids == self.shape.vocab + 1).cumsum(dim=1).clamp(max=1)

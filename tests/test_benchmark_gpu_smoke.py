@@ -186,3 +186,13 @@ def test_full_idefics2_and_idefics3_have_their_published_shapes(
     assert decoder == _decoder_parameters(vocab, 4096, 32, 14336, kv_dim)
     assert abs(gpu_throughput.count_parameters(model) - total) < 0.01e9
     assert gpu_throughput.kv_cache_bytes_per_token(model) == 32 * 2 * kv_dim * 2
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--tiles", "4"], ["--batch-sizes", "1,x"], ["--new-tokens", "1"], ["--arch", "llava"]],
+)
+def test_bad_options_exit_with_usage_errors(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        gpu_throughput.parse_args(["--scale", "tiny", "--device", "cpu", *argv])
+    assert exit_info.value.code == 2
