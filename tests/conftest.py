@@ -21,6 +21,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -33,3 +34,25 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+
+
+# What the benchmark scripts set for themselves and their child processes.
+_BENCHMARK_ENV = (
+    "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+
+
+@pytest.fixture
+def restored_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Give back the variables and torch thread count a benchmark script changed in-process."""
+    import torch
+
+    for name in _BENCHMARK_ENV:
+        if name in os.environ:
+            monkeypatch.setenv(name, os.environ[name])
+        else:
+            monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

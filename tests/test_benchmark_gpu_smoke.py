@@ -13,7 +13,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,20 +36,6 @@ TOP_FIELDS = {
     "image_tiles", "new_tokens", "peak_gbps", "peak_gbps_source", "peak_memory_measure",
     "runner_auto_start", "batches", "scoring", "projection", "runner_path",
 }  # fmt: skip
-_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_HUB_OFFLINE")
-
-
-@pytest.fixture
-def restored_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The script limits threads and sets HF_HUB_OFFLINE for itself; give them back."""
-    for name in _ENV:
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _check_result(result: dict[str, Any], new_tokens: int, peak_gbps: float) -> None:

@@ -7,30 +7,12 @@ naive loop's, and both memory runs complete with one stored row per image.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from benchmarks import memory_scaling, runner_vs_naive
-
-# The scripts set these for themselves (and their child processes); the test gives them back.
-_ENV = ("HF_DATASETS_CACHE", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "HF_DATASETS_OFFLINE")
-
-
-@pytest.fixture
-def restored_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in _ENV:
-        if name in os.environ:
-            monkeypatch.setenv(name, os.environ[name])
-        else:
-            monkeypatch.delenv(name, raising=False)
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("restored_environment")
@@ -58,4 +40,5 @@ def test_memory_scaling_quick_measures_two_complete_runs(
     peaks = [float(p) for p in re.findall(r"images: peak +([\d.]+) MiB", output)]
     assert len(peaks) == 2 and all(p > 50 for p in peaks), output  # a torch process, measured
     assert "stored: 50 rows" in output and "stored: 200 rows" in output
-    assert re.search(r"peak ratio 200 / 50 images: \d+\.\d\dx \[target <= 1.5x: (met|NOT met)\]", output)
+    ratio = r"peak ratio 200 / 50 images: \d+\.\d\dx \[target <= 1.5x: (met|NOT met)\]"
+    assert re.search(ratio, output)
