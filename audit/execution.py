@@ -115,27 +115,35 @@ class BatchExecutor:
                         "jpeg": thumbnail_jpeg(loaded.image),
                     }
                 )
-        for prompt in self.spec.prompts:
-            rows.generations += self._generate(prompt, batch)
+        rows.generations += self._generate(batch)
         for task in self.spec.classification:
             rows.classifications += self._classify(task, batch)
         return rows
 
     # -- generation ------------------------------------------------------------------------
-    def _generate(self, prompt: PromptSpec, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
-        todo = [loaded for loaded in batch if prompt in loaded.item.prompts]
-        ok = [loaded for loaded in todo if loaded.image is not None]
-        requests = [GenerationRequest(loaded.image, prompt.text) for loaded in ok]  # type: ignore[arg-type]
+    def _generate(self, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
+        """Every prompt of the batch in one backend call, so each image is encoded once."""
+        todo = [
+            (prompt, loaded)
+            for prompt in self.spec.prompts
+            for loaded in batch
+            if prompt in loaded.item.prompts
+        ]
+        ok = [(prompt, loaded) for prompt, loaded in todo if loaded.image is not None]
+        requests = [GenerationRequest(loaded.image, prompt.text) for prompt, loaded in ok]  # type: ignore[arg-type]
         results = self._call(lambda reqs: self.backend.generate(reqs, self.settings), requests)
-        by_id = {
-            loaded.item.sample.sample_id: result
-            for loaded, result in zip(ok, results, strict=False)
+        by_key = {
+            (prompt.id, loaded.item.sample.sample_id): result
+            for (prompt, loaded), result in zip(ok, results, strict=False)
         }
-        rows = []
-        for loaded in todo:
-            result = by_id.get(loaded.item.sample.sample_id, loaded.error)
-            rows.append(self._generation_row(loaded.item.sample, prompt, result))
-        return rows
+        return [
+            self._generation_row(
+                loaded.item.sample,
+                prompt,
+                by_key.get((prompt.id, loaded.item.sample.sample_id), loaded.error),
+            )
+            for prompt, loaded in todo
+        ]
 
     def _generation_row(
         self, sample: Sample, prompt: PromptSpec, result: Generation | str | None

@@ -350,3 +350,75 @@ def test_label_merging_with_the_prompt_is_scored_whole(
     )
     assert shared.n_tokens == plain.n_tokens == expected
     np.testing.assert_allclose(shared.logprob_sums, plain.logprob_sums, atol=1e-4, rtol=0)
+
+
+def shared_image_requests(copies: bool) -> list[GenerationRequest]:
+    """Every image with three prompts of different lengths: the same object, or equal copies."""
+    images = [noise_image(w, h, seed=20 + i) for i, (w, h) in enumerate(SIZES[:4])]
+    return [
+        GenerationRequest(image.copy() if copies else image, prompt)
+        for prompt in PROMPTS[:3]
+        for image in images
+    ]
+
+
+def generate_counting_encodes(
+    backend: HFBackend, requests: list[GenerationRequest], settings: GenerationSettings
+) -> tuple[list, int]:
+    """Generations, and how many images went through the vision encoder."""
+    inner = backend.model.model
+    encoder = inner.vision_model
+    counted = []
+    handle = encoder.register_forward_hook(
+        lambda _m, args, kw, _o: counted.append(
+            (kw.get("pixel_values") if "pixel_values" in kw else args[0]).shape[0]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        return backend.generate(requests, settings), sum(counted)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_image_features_give_the_same_tokens(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    backend = backends[family]
+    settings = GenerationSettings(max_new_tokens=12, batch_size=5)
+    shared_requests = shared_image_requests(copies=False)
+    shared, shared_encodes = generate_counting_encodes(backend, shared_requests, settings)
+    copied, copied_encodes = generate_counting_encodes(
+        backend, shared_image_requests(copies=True), settings
+    )
+    backend.share_image_features = False
+    try:
+        unshared, unshared_encodes = generate_counting_encodes(backend, shared_requests, settings)
+    finally:
+        backend.share_image_features = True
+    assert shared == copied == unshared
+    assert len({g.text for g in shared}) > 3
+    # 4 images x 3 prompts: each image encoded once when shared, once per request otherwise.
+    assert shared_encodes * 3 == copied_encodes == unshared_encodes
+    if family == "idefics3":
+        tiles = {
+            backend.encode([backend.generation_prompt(r.image, r.prompt)], "left")[
+                "pixel_values"
+            ].shape[1]
+            for r in shared_requests
+        }
+        assert len(tiles) > 1, "the images should give different tile counts"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_image_features_with_a_preamble_image(
+    model_dirs: dict[str, Path], family: str
+) -> None:
+    preamble = (PreamblePart(text="Look:"), PreamblePart(image=noise_image(24, 24, seed=99)))
+    backend = load_backend(str(model_dirs[family]), ModelSpec(id="x"), preamble=preamble)
+    requests = shared_image_requests(copies=False)
+    settings = GenerationSettings(max_new_tokens=8, batch_size=4)
+    shared = backend.generate(requests, settings)
+    backend.share_image_features = False
+    assert shared == backend.generate(requests, settings)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from audit.backends.hf import HFBackend
+from audit.backends.image_features import FeatureCache, chat_image_inputs
 from audit.backends.prompt import Prompt, as_rgb
 from audit.errors import ModelLoadError
 
@@ -23,6 +24,8 @@ class ChatBackend(HFBackend):
 
     name: ClassVar[str] = "chat"
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
+    #: ``config.model_type`` values on which shared image features are verified by tests.
+    image_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
 
     def _check_processor(self, processor: Any) -> None:
         if not getattr(processor, "chat_template", None):
@@ -79,3 +82,18 @@ class ChatBackend(HFBackend):
             return_tensors="pt",
         )
         return self._to_model(inputs)
+
+    def with_shared_images(
+        self, prompts: Sequence[Prompt], inputs: Any, cache: FeatureCache
+    ) -> Any:
+        """Pixels replaced by each distinct image's features, encoded once per call."""
+        if self._checkpoint.model_type not in self.image_sharing_model_types:
+            return inputs
+        return chat_image_inputs(
+            self.model,
+            self.processor.image_processor,
+            [p.images for p in prompts],
+            inputs,
+            cache,
+            self._to_model,
+        )

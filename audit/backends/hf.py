@@ -26,6 +26,7 @@ from audit.backends.base import (
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.checkpoint import Checkpoint, LoadedModel, load_checkpoint
 from audit.backends.generation import TokenRoles, ensure_pad_token, run_generate, token_roles
+from audit.backends.image_features import FeatureCache
 from audit.backends.prompt import Prompt
 from audit.backends.scoring import (
     ScoringMethod,
@@ -59,6 +60,8 @@ class HFBackend(Backend):
         self._roles: TokenRoles | None = None
         self._generate_ceiling = BatchCeiling()
         self._score_ceiling = BatchCeiling()
+        #: Encode each distinct image once per ``generate`` call (where the family supports it).
+        self.share_image_features = True
 
     # -- loading -------------------------------------------------------------------------
     def _load(self) -> LoadedModel:
@@ -123,6 +126,12 @@ class HFBackend(Backend):
     def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
         """Processor output for a batch, padded on ``padding_side``, on the model's device."""
 
+    def with_shared_images(
+        self, prompts: Sequence[Prompt], inputs: Any, cache: FeatureCache
+    ) -> Any:
+        """``inputs`` with image features taken from (and added to) ``cache``; by default as is."""
+        return inputs
+
     def text_ids(self, prompt: Prompt) -> list[int]:
         """Token ids of ``prompt.text`` with image placeholders left unexpanded."""
         tokenizer = self.processor.tokenizer
@@ -146,18 +155,20 @@ class HFBackend(Backend):
         loaded = self._load()
         prompts = [self.generation_prompt(r.image, r.prompt) for r in requests]
         order = length_order([self._length_key(p) for p in prompts])
+        # Lives for this call only: the prompts keep its images alive, so ids stay unique.
+        cache: FeatureCache = {}
+
+        def run_batch(batch: list[Prompt]) -> list[Generation]:
+            inputs = self.encode(batch, "left")
+            if self.share_image_features:
+                inputs = self.with_shared_images(batch, inputs, cache)
+            return run_generate(
+                loaded.model, loaded.processor.tokenizer, inputs, settings, self.roles
+            )
+
         with _seeded(settings.seed, loaded.device):
             results = map_in_batches(
-                [prompts[i] for i in order],
-                settings.batch_size,
-                lambda batch: run_generate(
-                    loaded.model,
-                    loaded.processor.tokenizer,
-                    self.encode(batch, "left"),
-                    settings,
-                    self.roles,
-                ),
-                self._generate_ceiling,
+                [prompts[i] for i in order], settings.batch_size, run_batch, self._generate_ceiling
             )
         return restore_order(order, results)
 

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 from PIL import Image
 
 from audit.backends.hf import HFBackend
+from audit.backends.image_features import FeatureCache, idefics_image_inputs
 from audit.backends.prompt import Prompt, as_rgb
 
 _FAKE = "<fake_token_around_image>"
@@ -86,6 +87,13 @@ class IdeficsBackend(HFBackend):
             return_tensors="pt",
         )
         return self._to_model(inputs)
+
+    def with_shared_images(
+        self, prompts: Sequence[Prompt], inputs: Any, cache: FeatureCache
+    ) -> Any:
+        """Pixels replaced by each distinct image's embeddings, encoded once per call."""
+        shared = idefics_image_inputs(self.model, [p.images for p in prompts], inputs, cache)
+        return inputs if shared is None else shared
 
     def continuation_inputs(
         self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
