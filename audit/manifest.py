@@ -33,7 +33,9 @@ def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
     for key in ("dataset", "model", "generation", "preamble", "prompts", "classification"):
         value = data[key]
         if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in _FINGERPRINT_EXCLUDE.get(key, set())}
+            value = {
+                k: v for k, v in value.items() if k not in _FINGERPRINT_EXCLUDE.get(key, set())
+            }
         encoded = json.dumps(value, sort_keys=True).encode()
         sections[key] = hashlib.sha256(encoded).hexdigest()[:16]
     return sections
@@ -97,7 +99,10 @@ def _start_manifest(
     if store.exists():
         _check_same_probe(store, spec)
         manifest = store.update_manifest(
-            status="running", expected=expected, resumed_at=now_iso(), model=model,
+            status="running",
+            expected=expected,
+            resumed_at=now_iso(),
+            model=model,
             dataset={**source.describe(), "n_samples": n_samples},
         )
     else:
@@ -151,8 +156,12 @@ def finalize_manifest(
     ``running`` while another shard's process is alive, and is ``partial`` once none is.
     """
     write_shard_record(
-        store.root, shard, status=process_status, finished_at=now_iso(),
-        updated_at=now_iso(), elapsed_s=round(elapsed_s, 3),
+        store.root,
+        shard,
+        status=process_status,
+        finished_at=now_iso(),
+        updated_at=now_iso(),
+        elapsed_s=round(elapsed_s, 3),
     )
     with run_lock(store.root):
         rows = stored_rows(store)

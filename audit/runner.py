@@ -49,21 +49,29 @@ class RunOptions:
         size: int | str | None = batch_size
         if batch_size is not None and batch_size != "auto":
             if not batch_size.isdigit() or int(batch_size) < 1:
-                raise AuditError(f"--batch-size: expected a positive integer or 'auto', got '{batch_size}'")
+                raise AuditError(
+                    f"--batch-size: expected a positive integer or 'auto', got '{batch_size}'"
+                )
             size = int(batch_size)
         if kwargs.get("limit") is not None and kwargs["limit"] < 1:
             raise AuditError(f"--limit: expected a positive integer, got {kwargs['limit']}")
         if kwargs.get("flush_rows", 1) < 1:
-            raise AuditError(f"--flush-every: expected a positive integer, got {kwargs['flush_rows']}")
+            raise AuditError(
+                f"--flush-every: expected a positive integer, got {kwargs['flush_rows']}"
+            )
         chosen = Shard.parse(shard) if shard else Shard.from_env()
         return cls(shard=chosen, batch_size=size, **kwargs)
 
     def apply(self, spec: ProbeSpec) -> ProbeSpec:
         """The probe with this run's overrides."""
-        dataset = spec.dataset.model_copy(update={"limit": self.limit}) if self.limit else spec.dataset
+        dataset = (
+            spec.dataset.model_copy(update={"limit": self.limit}) if self.limit else spec.dataset
+        )
         model_update: dict[str, Any] = {}
         if self.model:
-            model_update["id"] = str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
+            model_update["id"] = (
+                str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
+            )
         if self.device:
             model_update["device"] = self.device
         generation = spec.generation
@@ -137,7 +145,13 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     preamble = [_preamble_part(spec, i, PreamblePart, origin) for i in range(len(spec.preamble))]
     backend = load_backend(spec.model_location(), spec.model, preamble)
     start_manifest(
-        store, spec, source, backend, shard, probe_path, launcher=options.launcher or launcher_name()
+        store,
+        spec,
+        source,
+        backend,
+        shard,
+        probe_path,
+        launcher=options.launcher or launcher_name(),
     )
 
     started = time.perf_counter()
@@ -147,9 +161,7 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     written = errors = 0
     status = "failed"
     try:
-        written, errors = _execute(
-            store, spec, source, shard, executor, total, options, batch_size
-        )
+        written, errors = _execute(store, spec, source, shard, executor, total, options, batch_size)
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -180,7 +192,10 @@ def _execute(
     last_flush = started = time.monotonic()
     work = batched(_pending(store, spec, source, shard), batch_size)
     with tqdm(
-        total=total, unit="row", disable=not options.progress, desc=f"{spec.name} {shard.label}",
+        total=total,
+        unit="row",
+        disable=not options.progress,
+        desc=f"{spec.name} {shard.label}",
         dynamic_ncols=True,
     ) as bar:
         try:
@@ -204,8 +219,12 @@ def _execute(
 def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: float) -> None:
     """This process's heartbeat and counts in its shard record (``audit status`` reads them)."""
     write_shard_record(
-        store.root, shard, rows_written=written, errors_written=errors,
-        elapsed_s=round(elapsed_s, 3), updated_at=now_iso(),
+        store.root,
+        shard,
+        rows_written=written,
+        errors_written=errors,
+        elapsed_s=round(elapsed_s, 3),
+        updated_at=now_iso(),
     )
 
 
