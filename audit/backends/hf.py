@@ -151,7 +151,11 @@ class HFBackend(Backend):
     def generate(
         self, requests: Sequence[GenerationRequest], settings: GenerationSettings
     ) -> list[Generation]:
-        """Batched generation, longest prompts first, results in request order."""
+        """Batched generation, longest prompts first, results in request order.
+
+        Requests that carry the same image object share its vision features: each distinct
+        image is encoded once per call (for the families whose ``with_shared_images`` does so).
+        """
         loaded = self._load()
         prompts = [self.generation_prompt(r.image, r.prompt) for r in requests]
         order = length_order([self._length_key(p) for p in prompts])
