@@ -55,6 +55,8 @@ def _write_simulation(run_dir: Path, analysis: dict[str, object]) -> None:
 
 
 def run_demo(out: Path) -> None:
+    import torch
+
     from audit.analyses import analyze_run
     from audit.report import build_report
     from audit.runner import RunOptions, run_probe
@@ -62,6 +64,9 @@ def run_demo(out: Path) -> None:
     from audit.spec import load_probe
     from audit.tiny_models import build_tiny_model
 
+    # Tiny models are overhead-bound: a second OpenMP thread only spins, and on a small machine
+    # with anything else running it made them many times slower.
+    torch.set_num_threads(1)
     started = time.perf_counter()
     out = out.resolve()
     print(
