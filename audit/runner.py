@@ -157,11 +157,15 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     started = time.perf_counter()
     batch_size = _batch_samples(spec, backend.info().device)
     executor = BatchExecutor(backend, spec, _settings(spec, batch_size), spec.model.id)
-    total = sum(item.n_rows for item in _pending(store, spec, source, shard))
+    stored = StoredKeys.read(store)
+    total = sum(item.n_rows for item in _pending(stored, spec, source, shard))
     written = errors = 0
     status = "failed"
     try:
-        written, errors = _execute(store, spec, source, shard, executor, total, options, batch_size)
+        pending = _pending(stored, spec, source, shard)
+        written, errors = _execute(
+            store, spec, pending, shard, executor, total, options, batch_size
+        )
         status = "done"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -178,7 +182,7 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
 def _execute(
     store: RunStore,
     spec: ProbeSpec,
-    source: Any,
+    pending: Iterator[WorkItem],
     shard: Shard,
     executor: BatchExecutor,
     total: int,
@@ -190,7 +194,7 @@ def _execute(
     buffer = BatchRows()
     written = errors = 0
     last_flush = started = time.monotonic()
-    work = batched(_pending(store, spec, source, shard), batch_size)
+    work = batched(pending, batch_size)
     with tqdm(
         total=total,
         unit="row",
@@ -242,11 +246,27 @@ def _flush(store: RunStore, buffer: BatchRows) -> None:
     store.append("classifications", pd.DataFrame(buffer.classifications))
 
 
-def _pending(store: RunStore, spec: ProbeSpec, source: Any, shard: Shard) -> Iterator[WorkItem]:
-    """Samples of this shard with what is not stored yet (error rows are retried)."""
-    done_generations = store.done_keys("generations")
-    done_classifications = store.done_keys("classifications")
-    thumbnails = {key[0] for key in store.done_keys("thumbnails")}
+@dataclass(frozen=True)
+class StoredKeys:
+    """What the store already holds, read once per run (error rows are not counted: retried)."""
+
+    generations: set[tuple[str, ...]]
+    classifications: set[tuple[str, ...]]
+    thumbnails: set[str]
+
+    @classmethod
+    def read(cls, store: RunStore) -> StoredKeys:
+        return cls(
+            store.done_keys("generations"),
+            store.done_keys("classifications"),
+            {key[0] for key in store.done_keys("thumbnails")},
+        )
+
+
+def _pending(stored: StoredKeys, spec: ProbeSpec, source: Any, shard: Shard) -> Iterator[WorkItem]:
+    """Samples of this shard with what is not stored yet."""
+    done_generations, done_classifications = stored.generations, stored.classifications
+    thumbnails = stored.thumbnails
     for sample in source.samples():
         if not shard.owns(sample.sample_id):
             continue
