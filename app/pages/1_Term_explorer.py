@@ -12,10 +12,11 @@ from audit.reporting.app_state import (
     filter_groups,
     group_selection,
     require_runs,
+    require_table,
     thumbnails,
 )
 from audit.reporting.app_views import show_metric
-from audit.reporting.formatting import NOT_ANALYSED, format_number, format_p
+from audit.reporting.formatting import format_number, format_p
 from audit.reporting.run_data import RunData
 from audit.reporting.term_sections import Q_THRESHOLD, term_summary
 
@@ -71,10 +72,7 @@ def show_examples(run: RunData, prompt_id: str, axis: str, term: str, selection:
 runs = require_runs()
 run = choose_run(runs)
 selection = group_selection(run)
-table = run.table("term_variance")
-if table is None:
-    st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
-    st.stop()
+table = require_table(run, "term_variance")
 prompt_id = st.selectbox(
     "Prompt", sorted(table["prompt_id"].astype(str).unique()), key="term_prompt"
 )

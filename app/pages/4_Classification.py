@@ -6,12 +6,18 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from audit.reporting.app_state import choose_run, filter_groups, group_selection, require_runs
+from audit.reporting.app_state import (
+    choose_run,
+    filter_groups,
+    group_selection,
+    require_runs,
+    require_table,
+)
 from audit.reporting.app_views import show_gaps, show_metric
 from audit.reporting.card_table import card_cells
 from audit.reporting.confusion_matrix import confusion_counts, confusion_groups
 from audit.reporting.figures import confusion_heatmap
-from audit.reporting.formatting import NOT_ANALYSED, format_interval, format_number
+from audit.reporting.formatting import format_interval, format_number
 from audit.reporting.run_data import RunData
 
 st.set_page_config(page_title="Classification", layout="wide")
@@ -54,10 +60,7 @@ def show_confusion(run: RunData, task_id: str) -> None:
 runs = require_runs()
 run = choose_run(runs)
 selection = group_selection(run)
-table = run.table("classification")
-if table is None:
-    st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
-    st.stop()
+table = require_table(run, "classification")
 st.subheader("Accuracy (std), the model card's layout")
 st.dataframe(card_frame(table), hide_index=True)
 task_id = st.selectbox("Task", sorted(table["task_id"].astype(str).unique()))

@@ -63,20 +63,33 @@ def task_axes(context: AnalysisContext, frame: pd.DataFrame, tasks: list[Task]) 
     return discover_axes(frame, names, extra)
 
 
+def task_rows(context: AnalysisContext) -> tuple[list[Task], list[GroupAxis], pd.DataFrame] | None:
+    """The tasks, their group axes and intersections, and the successful rows (None when the run
+    has no classifications). Shared by the accuracy and confusion analyses."""
+    frame = context.classifications
+    if frame.empty or "task_id" not in frame or "target" not in frame:
+        return None
+    frame = sort_rows(frame, ["sample_id", "task_id"])
+    tasks = tasks_of(context.manifest, frame)
+    valid, _ = split_errors(frame)
+    return tasks, task_axes(context, frame, tasks), valid
+
+
+def rows_of_task(valid: pd.DataFrame, task_id: str) -> pd.DataFrame:
+    rows = valid[(valid["task_id"].astype(str) == task_id) & valid["target"].notna()]
+    return rows.reset_index(drop=True)
+
+
 @register(NAME)
 def classification(context: AnalysisContext) -> pd.DataFrame:
     """Accuracy per task x group and intersection, gaps with tests, and the card's std."""
-    frame = context.classifications
-    if frame.empty or "task_id" not in frame or "target" not in frame:
+    prepared = task_rows(context)
+    if prepared is None:
         return empty_table("task_id", EXTRA)
-    frame = sort_rows(frame, ["sample_id", "task_id"])
-    tasks = tasks_of(context.manifest, frame)
-    axes = task_axes(context, frame, tasks)
-    valid, _ = split_errors(frame)
+    tasks, axes, valid = prepared
     records: list[dict[str, Any]] = []
     for task in tasks:
-        rows = valid[(valid["task_id"].astype(str) == task.id) & valid["target"].notna()]
-        rows = rows.reset_index(drop=True)
+        rows = rows_of_task(valid, task.id)
         for scoring in SCORINGS:
             predicted = predictions(rows, task, scoring)
             if predicted is None:

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.analyses.classification import task_axes
-from audit.analyses.grouping import GroupAxis, sort_rows, split_errors
-from audit.analyses.label_scores import SCORINGS, predictions, tasks_of
+from audit.analyses.classification import rows_of_task, task_rows
+from audit.analyses.grouping import GroupAxis
+from audit.analyses.label_scores import SCORINGS, predictions
 from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.table import ALL, build_table, empty_table
 from audit.stats import wilson_interval
@@ -28,17 +28,14 @@ EXTRA = ("scoring", "target", "prediction", "count")
 @register(NAME)
 def confusion(context: AnalysisContext) -> pd.DataFrame:
     """Confusion matrices per task, scoring and group (axes only, not intersections)."""
-    frame = context.classifications
-    if frame.empty or "task_id" not in frame or "target" not in frame:
+    prepared = task_rows(context)
+    if prepared is None:
         return empty_table("task_id", EXTRA)
-    frame = sort_rows(frame, ["sample_id", "task_id"])
-    tasks = tasks_of(context.manifest, frame)
-    axes = [a for a in task_axes(context, frame, tasks) if a.name in context.group_axes]
-    valid, _ = split_errors(frame)
+    tasks, every_axis, valid = prepared
+    axes = [a for a in every_axis if a.name in context.group_axes]
     parts = []
     for task in tasks:
-        rows = valid[(valid["task_id"].astype(str) == task.id) & valid["target"].notna()]
-        rows = rows.reset_index(drop=True)
+        rows = rows_of_task(valid, task.id)
         values = list(dict.fromkeys([*task.values, *sorted(rows["target"].astype(str).unique())]))
         for scoring in SCORINGS:
             predicted = predictions(rows, task, scoring)

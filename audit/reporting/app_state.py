@@ -16,7 +16,7 @@ import streamlit as st
 
 from audit.dashboard import run_dirs_from_env
 from audit.errors import AuditError
-from audit.reporting.formatting import escape_markdown
+from audit.reporting.formatting import NOT_ANALYSED, escape_markdown
 from audit.reporting.run_data import RunData, load_run, read_generations, read_thumbnails
 
 _EXTRA_RUNS = "extra_run_dirs"
@@ -106,6 +106,15 @@ def require_runs() -> list[RunData]:
         )
         st.stop()
     return runs
+
+
+def require_table(run: RunData, name: str) -> pd.DataFrame:
+    """The run's analysis table ``name``, or a note on how to make it and a stop."""
+    table = run.table(name)
+    if table is None:
+        st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
+        st.stop()
+    return table
 
 
 def choose_run(runs: list[RunData], key: str = "run") -> RunData:
