@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from audit.backends import (
     PreamblePart,
     load_backend,
 )
+from audit.backends.chat import ChatBackend
 from audit.backends.hf import HFBackend
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
@@ -362,63 +367,98 @@ def shared_image_requests(copies: bool) -> list[GenerationRequest]:
     ]
 
 
-def generate_counting_encodes(
+@dataclass(frozen=True)
+class Work:
+    """What one ``generate`` call ran: images through the vision encoder, and rows of model
+    passes that carried image tokens (each a prefill of an image's prompt prefix)."""
+
+    encoded_images: int
+    image_rows_prefilled: int
+
+
+def generate_measuring_work(
     backend: HFBackend, requests: list[GenerationRequest], settings: GenerationSettings
-) -> tuple[list, int]:
-    """Generations, and how many images went through the vision encoder."""
-    inner = backend.model.model
-    encoder = inner.vision_model
-    counted = []
-    handle = encoder.register_forward_hook(
-        lambda _m, args, kw, _o: counted.append(
-            (kw.get("pixel_values") if "pixel_values" in kw else args[0]).shape[0]
-        ),
-        with_kwargs=True,
-    )
+) -> tuple[list, Work]:
+    encoded: list[int] = []
+    image_rows: list[int] = []
+    image_token = backend.processor.tokenizer.convert_tokens_to_ids("<image>")
+
+    def count_images(_m: Any, args: tuple, kwargs: dict, _out: Any) -> None:
+        pixels = kwargs["pixel_values"] if "pixel_values" in kwargs else args[0]
+        encoded.append(pixels.shape[0])
+
+    def count_rows(_m: Any, args: tuple, kwargs: dict) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None:
+            image_rows.append(int((ids == image_token).any(dim=1).sum()))
+
+    handles = [
+        backend.model.model.vision_model.register_forward_hook(count_images, with_kwargs=True),
+        backend.model.register_forward_pre_hook(count_rows, with_kwargs=True),
+    ]
     try:
-        return backend.generate(requests, settings), sum(counted)
+        return backend.generate(requests, settings), Work(sum(encoded), sum(image_rows))
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def sharing(backend: HFBackend, image_features: bool, prompt_prefix: bool) -> Iterator[None]:
+    before = backend.share_image_features, backend.share_prompt_prefix
+    backend.share_image_features, backend.share_prompt_prefix = image_features, prompt_prefix
+    try:
+        yield
+    finally:
+        backend.share_image_features, backend.share_prompt_prefix = before
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_shared_image_features_give_the_same_tokens(
+def test_shared_images_and_prefixes_give_the_same_tokens(
     backends: dict[str, HFBackend], family: str
 ) -> None:
     backend = backends[family]
     settings = GenerationSettings(max_new_tokens=12, batch_size=5)
-    shared_requests = shared_image_requests(copies=False)
-    shared, shared_encodes = generate_counting_encodes(backend, shared_requests, settings)
-    copied, copied_encodes = generate_counting_encodes(
+    requests = shared_image_requests(copies=False)
+    shared, shared_work = generate_measuring_work(backend, requests, settings)
+    copied, copied_work = generate_measuring_work(
         backend, shared_image_requests(copies=True), settings
     )
-    backend.share_image_features = False
-    try:
-        unshared, unshared_encodes = generate_counting_encodes(backend, shared_requests, settings)
-    finally:
-        backend.share_image_features = True
-    assert shared == copied == unshared
+    with sharing(backend, image_features=True, prompt_prefix=False):
+        features_only, features_work = generate_measuring_work(backend, requests, settings)
+    with sharing(backend, image_features=False, prompt_prefix=False):
+        unshared, unshared_work = generate_measuring_work(backend, requests, settings)
+    assert shared == copied == features_only == unshared
     assert len({g.text for g in shared}) > 3
-    # 4 images x 3 prompts: each image encoded once when shared, once per request otherwise.
-    assert shared_encodes * 3 == copied_encodes == unshared_encodes
+    # 4 images x 3 prompts: each image encoded once when shared, once per request otherwise
+    # (Idefics3 counts tiles).
+    assert shared_work.encoded_images == features_work.encoded_images
+    assert copied_work.encoded_images == unshared_work.encoded_images
+    assert shared_work.encoded_images * 3 == unshared_work.encoded_images
+    # Chat families prefill each image's prompt prefix once; IDEFICS v1 keeps whole prompts.
+    prefills = 4 if family in ChatBackend.prefix_generation_model_types else 12
+    assert shared_work.image_rows_prefilled == prefills
+    assert copied_work.image_rows_prefilled == features_work.image_rows_prefilled == 12
     if family == "idefics3":
         tiles = {
             backend.encode([backend.generation_prompt(r.image, r.prompt)], "left")[
                 "pixel_values"
             ].shape[1]
-            for r in shared_requests
+            for r in requests
         }
         assert len(tiles) > 1, "the images should give different tile counts"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_shared_image_features_with_a_preamble_image(
-    model_dirs: dict[str, Path], family: str
-) -> None:
+def test_sharing_with_a_preamble_image(model_dirs: dict[str, Path], family: str) -> None:
     preamble = (PreamblePart(text="Look:"), PreamblePart(image=noise_image(24, 24, seed=99)))
     backend = load_backend(str(model_dirs[family]), ModelSpec(id="x"), preamble=preamble)
+    assert isinstance(backend, HFBackend)
     requests = shared_image_requests(copies=False)
     settings = GenerationSettings(max_new_tokens=8, batch_size=4)
     shared = backend.generate(requests, settings)
-    backend.share_image_features = False
-    assert shared == backend.generate(requests, settings)
+    with sharing(backend, image_features=True, prompt_prefix=False):
+        features_only = backend.generate(requests, settings)
+    with sharing(backend, image_features=False, prompt_prefix=False):
+        unshared = backend.generate(requests, settings)
+    assert shared == features_only == unshared

@@ -76,6 +76,26 @@ def test_generation_backs_off_and_loses_nothing(
     assert max(seen[1:]) <= 3
 
 
+@pytest.mark.parametrize("family", ["idefics2", "idefics3"])
+def test_prefix_shared_generation_backs_off_and_loses_nothing(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    backend = backends[family]
+    images = [noise_image(i) for i in range(4)]
+    requests = [
+        GenerationRequest(image, prompt)
+        for image in images
+        for prompt in ("Describe this person.", "Write a resume for this person, please.")
+    ]
+    expected = backend.generate(requests, GenerationSettings(max_new_tokens=5, batch_size=1))
+    with memory_limit(backend, max_rows=3) as seen:
+        got = backend.generate(requests, GenerationSettings(max_new_tokens=5, batch_size=16))
+    assert got == expected
+    # The four images' prefixes were prefilled together, failed, then two at a time.
+    assert seen[0] == 4
+    assert max(seen[1:]) <= 3
+
+
 @pytest.mark.parametrize("method", ["plain", "shared_prefix"])
 def test_label_scoring_backs_off(backends: dict[str, HFBackend], method: str) -> None:
     backend = backends["idefics3"]

@@ -24,6 +24,7 @@ class ChatBackend(HFBackend):
 
     name: ClassVar[str] = "chat"
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
+    prefix_generation_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     #: ``config.model_type`` values on which shared image features are verified by tests.
     image_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
 
@@ -68,6 +69,19 @@ class ChatBackend(HFBackend):
 
     def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt:
         return self._prompt(image, None, answer)
+
+    def cut_after_image(self, prompt: Prompt) -> tuple[Prompt, str] | None:
+        image_token = getattr(self.processor, "image_token", None)
+        if not isinstance(image_token, str) or not image_token:
+            return None
+        cut = prompt.text.rfind(image_token)
+        if cut < 0:
+            return None
+        end = cut + len(image_token)
+        head = Prompt(
+            prompt.text[:end], prompt.images, add_special_tokens=prompt.add_special_tokens
+        )
+        return head, prompt.text[end:]
 
     def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
         flags = {p.add_special_tokens for p in prompts}

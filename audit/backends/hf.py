@@ -6,6 +6,7 @@ batching, sorting, out-of-memory back-off, decoding and scoring live here once.
 
 from __future__ import annotations
 
+import logging
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from audit.backends.batching import BatchCeiling, length_order, map_in_batches, 
 from audit.backends.checkpoint import Checkpoint, LoadedModel, load_checkpoint
 from audit.backends.generation import TokenRoles, ensure_pad_token, run_generate, token_roles
 from audit.backends.image_features import FeatureCache
+from audit.backends.prefix_generation import PromptSplit, generate_with_shared_prefixes
 from audit.backends.prompt import Prompt
 from audit.backends.scoring import (
     ScoringMethod,
@@ -34,6 +36,8 @@ from audit.backends.scoring import (
     score_plain,
     score_shared_prefix,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -52,6 +56,8 @@ class HFBackend(Backend):
 
     #: ``config.model_type`` values on which prefix-shared label scoring is verified by tests.
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ()
+    #: ``config.model_type`` values on which prefix-shared generation is verified by tests.
+    prefix_generation_model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, checkpoint: Checkpoint, preamble: Sequence[PreamblePart] = ()) -> None:
         self._checkpoint = checkpoint
@@ -62,6 +68,10 @@ class HFBackend(Backend):
         self._score_ceiling = BatchCeiling()
         #: Encode each distinct image once per ``generate`` call (where the family supports it).
         self.share_image_features = True
+        #: Prefill the prompt prefix an image's requests share once per ``generate`` call.
+        self.share_prompt_prefix = True
+        #: Token ids of the text after a prompt's image (``None``: that prompt does not split).
+        self._suffix_ids: dict[tuple[str, bool], tuple[int, ...] | None] = {}
 
     # -- loading -------------------------------------------------------------------------
     def _load(self) -> LoadedModel:
@@ -132,6 +142,11 @@ class HFBackend(Backend):
         """``inputs`` with image features taken from (and added to) ``cache``; by default as is."""
         return inputs
 
+    def cut_after_image(self, prompt: Prompt) -> tuple[Prompt, str] | None:
+        """``prompt`` up to its last image placeholder, and the text after it; ``None`` where the
+        family's prompts do not cut there (the default)."""
+        return None
+
     def text_ids(self, prompt: Prompt) -> list[int]:
         """Token ids of ``prompt.text`` with image placeholders left unexpanded."""
         tokenizer = self.processor.tokenizer
@@ -158,6 +173,12 @@ class HFBackend(Backend):
         """
         loaded = self._load()
         prompts = [self.generation_prompt(r.image, r.prompt) for r in requests]
+        splits = self._shared_prefix_splits(prompts)
+        if splits is not None:
+            with _seeded(settings.seed, loaded.device):
+                return generate_with_shared_prefixes(
+                    self, splits, settings, self._length_key, self._generate_ceiling
+                )
         order = length_order([self._length_key(p) for p in prompts])
         # Lives for this call only: the prompts keep its images alive, so ids stay unique.
         cache: FeatureCache = {}
@@ -175,6 +196,51 @@ class HFBackend(Backend):
                 [prompts[i] for i in order], settings.batch_size, run_batch, self._generate_ceiling
             )
         return restore_order(order, results)
+
+    def _shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None:
+        """Each prompt split after its image, where some prefix is shared and every prompt
+        splits exactly; otherwise ``None`` (generate each prompt whole)."""
+        if not (
+            self.share_prompt_prefix
+            and self._checkpoint.model_type in self.prefix_generation_model_types
+        ):
+            return None
+        splits = []
+        for prompt in prompts:
+            split = self._split(prompt)
+            if split is None:
+                return None
+            splits.append(split)
+        if len({s.prefix_key for s in splits}) == len(splits):
+            return None
+        return splits
+
+    def _split(self, prompt: Prompt) -> PromptSplit | None:
+        cut = self.cut_after_image(prompt)
+        if cut is None:
+            return None
+        head, tail = cut
+        key = (tail, prompt.add_special_tokens)
+        if key not in self._suffix_ids:
+            self._suffix_ids[key] = self._suffix_ids_of(prompt, head)
+        suffix_ids = self._suffix_ids[key]
+        return None if suffix_ids is None else PromptSplit(head, suffix_ids)
+
+    def _suffix_ids_of(self, prompt: Prompt, head: Prompt) -> tuple[int, ...] | None:
+        """The tokens the processor puts after ``head`` in ``prompt``, where ``prompt`` encodes
+        as ``head`` then those tokens. Processors may respace text after an image (Idefics2
+        puts a space after the closing image token), so they come from the processor itself:
+        they depend on the text after the image only, and are found once per distinct text."""
+        whole = self.encode([prompt], "left")["input_ids"][0].tolist()
+        start = self.encode([head], "left")["input_ids"][0].tolist()
+        if whole[: len(start)] == start and len(whole) > len(start):
+            return tuple(whole[len(start) :])
+        logger.warning(
+            "the prompt %r does not encode as its part up to the image then the rest; "
+            "prompts showing the same image are prefilled whole",
+            prompt.text,
+        )
+        return None
 
     def _length_key(self, prompt: Prompt) -> int:
         pixels = sum(image.width * image.height for image in prompt.images)
