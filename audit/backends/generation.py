@@ -112,17 +112,120 @@ def generation_config(settings: GenerationSettings, roles: TokenRoles) -> Any:
 
 
 def run_generate(
-    model: Any, tokenizer: Any, inputs: Any, settings: GenerationSettings, roles: TokenRoles
+    model: Any,
+    tokenizer: Any,
+    inputs: Any,
+    settings: GenerationSettings,
+    roles: TokenRoles,
+    *,
+    drop_finished: bool = False,
 ) -> list[Generation]:
-    """Generate for one encoded, left-padded batch; one ``Generation`` per row."""
+    """Generate for one encoded, left-padded batch; one ``Generation`` per row.
+
+    A batch decodes until its last row stops, so rows that stop early idle. With
+    ``drop_finished`` (for models whose decoding needs only the key/value cache once prefilled),
+    ``generate`` pauses whenever a quarter of its rows have stopped and resumes from its cache
+    with the others alone.
+    """
     import torch
+
+    from audit.backends.kv_cache import growing_cache
 
     config = generation_config(settings, roles)
     extra = {"tokenizer": tokenizer} if settings.stop_strings else {}
-    with torch.inference_mode():
-        output = model.generate(**inputs, generation_config=config, **extra)
-    new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+    inputs = dict(inputs)
+    if inputs.get("past_key_values") is None:
+        inputs["past_key_values"] = growing_cache(model, reserve=settings.max_new_tokens)
+    if not drop_finished:
+        with torch.inference_mode():
+            output = model.generate(**inputs, generation_config=config, **extra)
+        new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
+        return [
+            describe_new_tokens(row, tokenizer, roles, settings.stop_strings) for row in new_tokens
+        ]
+    return _generate_dropping_finished(
+        model, tokenizer, dict(inputs), settings, roles, config, extra
+    )
+
+
+def _generate_dropping_finished(
+    model: Any,
+    tokenizer: Any,
+    call: dict[str, Any],
+    settings: GenerationSettings,
+    roles: TokenRoles,
+    config: Any,
+    extra: dict[str, Any],
+) -> list[Generation]:
+    import torch
+    from transformers import StoppingCriteriaList
+
+    from audit.backends.kv_cache import reserve_room
+
+    n_rows = call["input_ids"].shape[0]
+    new_tokens: list[list[int]] = [[] for _ in range(n_rows)]
+    active = list(range(n_rows))  # the batch row of each row still decoding
+    done = 0
+    while True:
+        prompt_length = call["input_ids"].shape[1]
+        pause = _PauseWhenRowsStop(prompt_length, roles.eos_ids, max(1, -(-len(active) // 4)))
+        config.max_new_tokens = settings.max_new_tokens - done
+        config.min_new_tokens = max(0, settings.min_new_tokens - done)
+        with torch.inference_mode():
+            output = model.generate(
+                **call,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([pause]),
+                return_dict_in_generate=True,
+                **extra,
+            )
+        sequences = output.sequences
+        step = sequences[:, prompt_length:]
+        done += step.shape[1]
+        for k, row in enumerate(active):
+            new_tokens[row] += step[k].tolist()
+        going = [
+            k
+            for k, row in enumerate(active)
+            if describe_new_tokens(
+                new_tokens[row], tokenizer, roles, settings.stop_strings
+            ).finish_reason
+            == "length"
+        ]
+        if not going or done >= settings.max_new_tokens:
+            break
+        keep = torch.tensor(going, device=sequences.device)
+        cache = output.past_key_values
+        cache.batch_select_indices(keep)
+        reserve_room(cache, settings.max_new_tokens - done)
+        mask = call["attention_mask"]
+        mask = torch.cat([mask, mask.new_ones((mask.shape[0], step.shape[1]))], dim=1)
+        # Resuming from a cache, ``generate`` runs only the last token of each sequence.
+        call = {
+            "input_ids": sequences[keep],
+            "attention_mask": mask[keep],
+            "past_key_values": cache,
+        }
+        active = [active[k] for k in going]
     return [describe_new_tokens(row, tokenizer, roles, settings.stop_strings) for row in new_tokens]
+
+
+class _PauseWhenRowsStop:
+    """A stopping criterion: every row is done once ``enough`` rows have produced an eos."""
+
+    def __init__(self, prompt_length: int, eos_ids: Sequence[int], enough: int) -> None:
+        self.prompt_length = prompt_length
+        self.eos_ids = list(eos_ids)
+        self.enough = enough
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        new = input_ids[:, self.prompt_length :]
+        stopped = torch.isin(new, torch.tensor(self.eos_ids, device=new.device)).any(dim=1)
+        if int(stopped.sum()) >= self.enough:
+            return torch.ones_like(stopped)
+        return torch.zeros_like(stopped)
 
 
 def describe_new_tokens(

@@ -58,6 +58,9 @@ class HFBackend(Backend):
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ()
     #: ``config.model_type`` values on which prefix-shared generation is verified by tests.
     prefix_generation_model_types: ClassVar[tuple[str, ...]] = ()
+    #: ``config.model_type`` values whose decoding needs only the cache once prefilled (tested),
+    #: so finished rows can leave a batch early.
+    drop_finished_model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, checkpoint: Checkpoint, preamble: Sequence[PreamblePart] = ()) -> None:
         self._checkpoint = checkpoint
@@ -70,6 +73,8 @@ class HFBackend(Backend):
         self.share_image_features = True
         #: Prefill the prompt prefix an image's requests share once per ``generate`` call.
         self.share_prompt_prefix = True
+        #: Let rows that stopped leave their batch (where the family supports it).
+        self.drop_finished_rows = True
         #: Token ids of the text after a prompt's image (``None``: that prompt does not split).
         self._suffix_ids: dict[tuple[str, bool], tuple[int, ...] | None] = {}
 
@@ -177,7 +182,12 @@ class HFBackend(Backend):
         if splits is not None:
             with _seeded(settings.seed, loaded.device):
                 return generate_with_shared_prefixes(
-                    self, splits, settings, self._length_key, self._generate_ceiling
+                    self,
+                    splits,
+                    settings,
+                    self._length_key,
+                    self._generate_ceiling,
+                    drop_finished=self._drops_finished_rows,
                 )
         order = length_order([self._length_key(p) for p in prompts])
         # Lives for this call only: the prompts keep its images alive, so ids stay unique.
@@ -188,7 +198,12 @@ class HFBackend(Backend):
             if self.share_image_features:
                 inputs = self.with_shared_images(batch, inputs, cache)
             return run_generate(
-                loaded.model, loaded.processor.tokenizer, inputs, settings, self.roles
+                loaded.model,
+                loaded.processor.tokenizer,
+                inputs,
+                settings,
+                self.roles,
+                drop_finished=self._drops_finished_rows,
             )
 
         with _seeded(settings.seed, loaded.device):
@@ -196,6 +211,13 @@ class HFBackend(Backend):
                 [prompts[i] for i in order], settings.batch_size, run_batch, self._generate_ceiling
             )
         return restore_order(order, results)
+
+    @property
+    def _drops_finished_rows(self) -> bool:
+        return (
+            self.drop_finished_rows
+            and self._checkpoint.model_type in self.drop_finished_model_types
+        )
 
     def _shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None:
         """Each prompt split after its image, where some prefix is shared and every prompt

@@ -64,8 +64,10 @@ def generate_with_shared_prefixes(
     settings: GenerationSettings,
     prefix_length: Callable[[Prompt], int],
     ceiling: BatchCeiling,
+    *,
+    drop_finished: bool = False,
 ) -> list[Generation]:
-    """One ``Generation`` per split, in order.
+    """One ``Generation`` per split, in order (``drop_finished``: see ``run_generate``).
 
     Up to ``batch_size`` distinct prefixes are prefilled together, then their prompts generate
     in batches of up to ``batch_size`` rows, sorted by suffix length. On out-of-memory the group
@@ -78,9 +80,8 @@ def generate_with_shared_prefixes(
     order = length_order([prefix_length(splits[rows[0]].prefix) for rows in members])
 
     def run_groups(chunk: Sequence[list[int]]) -> list[list[Generation]]:
-        return _generate_groups(
-            encoder, splits, chunk, settings, ceiling.limit(settings.batch_size)
-        )
+        rows_per_batch = ceiling.limit(settings.batch_size)
+        return _generate_groups(encoder, splits, chunk, settings, rows_per_batch, drop_finished)
 
     per_group = restore_order(
         order,
@@ -99,14 +100,18 @@ def _generate_groups(
     groups: Sequence[list[int]],
     settings: GenerationSettings,
     rows_per_batch: int,
+    drop_finished: bool,
 ) -> list[list[Generation]]:
     import torch
+
+    from audit.backends.kv_cache import growing_cache, reserve_room
 
     prefix_inputs = encoder.encode([splits[rows[0]].prefix for rows in groups], "left")
     with torch.inference_mode():
         prefilled = encoder.model(
             **prefix_inputs,
             position_ids=positions_from_mask(prefix_inputs["attention_mask"]),
+            past_key_values=growing_cache(encoder.model),
             use_cache=True,
             logits_to_keep=1,
         ).past_key_values
@@ -117,8 +122,14 @@ def _generate_groups(
     for start in range(0, len(pairs), rows_per_batch):
         batch = pairs[start : start + rows_per_batch]
         inputs = _continuation_inputs(prefix_inputs, prefilled, batch, splits, encoder.roles.pad_id)
+        reserve_room(inputs["past_key_values"], settings.max_new_tokens)
         outputs = run_generate(
-            encoder.model, encoder.processor.tokenizer, inputs, settings, encoder.roles
+            encoder.model,
+            encoder.processor.tokenizer,
+            inputs,
+            settings,
+            encoder.roles,
+            drop_finished=drop_finished,
         )
         generated.update(zip((i for _, i in batch), outputs, strict=True))
     return [[generated[i] for i in rows] for rows in groups]

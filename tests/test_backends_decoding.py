@@ -1,0 +1,114 @@
+"""Decoding internals that must not change a token: the growing key/value cache, and finished
+rows leaving their batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from audit.backends import GenerationRequest, GenerationSettings, load_backend
+from audit.backends.generation import run_generate
+from audit.backends.hf import HFBackend
+from audit.backends.kv_cache import GrowingLayer
+from audit.spec import ModelSpec
+from audit.tiny_models import FAMILIES
+
+
+@pytest.fixture(scope="module")
+def backends(model_dirs: dict[str, Path]) -> dict[str, HFBackend]:
+    return {f: load_backend(str(d), ModelSpec(id=str(d))) for f, d in model_dirs.items()}  # type: ignore[misc]
+
+
+def requests(n_images: int = 6) -> list[GenerationRequest]:
+    images = [
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+        for i in range(n_images)
+    ]
+    return [
+        GenerationRequest(image, prompt)
+        for image in images
+        for prompt in ("Describe this person.", "Write a resume for them.")
+    ]
+
+
+def test_growing_layer_holds_what_a_dynamic_layer_holds() -> None:
+    torch.manual_seed(0)
+    growing, plain = GrowingLayer(reserve=8), DynamicLayer()
+
+    def step(n_tokens: int, batch: int = 3) -> int:
+        keys = torch.randn(batch, 2, n_tokens, 4)
+        values = torch.randn(batch, 2, n_tokens, 5)
+        got, expected = growing.update(keys, values), plain.update(keys, values)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        return got[0].data_ptr()
+
+    addresses = {step(6)} | {step(1) for _ in range(8)}
+    # The prompt's allocation had room for the 8 decoding steps: nothing was copied.
+    assert len(addresses) == 1
+    for layer in (growing, plain):
+        layer.batch_select_indices(torch.tensor([2, 0]))
+    after_selection = step(1, batch=2)
+    for layer in (growing, plain):
+        layer.crop(-3)
+    assert step(2, batch=2) == after_selection  # cropping keeps the room
+    assert growing.get_seq_length() == plain.get_seq_length() == 14
+    assert step(70, batch=2) != after_selection  # outgrowing the room moves to a larger one
+    assert growing.get_seq_length() == plain.get_seq_length() == 84
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_growing_cache_gives_the_tokens_of_the_transformers_cache(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    backend = backends[family]
+    prompts = [backend.generation_prompt(r.image, r.prompt) for r in requests(3)]
+    inputs = backend.encode(prompts, "left")
+    settings = GenerationSettings(max_new_tokens=12)
+    tokenizer = backend.processor.tokenizer
+    growing = run_generate(backend.model, tokenizer, inputs, settings, backend.roles)
+    plain_cache = DynamicCache(config=backend.model.config)
+    plain = run_generate(
+        backend.model,
+        tokenizer,
+        {**inputs, "past_key_values": plain_cache},
+        settings,
+        backend.roles,
+    )
+    assert growing == plain
+    assert len({g.text for g in growing}) > 1
+
+
+@pytest.mark.parametrize("family", ["idefics2", "idefics3"])
+def test_finished_rows_leave_the_batch_and_change_nothing(
+    backends: dict[str, HFBackend], family: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = backends[family]
+    calls: list[int] = []
+    generate = backend.model.generate
+
+    def counting_generate(*args: Any, **kwargs: Any) -> Any:
+        calls.append(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(backend.model, "generate", counting_generate)
+    settings = GenerationSettings(max_new_tokens=60, batch_size=4)
+    backend.drop_finished_rows = False
+    try:
+        kept = backend.generate(requests(), settings)
+    finally:
+        backend.drop_finished_rows = True
+    kept_calls = list(calls)
+    calls.clear()
+    dropped = backend.generate(requests(), settings)
+    assert dropped == kept
+    assert {g.finish_reason for g in kept} == {"eos", "length"}
+    # Every batch is one call when rows stay; rows that stopped left for later calls.
+    assert max(kept_calls) == 4 and len(calls) > len(kept_calls)
+    assert min(calls) < 4
