@@ -143,9 +143,7 @@ def run_generate(
         return [
             describe_new_tokens(row, tokenizer, roles, settings.stop_strings) for row in new_tokens
         ]
-    return _generate_dropping_finished(
-        model, tokenizer, dict(inputs), settings, roles, config, extra
-    )
+    return _generate_dropping_finished(model, tokenizer, inputs, settings, roles, config, extra)
 
 
 def _generate_dropping_finished(
@@ -168,15 +166,16 @@ def _generate_dropping_finished(
     done = 0
     while True:
         prompt_length = call["input_ids"].shape[1]
-        pause = _PauseWhenRowsStop(prompt_length, roles.eos_ids, max(1, -(-len(active) // 4)))
+        quarter = -(-len(active) // 4)
+        pause = _PauseWhenRowsStop(prompt_length, roles.eos_ids, quarter)
         config.max_new_tokens = settings.max_new_tokens - done
         config.min_new_tokens = max(0, settings.min_new_tokens - done)
+        config.return_dict_in_generate = True
         with torch.inference_mode():
             output = model.generate(
                 **call,
                 generation_config=config,
                 stopping_criteria=StoppingCriteriaList([pause]),
-                return_dict_in_generate=True,
                 **extra,
             )
         sequences = output.sequences
