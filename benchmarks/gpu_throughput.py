@@ -12,7 +12,9 @@ speed; ``min_new_tokens = max_new_tokens`` suppresses EOS so every row decodes e
 
 Per batch: tokens/s, ms per decode step (a logits processor stamps each step), peak memory and
 the fraction of the memory-bandwidth roofline (the weights a decode step reads, once, over the
-step time, against the GPU's peak bandwidth). The auto batch comes from the runner's own
+step time, against the GPU's peak bandwidth). Decoding is the runner's (key/value room reserved
+for the new tokens, IDEFICS v1 image keys and values projected once per call); at the largest
+fixed batch it is also timed with transformers' defaults, side by side. The auto batch comes from the runner's own
 out-of-memory back-off (``audit.backends.batching``). The runner's path (``run_probe`` on a
 ``save_pretrained`` checkpoint) is not run: saving and reloading 18 GB would dominate, and
 benchmark 1 measures that path.
@@ -105,18 +107,34 @@ def _reset_peak_memory(device: str) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def generate_timed(model: Any, work: Workload, batch_size: int, new_tokens: int) -> dict[str, Any]:
-    """One ``generate`` of ``new_tokens`` tokens per row (EOS suppressed), timed per step."""
+def generate_timed(
+    model: Any, work: Workload, batch_size: int, new_tokens: int, runner_decoding: bool = True
+) -> dict[str, Any]:
+    """One ``generate`` of ``new_tokens`` tokens per row (EOS suppressed), timed per step.
+
+    ``runner_decoding``: decode as the runner's backends do (key/value room reserved for the new
+    tokens; IDEFICS v1 image keys and values projected once per call), else transformers'
+    defaults.
+    """
+    import contextlib
+
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
+    from audit.backends.cross_attention import projections_remembered
+    from audit.backends.kv_cache import growing_cache
+
     inputs = work.inputs(batch_size)
+    decoding: Any = contextlib.nullcontext()
+    if runner_decoding:
+        inputs["past_key_values"] = growing_cache(model, reserve=new_tokens)
+        decoding = projections_remembered(model)
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS)  # fmt: skip
     clock = _make_step_clock(work.device)
     _synchronize(work.device)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), decoding:
         output = model.generate(**inputs, generation_config=config,
                                 logits_processor=LogitsProcessorList([clock]))  # fmt: skip
     _synchronize(work.device)
@@ -135,14 +153,16 @@ def generate_timed(model: Any, work: Workload, batch_size: int, new_tokens: int)
     }
 
 
-def measure_batch(model: Any, work: Workload, batch_size: int) -> dict[str, Any]:
+def measure_batch(
+    model: Any, work: Workload, batch_size: int, runner_decoding: bool = True
+) -> dict[str, Any]:
     """Warm up at this batch size (2 tokens), then time a full generation and its peak memory."""
     from audit.backends.batching import is_out_of_memory
 
     _reset_peak_memory(work.device)
     try:
-        generate_timed(model, work, batch_size, 2)
-        row = generate_timed(model, work, batch_size, work.new_tokens)
+        generate_timed(model, work, batch_size, 2, runner_decoding)
+        row = generate_timed(model, work, batch_size, work.new_tokens, runner_decoding)
     except Exception as error:
         if not is_out_of_memory(error):
             raise
@@ -287,6 +307,11 @@ def _measure_all(model: Any, work: Workload, args: argparse.Namespace) -> dict[s
     peak_gbps, peak_source = peak_bandwidth(args.device, args.peak_gbps)
     rows = [measure_batch(model, work, size) for size in args.batch_sizes]
     rows.append(find_auto_batch(model, work, args.auto_start))
+    # Side by side at the largest fixed batch: transformers' default decoding, then the runner's.
+    size = max(args.batch_sizes)
+    decoding = {"batch_size": size,
+                "transformers": measure_batch(model, work, size, runner_decoding=False),
+                "runner": measure_batch(model, work, size)}  # fmt: skip
     kv_bytes = kv_cache_bytes_per_token(model)
     for row in rows:
         add_roofline(row, weight_bytes, peak_gbps, kv_bytes)
@@ -295,7 +320,8 @@ def _measure_all(model: Any, work: Workload, args: argparse.Namespace) -> dict[s
     best = max((r for r in rows if r["status"] == "ok"), key=lambda r: r["tokens_per_s"])
     real = args.scale == "full" and args.device.startswith("cuda")
     return {"decode_weight_bytes": weight_bytes, "peak_gbps": peak_gbps,
-            "peak_gbps_source": peak_source, "batches": rows, "scoring": scoring,
+            "peak_gbps_source": peak_source, "batches": rows, "decoding": decoding,
+            "scoring": scoring,
             "projection": project_fairface(best, scoring, real)}  # fmt: skip
 
 
@@ -370,6 +396,7 @@ def format_report(result: dict[str, Any]) -> str:
         f"{r['decode_weight_bytes'] / 1e9:.2f} GB of weights; peak bandwidth "
         f"{r['peak_gbps'] or 'n/a'} GB/s ({r['peak_gbps_source']})",
         *_table_lines(r["batches"]),
+        _decoding_line(r["decoding"]),
         f"  auto: from {auto['auto_start']}, settled on batch {auto['batch_size']} "
         f"(the runner's auto starts at {r['runner_auto_start']})",
         f"  scoring: {s['sequences_per_s']:.1f} sequences/s ({s['sequences']} sequences of "
@@ -380,6 +407,17 @@ def format_report(result: dict[str, Any]) -> str:
         f"[goal <= {p['goal_min']:.0f} min on one H100: {goal[p['goal_met']]}]",
         f"  runner's path: {r['runner_path']}",
     ])  # fmt: skip
+
+
+def _decoding_line(decoding: dict[str, Any]) -> str:
+    """The runner's decoding against transformers' defaults, measured one after the other."""
+    plain, runner = decoding["transformers"], decoding["runner"]
+    if plain["status"] != "ok" or runner["status"] != "ok":
+        return f"  decoding at batch {decoding['batch_size']}: out of memory"
+    return (f"  decoding at batch {decoding['batch_size']}: runner {runner['tokens_per_s']:.0f} "
+            f"tokens/s, {runner['peak_memory_gib']:.1f} GiB vs transformers' defaults "
+            f"{plain['tokens_per_s']:.0f} tokens/s, {plain['peak_memory_gib']:.1f} GiB: "
+            f"{runner['tokens_per_s'] / plain['tokens_per_s']:.2f}x")  # fmt: skip
 
 
 def _sizes(text: str) -> list[int]:

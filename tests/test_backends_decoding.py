@@ -1,5 +1,5 @@
-"""Decoding internals that must not change a token: the growing key/value cache, and finished
-rows leaving their batch."""
+"""Decoding internals that must not change a token: the growing key/value cache, finished rows
+leaving their batch, and IDEFICS v1 image keys and values projected once per batch."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
+from audit.backends.cross_attention import cross_attention_projections
 from audit.backends.generation import run_generate
 from audit.backends.hf import HFBackend
+from audit.backends.idefics import IdeficsBackend
 from audit.backends.kv_cache import GrowingLayer
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
@@ -112,3 +114,34 @@ def test_finished_rows_leave_the_batch_and_change_nothing(
     # Every batch is one call when rows stay; rows that stopped left for later calls.
     assert max(kept_calls) == 4 and len(calls) > len(kept_calls)
     assert min(calls) < 4
+
+
+def test_idefics_projects_image_keys_and_values_once_per_batch(
+    backends: dict[str, HFBackend],
+) -> None:
+    backend = backends["idefics"]
+    assert isinstance(backend, IdeficsBackend)
+    projection = cross_attention_projections(backend.model)[0]
+    computed: list[int] = []
+    original = projection.forward
+
+    def counting_forward(x: torch.Tensor) -> torch.Tensor:
+        computed.append(x.shape[0])
+        return original(x)
+
+    projection.forward = counting_forward
+    settings = GenerationSettings(max_new_tokens=16, batch_size=4)
+    try:
+        remembered = backend.generate(requests(), settings)
+        per_batch = list(computed)
+        computed.clear()
+        backend.remember_image_projections = False
+        try:
+            recomputed = backend.generate(requests(), settings)
+        finally:
+            backend.remember_image_projections = True
+    finally:
+        del projection.forward
+    assert remembered == recomputed
+    assert per_batch == [4, 4, 4]  # 12 requests in batches of 4: once each
+    assert len(computed) >= 3 * 8  # otherwise once per decoding step

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, ClassVar
 
 from PIL import Image
@@ -152,6 +152,10 @@ class HFBackend(Backend):
         family's prompts do not cut there (the default)."""
         return None
 
+    def decoding(self) -> AbstractContextManager[Any]:
+        """Context held around each ``generate`` call of a batch (nothing by default)."""
+        return nullcontext()
+
     def text_ids(self, prompt: Prompt) -> list[int]:
         """Token ids of ``prompt.text`` with image placeholders left unexpanded."""
         tokenizer = self.processor.tokenizer
@@ -197,14 +201,15 @@ class HFBackend(Backend):
             inputs = self.encode(batch, "left")
             if self.share_image_features:
                 inputs = self.with_shared_images(batch, inputs, cache)
-            return run_generate(
-                loaded.model,
-                loaded.processor.tokenizer,
-                inputs,
-                settings,
-                self.roles,
-                drop_finished=self._drops_finished_rows,
-            )
+            with self.decoding():
+                return run_generate(
+                    loaded.model,
+                    loaded.processor.tokenizer,
+                    inputs,
+                    settings,
+                    self.roles,
+                    drop_finished=self._drops_finished_rows,
+                )
 
         with _seeded(settings.seed, loaded.device):
             results = map_in_batches(

@@ -9,10 +9,12 @@ is now ``images``, and it no longer adds ``<end_of_utterance>`` itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
 
 from PIL import Image
 
+from audit.backends.cross_attention import projections_remembered
 from audit.backends.hf import HFBackend
 from audit.backends.image_features import FeatureCache, idefics_image_inputs
 from audit.backends.prompt import Prompt, as_rgb
@@ -27,6 +29,16 @@ class IdeficsBackend(HFBackend):
     name: ClassVar[str] = "idefics"
     model_types: ClassVar[tuple[str, ...]] = ("idefics",)
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Project the images' cross-attention keys and values once per ``generate`` call.
+        self.remember_image_projections = True
+
+    def decoding(self) -> AbstractContextManager[Any]:
+        if not self.remember_image_projections:
+            return nullcontext()
+        return projections_remembered(self.model)
 
     def _preamble_parts(self) -> list[str | Image.Image]:
         parts: list[str | Image.Image] = []
