@@ -26,6 +26,7 @@ class ChatBackend(HFBackend):
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     prefix_generation_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     drop_finished_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
+    reserved_cache_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     #: ``config.model_type`` values on which shared image features are verified by tests.
     image_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
 

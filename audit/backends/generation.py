@@ -119,8 +119,13 @@ def run_generate(
     roles: TokenRoles,
     *,
     drop_finished: bool = False,
+    reserve_cache: bool = False,
 ) -> list[Generation]:
     """Generate for one encoded, left-padded batch; one ``Generation`` per row.
+
+    ``reserve_cache``: decode into a key/value cache with room for the new tokens reserved up
+    front (``kv_cache.growing_cache``) instead of transformers' default, which copies itself at
+    every step; for models whose layers are verified to work with it.
 
     A batch decodes until its last row stops, so rows that stop early idle. With
     ``drop_finished`` (for models whose decoding needs only the key/value cache once prefilled),
@@ -134,7 +139,7 @@ def run_generate(
     config = generation_config(settings, roles)
     extra = {"tokenizer": tokenizer} if settings.stop_strings else {}
     inputs = dict(inputs)
-    if inputs.get("past_key_values") is None:
+    if reserve_cache and inputs.get("past_key_values") is None:
         inputs["past_key_values"] = growing_cache(model, reserve=settings.max_new_tokens)
     if not drop_finished:
         with torch.inference_mode():

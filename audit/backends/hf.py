@@ -61,6 +61,8 @@ class HFBackend(Backend):
     #: ``config.model_type`` values whose decoding needs only the cache once prefilled (tested),
     #: so finished rows can leave a batch early.
     drop_finished_model_types: ClassVar[tuple[str, ...]] = ()
+    #: ``config.model_type`` values that decode into a cache with room reserved ahead (tested).
+    reserved_cache_model_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, checkpoint: Checkpoint, preamble: Sequence[PreamblePart] = ()) -> None:
         self._checkpoint = checkpoint
@@ -209,6 +211,7 @@ class HFBackend(Backend):
                     settings,
                     self.roles,
                     drop_finished=self._drops_finished_rows,
+                    reserve_cache=self._checkpoint.model_type in self.reserved_cache_model_types,
                 )
 
         with _seeded(settings.seed, loaded.device):

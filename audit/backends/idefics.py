@@ -29,6 +29,7 @@ class IdeficsBackend(HFBackend):
     name: ClassVar[str] = "idefics"
     model_types: ClassVar[tuple[str, ...]] = ("idefics",)
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics",)
+    reserved_cache_model_types: ClassVar[tuple[str, ...]] = ("idefics",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

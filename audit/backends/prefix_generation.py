@@ -130,6 +130,7 @@ def _generate_groups(
             settings,
             encoder.roles,
             drop_finished=drop_finished,
+            reserve_cache=True,
         )
         generated.update(zip((i for _, i in batch), outputs, strict=True))
     return [[generated[i] for i in rows] for rows in groups]
