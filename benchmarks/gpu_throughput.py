@@ -14,10 +14,10 @@ Per batch: tokens/s, ms per decode step (a logits processor stamps each step), p
 the fraction of the memory-bandwidth roofline (the weights a decode step reads, once, over the
 step time, against the GPU's peak bandwidth). Decoding is the runner's (key/value room reserved
 for the new tokens, IDEFICS v1 image keys and values projected once per call); at the largest
-fixed batch it is also timed with transformers' defaults, side by side. The auto batch comes from the runner's own
-out-of-memory back-off (``audit.backends.batching``). The runner's path (``run_probe`` on a
-``save_pretrained`` checkpoint) is not run: saving and reloading 18 GB would dominate, and
-benchmark 1 measures that path.
+fixed batch it is also timed with transformers' defaults, side by side. The auto batch comes
+from the runner's own out-of-memory back-off (``audit.backends.batching``). The runner's path
+(``run_probe`` on a ``save_pretrained`` checkpoint) is not run: saving and reloading 18 GB would
+dominate, and benchmark 1 measures that path.
 
     .venv/bin/python -m benchmarks.gpu_throughput [--arch idefics] [--batch-sizes 1,16,32,64]
         [--auto-start 512] [--new-tokens 256] [--peak-gbps GBPS] [--out results.json]
