@@ -116,8 +116,7 @@ class BatchExecutor:
                     }
                 )
         rows.generations += self._generate(batch)
-        for task in self.spec.classification:
-            rows.classifications += self._classify(task, batch)
+        rows.classifications += self._classify(batch)
         return rows
 
     # -- generation ------------------------------------------------------------------------
@@ -172,26 +171,39 @@ class BatchExecutor:
         }
 
     # -- classification --------------------------------------------------------------------
-    def _classify(
-        self, task: ClassificationTaskSpec, batch: Sequence[LoadedItem]
-    ) -> list[dict[str, Any]]:
-        todo = [loaded for loaded in batch if task in loaded.item.tasks]
-        ok = [loaded for loaded in todo if loaded.image is not None]
-        continuations = tuple(task.continuation(text) for text in task.labels)
-        requests = [LabelScoreRequest(loaded.image, task.prefix, continuations) for loaded in ok]  # type: ignore[arg-type]
+    def _classify(self, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
+        """Every task of the batch in one backend call, so each image's prompt prefix is
+        prefilled once for all its tasks where the backend shares it."""
+        todo = [
+            (task, loaded)
+            for task in self.spec.classification
+            for loaded in batch
+            if task in loaded.item.tasks
+        ]
+        ok = [(task, loaded) for task, loaded in todo if loaded.image is not None]
+        requests = [
+            LabelScoreRequest(
+                loaded.image,  # type: ignore[arg-type]
+                task.prefix,
+                tuple(task.continuation(text) for text in task.labels),
+            )
+            for task, loaded in ok
+        ]
         results = self._call(
             lambda reqs: self.backend.score_labels(reqs, batch_size=self.settings.batch_size),
             requests,
         )
-        by_id = {
-            loaded.item.sample.sample_id: result
-            for loaded, result in zip(ok, results, strict=False)
+        by_key = {
+            (task.id, loaded.item.sample.sample_id): result
+            for (task, loaded), result in zip(ok, results, strict=False)
         }
         return [
             self._classification_row(
-                loaded.item.sample, task, by_id.get(loaded.item.sample.sample_id, loaded.error)
+                loaded.item.sample,
+                task,
+                by_key.get((task.id, loaded.item.sample.sample_id), loaded.error),
             )
-            for loaded in todo
+            for task, loaded in todo
         ]
 
     def _classification_row(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -379,6 +379,11 @@ class Work:
 def generate_measuring_work(
     backend: HFBackend, requests: list[GenerationRequest], settings: GenerationSettings
 ) -> tuple[list, Work]:
+    return measuring_work(backend, lambda: backend.generate(requests, settings))
+
+
+def measuring_work(backend: HFBackend, run: Callable[[], list]) -> tuple[list, Work]:
+    """``run()``'s results, and the work the backend's model did for them."""
     encoded: list[int] = []
     image_rows: list[int] = []
     image_token = backend.processor.tokenizer.convert_tokens_to_ids("<image>")
@@ -397,7 +402,7 @@ def generate_measuring_work(
         backend.model.register_forward_pre_hook(count_rows, with_kwargs=True),
     ]
     try:
-        return backend.generate(requests, settings), Work(sum(encoded), sum(image_rows))
+        return run(), Work(sum(encoded), sum(image_rows))
     finally:
         for handle in handles:
             handle.remove()
@@ -462,3 +467,36 @@ def test_sharing_with_a_preamble_image(model_dirs: dict[str, Path], family: str)
     with sharing(backend, image_features=False, prompt_prefix=False):
         unshared = backend.generate(requests, settings)
     assert shared == features_only == unshared
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_label_scores_with_shared_images_equal_plain_scores(
+    backends: dict[str, HFBackend], family: str
+) -> None:
+    """Three images, each with two tasks (different prompts): chat families prefill each
+    image's prompt prefix once for both tasks."""
+    backend = backends[family]
+    images = [noise_image(w, h, seed=40 + i) for i, (w, h) in enumerate(SIZES[:3])]
+    requests = [
+        LabelScoreRequest(image, prefix, labels)
+        for prefix, labels in (
+            ("a photo of a", (" male person.", " female person.")),
+            ("a photo of a person", (" between 0 and 2 years old.", " more than 70 years old.")),
+        )
+        for image in images
+    ]
+    shared, shared_work = measuring_work(
+        backend, lambda: backend.score_labels(requests, batch_size=4, method="shared_prefix")
+    )
+    with sharing(backend, image_features=True, prompt_prefix=False):
+        unshared, unshared_work = measuring_work(
+            backend, lambda: backend.score_labels(requests, batch_size=4, method="shared_prefix")
+        )
+    plain = backend.score_labels(requests, batch_size=4, method="plain")
+    for s, u, p in zip(shared, unshared, plain, strict=True):
+        assert s.n_tokens == u.n_tokens == p.n_tokens
+        np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(u.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
+    shares = family in ChatBackend.prefix_generation_model_types
+    assert shared_work.image_rows_prefilled == (3 if shares else 6)
+    assert unshared_work.image_rows_prefilled == 6

@@ -28,7 +28,6 @@ from audit.backends.batching import BatchCeiling, length_order, map_in_batches, 
 from audit.backends.checkpoint import Checkpoint, LoadedModel, load_checkpoint
 from audit.backends.generation import TokenRoles, ensure_pad_token, run_generate, token_roles
 from audit.backends.image_features import FeatureCache
-from audit.backends.prefix_generation import PromptSplit, generate_with_shared_prefixes
 from audit.backends.prompt import Prompt
 from audit.backends.scoring import (
     ScoringMethod,
@@ -36,6 +35,7 @@ from audit.backends.scoring import (
     score_plain,
     score_shared_prefix,
 )
+from audit.backends.shared_prefix import PromptSplit, generate_with_shared_prefixes
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class HFBackend(Backend):
         """
         loaded = self._load()
         prompts = [self.generation_prompt(r.image, r.prompt) for r in requests]
-        splits = self._shared_prefix_splits(prompts)
+        splits = self.shared_prefix_splits(prompts)
         if splits is not None:
             with _seeded(settings.seed, loaded.device):
                 return generate_with_shared_prefixes(
@@ -227,7 +227,7 @@ class HFBackend(Backend):
             and self._checkpoint.model_type in self.drop_finished_model_types
         )
 
-    def _shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None:
+    def shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None:
         """Each prompt split after its image, where some prefix is shared and every prompt
         splits exactly; otherwise ``None`` (generate each prompt whole)."""
         if not (
@@ -237,7 +237,7 @@ class HFBackend(Backend):
             return None
         splits = []
         for prompt in prompts:
-            split = self._split(prompt)
+            split = self.split_prompt(prompt)
             if split is None:
                 return None
             splits.append(split)
@@ -245,7 +245,8 @@ class HFBackend(Backend):
             return None
         return splits
 
-    def _split(self, prompt: Prompt) -> PromptSplit | None:
+    def split_prompt(self, prompt: Prompt) -> PromptSplit | None:
+        """``prompt`` as its part up to the image and the token ids after it, or ``None``."""
         cut = self.cut_after_image(prompt)
         if cut is None:
             return None

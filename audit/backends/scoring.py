@@ -26,6 +26,11 @@ from PIL import Image
 from audit.backends.base import LabelScoreRequest, LabelScores
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.prompt import Prompt, answer_start
+from audit.backends.shared_prefix import (
+    PromptSplit,
+    map_shared_prefixes,
+    positions_from_mask,
+)
 
 ScoringMethod = Literal["auto", "shared_prefix", "plain"]
 
@@ -47,6 +52,8 @@ class PromptEncoder(Protocol):
     def continuation_inputs(
         self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
     ) -> dict[str, Any]: ...
+
+    def shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None: ...
 
 
 @dataclass(frozen=True)
@@ -93,12 +100,6 @@ def prepare_jobs(encoder: PromptEncoder, requests: Sequence[LabelScoreRequest]) 
             labels.append(tuple(full_ids[shared:]))
         jobs.append(ScoringJob(prefix, tuple(fulls), tuple(labels), len(prefix_ids), on_boundary))
     return jobs
-
-
-def positions_from_mask(mask: Any) -> Any:
-    """Position ids that skip padding (what ``generate`` computes for left-padded batches)."""
-    positions = mask.long().cumsum(-1) - 1
-    return positions.masked_fill(mask == 0, 1)
 
 
 def score_plain(
@@ -163,14 +164,59 @@ def score_shared_prefix(
     ):
         results[i] = scores
     shared = [i for i, job in enumerate(jobs) if job.on_boundary]
-    order = length_order([jobs[i].n_prefix_tokens for i in shared])
-    ordered = [jobs[shared[k]] for k in order]
-    scores = map_in_batches(
-        ordered, batch_size, lambda batch: _shared_batch(encoder, batch), ceiling
-    )
-    for i, score in zip(shared, restore_order(order, scores), strict=True):
+    splits = encoder.shared_prefix_splits([jobs[i].prefix for i in shared])
+    if splits is not None:
+        scores = _score_with_shared_images(
+            encoder, [jobs[i] for i in shared], splits, batch_size, ceiling
+        )
+    else:
+        order = length_order([jobs[i].n_prefix_tokens for i in shared])
+        ordered = [jobs[shared[k]] for k in order]
+        scores = restore_order(
+            order,
+            map_in_batches(
+                ordered, batch_size, lambda batch: _shared_batch(encoder, batch), ceiling
+            ),
+        )
+    for i, score in zip(shared, scores, strict=True):
         results[i] = score
     return results  # type: ignore[return-value]
+
+
+def _score_with_shared_images(
+    encoder: PromptEncoder,
+    jobs: Sequence[ScoringJob],
+    splits: Sequence[PromptSplit],
+    batch_size: int,
+    ceiling: BatchCeiling | None,
+) -> list[LabelScores]:
+    """Requests showing the same image share its prefilled prefix (``shared_prefix``): one
+    forward pass over each request's text after the image, then its labels."""
+    import torch
+
+    def run_rows(inputs: dict[str, Any], indices: list[int]) -> list[LabelScores]:
+        cache = inputs["past_key_values"]
+        cached = cache.get_seq_length()
+        mask = inputs["attention_mask"]
+        with torch.inference_mode():
+            output = encoder.model(
+                input_ids=inputs["input_ids"][:, cached:],
+                attention_mask=mask,
+                position_ids=positions_from_mask(mask)[:, cached:],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        return _label_scores(encoder, [jobs[i] for i in indices], {"attention_mask": mask}, output)
+
+    return map_shared_prefixes(
+        encoder,
+        splits,
+        lambda prompt: len(encoder.text_ids(prompt)),
+        batch_size,
+        ceiling or BatchCeiling(),
+        run_rows,
+    )
 
 
 def _shared_batch(encoder: PromptEncoder, jobs: Sequence[ScoringJob]) -> list[LabelScores]:
@@ -182,6 +228,17 @@ def _shared_batch(encoder: PromptEncoder, jobs: Sequence[ScoringJob]) -> list[La
         prefix_output = encoder.model(
             **inputs, position_ids=positions_from_mask(mask), use_cache=True, logits_to_keep=1
         )
+    return _label_scores(encoder, jobs, inputs, prefix_output)
+
+
+def _label_scores(
+    encoder: PromptEncoder, jobs: Sequence[ScoringJob], inputs: Any, prefix_output: Any
+) -> list[LabelScores]:
+    """Each job's label scores from its prompt's forward pass: the last position predicts
+    every label's first token, the cache serves the rest (``inputs``: the prompts' mask)."""
+    import torch
+
+    with torch.inference_mode():
         first = torch.log_softmax(prefix_output.logits[:, -1].float(), dim=-1)
         rows = [
             (r, j)
