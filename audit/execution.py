@@ -29,6 +29,7 @@ THUMBNAIL_PX = 96
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
+Spec = TypeVar("Spec", PromptSpec, ClassificationTaskSpec)
 
 
 @dataclass(frozen=True)
@@ -119,30 +120,44 @@ class BatchExecutor:
         rows.classifications += self._classify(batch)
         return rows
 
-    # -- generation ------------------------------------------------------------------------
-    def _generate(self, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
-        """Every prompt of the batch in one backend call, so each image is encoded once."""
-        todo = [
-            (prompt, loaded)
-            for prompt in self.spec.prompts
-            for loaded in batch
-            if prompt in loaded.item.prompts
-        ]
-        ok = [(prompt, loaded) for prompt, loaded in todo if loaded.image is not None]
-        requests = [GenerationRequest(loaded.image, prompt.text) for prompt, loaded in ok]  # type: ignore[arg-type]
-        results = self._call(lambda reqs: self.backend.generate(reqs, self.settings), requests)
+    # -- one backend call per kind of request ------------------------------------------------
+    def _in_one_call(
+        self,
+        specs: Sequence[Spec],
+        batch: Sequence[LoadedItem],
+        wanted: Callable[[Spec, WorkItem], bool],
+        request_of: Callable[[Spec, Image.Image], Request],
+        call: Callable[[list[Request]], list[Result]],
+        row_of: Callable[[Sample, Spec, Result | str | None], dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Every (spec, image) request of the batch in one backend call, so the backend can
+        encode each image once and share its prompt prefix; one row per request still to do."""
+        todo = [(spec, loaded) for spec in specs for loaded in batch if wanted(spec, loaded.item)]
+        ok = [(spec, loaded) for spec, loaded in todo if loaded.image is not None]
+        results = self._call(call, [request_of(spec, loaded.image) for spec, loaded in ok])  # type: ignore[arg-type]
         by_key = {
-            (prompt.id, loaded.item.sample.sample_id): result
-            for (prompt, loaded), result in zip(ok, results, strict=False)
+            (spec.id, loaded.item.sample.sample_id): result
+            for (spec, loaded), result in zip(ok, results, strict=False)
         }
         return [
-            self._generation_row(
+            row_of(
                 loaded.item.sample,
-                prompt,
-                by_key.get((prompt.id, loaded.item.sample.sample_id), loaded.error),
+                spec,
+                by_key.get((spec.id, loaded.item.sample.sample_id), loaded.error),
             )
-            for prompt, loaded in todo
+            for spec, loaded in todo
         ]
+
+    # -- generation ------------------------------------------------------------------------
+    def _generate(self, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
+        return self._in_one_call(
+            self.spec.prompts,
+            batch,
+            lambda prompt, item: prompt in item.prompts,
+            lambda prompt, image: GenerationRequest(image, prompt.text),
+            lambda requests: self.backend.generate(requests, self.settings),
+            self._generation_row,
+        )
 
     def _generation_row(
         self, sample: Sample, prompt: PromptSpec, result: Generation | str | None
@@ -172,39 +187,18 @@ class BatchExecutor:
 
     # -- classification --------------------------------------------------------------------
     def _classify(self, batch: Sequence[LoadedItem]) -> list[dict[str, Any]]:
-        """Every task of the batch in one backend call, so each image's prompt prefix is
-        prefilled once for all its tasks where the backend shares it."""
-        todo = [
-            (task, loaded)
-            for task in self.spec.classification
-            for loaded in batch
-            if task in loaded.item.tasks
-        ]
-        ok = [(task, loaded) for task, loaded in todo if loaded.image is not None]
-        requests = [
-            LabelScoreRequest(
-                loaded.image,  # type: ignore[arg-type]
-                task.prefix,
-                tuple(task.continuation(text) for text in task.labels),
-            )
-            for task, loaded in ok
-        ]
-        results = self._call(
-            lambda reqs: self.backend.score_labels(reqs, batch_size=self.settings.batch_size),
-            requests,
+        return self._in_one_call(
+            self.spec.classification,
+            batch,
+            lambda task, item: task in item.tasks,
+            lambda task, image: LabelScoreRequest(
+                image, task.prefix, tuple(task.continuation(text) for text in task.labels)
+            ),
+            lambda requests: self.backend.score_labels(
+                requests, batch_size=self.settings.batch_size
+            ),
+            self._classification_row,
         )
-        by_key = {
-            (task.id, loaded.item.sample.sample_id): result
-            for (task, loaded), result in zip(ok, results, strict=False)
-        }
-        return [
-            self._classification_row(
-                loaded.item.sample,
-                task,
-                by_key.get((task.id, loaded.item.sample.sample_id), loaded.error),
-            )
-            for task, loaded in todo
-        ]
 
     def _classification_row(
         self, sample: Sample, task: ClassificationTaskSpec, result: LabelScores | str | None
