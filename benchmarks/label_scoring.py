@@ -11,6 +11,10 @@ images), measured side by side, interleaved, in one run:
 Each includes preprocessing and tokenization. Target: shared <= 2x prefill. The two scorings
 must agree to float tolerance; the largest difference is printed.
 
+Then FairFace's three tasks (gender, race, age: 2 + 7 + 9 labels) for a batch of images, the
+way the runner sends them (one ``score_labels`` call): with each image's prompt prefix
+prefilled once for its three tasks (Idefics2, Idefics3), against once per task.
+
     python benchmarks/label_scoring.py [--repeats 7] [--models DIR]
 """
 
@@ -107,6 +111,58 @@ def measure(backend: HFBackend, repeats: int) -> dict[str, float]:
     return result
 
 
+TASKS = (
+    ("a photo of a", tuple(f" {g} person." for g in ("male", "female"))),
+    (
+        "a photo of a",
+        tuple(
+            f" {r} person."
+            for r in (
+                "east asian",
+                "indian",
+                "black",
+                "white",
+                "middle eastern",
+                "latino or hispanic",
+                "southeast asian",
+            )
+        ),
+    ),
+    (PREFIX, LABELS),
+)
+
+
+def measure_tasks(backend: HFBackend, repeats: int, n_images: int = 8) -> dict[str, float]:
+    """Seconds for the three tasks of ``n_images`` images with the image's prefix shared across
+    tasks and without; median of per-repetition ratios, and the largest score difference."""
+    times: dict[str, list[float]] = {"shared": [], "per task": []}
+    largest_difference = 0.0
+    for rep in range(repeats + 1):  # the first is a warm-up
+        images = [face_like_image(100 * rep + i) for i in range(n_images)]
+        requests = [
+            LabelScoreRequest(im, prefix, labels) for prefix, labels in TASKS for im in images
+        ]
+        scores = {}
+        for name in ("shared", "per task") if rep % 2 else ("per task", "shared"):
+            backend.share_prompt_prefix = name == "shared"
+            started = time.perf_counter()
+            scores[name] = backend.score_labels(requests, batch_size=n_images)
+            if rep:
+                times[name].append(time.perf_counter() - started)
+        backend.share_prompt_prefix = True
+        for a, b in zip(scores["shared"], scores["per task"], strict=True):
+            largest_difference = max(
+                largest_difference, float(np.abs(np.subtract(a.logprob_sums, b.logprob_sums)).max())
+            )
+    ratios = [b / a for a, b in zip(times["shared"], times["per task"], strict=True)]
+    return {
+        "shared": statistics.median(times["shared"]),
+        "per task": statistics.median(times["per task"]),
+        "ratio": statistics.median(ratios),
+        "max_abs_difference": largest_difference,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed images per architecture")
@@ -122,6 +178,7 @@ def main() -> None:
     )
     columns = ("prefill ms", "shared ms", "plain ms", "shared/prefill", "plain/prefill")
     print(f"{'model':<10}" + "".join(f"{c:>16}" for c in (*columns, "plain/shared", "max |diff|")))
+    task_lines: list[str] = []
     for family in FAMILIES:
         folder = str(build_tiny_model(family, root / family, size="small"))
         backend = load_backend(folder, ModelSpec(id=folder))
@@ -136,6 +193,18 @@ def main() -> None:
             )
             + f"{r['max_abs_difference']:>16.1e}  target shared <= 2x prefill: {verdict}"
         )
+        if family in backend.prefix_generation_model_types:
+            t = measure_tasks(backend, args.repeats)
+            task_lines.append(
+                f"{family:<10}{t['shared']:>14.2f} s{t['per task']:>14.2f} s"
+                f"{t['ratio']:>15.2f}x{t['max_abs_difference']:>16.1e}"
+            )
+    print(
+        "\nFairFace's 3 tasks (2 + 7 + 9 labels) for 8 images in one score_labels call: each "
+        "image's prompt prefix prefilled once for its tasks, against once per task"
+    )
+    print(f"{'model':<10}{'shared':>16}{'per task':>16}{'per task/shared':>16}{'max |diff|':>16}")
+    print("\n".join(task_lines) or "(no model shares prefixes across tasks)")
 
 
 if __name__ == "__main__":
