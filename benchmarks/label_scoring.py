@@ -193,7 +193,7 @@ def main() -> None:
             )
             + f"{r['max_abs_difference']:>16.1e}  target shared <= 2x prefill: {verdict}"
         )
-        if family in backend.prefix_generation_model_types:
+        if family in backend.image_prefix_model_types:
             t = measure_tasks(backend, args.repeats)
             task_lines.append(
                 f"{family:<10}{t['shared']:>14.2f} s{t['per task']:>14.2f} s"

@@ -441,7 +441,7 @@ def test_shared_images_and_prefixes_give_the_same_tokens(
     assert copied_work.encoded_images == unshared_work.encoded_images
     assert shared_work.encoded_images * 3 == unshared_work.encoded_images
     # Chat families prefill each image's prompt prefix once; IDEFICS v1 keeps whole prompts.
-    prefills = 4 if family in ChatBackend.prefix_generation_model_types else 12
+    prefills = 4 if family in ChatBackend.image_prefix_model_types else 12
     assert shared_work.image_rows_prefilled == prefills
     assert copied_work.image_rows_prefilled == features_work.image_rows_prefilled == 12
     if family == "idefics3":
@@ -497,6 +497,6 @@ def test_label_scores_with_shared_images_equal_plain_scores(
         assert s.n_tokens == u.n_tokens == p.n_tokens
         np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
         np.testing.assert_allclose(u.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
-    shares = family in ChatBackend.prefix_generation_model_types
+    shares = family in ChatBackend.image_prefix_model_types
     assert shared_work.image_rows_prefilled == (3 if shares else 6)
     assert unshared_work.image_rows_prefilled == 6

@@ -24,7 +24,7 @@ class ChatBackend(HFBackend):
 
     name: ClassVar[str] = "chat"
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
-    prefix_generation_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
+    image_prefix_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     drop_finished_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     reserved_cache_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
     #: ``config.model_type`` values on which shared image features are verified by tests.

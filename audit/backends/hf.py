@@ -56,8 +56,9 @@ class HFBackend(Backend):
 
     #: ``config.model_type`` values on which prefix-shared label scoring is verified by tests.
     prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ()
-    #: ``config.model_type`` values on which prefix-shared generation is verified by tests.
-    prefix_generation_model_types: ClassVar[tuple[str, ...]] = ()
+    #: ``config.model_type`` values on which requests showing the same image share its
+    #: prefilled prompt prefix (generation and label scoring), verified by tests.
+    image_prefix_model_types: ClassVar[tuple[str, ...]] = ()
     #: ``config.model_type`` values whose decoding needs only the cache once prefilled (tested),
     #: so finished rows can leave a batch early.
     drop_finished_model_types: ClassVar[tuple[str, ...]] = ()
@@ -229,10 +230,10 @@ class HFBackend(Backend):
 
     def shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None:
         """Each prompt split after its image, where some prefix is shared and every prompt
-        splits exactly; otherwise ``None`` (generate each prompt whole)."""
+        splits exactly; otherwise ``None`` (each prompt runs whole)."""
         if not (
             self.share_prompt_prefix
-            and self._checkpoint.model_type in self.prefix_generation_model_types
+            and self._checkpoint.model_type in self.image_prefix_model_types
         ):
             return None
         splits = []
