@@ -78,6 +78,17 @@ def score_requests() -> list[LabelScoreRequest]:
     ]
 
 
+def assert_tile_counts_differ(backend: HFBackend, requests: list[GenerationRequest]) -> None:
+    """Idefics3 cuts the images into different numbers of tiles, so batches mix tile counts."""
+    tiles = {
+        backend.encode([backend.generation_prompt(r.image, r.prompt)], "left")[
+            "pixel_values"
+        ].shape[1]
+        for r in requests
+    }
+    assert len(tiles) > 1, "the images should give different tile counts"
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_backend_is_chosen_from_the_config(backends: dict[str, HFBackend], family: str) -> None:
     expected = "idefics" if family == "idefics" else "chat"
@@ -101,13 +112,7 @@ def test_batched_greedy_generation_equals_one_at_a_time(
     assert batched == single
     assert len({g.text for g in batched}) > 1
     if family == "idefics3":
-        tiles = {
-            backend.encode([backend.generation_prompt(r.image, r.prompt)], "left")[
-                "pixel_values"
-            ].shape[1]
-            for r in requests
-        }
-        assert len(tiles) > 1, "the images should give different tile counts"
+        assert_tile_counts_differ(backend, requests)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -445,13 +450,7 @@ def test_shared_images_and_prefixes_give_the_same_tokens(
     assert shared_work.image_rows_prefilled == prefills
     assert copied_work.image_rows_prefilled == features_work.image_rows_prefilled == 12
     if family == "idefics3":
-        tiles = {
-            backend.encode([backend.generation_prompt(r.image, r.prompt)], "left")[
-                "pixel_values"
-            ].shape[1]
-            for r in requests
-        }
-        assert len(tiles) > 1, "the images should give different tile counts"
+        assert_tile_counts_differ(backend, requests)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
