@@ -33,16 +33,18 @@ from PIL import Image
 
 from audit.backends import LabelScoreRequest, load_backend
 from audit.backends.hf import HFBackend
-from audit.spec import ModelSpec
+from audit.spec import ModelSpec, load_probe
 from audit.tiny_models import FAMILIES, build_tiny_model
 
-PREFIX = "a photo of a person"
-AGES = ("0 and 2", "3 and 9", "10 and 19", "20 and 29", "30 and 39", "40 and 49", "50 and 59")
-LABELS = (
-    *(f" between {a} years old." for a in AGES),
-    " between 60 and 69 years old.",
-    " more than 70 years old.",
+#: FairFace's classification tasks as the shipped probe defines them: (prefix, continuations).
+TASKS = tuple(
+    (task.prefix, tuple(task.continuation(label) for label in task.labels))
+    for task in load_probe(
+        Path(__file__).resolve().parents[1] / "probes" / "fairface.yaml"
+    ).classification
 )
+#: The age task: k = 9 labels.
+PREFIX, LABELS = max(TASKS, key=lambda task: len(task[1]))
 
 
 def face_like_image(seed: int) -> Image.Image:
@@ -109,27 +111,6 @@ def measure(backend: HFBackend, repeats: int) -> dict[str, float]:
         result[f"{a}/{b}"] = statistics.median(ratios)
     result["max_abs_difference"] = largest_difference
     return result
-
-
-TASKS = (
-    ("a photo of a", tuple(f" {g} person." for g in ("male", "female"))),
-    (
-        "a photo of a",
-        tuple(
-            f" {r} person."
-            for r in (
-                "east asian",
-                "indian",
-                "black",
-                "white",
-                "middle eastern",
-                "latino or hispanic",
-                "southeast asian",
-            )
-        ),
-    ),
-    (PREFIX, LABELS),
-)
 
 
 def measure_tasks(backend: HFBackend, repeats: int, n_images: int = 8) -> dict[str, float]:

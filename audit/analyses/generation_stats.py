@@ -138,6 +138,18 @@ def generation_stats(context: AnalysisContext) -> pd.DataFrame:
     return records_table(records, "prompt_id", EXTRA)
 
 
+#: The per-prompt headline of each overall metric, with its sample size.
+_HEADLINES = {
+    "mean_new_tokens": lambda row: (
+        f"{interval_text(row)} new tokens on average (n={int(row['n'])})"
+    ),
+    "error_rate": lambda row: (
+        f"error rate {interval_text(row, True)} (n={int(row['n'])}); "
+        "error rows are excluded from analyses"
+    ),
+}
+
+
 @headlines(NAME)
 def generation_findings(table: pd.DataFrame) -> list[Finding]:
     """Per prompt: the overall error rate and mean length."""
@@ -145,24 +157,14 @@ def generation_findings(table: pd.DataFrame) -> list[Finding]:
     overall = table[(table["axis"] == ALL) & table["value"].notna()]
     for prompt_id, rows in overall.groupby("prompt_id", sort=False):
         by_metric = rows.set_index("metric")
-        if "mean_new_tokens" in by_metric.index:
-            row = by_metric.loc["mean_new_tokens"]
-            found.append(
-                finding(
-                    NAME,
-                    {**row.to_dict(), "metric": "mean_new_tokens", "prompt_id": prompt_id},
-                    f"prompt '{prompt_id}': {interval_text(row)} new tokens on "
-                    f"average (n={int(row['n'])})",
+        for metric, describe in _HEADLINES.items():
+            if metric in by_metric.index:
+                row = by_metric.loc[metric]
+                found.append(
+                    finding(
+                        NAME,
+                        {**row.to_dict(), "metric": metric, "prompt_id": prompt_id},
+                        f"prompt '{prompt_id}': {describe(row)}",
+                    )
                 )
-            )
-        if "error_rate" in by_metric.index:
-            row = by_metric.loc["error_rate"]
-            found.append(
-                finding(
-                    NAME,
-                    {**row.to_dict(), "metric": "error_rate", "prompt_id": prompt_id},
-                    f"prompt '{prompt_id}': error rate {interval_text(row, True)} "
-                    f"(n={int(row['n'])}); error rows are excluded from analyses",
-                )
-            )
     return found
