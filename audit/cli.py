@@ -6,6 +6,7 @@ them, so ``audit --help`` and ``audit validate`` stay fast.
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -23,6 +24,20 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Bias and fairness audit workbench for vision-language models.",
 )
+
+
+class _StderrLines(logging.Handler):
+    """The library's warnings as plain lines on the current stderr, where the user reads them."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"{record.getMessage()}\n")
+
+
+@app.callback()
+def _show_library_warnings() -> None:
+    logger = logging.getLogger("audit")
+    if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
+        logger.addHandler(_StderrLines(logging.WARNING))
 
 
 def _fail(error: AuditError) -> None:
@@ -68,6 +83,15 @@ def run(
         int, typer.Option(help="Write a part every N rows (fewer lose less on a crash).")
     ] = 512,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    fast_paths: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Use the speedups that reach into transformers internals, each checked "
+                "against the plain path on the first batch (--no-fast-paths: plain path only)."
+            )
+        ),
+    ] = True,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -97,6 +121,7 @@ def run(
             fresh=fresh,
             flush_rows=flush_every,
             progress=progress,
+            fast_paths=fast_paths,
         )
         if ray is not None:
             _run_on_ray(probe, options, ray, ray_shards)

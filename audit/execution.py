@@ -22,7 +22,9 @@ from audit.backends.base import (
     LabelScoreRequest,
     LabelScores,
 )
+from audit.backends.fast_paths import VERIFIED_TRANSFORMERS
 from audit.datasets.base import Sample
+from audit.errors import AuditError
 from audit.spec import ClassificationTaskSpec, ProbeSpec, PromptSpec
 
 THUMBNAIL_PX = 96
@@ -90,8 +92,22 @@ def thumbnail_jpeg(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-class SystemicFailure(RuntimeError):
+class SystemicFailure(AuditError):
     """Every request failed before anything succeeded: the model or setup is broken."""
+
+
+def _generation_request(prompt: PromptSpec, image: Image.Image) -> GenerationRequest:
+    return GenerationRequest(image, prompt.text)
+
+
+def _score_request(task: ClassificationTaskSpec, image: Image.Image) -> LabelScoreRequest:
+    return LabelScoreRequest(
+        image, task.prefix, tuple(task.continuation(text) for text in task.labels)
+    )
+
+
+#: Images and prompts (and tasks) of a run's first batch that the fast-path self-check uses.
+CHECK_IMAGES = CHECK_SPECS = 2
 
 
 class BatchExecutor:
@@ -105,6 +121,18 @@ class BatchExecutor:
         self.settings = settings
         self.model_id = model_id
         self.any_success = False
+
+    def check_fast_paths(self, batch: Sequence[LoadedItem]) -> list[str] | None:
+        """The backend's fast-path self-check on a few of ``batch``'s images, prompts and tasks;
+        its lines for the user, or ``None`` when no image of ``batch`` loaded (not checked)."""
+        images = [loaded.image for loaded in batch if loaded.image is not None][:CHECK_IMAGES]
+        if not images:
+            return None
+        return self.backend.check_fast_paths(
+            [_generation_request(p, i) for i in images for p in self.spec.prompts[:CHECK_SPECS]],
+            [_score_request(t, i) for i in images for t in self.spec.classification[:CHECK_SPECS]],
+            self.settings,
+        )
 
     def run(self, batch: Sequence[LoadedItem]) -> BatchRows:
         rows = BatchRows()
@@ -154,7 +182,7 @@ class BatchExecutor:
             self.spec.prompts,
             batch,
             lambda prompt, item: prompt in item.prompts,
-            lambda prompt, image: GenerationRequest(image, prompt.text),
+            _generation_request,
             lambda requests: self.backend.generate(requests, self.settings),
             self._generation_row,
         )
@@ -191,9 +219,7 @@ class BatchExecutor:
             self.spec.classification,
             batch,
             lambda task, item: task in item.tasks,
-            lambda task, image: LabelScoreRequest(
-                image, task.prefix, tuple(task.continuation(text) for text in task.labels)
-            ),
+            _score_request,
             lambda requests: self.backend.score_labels(
                 requests, batch_size=self.settings.batch_size
             ),
@@ -239,10 +265,40 @@ class BatchExecutor:
                     results.append(describe_exception(error))
             if all(isinstance(r, str) for r in results) and not self.any_success:
                 raise SystemicFailure(
-                    f"every request of the first batch failed; first error: {results[0]}"
+                    describe_systemic_failure(str(results[0]), self.backend, self.model_id)
                 ) from None
         self.any_success = self.any_success or any(not isinstance(r, str) for r in results)
         return results
+
+
+def describe_systemic_failure(first_error: str, backend: Backend, model_id: str) -> str:
+    """What the user reads when every request of the first batch failed: the error, the model
+    and library versions, and what to try."""
+    import torch
+
+    info = backend.info()
+    record = backend.fast_path_record()
+    transformers_version = record.get("transformers") or info.extra.get("transformers_version")
+    fast_on = [name for name, state in record.get("paths", {}).items() if state.get("on")]
+    lines = [
+        "every request of the first batch failed, so the run stopped (nothing was stored for it).",
+        f"  first error: {first_error}",
+        f"  model: {model_id} (type '{info.model_type}', backend {info.backend}, {info.dtype} on "
+        f"{info.device}); transformers {transformers_version or '?'}, torch {torch.__version__}",
+    ]
+    tries = []
+    if fast_on:
+        tries.append(
+            "--no-fast-paths (transformers' plain path only; fast paths on: "
+            + ", ".join(fast_on)
+            + ")"
+        )
+    tries.append(
+        f"the tested versions (transformers {' or '.join(VERIFIED_TRANSFORMERS)}; "
+        "requirements.lock pins every package: pip install -c requirements.lock -e .)"
+    )
+    lines.append("  try: " + "; or ".join(tries))
+    return "\n".join(lines)
 
 
 def batched(items: Iterator[WorkItem], size: int) -> Iterator[list[WorkItem]]:

@@ -18,11 +18,12 @@ from audit.store import RunStore, write_parquet_atomic
 
 SAMPLES_FILE = "samples.parquet"
 
-# Parts of a probe that change what is generated; batch size, limit and device do not.
+# Parts of a probe that change what is generated; batch size, limit, device and fast paths
+# (checked against the plain path) do not.
 _FINGERPRINT_EXCLUDE = {
     "dataset": {"limit"},
     "generation": {"batch_size"},
-    "model": {"device", "device_map"},
+    "model": {"device", "device_map", "fast_paths"},
 }
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -12,8 +14,16 @@ from typing import Any
 import pandas as pd
 
 from audit.errors import AuditError, ProbeError
-from audit.execution import BatchExecutor, BatchRows, WorkItem, batched, load_item
+from audit.execution import (
+    BatchExecutor,
+    BatchRows,
+    LoadedItem,
+    WorkItem,
+    batched,
+    load_item,
+)
 from audit.launch.placement import launcher_name, place_on_local_gpu
+from audit.launch.run_lock import run_lock
 from audit.launch.shard_record import write_shard_record
 from audit.manifest import finalize_manifest, start_manifest
 from audit.prefetch import prefetch
@@ -21,6 +31,8 @@ from audit.provenance import now_iso
 from audit.shard import WHOLE, Shard
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store import RunStore
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_ROWS = 512
 DEFAULT_FLUSH_S = 60.0
@@ -41,6 +53,7 @@ class RunOptions:
     flush_rows: int = DEFAULT_FLUSH_ROWS
     flush_s: float = DEFAULT_FLUSH_S
     launcher: str | None = None
+    fast_paths: bool = True
 
     @classmethod
     def from_cli(
@@ -74,6 +87,8 @@ class RunOptions:
             )
         if self.device:
             model_update["device"] = self.device
+        if not self.fast_paths:
+            model_update["fast_paths"] = False
         generation = spec.generation
         if self.batch_size is not None:
             generation = generation.model_copy(update={"batch_size": self.batch_size})
@@ -194,6 +209,7 @@ def _execute(
     buffer = BatchRows()
     written = errors = 0
     last_flush = started = time.monotonic()
+    checked = False
     work = batched(pending, batch_size)
     with tqdm(
         total=total,
@@ -204,6 +220,7 @@ def _execute(
     ) as bar:
         try:
             for loaded in prefetch(work, load_item):
+                checked = checked or _check_fast_paths(store, shard, executor, loaded)
                 rows = executor.run(loaded)
                 buffer.extend(rows)
                 bar.update(rows.n_rows)
@@ -218,6 +235,27 @@ def _execute(
             _flush(store, buffer)  # whatever finished before a failure is kept
             _beat(store, shard, written, errors, time.monotonic() - started)
     return written, errors
+
+
+def _check_fast_paths(
+    store: RunStore, shard: Shard, executor: BatchExecutor, batch: list[LoadedItem]
+) -> bool:
+    """The backend's fast-path self-check on ``batch``: its lines printed, its outcome in the
+    manifest and this process's shard record. False when ``batch`` had no image to check on."""
+    from tqdm.auto import tqdm
+
+    lines = executor.check_fast_paths(batch)
+    if lines is None:
+        return False
+    with tqdm.external_write_mode(file=sys.stderr):  # the progress bar steps aside
+        for line in lines:
+            logger.warning("warning: %s", line)
+    record = executor.backend.fast_path_record()
+    if record:
+        with run_lock(store.root):
+            store.update_manifest(fast_paths=record)
+        write_shard_record(store.root, shard, fast_paths=record)
+    return True
 
 
 def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: float) -> None:

@@ -96,6 +96,9 @@ class ModelSpec(StrictModel):
     """``auto`` spreads a model larger than one GPU over all visible GPUs (accelerate)."""
     trust_remote_code: bool = False
     """Run code shipped with the model. Off unless you trust the repository."""
+    fast_paths: bool = True
+    """Use the speedups that reach into transformers internals, each checked against the plain
+    path on the run's first samples (docs/compatibility.md); ``false``: the plain path only."""
 
 
 class GenerationSpec(StrictModel):

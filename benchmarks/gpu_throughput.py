@@ -123,11 +123,12 @@ def generate_timed(
 
     from audit.backends.cross_attention import projections_remembered
     from audit.backends.kv_cache import growing_cache
+    from audit.backends.transformers_api import with_cache
 
     inputs = work.inputs(batch_size)
     decoding: Any = contextlib.nullcontext()
     if runner_decoding:
-        inputs["past_key_values"] = growing_cache(model, reserve=new_tokens)
+        inputs.update(with_cache(model, growing_cache(model, reserve=new_tokens)))
         decoding = projections_remembered(model)
     config = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                               eos_token_id=EOS, pad_token_id=PAD, bos_token_id=BOS)  # fmt: skip

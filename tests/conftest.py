@@ -21,10 +21,39 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+import logging  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+class _DeprecationNotices(logging.Handler):
+    """Deprecation notices transformers logs instead of warning (renamed output fields)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "deprecat" in message.lower():
+            self.messages.append(message)
+
+
+@pytest.fixture(autouse=True)
+def _transformers_deprecations_fail() -> Iterator[None]:
+    """A deprecation transformers logs during a test fails it, like a deprecation warning
+    (which ``filterwarnings`` makes an error): the rename shows before it breaks a run."""
+    notices = _DeprecationNotices()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(notices)
+    try:
+        yield
+    finally:
+        logger.removeHandler(notices)
+    if notices.messages:
+        pytest.fail(f"transformers logged a deprecation: {notices.messages[0]}")
 
 
 @pytest.fixture(scope="session")

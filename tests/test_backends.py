@@ -21,7 +21,6 @@ from audit.backends import (
     PreamblePart,
     load_backend,
 )
-from audit.backends.chat import ChatBackend
 from audit.backends.hf import HFBackend
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
@@ -415,12 +414,11 @@ def measuring_work(backend: HFBackend, run: Callable[[], list]) -> tuple[list, W
 
 @contextmanager
 def sharing(backend: HFBackend, image_features: bool, prompt_prefix: bool) -> Iterator[None]:
-    before = backend.share_image_features, backend.share_prompt_prefix
-    backend.share_image_features, backend.share_prompt_prefix = image_features, prompt_prefix
-    try:
+    """The backend's fast paths, less image-feature or prompt-prefix sharing."""
+    off = {"image_features"} if not image_features else set()
+    off |= {"image_prefix"} if not prompt_prefix else set()
+    with backend.fast_paths.limited_to(set(backend.fast_paths.active()) - off):
         yield
-    finally:
-        backend.share_image_features, backend.share_prompt_prefix = before
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -446,7 +444,7 @@ def test_shared_images_and_prefixes_give_the_same_tokens(
     assert copied_work.encoded_images == unshared_work.encoded_images
     assert shared_work.encoded_images * 3 == unshared_work.encoded_images
     # Chat families prefill each image's prompt prefix once; IDEFICS v1 keeps whole prompts.
-    prefills = 4 if family in ChatBackend.image_prefix_model_types else 12
+    prefills = 4 if backend.fast_paths.on("image_prefix") else 12
     assert shared_work.image_rows_prefilled == prefills
     assert copied_work.image_rows_prefilled == features_work.image_rows_prefilled == 12
     if family == "idefics3":
@@ -496,6 +494,6 @@ def test_label_scores_with_shared_images_equal_plain_scores(
         assert s.n_tokens == u.n_tokens == p.n_tokens
         np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
         np.testing.assert_allclose(u.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
-    shares = family in ChatBackend.image_prefix_model_types
+    shares = backend.fast_paths.on("image_prefix")
     assert shared_work.image_rows_prefilled == (3 if shares else 6)
     assert unshared_work.image_rows_prefilled == 6

@@ -3,6 +3,7 @@ leaving their batch, and IDEFICS v1 image keys and values projected once per bat
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
 from audit.backends.cross_attention import cross_attention_projections
-from audit.backends.generation import run_generate
+from audit.backends.generation import Decoding, run_generate
 from audit.backends.hf import HFBackend
 from audit.backends.idefics import IdeficsBackend
-from audit.backends.kv_cache import GrowingLayer
+from audit.backends.kv_cache import GrowingLayer, growing_cache
+from audit.backends.transformers_api import with_cache
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
 
@@ -26,6 +27,11 @@ from audit.tiny_models import FAMILIES
 @pytest.fixture(scope="module")
 def backends(model_dirs: dict[str, Path]) -> dict[str, HFBackend]:
     return {f: load_backend(str(d), ModelSpec(id=str(d))) for f, d in model_dirs.items()}  # type: ignore[misc]
+
+
+def without(backend: HFBackend, name: str) -> AbstractContextManager[None]:
+    """The backend's fast paths less ``name``."""
+    return backend.fast_paths.limited_to(set(backend.fast_paths.active()) - {name})
 
 
 def requests(n_images: int = 6) -> list[GenerationRequest]:
@@ -74,16 +80,21 @@ def test_growing_cache_gives_the_tokens_of_the_transformers_cache(
     inputs = backend.encode(prompts, "left")
     settings = GenerationSettings(max_new_tokens=12)
     tokenizer = backend.processor.tokenizer
-    growing = run_generate(backend.model, tokenizer, inputs, settings, backend.roles)
-    plain_cache = DynamicCache(config=backend.model.config)
-    plain = run_generate(
+    cache = growing_cache(backend.model, reserve=4)
+    growing = run_generate(
         backend.model,
         tokenizer,
-        {**inputs, "past_key_values": plain_cache},
+        {**inputs, **with_cache(backend.model, cache)},
         settings,
         backend.roles,
+        Decoding(reserve_cache=True),
     )
+    plain = run_generate(backend.model, tokenizer, inputs, settings, backend.roles, Decoding())
     assert growing == plain
+    # Every plain layer grew in place (sliding-window layers, as in the tiny Mistral-based
+    # Idefics2, are left to transformers), holding the whole sequence past its reservation.
+    assert not any(type(layer) is DynamicLayer for layer in cache.layers)
+    assert cache.get_seq_length() == inputs["input_ids"].shape[1] + settings.max_new_tokens - 1
     assert len({g.text for g in growing}) > 1
 
 
@@ -101,11 +112,8 @@ def test_finished_rows_leave_the_batch_and_change_nothing(
 
     monkeypatch.setattr(backend.model, "generate", counting_generate)
     settings = GenerationSettings(max_new_tokens=60, batch_size=4)
-    backend.drop_finished_rows = False
-    try:
+    with without(backend, "drop_finished"):
         kept = backend.generate(requests(), settings)
-    finally:
-        backend.drop_finished_rows = True
     kept_calls = list(calls)
     calls.clear()
     dropped = backend.generate(requests(), settings)
@@ -135,11 +143,8 @@ def test_idefics_projects_image_keys_and_values_once_per_batch(
         remembered = backend.generate(requests(), settings)
         per_batch = list(computed)
         computed.clear()
-        backend.remember_image_projections = False
-        try:
+        with without(backend, "image_latents"):
             recomputed = backend.generate(requests(), settings)
-        finally:
-            backend.remember_image_projections = True
     finally:
         del projection.forward
     assert remembered == recomputed

@@ -112,3 +112,18 @@ class Backend(ABC):
     @abstractmethod
     def info(self) -> BackendInfo:
         """Provenance for the manifest (loads the model if not loaded yet)."""
+
+    def check_fast_paths(
+        self,
+        generation: Sequence[GenerationRequest],
+        scoring: Sequence[LabelScoreRequest],
+        settings: GenerationSettings,
+    ) -> list[str]:
+        """Check this backend's speedups against its plain path on a few of a run's first
+        requests and turn off those that disagree; returns one line per thing to tell the user.
+        A backend without speedups has nothing to check."""
+        return []
+
+    def fast_path_record(self) -> dict[str, Any]:
+        """For the manifest: which speedups are on and why (empty: the backend has none)."""
+        return {}

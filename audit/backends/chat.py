@@ -23,12 +23,6 @@ class ChatBackend(HFBackend):
     """Any image-text model driven through its processor's chat template."""
 
     name: ClassVar[str] = "chat"
-    prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
-    image_prefix_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
-    drop_finished_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
-    reserved_cache_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
-    #: ``config.model_type`` values on which shared image features are verified by tests.
-    image_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics2", "idefics3")
 
     def _check_processor(self, processor: Any) -> None:
         if not getattr(processor, "chat_template", None):
@@ -103,8 +97,6 @@ class ChatBackend(HFBackend):
         self, prompts: Sequence[Prompt], inputs: Any, cache: FeatureCache
     ) -> Any:
         """Pixels replaced by each distinct image's features, encoded once per call."""
-        if self._checkpoint.model_type not in self.image_sharing_model_types:
-            return inputs
         return chat_image_inputs(
             self.model,
             self.processor.image_processor,

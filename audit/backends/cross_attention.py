@@ -1,13 +1,16 @@
-"""IDEFICS v1: the images' cross-attention keys and values projected once per ``generate`` call.
+"""IDEFICS v1: the images' latents and their cross-attention keys and values computed once per
+``generate`` call.
 
 transformers' IDEFICS v1 projects the image latents to keys and values in every gated
 cross-attention layer at every decoding step, though they cannot change during generation. With
 64 latents per image that is 64 tokens' worth of projections per row and step: more than the new
-token's own compute, and on a GPU it turns memory-bound decoding compute-bound.
+token's own compute, and on a GPU it turns memory-bound decoding compute-bound. Since 5.24 it
+also runs the perceiver resampler again at every step, on the vision states it feeds back.
 
-While ``projections_remembered`` is active, each of those projections keeps its last input and
-output and answers again when handed the same tensor (same storage, shape, strides and dtype).
-It holds the input alive, so no other tensor can be allocated at that address meanwhile.
+While ``projections_remembered`` is active, the resampler and each of those projections keep
+their last input and output and answer again when handed the same tensor (same storage, shape,
+strides and dtype). They hold the input alive, so no other tensor can be allocated at that
+address meanwhile.
 """
 
 from __future__ import annotations
@@ -55,11 +58,19 @@ def cross_attention_projections(model: Any) -> list[Any]:
     return [proj for layer in layers for proj in (layer.cross_attn.k_proj, layer.cross_attn.v_proj)]
 
 
+def image_latent_modules(model: Any) -> list[Any]:
+    """Modules whose output depends only on the images during generation: the perceiver
+    resampler (where the model has one) and the cross-attention key/value projections."""
+    resampler = getattr(getattr(model, "model", None), "perceiver_resampler", None)
+    return [*([resampler] if resampler is not None else []), *cross_attention_projections(model)]
+
+
 @contextmanager
 def projections_remembered(model: Any) -> Iterator[list[RememberedProjection]]:
-    """Remember the cross-attention key/value projections of ``model`` for the duration."""
+    """Remember the resampler and cross-attention key/value projections of ``model`` for the
+    duration."""
     patched = []
-    for proj in cross_attention_projections(model):
+    for proj in image_latent_modules(model):
         # An instance-level forward (accelerate's device hooks) is wrapped, then put back.
         previous = proj.__dict__.get("forward")
         memo = RememberedProjection(proj.forward)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audit.backends.base import Generation, GenerationSettings
+from audit.backends.transformers_api import given_cache, returned_cache, with_cache
 
 #: Placeholder tokens of the IDEFICS family (and common names elsewhere) a model must not emit.
 IMAGE_TOKEN_NAMES = (
@@ -28,6 +29,22 @@ _PROCESSOR_IMAGE_ATTRIBUTES = (
     "boi_token",
     "eoi_token",
 )
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """The decoding fast paths one ``run_generate`` call uses (``audit.backends.fast_paths``).
+
+    ``reserve_cache``: decode into a key/value cache with room for the new tokens reserved up
+    front (``kv_cache.growing_cache``) instead of transformers' default, which copies itself at
+    every step. ``drop_finished``: ``generate`` pauses whenever a quarter of its rows have
+    stopped and resumes from its cache with the others alone. ``pause_every_step`` (self-check
+    only): pause and resume after every token, so a short check exercises resuming.
+    """
+
+    reserve_cache: bool = False
+    drop_finished: bool = False
+    pause_every_step: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,38 +134,33 @@ def run_generate(
     inputs: Any,
     settings: GenerationSettings,
     roles: TokenRoles,
-    *,
-    drop_finished: bool = False,
-    reserve_cache: bool = False,
+    decoding: Decoding = Decoding(),  # noqa: B008 (frozen: never mutated)
 ) -> list[Generation]:
     """Generate for one encoded, left-padded batch; one ``Generation`` per row.
 
-    ``reserve_cache``: decode into a key/value cache with room for the new tokens reserved up
-    front (``kv_cache.growing_cache``) instead of transformers' default, which copies itself at
-    every step; for models whose layers are verified to work with it.
-
-    A batch decodes until its last row stops, so rows that stop early idle. With
-    ``drop_finished`` (for models whose decoding needs only the key/value cache once prefilled),
-    ``generate`` pauses whenever a quarter of its rows have stopped and resumes from its cache
-    with the others alone.
+    A batch decodes until its last row stops, so rows that stop early idle; with
+    ``decoding.drop_finished`` (for models whose decoding needs only the key/value cache once
+    prefilled) they leave the batch instead.
     """
     import torch
 
     from audit.backends.kv_cache import growing_cache
 
-    config = generation_config(settings, roles)
-    extra = {"tokenizer": tokenizer} if settings.stop_strings else {}
     inputs = dict(inputs)
-    if reserve_cache and inputs.get("past_key_values") is None:
-        inputs["past_key_values"] = growing_cache(model, reserve=settings.max_new_tokens)
-    if not drop_finished:
+    if decoding.reserve_cache and given_cache(inputs) is None:
+        inputs.update(with_cache(model, growing_cache(model, reserve=settings.max_new_tokens)))
+    if not decoding.drop_finished:
+        config = generation_config(settings, roles)
+        extra = {"tokenizer": tokenizer} if settings.stop_strings else {}
         with torch.inference_mode():
             output = model.generate(**inputs, generation_config=config, **extra)
         new_tokens = output[:, inputs["input_ids"].shape[1] :].tolist()
         return [
             describe_new_tokens(row, tokenizer, roles, settings.stop_strings) for row in new_tokens
         ]
-    return _generate_dropping_finished(model, tokenizer, inputs, settings, roles, config, extra)
+    return _generate_dropping_finished(
+        model, tokenizer, inputs, settings, roles, decoding.pause_every_step
+    )
 
 
 def _generate_dropping_finished(
@@ -157,22 +169,23 @@ def _generate_dropping_finished(
     call: dict[str, Any],
     settings: GenerationSettings,
     roles: TokenRoles,
-    config: Any,
-    extra: dict[str, Any],
+    pause_every_step: bool,
 ) -> list[Generation]:
     import torch
     from transformers import StoppingCriteriaList
 
     from audit.backends.kv_cache import reserve_room
 
+    config = generation_config(settings, roles)
+    extra = {"tokenizer": tokenizer} if settings.stop_strings else {}
     n_rows = call["input_ids"].shape[0]
     new_tokens: list[list[int]] = [[] for _ in range(n_rows)]
     active = list(range(n_rows))  # the batch row of each row still decoding
     done = 0
     while True:
         prompt_length = call["input_ids"].shape[1]
-        quarter = -(-len(active) // 4)
-        pause = _PauseWhenRowsStop(prompt_length, roles.eos_ids, quarter)
+        enough = 0 if pause_every_step else -(-len(active) // 4)
+        pause = _PauseWhenRowsStop(prompt_length, roles.eos_ids, enough)
         config.max_new_tokens = settings.max_new_tokens - done
         config.min_new_tokens = max(0, settings.min_new_tokens - done)
         config.return_dict_in_generate = True
@@ -199,7 +212,7 @@ def _generate_dropping_finished(
         if not going or done >= settings.max_new_tokens:
             break
         keep = torch.tensor(going, device=sequences.device)
-        cache = output.past_key_values
+        cache = returned_cache(output)
         cache.batch_select_indices(keep)
         reserve_room(cache, settings.max_new_tokens - done)
         mask = call["attention_mask"]
@@ -208,7 +221,7 @@ def _generate_dropping_finished(
         call = {
             "input_ids": sequences[keep],
             "attention_mask": mask[keep],
-            "past_key_values": cache,
+            **with_cache(model, cache),
         }
         active = [active[k] for k in going]
     return [describe_new_tokens(row, tokenizer, roles, settings.stop_strings) for row in new_tokens]

@@ -10,7 +10,7 @@ import logging
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import Any, ClassVar
+from typing import Any
 
 from PIL import Image
 
@@ -26,7 +26,14 @@ from audit.backends.base import (
 )
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.checkpoint import Checkpoint, LoadedModel, load_checkpoint
-from audit.backends.generation import TokenRoles, ensure_pad_token, run_generate, token_roles
+from audit.backends.fast_paths import FastPathPolicy
+from audit.backends.generation import (
+    Decoding,
+    TokenRoles,
+    ensure_pad_token,
+    run_generate,
+    token_roles,
+)
 from audit.backends.image_features import FeatureCache
 from audit.backends.prompt import Prompt
 from audit.backends.scoring import (
@@ -35,6 +42,7 @@ from audit.backends.scoring import (
     score_plain,
     score_shared_prefix,
 )
+from audit.backends.self_check import CheckRequests, check_fast_paths
 from audit.backends.shared_prefix import PromptSplit, generate_with_shared_prefixes
 
 logger = logging.getLogger(__name__)
@@ -52,18 +60,11 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
 
 
 class HFBackend(Backend):
-    """A transformers image-text model; subclasses lay out and encode prompts."""
+    """A transformers image-text model; subclasses lay out and encode prompts.
 
-    #: ``config.model_type`` values on which prefix-shared label scoring is verified by tests.
-    prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ()
-    #: ``config.model_type`` values on which requests showing the same image share its
-    #: prefilled prompt prefix (generation and label scoring), verified by tests.
-    image_prefix_model_types: ClassVar[tuple[str, ...]] = ()
-    #: ``config.model_type`` values whose decoding needs only the cache once prefilled (tested),
-    #: so finished rows can leave a batch early.
-    drop_finished_model_types: ClassVar[tuple[str, ...]] = ()
-    #: ``config.model_type`` values that decode into a cache with room reserved ahead (tested).
-    reserved_cache_model_types: ClassVar[tuple[str, ...]] = ()
+    Speedups that reach into transformers internals are used where ``fast_paths`` says so
+    (``audit.backends.fast_paths``); with all of them off this is transformers' plain path.
+    """
 
     def __init__(self, checkpoint: Checkpoint, preamble: Sequence[PreamblePart] = ()) -> None:
         self._checkpoint = checkpoint
@@ -72,12 +73,7 @@ class HFBackend(Backend):
         self._roles: TokenRoles | None = None
         self._generate_ceiling = BatchCeiling()
         self._score_ceiling = BatchCeiling()
-        #: Encode each distinct image once per ``generate`` call (where the family supports it).
-        self.share_image_features = True
-        #: Prefill the prompt prefix an image's requests share once per ``generate`` call.
-        self.share_prompt_prefix = True
-        #: Let rows that stopped leave their batch (where the family supports it).
-        self.drop_finished_rows = True
+        self.fast_paths = FastPathPolicy(checkpoint.model_type, checkpoint.spec.fast_paths)
         #: Token ids of the text after a prompt's image (``None``: that prompt does not split).
         self._suffix_ids: dict[tuple[str, bool], tuple[int, ...] | None] = {}
 
@@ -110,6 +106,29 @@ class HFBackend(Backend):
         self._load()
         assert self._roles is not None
         return self._roles
+
+    def check_fast_paths(
+        self,
+        generation: Sequence[GenerationRequest],
+        scoring: Sequence[LabelScoreRequest],
+        settings: GenerationSettings,
+    ) -> list[str]:
+        import transformers
+
+        loaded = self._load()
+        return check_fast_paths(
+            self.fast_paths,
+            self.generate,
+            lambda requests: self.score_labels(requests, batch_size=settings.batch_size),
+            CheckRequests(tuple(generation), tuple(scoring), settings),
+            dtype=str(loaded.dtype).removeprefix("torch."),
+            transformers_version=transformers.__version__,
+        )
+
+    def fast_path_record(self) -> dict[str, Any]:
+        import transformers
+
+        return {"transformers": transformers.__version__, "paths": self.fast_paths.record()}
 
     def info(self) -> BackendInfo:
         import transformers
@@ -189,12 +208,7 @@ class HFBackend(Backend):
         if splits is not None:
             with _seeded(settings.seed, loaded.device):
                 return generate_with_shared_prefixes(
-                    self,
-                    splits,
-                    settings,
-                    self._length_key,
-                    self._generate_ceiling,
-                    drop_finished=self._drops_finished_rows,
+                    self, splits, settings, self._length_key, self._generate_ceiling
                 )
         order = length_order([self._length_key(p) for p in prompts])
         # Lives for this call only: the prompts keep its images alive, so ids stay unique.
@@ -202,7 +216,7 @@ class HFBackend(Backend):
 
         def run_batch(batch: list[Prompt]) -> list[Generation]:
             inputs = self.encode(batch, "left")
-            if self.share_image_features:
+            if self.fast_paths.on("image_features"):
                 inputs = self.with_shared_images(batch, inputs, cache)
             with self.decoding():
                 return run_generate(
@@ -211,8 +225,7 @@ class HFBackend(Backend):
                     inputs,
                     settings,
                     self.roles,
-                    drop_finished=self._drops_finished_rows,
-                    reserve_cache=self._checkpoint.model_type in self.reserved_cache_model_types,
+                    self.decoding_fast_paths(),
                 )
 
         with _seeded(settings.seed, loaded.device):
@@ -221,20 +234,18 @@ class HFBackend(Backend):
             )
         return restore_order(order, results)
 
-    @property
-    def _drops_finished_rows(self) -> bool:
-        return (
-            self.drop_finished_rows
-            and self._checkpoint.model_type in self.drop_finished_model_types
+    def decoding_fast_paths(self) -> Decoding:
+        """The decoding fast paths ``generate`` calls use now."""
+        return Decoding(
+            reserve_cache=self.fast_paths.on("reserved_cache"),
+            drop_finished=self.fast_paths.on("drop_finished"),
+            pause_every_step=self.fast_paths.checking,
         )
 
     def shared_prefix_splits(self, prompts: Sequence[Prompt]) -> list[PromptSplit] | None:
         """Each prompt split after its image, where some prefix is shared and every prompt
         splits exactly; otherwise ``None`` (each prompt runs whole)."""
-        if not (
-            self.share_prompt_prefix
-            and self._checkpoint.model_type in self.image_prefix_model_types
-        ):
+        if not self.fast_paths.on("image_prefix"):
             return None
         splits = []
         for prompt in prompts:
@@ -290,14 +301,13 @@ class HFBackend(Backend):
 
         ``method="shared_prefix"`` prefills each prompt once and runs only the labels' tokens
         against its cache (``batch_size`` requests per pass); ``"plain"`` runs one full sequence
-        per label (``batch_size`` sequences per pass). ``"auto"`` shares where that is verified
-        for the model type (IDEFICS v1, Idefics2, Idefics3) and is plain elsewhere.
+        per label (``batch_size`` sequences per pass). ``"auto"`` shares where the
+        ``label_prefix`` fast path is on and is plain elsewhere.
         """
         self._load()
         jobs = prepare_jobs(self, requests)
         if method == "auto":
-            shared = self._checkpoint.model_type in self.prefix_sharing_model_types
-            method = "shared_prefix" if shared else "plain"
+            method = "shared_prefix" if self.fast_paths.on("label_prefix") else "plain"
         if method == "shared_prefix":
             return score_shared_prefix(self, jobs, batch_size, self._score_ceiling)
         if method == "plain":

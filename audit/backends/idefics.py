@@ -18,6 +18,7 @@ from audit.backends.cross_attention import projections_remembered
 from audit.backends.hf import HFBackend
 from audit.backends.image_features import FeatureCache, idefics_image_inputs
 from audit.backends.prompt import Prompt, as_rgb
+from audit.backends.transformers_api import idefics_image_states
 
 _FAKE = "<fake_token_around_image>"
 _IMAGE = "<image>"
@@ -28,16 +29,9 @@ class IdeficsBackend(HFBackend):
 
     name: ClassVar[str] = "idefics"
     model_types: ClassVar[tuple[str, ...]] = ("idefics",)
-    prefix_sharing_model_types: ClassVar[tuple[str, ...]] = ("idefics",)
-    reserved_cache_model_types: ClassVar[tuple[str, ...]] = ("idefics",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        #: Project the images' cross-attention keys and values once per ``generate`` call.
-        self.remember_image_projections = True
 
     def decoding(self) -> AbstractContextManager[Any]:
-        if not self.remember_image_projections:
+        if not self.fast_paths.on("image_latents"):
             return nullcontext()
         return projections_remembered(self.model)
 
@@ -111,12 +105,14 @@ class IdeficsBackend(HFBackend):
     def continuation_inputs(
         self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
     ) -> dict[str, Any]:
-        """Label tokens attend to the last image, like the tokens ``generate`` appends."""
+        """Label tokens attend to the last image, like the tokens ``generate`` appends; the
+        image states come from the prefix's inputs, or else its output, so nothing is encoded
+        again."""
         image_mask = prefix_inputs["image_attention_mask"][rows][:, -1:, :]
-        states = prefix_output.image_hidden_states[rows]
-        key = (
-            "perceiver_embeddings"
-            if self.model.config.use_resampler
-            else "image_encoder_embeddings"
+        key, states = idefics_image_states(
+            prefix_inputs, prefix_output, self.model.config.use_resampler
         )
-        return {"image_attention_mask": image_mask.expand(-1, width, -1), key: states}
+        # States may come flattened over (prompt, image); the model takes them per prompt.
+        n_images = prefix_inputs["image_attention_mask"].shape[-1]
+        states = states.reshape(-1, n_images, *states.shape[-2:])
+        return {"image_attention_mask": image_mask.expand(-1, width, -1), key: states[rows]}

@@ -63,17 +63,22 @@ def chat_image_inputs(
 def idefics_image_inputs(
     model: Any, images: Sequence[Sequence[Image.Image]], inputs: Any, cache: FeatureCache
 ) -> dict[str, Any] | None:
-    """``inputs`` with pixels replaced by cached image embeddings (IDEFICS v1), or ``None``.
+    """``inputs`` with pixels replaced by cached image states (IDEFICS v1), or ``None``.
 
     Slot ``k`` of row ``r`` of the processor's ``pixel_values`` is image ``k`` of prompt ``r``;
     rows with different image counts (zero-padded slots) are left to the model (``None``).
-    The embeddings go in under the key ``generate`` itself feeds back on later steps.
+    The states go in under the key ``generate`` itself feeds back on later steps
+    (``idefics_image_key``): resampled latents up to transformers 5.23, the vision encoder's
+    states from 5.24 on.
     """
     import torch
+
+    from audit.backends.transformers_api import idefics_image_key
 
     pixel_values = inputs["pixel_values"]
     if any(len(row) != pixel_values.shape[1] for row in images):
         return None
+    key = idefics_image_key(model)
     first_slot = {}
     for r, row in enumerate(images):
         for k, image in enumerate(row):
@@ -86,12 +91,11 @@ def idefics_image_inputs(
             states = inner.vision_model(
                 pixel_values=fresh.to(dtype=inner.dtype), interpolate_pos_encoding=False
             ).last_hidden_state
-            if model.config.use_resampler:
+            if key == "perceiver_embeddings":
                 states = inner.perceiver_resampler(states)
-        for key, features in zip(first_slot, states, strict=True):
-            cache[key] = features
+        for image_id, features in zip(first_slot, states, strict=True):
+            cache[image_id] = features
     embeddings = torch.stack([torch.stack([cache[id(image)] for image in row]) for row in images])
-    key = "perceiver_embeddings" if model.config.use_resampler else "image_encoder_embeddings"
     shared = {k: v for k, v in inputs.items() if k != "pixel_values"}
     shared[key] = embeddings
     return shared

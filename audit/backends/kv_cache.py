@@ -102,3 +102,9 @@ def reserve_room(cache: Any, reserve: int) -> None:
     for layer in cache.layers:
         if isinstance(layer, GrowingLayer):
             layer.reserve = reserve
+
+
+def new_cache(model: Any, *, reserved: bool, reserve: int = 0) -> Any:
+    """An empty key/value cache for ``model``: growing in place (the ``reserved_cache`` fast
+    path) or transformers' own."""
+    return growing_cache(model, reserve) if reserved else DynamicCache(config=model.config)

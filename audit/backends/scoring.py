@@ -31,6 +31,7 @@ from audit.backends.shared_prefix import (
     map_shared_prefixes,
     positions_from_mask,
 )
+from audit.backends.transformers_api import returned_cache, with_cache
 
 ScoringMethod = Literal["auto", "shared_prefix", "plain"]
 
@@ -194,8 +195,7 @@ def _score_with_shared_images(
     forward pass over each request's text after the image, then its labels."""
     import torch
 
-    def run_rows(inputs: dict[str, Any], indices: list[int]) -> list[LabelScores]:
-        cache = inputs["past_key_values"]
+    def run_rows(inputs: dict[str, Any], cache: Any, indices: list[int]) -> list[LabelScores]:
         cached = cache.get_seq_length()
         mask = inputs["attention_mask"]
         with torch.inference_mode():
@@ -203,7 +203,7 @@ def _score_with_shared_images(
                 input_ids=inputs["input_ids"][:, cached:],
                 attention_mask=mask,
                 position_ids=positions_from_mask(mask)[:, cached:],
-                past_key_values=cache,
+                **with_cache(encoder.model, cache),
                 use_cache=True,
                 logits_to_keep=1,
             )
@@ -276,7 +276,7 @@ def _score_label_tails(
         tokens[n, : len(fed)] = torch.tensor(fed, device=mask.device)
         label_mask[n, : len(fed)] = 1
     source = torch.tensor([r for r, _ in rows], device=mask.device)
-    cache = prefix_output.past_key_values
+    cache = returned_cache(prefix_output)
     cache.batch_select_indices(source)
     full_mask = torch.cat([mask[source], label_mask], dim=1)
     extra = encoder.continuation_inputs(inputs, prefix_output, source, width)
@@ -284,7 +284,7 @@ def _score_label_tails(
         input_ids=tokens,
         attention_mask=full_mask,
         position_ids=positions_from_mask(full_mask)[:, -width:],
-        past_key_values=cache,
+        **with_cache(encoder.model, cache),
         use_cache=True,
         **extra,
     ).logits

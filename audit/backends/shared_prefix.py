@@ -22,12 +22,14 @@ from typing import Any, Protocol, TypeVar
 
 from audit.backends.base import Generation, GenerationSettings
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
-from audit.backends.generation import TokenRoles, run_generate
+from audit.backends.generation import Decoding, TokenRoles, run_generate
 from audit.backends.prompt import Prompt
+from audit.backends.transformers_api import returned_cache, with_cache
 
 Result = TypeVar("Result")
-#: Runs one batch: model inputs laid out prefix-then-suffix, and the split indices of its rows.
-RowsRunner = Callable[[dict[str, Any], list[int]], list[Result]]
+#: Runs one batch: ``input_ids`` and ``attention_mask`` laid out prefix-then-suffix, the
+#: batch's own copy of the prefixes' key/value cache, and the split indices of its rows.
+RowsRunner = Callable[[dict[str, Any], Any, list[int]], list[Result]]
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,8 @@ class PrefixEncoder(Protocol):
     def roles(self) -> TokenRoles: ...
 
     def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any: ...
+
+    def decoding_fast_paths(self) -> Decoding: ...
 
 
 def positions_from_mask(mask: Any) -> Any:
@@ -95,11 +99,10 @@ def map_shared_prefixes(
         done: dict[int, Result] = {}
         for start in range(0, len(pairs), rows_per_batch):
             batch = pairs[start : start + rows_per_batch]
-            inputs = prefix_then_suffix_inputs(
-                prefix_inputs, prefilled, batch, splits, encoder.roles.pad_id
-            )
+            inputs = prefix_then_suffix_inputs(prefix_inputs, batch, splits, encoder.roles.pad_id)
+            cache = cache_rows(prefilled, inputs["input_ids"].new_tensor([g for g, _ in batch]))
             indices = [i for _, i in batch]
-            done.update(zip(indices, run_rows(inputs, indices), strict=True))
+            done.update(zip(indices, run_rows(inputs, cache, indices), strict=True))
         return [[done[i] for i in rows] for rows in chunk]
 
     per_group = restore_order(
@@ -116,18 +119,20 @@ def _prefill(encoder: PrefixEncoder, prefixes: Sequence[Prompt]) -> tuple[Any, A
     """The prefixes encoded (left padded) and their key/value cache."""
     import torch
 
-    from audit.backends.kv_cache import growing_cache
+    from audit.backends.kv_cache import new_cache
 
     inputs = encoder.encode(prefixes, "left")
+    model = encoder.model
+    cache = new_cache(model, reserved=encoder.decoding_fast_paths().reserve_cache)
     with torch.inference_mode():
-        cache = encoder.model(
+        output = model(
             **inputs,
+            **with_cache(model, cache),
             position_ids=positions_from_mask(inputs["attention_mask"]),
-            past_key_values=growing_cache(encoder.model),
             use_cache=True,
             logits_to_keep=1,
-        ).past_key_values
-    return inputs, cache
+        )
+    return inputs, returned_cache(output)
 
 
 def generate_with_shared_prefixes(
@@ -136,22 +141,19 @@ def generate_with_shared_prefixes(
     settings: GenerationSettings,
     prefix_length: Callable[[Prompt], int],
     ceiling: BatchCeiling,
-    *,
-    drop_finished: bool = False,
 ) -> list[Generation]:
-    """One ``Generation`` per split, in order (``drop_finished``: see ``run_generate``)."""
+    """One ``Generation`` per split, in order."""
     from audit.backends.kv_cache import reserve_room
 
-    def run_rows(inputs: dict[str, Any], _indices: list[int]) -> list[Generation]:
-        reserve_room(inputs["past_key_values"], settings.max_new_tokens)
+    def run_rows(inputs: dict[str, Any], cache: Any, _indices: list[int]) -> list[Generation]:
+        reserve_room(cache, settings.max_new_tokens)
         return run_generate(
             encoder.model,
             encoder.processor.tokenizer,
-            inputs,
+            {**inputs, **with_cache(encoder.model, cache)},
             settings,
             encoder.roles,
-            drop_finished=drop_finished,
-            reserve_cache=True,
+            encoder.decoding_fast_paths(),
         )
 
     return map_shared_prefixes(
@@ -161,14 +163,12 @@ def generate_with_shared_prefixes(
 
 def prefix_then_suffix_inputs(
     prefix_inputs: Any,
-    prefilled: Any,
     batch: Sequence[tuple[int, int]],
     splits: Sequence[PromptSplit],
     pad_id: int,
 ) -> dict[str, Any]:
-    """Model inputs for ``batch`` ((prefix row, split) pairs): each row's prefix, whose keys and
-    values ``prefilled`` holds, then its suffix, padding in between; ``input_ids`` and
-    ``attention_mask`` span both, ``past_key_values`` holds the rows' own copy of the cache."""
+    """``input_ids`` and ``attention_mask`` for ``batch`` ((prefix row, split) pairs): each row's
+    prefix, then its suffix, padding in between."""
     import torch
 
     prefix_ids = prefix_inputs["input_ids"]
@@ -185,7 +185,6 @@ def prefix_then_suffix_inputs(
     return {
         "input_ids": torch.cat([prefix_ids[source], suffix_ids], dim=1),
         "attention_mask": torch.cat([prefix_mask[source], suffix_mask], dim=1),
-        "past_key_values": cache_rows(prefilled, source),
     }
 
 

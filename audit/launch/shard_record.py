@@ -42,6 +42,8 @@ class ShardRecord:
     elapsed_s: float | None = None
     rows_written: int | None = None
     errors_written: int | None = None
+    #: Which fast paths this process used, after its self-check (``fast_paths.FastPathPolicy``).
+    fast_paths: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ShardRecord:
@@ -93,7 +95,7 @@ def start_shard_record(root: Path, shard: Shard, launcher: str | None) -> None:
     write_shard_record(
         root, shard, status="running", host=socket.gethostname(), pid=os.getpid(),
         launcher=launcher, started_at=stamp, updated_at=stamp, finished_at=None, elapsed_s=None,
-        rows_written=0, errors_written=0,
+        rows_written=0, errors_written=0, fast_paths=None,
     )
 
 

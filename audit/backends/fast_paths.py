@@ -1,0 +1,123 @@
+"""Speedups that reach into transformers internals, and the one policy that says which are on.
+
+Each fast path computes what transformers' plain path computes with less work, using parts of
+transformers that are not its public API (docs/compatibility.md lists them). A release may
+change those parts, so a fast path runs only where all of these hold:
+
+- it is verified by the tests on the model's ``config.model_type``;
+- the user has not turned fast paths off (``audit run --no-fast-paths``, ``model.fast_paths``);
+- in a run, it gave the plain path's results on the run's first samples (``self_check``); a
+  disagreement or an exception turns it off for the rest of the run.
+
+So an upstream change can make a run slower, never wrong or broken.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+_ALL_IDEFICS = ("idefics", "idefics2", "idefics3")
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """One speedup: what it saves, and the model types the tests verify it on."""
+
+    name: str
+    summary: str
+    model_types: tuple[str, ...]
+
+
+FAST_PATHS: tuple[FastPath, ...] = (
+    FastPath("image_features", "each distinct image is encoded once per batch", _ALL_IDEFICS),
+    FastPath(
+        "image_latents",
+        "IDEFICS v1 image latents and cross-attention keys/values computed once per generate call",
+        ("idefics",),
+    ),
+    FastPath("reserved_cache", "decoding writes into key/value room reserved ahead", _ALL_IDEFICS),
+    FastPath(
+        "image_prefix",
+        "requests showing the same image share its prefilled prompt prefix",
+        ("idefics2", "idefics3"),
+    ),
+    FastPath("drop_finished", "rows that stopped leave their batch", ("idefics2", "idefics3")),
+    FastPath(
+        "label_prefix", "labels are scored against their prompt's cached prefix", _ALL_IDEFICS
+    ),
+)
+FAST_PATH_NAMES: tuple[str, ...] = tuple(path.name for path in FAST_PATHS)
+
+#: transformers releases on which CI runs every fast path's tests (the lock, and the lowest
+#: release of the range pyproject.toml declares). Elsewhere the self-check alone vouches for them.
+VERIFIED_TRANSFORMERS: tuple[str, ...] = ("5.23.0", "5.24.0")
+
+TURNED_OFF = "turned off by the user (--no-fast-paths or model.fast_paths: false)"
+NOT_CHECKED = "on; not checked against the plain path yet"
+VERIFIED = "on; gave the plain path's results on this run's first samples"
+
+
+@dataclass(frozen=True)
+class FastPathState:
+    """Whether a fast path is on for this backend, and why."""
+
+    on: bool
+    note: str
+
+
+class FastPathPolicy:
+    """Which fast paths a backend uses; starts from the model type and the user's choice."""
+
+    def __init__(self, model_type: str, enabled: bool = True) -> None:
+        self.model_type = model_type
+        self.enabled = enabled
+        self._states: dict[str, FastPathState] = {}
+        for path in FAST_PATHS:
+            if not enabled:
+                state = FastPathState(False, TURNED_OFF)
+            elif model_type not in path.model_types:
+                state = FastPathState(False, f"off; not verified on model type '{model_type}'")
+            else:
+                state = FastPathState(True, NOT_CHECKED)
+            self._states[path.name] = state
+        self._only: frozenset[str] | None = None
+        #: True while the self-check runs: decoding then pauses and resumes at every step, so
+        #: a few new tokens exercise what row dropping does over a whole run.
+        self.checking = False
+
+    def on(self, name: str) -> bool:
+        """Whether fast path ``name`` is used now."""
+        state = self._states[name]  # KeyError for a name that is not a fast path
+        return state.on and (self._only is None or name in self._only)
+
+    def active(self) -> tuple[str, ...]:
+        """The fast paths that are on (whatever ``limited_to`` says)."""
+        return tuple(name for name, state in self._states.items() if state.on)
+
+    def state(self, name: str) -> FastPathState:
+        return self._states[name]
+
+    def set_state(self, name: str, on: bool, note: str) -> None:
+        self._states[name] = FastPathState(on, note)
+
+    @contextmanager
+    def limited_to(self, names: Iterable[str], *, checking: bool = False) -> Iterator[None]:
+        """Use only ``names`` (of those that are on) for the duration: ``()`` is the plain
+        transformers path."""
+        names = frozenset(names)
+        unknown = names - set(FAST_PATH_NAMES)
+        if unknown:
+            raise KeyError(f"not fast paths: {sorted(unknown)}")
+        before = self._only, self.checking
+        self._only, self.checking = names, checking
+        try:
+            yield
+        finally:
+            self._only, self.checking = before
+
+    def record(self) -> dict[str, dict[str, Any]]:
+        """For the manifest: every fast path, on or off, and why."""
+        return {name: {"on": s.on, "note": s.note} for name, s in self._states.items()}

@@ -1,0 +1,230 @@
+"""Fast paths can make a run slower, never wrong or broken: each one, broken on purpose the way
+an upstream release could break it, is caught by the self-check on the run's first batch and
+turned off, and the run stores the plain path's results."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import transformers
+import yaml
+from typer.testing import CliRunner
+
+from audit.backends import LabelScores
+from audit.backends.fast_paths import FAST_PATH_NAMES, FastPathPolicy
+from audit.cli import app
+from audit.store import RunStore
+from tests.runs import write_probe
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def _raise(*_args: Any, **_kwargs: Any) -> Any:
+    raise RuntimeError("mat1 and mat2 shapes cannot be multiplied (simulated upstream change)")
+
+
+@contextmanager
+def _raising_context(*_args: Any, **_kwargs: Any) -> Iterator[None]:
+    _raise()
+    yield
+
+
+def _shuffled(function: Callable[..., Any], keys: tuple[str, ...]) -> Callable[..., Any]:
+    """``function`` whose returned image states have their features rotated: a fast path that
+    gives other numbers (a rescaling would not do: the resampler's layer norms undo it)."""
+
+    def shuffled(*args: Any, **kwargs: Any) -> Any:
+        inputs = function(*args, **kwargs)
+        for key in keys:
+            if isinstance(inputs, dict) and key in inputs:
+                inputs[key] = inputs[key].roll(1, dims=-1)
+        return inputs
+
+    return shuffled
+
+
+def _off_by_half(function: Callable[..., list[LabelScores]]) -> Callable[..., list[LabelScores]]:
+    def shifted(*args: Any, **kwargs: Any) -> list[LabelScores]:
+        return [
+            LabelScores(tuple(s + 0.5 for s in r.logprob_sums), r.n_tokens)
+            for r in function(*args, **kwargs)
+        ]
+
+    return shifted
+
+
+def _break(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break fast path ``name`` as an upstream change could: other numbers, or an exception."""
+    import audit.backends.generation as generation
+    import audit.backends.hf as hf
+    import audit.backends.idefics as idefics
+    import audit.backends.kv_cache as kv_cache
+    import audit.backends.shared_prefix as shared_prefix
+
+    if name == "image_features":
+        keys = ("image_encoder_embeddings", "perceiver_embeddings")
+        shuffled = _shuffled(idefics.idefics_image_inputs, keys)
+        monkeypatch.setattr(idefics, "idefics_image_inputs", shuffled)
+    elif name == "image_latents":
+        monkeypatch.setattr(idefics, "projections_remembered", _raising_context)
+    elif name == "reserved_cache":
+        update = kv_cache.GrowingLayer.update
+
+        def skewed(self: Any, keys: Any, values: Any, *args: Any, **kwargs: Any) -> Any:
+            stored_keys, stored_values = update(self, keys, values, *args, **kwargs)
+            return stored_keys * 1.5, stored_values
+
+        monkeypatch.setattr(kv_cache.GrowingLayer, "update", skewed)
+    elif name == "image_prefix":
+        monkeypatch.setattr(shared_prefix, "prefix_then_suffix_inputs", _raise)
+    elif name == "drop_finished":
+        monkeypatch.setattr(generation._PauseWhenRowsStop, "__call__", _raise)
+    elif name == "label_prefix":
+        monkeypatch.setattr(hf, "score_shared_prefix", _off_by_half(hf.score_shared_prefix))
+    else:
+        raise AssertionError(f"no way to break {name}")
+
+
+#: Each fast path, on a family that uses it.
+CASES = [
+    ("image_features", "idefics"),
+    ("image_latents", "idefics"),
+    ("reserved_cache", "idefics3"),
+    ("image_prefix", "idefics3"),
+    ("drop_finished", "idefics2"),
+    ("label_prefix", "idefics2"),
+]
+
+
+def test_every_fast_path_has_a_case() -> None:
+    assert sorted(name for name, _ in CASES) == sorted(FAST_PATH_NAMES)
+
+
+def stored(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    store = RunStore.open(run_dir)
+    generations = store.read("generations").sort_values(["sample_id", "prompt_id"])
+    classifications = store.read("classifications").sort_values(["sample_id", "task_id"])
+    return generations.reset_index(drop=True), classifications.reset_index(drop=True)
+
+
+@pytest.mark.parametrize(("name", "family"), CASES)
+def test_a_broken_fast_path_is_turned_off_and_the_run_stores_plain_results(
+    name: str,
+    family: str,
+    model_dirs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    probe = write_probe(tmp_path, model_dirs[family], generation={"max_new_tokens": 12})
+    code, _ = run_cli("run", str(probe), "--out", str(tmp_path / "plain"), "--no-fast-paths")
+    assert code == 0
+    _break(name, monkeypatch)
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "broken"))
+    assert code == 0, output
+    assert "Traceback" not in output
+    warnings = [line for line in output.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1, output
+    assert f"fast path '{name}' is off" in warnings[0]
+    assert f"transformers {transformers.__version__}" in warnings[0]
+
+    manifest = json.loads((tmp_path / "broken" / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    paths = manifest["fast_paths"]["paths"]
+    assert manifest["fast_paths"]["transformers"] == transformers.__version__
+    assert paths[name]["on"] is False and "self-check" in paths[name]["note"]
+    others = [n for n, state in paths.items() if n != name and state["on"]]
+    assert others, "the other fast paths stay on"
+    assert all("gave the plain path's results" in paths[n]["note"] for n in others)
+
+    plain_generations, plain_classifications = stored(tmp_path / "plain")
+    generations, classifications = stored(tmp_path / "broken")
+    pd.testing.assert_frame_equal(generations, plain_generations)
+    assert len({*generations["generation"]}) > 3  # an image-sensitive model said different things
+    assert classifications["prediction"].tolist() == plain_classifications["prediction"].tolist()
+    score_columns = [c for c in classifications if c.startswith("score_")]
+    np.testing.assert_allclose(
+        classifications[score_columns].to_numpy(dtype=float),
+        plain_classifications[score_columns].to_numpy(dtype=float),
+        atol=1e-4,
+        rtol=0,
+    )
+
+
+def test_fast_paths_that_agree_stay_on_and_are_recorded(
+    model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    probe = write_probe(tmp_path, model_dirs["idefics3"])
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
+    assert code == 0 and "warning:" not in output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    paths = manifest["fast_paths"]["paths"]
+    expected_on = {
+        "image_features",
+        "reserved_cache",
+        "image_prefix",
+        "drop_finished",
+        "label_prefix",
+    }
+    assert {n for n, state in paths.items() if state["on"]} == expected_on
+    assert "not verified on model type 'idefics3'" in paths["image_latents"]["note"]
+    shard = json.loads(next((tmp_path / "run" / "shards").glob("*.json")).read_text())
+    assert shard["fast_paths"] == manifest["fast_paths"]
+
+
+@pytest.mark.parametrize("how", ["flag", "probe"])
+def test_fast_paths_can_be_turned_off(
+    how: str, model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    probe = write_probe(tmp_path, model_dirs["idefics2"])
+    if how == "probe":
+        data = yaml.safe_load(probe.read_text())
+        data["model"]["fast_paths"] = False
+        probe.write_text(yaml.safe_dump(data))
+    # Nothing may reach a fast path's code: a run touching one would fail.
+    for name, _ in CASES:
+        _break(name, monkeypatch)
+    flag = ["--no-fast-paths"] if how == "flag" else []
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"), *flag)
+    assert code == 0 and "warning:" not in output, output
+    paths = json.loads((tmp_path / "run" / "manifest.json").read_text())["fast_paths"]["paths"]
+    assert not any(state["on"] for state in paths.values())
+    assert all("turned off by the user" in state["note"] for state in paths.values())
+
+
+def test_a_model_type_the_fast_paths_are_not_verified_on_starts_plain() -> None:
+    policy = FastPathPolicy("llava")
+    assert policy.active() == ()
+    assert all(
+        "not verified on model type 'llava'" in policy.state(n).note for n in FAST_PATH_NAMES
+    )
+
+
+def test_a_broken_plain_path_is_one_error_paragraph(
+    model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import audit.backends.hf as hf
+    import audit.backends.scoring as scoring
+
+    probe = write_probe(tmp_path, model_dirs["idefics"])
+    monkeypatch.setattr(hf, "run_generate", _raise)
+    monkeypatch.setattr(scoring, "_plain_batch", _raise)
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
+    assert code == 2, output
+    assert "Traceback" not in output
+    error = output[output.index("error: ") :]
+    assert error.startswith("error: every request of the first batch failed")
+    assert "first error: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in error
+    assert f"transformers {transformers.__version__}" in error and "type 'idefics'" in error
+    assert "try: " in error and "requirements.lock" in error
