@@ -297,6 +297,7 @@ def test_plain_scores_match_a_direct_forward_pass(
         assert scores.logprob_sums[j] == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_prefix_scores_equal_plain_scores(
     backends: dict[str, HFBackend], family: str
@@ -336,12 +337,25 @@ def test_preamble_goes_first_and_matters(model_dirs: dict[str, Path], family: st
     request = [GenerationRequest(noise_image(), "Describe this person.")]
     assert first.generate(request, settings) != second.generate(request, settings)
     labels = score_requests()[:2]
-    shared = first.score_labels(labels, method="shared_prefix")
-    plain = first.score_labels(labels, method="plain")
+    assert first.score_labels(labels, method="plain") != second.score_labels(labels, method="plain")
+
+
+@pytest.mark.fast_path
+@pytest.mark.parametrize("family", FAMILIES)
+def test_shared_prefix_scores_with_a_preamble_equal_plain_scores(
+    model_dirs: dict[str, Path], family: str
+) -> None:
+    folder = str(model_dirs[family])
+    preamble = [PreamblePart(text="Here is an example."), PreamblePart(image=noise_image(seed=20))]
+    backend = load_backend(folder, ModelSpec(id=folder), preamble)
+    labels = score_requests()[:2]
+    shared = backend.score_labels(labels, method="shared_prefix")  # type: ignore[call-arg]
+    plain = backend.score_labels(labels, method="plain")  # type: ignore[call-arg]
     for p, s in zip(plain, shared, strict=True):
         np.testing.assert_allclose(s.logprob_sums, p.logprob_sums, atol=1e-4, rtol=0)
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", FAMILIES)
 def test_label_merging_with_the_prompt_is_scored_whole(
     backends: dict[str, HFBackend], family: str, caplog: pytest.LogCaptureFixture
@@ -421,6 +435,7 @@ def sharing(backend: HFBackend, image_features: bool, prompt_prefix: bool) -> It
         yield
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_images_and_prefixes_give_the_same_tokens(
     backends: dict[str, HFBackend], family: str
@@ -451,6 +466,7 @@ def test_shared_images_and_prefixes_give_the_same_tokens(
         assert_tile_counts_differ(backend, requests)
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", FAMILIES)
 def test_sharing_with_a_preamble_image(model_dirs: dict[str, Path], family: str) -> None:
     preamble = (PreamblePart(text="Look:"), PreamblePart(image=noise_image(24, 24, seed=99)))
@@ -466,6 +482,7 @@ def test_sharing_with_a_preamble_image(model_dirs: dict[str, Path], family: str)
     assert shared == features_only == unshared
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", FAMILIES)
 def test_label_scores_with_shared_images_equal_plain_scores(
     backends: dict[str, HFBackend], family: str

@@ -23,6 +23,8 @@ from audit.backends.transformers_api import with_cache
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
 
+pytestmark = pytest.mark.fast_path
+
 
 @pytest.fixture(scope="module")
 def backends(model_dirs: dict[str, Path]) -> dict[str, HFBackend]:

@@ -76,6 +76,7 @@ def test_generation_backs_off_and_loses_nothing(
     assert max(seen[1:]) <= 3
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", ["idefics2", "idefics3"])
 def test_prefix_shared_generation_backs_off_and_loses_nothing(
     backends: dict[str, HFBackend], family: str
@@ -96,7 +97,9 @@ def test_prefix_shared_generation_backs_off_and_loses_nothing(
     assert max(seen[1:]) <= 3
 
 
-@pytest.mark.parametrize("method", ["plain", "shared_prefix"])
+@pytest.mark.parametrize(
+    "method", ["plain", pytest.param("shared_prefix", marks=pytest.mark.fast_path)]
+)
 def test_label_scoring_backs_off(backends: dict[str, HFBackend], method: str) -> None:
     backend = backends["idefics3"]
     requests = [

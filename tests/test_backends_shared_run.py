@@ -19,6 +19,7 @@ from tests.runs import write_probe
 N_IMAGES = 6
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize("family", ["idefics", "idefics2"])
 def test_run_encodes_each_image_once(
     model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, family: str

@@ -18,7 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from audit.backends import LabelScores
-from audit.backends.fast_paths import FAST_PATH_NAMES, FastPathPolicy
+from audit.backends.fast_paths import ENVIRONMENT_SWITCH, FAST_PATH_NAMES, FastPathPolicy
 from audit.cli import app
 from audit.store import RunStore
 from tests.runs import write_probe
@@ -119,6 +119,7 @@ def stored(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     return generations.reset_index(drop=True), classifications.reset_index(drop=True)
 
 
+@pytest.mark.fast_path
 @pytest.mark.parametrize(("name", "family"), CASES)
 def test_a_broken_fast_path_is_turned_off_and_the_run_stores_plain_results(
     name: str,
@@ -162,6 +163,7 @@ def test_a_broken_fast_path_is_turned_off_and_the_run_stores_plain_results(
     )
 
 
+@pytest.mark.fast_path
 def test_fast_paths_that_agree_stay_on_and_are_recorded(
     model_dirs: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -183,7 +185,7 @@ def test_fast_paths_that_agree_stay_on_and_are_recorded(
     assert shard["fast_paths"] == manifest["fast_paths"]
 
 
-@pytest.mark.parametrize("how", ["flag", "probe"])
+@pytest.mark.parametrize("how", ["flag", "probe", "environment"])
 def test_fast_paths_can_be_turned_off(
     how: str, model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,6 +197,8 @@ def test_fast_paths_can_be_turned_off(
     # Nothing may reach a fast path's code: a run touching one would fail.
     for name, _ in CASES:
         _break(name, monkeypatch)
+    if how == "environment":
+        monkeypatch.setenv(ENVIRONMENT_SWITCH, "off")
     flag = ["--no-fast-paths"] if how == "flag" else []
     code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"), *flag)
     assert code == 0 and "warning:" not in output, output
@@ -203,7 +207,10 @@ def test_fast_paths_can_be_turned_off(
     assert all("turned off by the user" in state["note"] for state in paths.values())
 
 
-def test_a_model_type_the_fast_paths_are_not_verified_on_starts_plain() -> None:
+def test_a_model_type_the_fast_paths_are_not_verified_on_starts_plain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(ENVIRONMENT_SWITCH, raising=False)
     policy = FastPathPolicy("llava")
     assert policy.active() == ()
     assert all(

@@ -5,7 +5,8 @@ transformers that are not its public API (docs/compatibility.md lists them). A r
 change those parts, so a fast path runs only where all of these hold:
 
 - it is verified by the tests on the model's ``config.model_type``;
-- the user has not turned fast paths off (``audit run --no-fast-paths``, ``model.fast_paths``);
+- the user has not turned fast paths off (``audit run --no-fast-paths``, the probe's
+  ``model.fast_paths: false``, or ``AUDIT_FAST_PATHS=off`` in the environment);
 - in a run, it gave the plain path's results on the run's first samples (``self_check``); a
   disagreement or an exception turns it off for the rest of the run.
 
@@ -14,6 +15,7 @@ So an upstream change can make a run slower, never wrong or broken.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +57,11 @@ FAST_PATH_NAMES: tuple[str, ...] = tuple(path.name for path in FAST_PATHS)
 #: release of the range pyproject.toml declares). Elsewhere the self-check alone vouches for them.
 VERIFIED_TRANSFORMERS: tuple[str, ...] = ("5.23.0", "5.24.0")
 
-TURNED_OFF = "turned off by the user (--no-fast-paths or model.fast_paths: false)"
+#: Set to ``off`` to turn every fast path off for a whole job, as ``--no-fast-paths`` does.
+ENVIRONMENT_SWITCH = "AUDIT_FAST_PATHS"
+TURNED_OFF = (
+    f"turned off by the user (--no-fast-paths, model.fast_paths: false or {ENVIRONMENT_SWITCH}=off)"
+)
 NOT_CHECKED = "on; not checked against the plain path yet"
 VERIFIED = "on; gave the plain path's results on this run's first samples"
 
@@ -73,7 +79,9 @@ class FastPathPolicy:
 
     def __init__(self, model_type: str, enabled: bool = True) -> None:
         self.model_type = model_type
-        self.enabled = enabled
+        switch = os.environ.get(ENVIRONMENT_SWITCH, "on").strip().lower()
+        self.enabled = enabled and switch not in {"off", "0", "false", "no"}
+        enabled = self.enabled
         self._states: dict[str, FastPathState] = {}
         for path in FAST_PATHS:
             if not enabled:
