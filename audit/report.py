@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def report_context(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0) -
         "simulated": any(_is_simulated(run) for run in runs),
         "not_analysed": NOT_ANALYSED.capitalize(),
         "audit_version": audit.__version__,
-        "generated_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
 

@@ -12,7 +12,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ class ShardRecord:
         stamp = self.updated_at or self.started_at
         if not stamp:
             return None
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         return (now - datetime.fromisoformat(stamp)).total_seconds()
 
     def throughput(self) -> float | None:
