@@ -62,3 +62,15 @@ def write_probe(folder: Path, model: Path | str, **sections: Any) -> Path:
     path = folder / "probe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+def assert_generations_agree(backend: Any, requests: Any, got: Any, expected: Any) -> None:
+    """Each pair has the same tokens, or the same up to their first difference where the plain
+    path's two choices are a float32 near-tie (``self_check.TIE_TOLERANCE``): batch
+    composition and padding change float arithmetic, which may break such a tie either way."""
+    from audit.backends.self_check import TIE_TOLERANCE, generation_difference
+
+    assert len(got) == len(expected) == len(requests)
+    for i, (request, a, b) in enumerate(zip(requests, got, expected, strict=True)):
+        difference = generation_difference(backend, request, a, b, TIE_TOLERANCE["float32"])
+        assert difference is None, f"request {i}: {difference}"

@@ -24,6 +24,7 @@ from audit.backends import (
 from audit.backends.hf import HFBackend
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
+from tests.runs import assert_generations_agree
 
 PROMPTS = (
     "Describe this person.",
@@ -108,7 +109,7 @@ def test_batched_greedy_generation_equals_one_at_a_time(
         backend.generate([r], GenerationSettings(max_new_tokens=10, batch_size=1))[0]
         for r in requests
     ]
-    assert batched == single
+    assert_generations_agree(backend, requests, batched, single)
     assert len({g.text for g in batched}) > 1
     if family == "idefics3":
         assert_tile_counts_differ(backend, requests)
@@ -451,7 +452,8 @@ def test_shared_images_and_prefixes_give_the_same_tokens(
         features_only, features_work = generate_measuring_work(backend, requests, settings)
     with sharing(backend, image_features=False, prompt_prefix=False):
         unshared, unshared_work = generate_measuring_work(backend, requests, settings)
-    assert shared == copied == features_only == unshared
+    for other in (copied, features_only, unshared):
+        assert_generations_agree(backend, requests, shared, other)
     assert len({g.text for g in shared}) > 3
     # 4 images x 3 prompts: each image encoded once when shared, once per request otherwise
     # (Idefics3 counts tiles).
@@ -479,7 +481,8 @@ def test_sharing_with_a_preamble_image(model_dirs: dict[str, Path], family: str)
         features_only = backend.generate(requests, settings)
     with sharing(backend, image_features=False, prompt_prefix=False):
         unshared = backend.generate(requests, settings)
-    assert shared == features_only == unshared
+    for other in (features_only, unshared):
+        assert_generations_agree(backend, requests, shared, other)
 
 
 @pytest.mark.fast_path

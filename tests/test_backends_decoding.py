@@ -22,6 +22,7 @@ from audit.backends.kv_cache import GrowingLayer, growing_cache
 from audit.backends.transformers_api import with_cache
 from audit.spec import ModelSpec
 from audit.tiny_models import FAMILIES
+from tests.runs import assert_generations_agree
 
 pytestmark = pytest.mark.fast_path
 
@@ -78,7 +79,8 @@ def test_growing_cache_gives_the_tokens_of_the_transformers_cache(
     backends: dict[str, HFBackend], family: str
 ) -> None:
     backend = backends[family]
-    prompts = [backend.generation_prompt(r.image, r.prompt) for r in requests(3)]
+    asked = requests(3)
+    prompts = [backend.generation_prompt(r.image, r.prompt) for r in asked]
     inputs = backend.encode(prompts, "left")
     settings = GenerationSettings(max_new_tokens=12)
     tokenizer = backend.processor.tokenizer
@@ -92,7 +94,7 @@ def test_growing_cache_gives_the_tokens_of_the_transformers_cache(
         Decoding(reserve_cache=True),
     )
     plain = run_generate(backend.model, tokenizer, inputs, settings, backend.roles, Decoding())
-    assert growing == plain
+    assert_generations_agree(backend, asked, growing, plain)
     # Every plain layer grew in place (sliding-window layers, as in the tiny Mistral-based
     # Idefics2, are left to transformers), holding the whole sequence past its reservation.
     assert not any(type(layer) is DynamicLayer for layer in cache.layers)
@@ -114,12 +116,13 @@ def test_finished_rows_leave_the_batch_and_change_nothing(
 
     monkeypatch.setattr(backend.model, "generate", counting_generate)
     settings = GenerationSettings(max_new_tokens=60, batch_size=4)
+    asked = requests()
     with without(backend, "drop_finished"):
-        kept = backend.generate(requests(), settings)
+        kept = backend.generate(asked, settings)
     kept_calls = list(calls)
     calls.clear()
-    dropped = backend.generate(requests(), settings)
-    assert dropped == kept
+    dropped = backend.generate(asked, settings)
+    assert_generations_agree(backend, asked, dropped, kept)
     assert {g.finish_reason for g in kept} == {"eos", "length"}
     # Every batch is one call when rows stay; rows that stopped left for later calls.
     assert max(kept_calls) == 4 and len(calls) > len(kept_calls)
@@ -149,6 +152,6 @@ def test_idefics_projects_image_keys_and_values_once_per_batch(
             recomputed = backend.generate(requests(), settings)
     finally:
         del projection.forward
-    assert remembered == recomputed
+    assert_generations_agree(backend, requests(), remembered, recomputed)
     assert per_batch == [4, 4, 4]  # 12 requests in batches of 4: once each
     assert len(computed) >= 3 * 8  # otherwise once per decoding step

@@ -15,13 +15,27 @@ import pandas as pd
 import pytest
 import transformers
 import yaml
+from PIL import Image
 from typer.testing import CliRunner
 
-from audit.backends import LabelScores
+from audit.backends import (
+    Generation,
+    GenerationRequest,
+    GenerationSettings,
+    LabelScores,
+    load_backend,
+)
 from audit.backends.fast_paths import ENVIRONMENT_SWITCH, FAST_PATH_NAMES, FastPathPolicy
+from audit.backends.self_check import generation_difference
 from audit.cli import app
+from audit.spec import ModelSpec
 from audit.store import RunStore
 from tests.runs import write_probe
+
+
+def noise_image(seed: int) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
 
 
 def run_cli(*args: str) -> tuple[int, str]:
@@ -235,3 +249,41 @@ def test_a_broken_plain_path_is_one_error_paragraph(
     assert "first error: RuntimeError: mat1 and mat2 shapes cannot be multiplied" in error
     assert f"transformers {transformers.__version__}" in error and "type 'idefics'" in error
     assert "try: " in error and "requirements.lock" in error
+
+
+@pytest.mark.parametrize("family", ["idefics", "idefics2", "idefics3"])
+def test_teacher_forced_plain_path_predicts_what_generate_chose(
+    family: str, model_dirs: dict[str, Path]
+) -> None:
+    backend = load_backend(str(model_dirs[family]), ModelSpec(id="x"))
+    request = GenerationRequest(noise_image(3), "Describe this person.")
+    generated = backend.generate([request], GenerationSettings(max_new_tokens=6))[0]
+    assert len(generated.token_ids) == generated.n_new_tokens > 1
+    for k, token in enumerate(generated.token_ids):
+        logprobs = backend.next_token_logprobs(request, generated.token_ids[:k])
+        assert int(logprobs.argmax()) == token
+
+
+def test_generations_agree_up_to_a_near_tie_and_no_further(model_dirs: dict[str, Path]) -> None:
+    backend = load_backend(str(model_dirs["idefics2"]), ModelSpec(id="x"))
+    request = GenerationRequest(noise_image(4), "Describe this person.")
+    expected = backend.generate([request], GenerationSettings(max_new_tokens=6))[0]
+    n = 2  # the generations part after two tokens
+    logprobs = backend.next_token_logprobs(request, expected.token_ids[:n])
+    ranked = logprobs.argsort(descending=True).tolist()
+    runner_up, unlikely = ranked[1], ranked[-1]
+    gap = float(logprobs[ranked[0]] - logprobs[runner_up])
+
+    def parting(token: int) -> Generation:
+        ids = (*expected.token_ids[:n], token)
+        return Generation("other text", len(ids), "length", ids)
+
+    assert generation_difference(backend, request, expected, expected, 0.0) is None
+    assert generation_difference(backend, request, parting(runner_up), expected, gap * 1.01) is None
+    too_far = generation_difference(backend, request, parting(runner_up), expected, gap * 0.99)
+    assert too_far is not None and "token 3 differs" in too_far
+    assert generation_difference(backend, request, parting(unlikely), expected, gap * 1.01)
+    shorter = Generation("x", n, "eos", expected.token_ids[:n])
+    assert "stops after 2 tokens" in str(
+        generation_difference(backend, request, shorter, expected, 1)
+    )

@@ -31,6 +31,8 @@ class Generation:
     text: str
     n_new_tokens: int
     finish_reason: FinishReason
+    #: The new tokens' ids (empty where a backend does not see tokens).
+    token_ids: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -258,7 +258,12 @@ def describe_new_tokens(
         if stop_at is not None:
             kept, reason = kept[:stop_at], "eos"
     text = cut_at_stop_strings(tokenizer.decode(kept, skip_special_tokens=True), stop_strings)
-    return Generation(text=text, n_new_tokens=len(kept), finish_reason=reason)  # type: ignore[arg-type]
+    return Generation(
+        text=text,
+        n_new_tokens=len(kept),
+        finish_reason=reason,  # type: ignore[arg-type]
+        token_ids=tuple(int(token) for token in kept),
+    )
 
 
 def _strip_padding(ids: Sequence[int], pad_id: int) -> list[int]:

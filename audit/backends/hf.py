@@ -117,9 +117,7 @@ class HFBackend(Backend):
 
         loaded = self._load()
         return check_fast_paths(
-            self.fast_paths,
-            self.generate,
-            lambda requests: self.score_labels(requests, batch_size=settings.batch_size),
+            self,
             CheckRequests(tuple(generation), tuple(scoring), settings),
             dtype=str(loaded.dtype).removeprefix("torch."),
             transformers_version=transformers.__version__,
@@ -188,6 +186,29 @@ class HFBackend(Backend):
     ) -> dict[str, Any]:
         """Extra model inputs for label tokens run against a cached prefix (none by default)."""
         return {}
+
+    def append_tokens(self, inputs: Any, token_ids: Sequence[int]) -> dict[str, Any]:
+        """One encoded prompt followed by ``token_ids``, as ``generate`` would have fed them."""
+        import torch
+
+        inputs = dict(inputs)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        extra = torch.tensor([list(token_ids)], dtype=ids.dtype, device=ids.device)
+        inputs["input_ids"] = torch.cat([ids, extra], dim=1)
+        inputs["attention_mask"] = torch.cat([mask, mask.new_ones(extra.shape)], dim=1)
+        return inputs
+
+    def next_token_logprobs(self, request: GenerationRequest, token_ids: Sequence[int]) -> Any:
+        """transformers' plain forward pass, teacher forced: the log-probability of every
+        vocabulary token after ``request``'s generation prompt and ``token_ids`` (to tell a
+        near-tie that float arithmetic may break either way from a real difference)."""
+        import torch
+
+        prompt = self.generation_prompt(request.image, request.prompt)
+        inputs = self.append_tokens(self.encode([prompt], "left"), token_ids)
+        with torch.inference_mode():
+            logits = self.model(**inputs, use_cache=False).logits[0, -1]
+        return torch.log_softmax(logits.float(), dim=-1)
 
     def _to_model(self, inputs: Any) -> Any:
         loaded = self._load()

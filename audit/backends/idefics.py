@@ -102,6 +102,16 @@ class IdeficsBackend(HFBackend):
         shared = idefics_image_inputs(self.model, [p.images for p in prompts], inputs, cache)
         return inputs if shared is None else shared
 
+    def append_tokens(self, inputs: Any, token_ids: Sequence[int]) -> dict[str, Any]:
+        """Appended tokens attend to the last image, like the tokens ``generate`` appends."""
+        import torch
+
+        extended = super().append_tokens(inputs, token_ids)
+        image_mask = extended["image_attention_mask"]
+        last = image_mask[:, -1:, :].expand(-1, len(token_ids), -1)
+        extended["image_attention_mask"] = torch.cat([image_mask, last], dim=1)
+        return extended
+
     def continuation_inputs(
         self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
     ) -> dict[str, Any]:
