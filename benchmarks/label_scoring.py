@@ -124,13 +124,14 @@ def measure_tasks(backend: HFBackend, repeats: int, n_images: int = 8) -> dict[s
             LabelScoreRequest(im, prefix, labels) for prefix, labels in TASKS for im in images
         ]
         scores = {}
+        on = set(backend.fast_paths.active())
         for name in ("shared", "per task") if rep % 2 else ("per task", "shared"):
-            backend.share_prompt_prefix = name == "shared"
-            started = time.perf_counter()
-            scores[name] = backend.score_labels(requests, batch_size=n_images)
+            paths = on if name == "shared" else on - {"image_prefix"}
+            with backend.fast_paths.limited_to(paths):
+                started = time.perf_counter()
+                scores[name] = backend.score_labels(requests, batch_size=n_images)
             if rep:
                 times[name].append(time.perf_counter() - started)
-        backend.share_prompt_prefix = True
         for a, b in zip(scores["shared"], scores["per task"], strict=True):
             largest_difference = max(
                 largest_difference, float(np.abs(np.subtract(a.logprob_sums, b.logprob_sums)).max())
@@ -174,7 +175,7 @@ def main() -> None:
             )
             + f"{r['max_abs_difference']:>16.1e}  target shared <= 2x prefill: {verdict}"
         )
-        if family in backend.image_prefix_model_types:
+        if backend.fast_paths.on("image_prefix"):
             t = measure_tasks(backend, args.repeats)
             task_lines.append(
                 f"{family:<10}{t['shared']:>14.2f} s{t['per task']:>14.2f} s"

@@ -24,9 +24,14 @@ def test_runner_vs_naive_quick_gives_identical_outputs(
     )
     output = capsys.readouterr().out
     assert code == 0, output
-    # 3 images x 3 prompts per family, every stored generation equal to the naive loop's.
-    assert output.count("outputs: 9/9 identical (text and token count)") == 2, output
-    assert re.search(r"summary \(runner / naive, median\): idefics \d+\.\d\dx, idefics2 ", output)
+    # 3 images x 3 prompts per family: every output of the runner (with and without fast
+    # paths) and of the card's batched generate equal to the naive loop's.
+    for side in ("runner", "runner without fast paths", "card's batched generate"):
+        line = f"outputs of the {side} against the naive loop: 9/9 identical\n"
+        assert output.count(line) == 2, output
+    for baseline in ("naive loop", "card's batched generate", "runner without fast paths"):
+        summary = rf"summary \(runner over {baseline}, median\): idefics \d+\.\d\dx, idefics2 "
+        assert re.search(summary, output), output
     assert "machine: " in output and "versions: " in output
 
 

@@ -74,9 +74,23 @@ def idefics_image_key(model: Any) -> str:
     encoder's states back as ``image_encoder_embeddings``; before, it fed the resampled latents
     back as ``perceiver_embeddings`` (with a resampler).
     """
+    if _idefics_outputs_carry_image_outputs(model):
+        return "image_encoder_embeddings"
+    return "perceiver_embeddings" if model.config.use_resampler else "image_encoder_embeddings"
+
+
+def idefics_latent_inputs(model: Any, latents: Any) -> dict[str, Any]:
+    """IDEFICS v1: resampled image latents ``(prompts, images, latents, hidden)`` as forward
+    inputs. Up to 5.23 the forward takes them per prompt; from 5.24 flattened over (prompt,
+    image), since it reads the number of latents from their second dimension."""
+    if _idefics_outputs_carry_image_outputs(model):
+        latents = latents.flatten(0, 1)
+    return {"perceiver_embeddings": latents}
+
+
+def _idefics_outputs_carry_image_outputs(model: Any) -> bool:
+    """Whether IDEFICS v1's outputs are the 5.24 multimodal ones (``image_outputs``)."""
     module = sys.modules[type(model).__module__]
     output_class = getattr(module, "IdeficsCausalLMOutputWithPast", None)
     fields = dataclasses.fields(output_class) if dataclasses.is_dataclass(output_class) else ()
-    if "image_outputs" in {field.name for field in fields}:
-        return "image_encoder_embeddings"
-    return "perceiver_embeddings" if model.config.use_resampler else "image_encoder_embeddings"
+    return "image_outputs" in {field.name for field in fields}
