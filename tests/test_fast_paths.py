@@ -5,6 +5,7 @@ turned off, and the run stores the plain path's results."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +26,12 @@ from audit.backends import (
     LabelScores,
     load_backend,
 )
-from audit.backends.fast_paths import ENVIRONMENT_SWITCH, FAST_PATH_NAMES, FastPathPolicy
+from audit.backends.fast_paths import (
+    ENVIRONMENT_SWITCH,
+    FAST_PATH_NAMES,
+    VERIFIED_TRANSFORMERS,
+    FastPathPolicy,
+)
 from audit.backends.self_check import generation_difference
 from audit.cli import app
 from audit.spec import ModelSpec
@@ -287,3 +293,36 @@ def test_generations_agree_up_to_a_near_tie_and_no_further(model_dirs: dict[str,
     assert "stops after 2 tokens" in str(
         generation_difference(backend, request, shorter, expected, 1)
     )
+
+
+@pytest.mark.fast_path
+def test_a_transformers_release_not_verified_is_said_and_checked(
+    model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    probe = write_probe(tmp_path, model_dirs["idefics"])
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
+    assert code == 0, output
+    warnings = [line for line in output.splitlines() if line.startswith("warning: ")]
+    assert warnings == [
+        "warning: transformers 5.99.0 is not a release the fast paths were verified on "
+        f"({', '.join(VERIFIED_TRANSFORMERS)}): each is checked against the plain path on this "
+        "run's first samples before it is used"
+    ]
+    paths = json.loads((tmp_path / "run" / "manifest.json").read_text())["fast_paths"]["paths"]
+    assert {n for n, state in paths.items() if state["on"]} == {
+        "image_features",
+        "image_latents",
+        "reserved_cache",
+        "label_prefix",
+    }
+
+
+def test_the_verified_releases_are_the_ones_ci_tests() -> None:
+    """The lock's transformers and the lowest release pyproject.toml admits are the releases
+    the fast paths name as verified (CI runs their tests on both)."""
+    root = Path(__file__).resolve().parents[1]
+    locked = re.search(r"^transformers==(\S+)$", (root / "requirements.lock").read_text(), re.M)
+    lowest = re.search(r'"transformers>=([0-9.]+)"', (root / "pyproject.toml").read_text())
+    assert locked and lowest
+    assert {locked.group(1), lowest.group(1)} == set(VERIFIED_TRANSFORMERS)
