@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -299,7 +300,8 @@ def test_generations_agree_up_to_a_near_tie_and_no_further(model_dirs: dict[str,
 def test_a_transformers_release_not_verified_is_said_and_checked(
     model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transformers, "__version__", "5.99.0")
+    # transformers swaps its lazy module in sys.modules on import: patch the one in use.
+    monkeypatch.setattr(sys.modules["transformers"], "__version__", "5.99.0")
     probe = write_probe(tmp_path, model_dirs["idefics"])
     code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 0, output
