@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -151,11 +152,28 @@ def describe_status(run_dir: str | Path) -> str:
             missing = max(total - done - errors, 0)
             lines.append(f"{table}: {done} / {total} done, {errors} errors, {missing} missing")
     lines += [_describe_shard(p) for p in progress.shards]
+    lines += _describe_fast_paths(manifest.get("fast_paths"))
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
     if manifest.get("status") != "complete" and manifest.get("probe_path"):
         command = f"audit run {manifest['probe_path']} --out {progress.run_dir}"
         lines += _describe_resume(progress, command)
     return "\n".join(lines)
+
+
+def _describe_fast_paths(record: Any) -> list[str]:
+    """The speedups the run used, and those its self-check turned off (docs/compatibility.md)."""
+    paths = record.get("paths") if isinstance(record, dict) else None
+    if not isinstance(paths, dict):
+        return []
+    states = {name: state for name, state in paths.items() if isinstance(state, dict)}
+    on = [name for name, state in states.items() if state.get("on") is True]
+    line = f"fast paths (transformers {record.get('transformers', '?')}): "
+    lines = [line + (f"on: {', '.join(on)}" if on else "none on")]
+    for name, state in states.items():
+        note = str(state.get("note", ""))
+        if state.get("on") is not True and "self-check" in note:
+            lines.append(f"  {name}: {note}")
+    return lines
 
 
 def _describe_resume(progress: RunProgress, command: str) -> list[str]:

@@ -170,6 +170,10 @@ def test_a_broken_fast_path_is_turned_off_and_the_run_stores_plain_results(
     assert others, "the other fast paths stay on"
     assert all("gave the plain path's results" in paths[n]["note"] for n in others)
 
+    code, status = run_cli("status", str(tmp_path / "broken"))
+    assert code == 0 and f"fast paths (transformers {transformers.__version__}): on: " in status
+    assert f"  {name}: off; self-check on transformers" in status
+
     plain_generations, plain_classifications = stored(tmp_path / "plain")
     generations, classifications = stored(tmp_path / "broken")
     pd.testing.assert_frame_equal(generations, plain_generations)
