@@ -26,30 +26,25 @@ _ALL_IDEFICS = ("idefics", "idefics2", "idefics3")
 
 @dataclass(frozen=True)
 class FastPath:
-    """One speedup: what it saves, and the model types the tests verify it on."""
+    """One speedup, and the model types the tests verify it on."""
 
     name: str
-    summary: str
     model_types: tuple[str, ...]
 
 
 FAST_PATHS: tuple[FastPath, ...] = (
-    FastPath("image_features", "each distinct image is encoded once per batch", _ALL_IDEFICS),
-    FastPath(
-        "image_latents",
-        "IDEFICS v1 image latents and cross-attention keys/values computed once per generate call",
-        ("idefics",),
-    ),
-    FastPath("reserved_cache", "decoding writes into key/value room reserved ahead", _ALL_IDEFICS),
-    FastPath(
-        "image_prefix",
-        "requests showing the same image share its prefilled prompt prefix",
-        ("idefics2", "idefics3"),
-    ),
-    FastPath("drop_finished", "rows that stopped leave their batch", ("idefics2", "idefics3")),
-    FastPath(
-        "label_prefix", "labels are scored against their prompt's cached prefix", _ALL_IDEFICS
-    ),
+    # Each distinct image is encoded once per batch.
+    FastPath("image_features", _ALL_IDEFICS),
+    # IDEFICS v1's image latents and cross-attention keys/values, once per generate call.
+    FastPath("image_latents", ("idefics",)),
+    # Decoding writes into key/value room reserved ahead.
+    FastPath("reserved_cache", _ALL_IDEFICS),
+    # Requests showing the same image share its prefilled prompt prefix.
+    FastPath("image_prefix", ("idefics2", "idefics3")),
+    # Rows that stopped leave their batch.
+    FastPath("drop_finished", ("idefics2", "idefics3")),
+    # Labels are scored against their prompt's cached prefix.
+    FastPath("label_prefix", _ALL_IDEFICS),
 )
 FAST_PATH_NAMES: tuple[str, ...] = tuple(path.name for path in FAST_PATHS)
 
@@ -81,10 +76,9 @@ class FastPathPolicy:
         self.model_type = model_type
         switch = os.environ.get(ENVIRONMENT_SWITCH, "on").strip().lower()
         self.enabled = enabled and switch not in {"off", "0", "false", "no"}
-        enabled = self.enabled
         self._states: dict[str, FastPathState] = {}
         for path in FAST_PATHS:
-            if not enabled:
+            if not self.enabled:
                 state = FastPathState(False, TURNED_OFF)
             elif model_type not in path.model_types:
                 state = FastPathState(False, f"off; not verified on model type '{model_type}'")
