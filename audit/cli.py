@@ -16,7 +16,7 @@ import typer
 from audit.errors import AuditError
 
 if TYPE_CHECKING:
-    from audit.runner import RunOptions
+    from audit.run.runner import RunOptions
 
 app = typer.Typer(
     add_completion=False,
@@ -108,7 +108,7 @@ def run(
     ] = None,
 ) -> None:
     """Run a probe: dataset x prompts x model, stored as parquet in a run directory."""
-    from audit.runner import RunOptions, run_probe_file
+    from audit.run.runner import RunOptions, run_probe_file
 
     try:
         options = RunOptions.from_cli(
@@ -135,7 +135,7 @@ def run(
 
 
 def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: int | None) -> None:
-    from audit.launch.ray_runner import RayPlan, run_on_ray
+    from audit.run.ray_launch import RayPlan, run_on_ray
 
     result = run_on_ray(probe, options, RayPlan(address=address, n_shards=n_shards), typer.echo)
     typer.echo(result.describe())
@@ -150,7 +150,7 @@ def demo(
     ),
 ) -> None:
     """Offline demo: tiny random-weight IDEFICS v1, Idefics2, Idefics3 on synthetic faces."""
-    from audit.demo import run_demo
+    from audit.demo.run import run_demo
 
     try:
         run_demo(out)
@@ -161,7 +161,7 @@ def demo(
 @app.command()
 def status(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> None:
     """Rows done / expected per shard, errors, throughput, what is missing."""
-    from audit.progress import describe_status
+    from audit.store.status import describe_status
 
     try:
         typer.echo(describe_status(run_dir))
@@ -209,7 +209,7 @@ def import_(
     config: Annotated[str | None, typer.Option(help="Config name, for hub datasets.")] = None,
 ) -> None:
     """Turn generations made elsewhere into run directories."""
-    from audit.importer import ImportOptions, import_generations
+    from audit.ingest.importer import ImportOptions, import_generations
 
     try:
         options = ImportOptions(
@@ -237,7 +237,7 @@ def report(
     ] = None,
 ) -> None:
     """Write report.html (self-contained) and report.md (a model-card section)."""
-    from audit.report import build_report
+    from audit.report.build import build_report
 
     try:
         html_path, md_path = build_report(run_dirs, out)
@@ -252,7 +252,7 @@ def dashboard(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
 ) -> None:
     """Explore and compare runs in Streamlit (reads run directories only)."""
-    from audit.dashboard import launch
+    from audit.dashboard.launch import launch
 
     try:
         launch(run_dirs, port=port)

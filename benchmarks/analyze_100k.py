@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from audit.analyses import analyze_run
-from audit.simulate import PlantedRate, PlantedTerm, Simulation, write_simulated_run
+from audit.ingest.simulate import PlantedRate, PlantedTerm, Simulation, write_simulated_run
 
 ANALYSES = ["term_variance", "refusal", "generation_stats", "leakage", "classification",
             "confusion"]

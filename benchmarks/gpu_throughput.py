@@ -121,9 +121,9 @@ def generate_timed(
     import torch
     from transformers import GenerationConfig, LogitsProcessorList
 
-    from audit.backends.cross_attention import projections_remembered
-    from audit.backends.kv_cache import growing_cache
-    from audit.backends.transformers_api import with_cache
+    from audit.backends.hf.fast.cross_attention import projections_remembered
+    from audit.backends.hf.fast.kv_cache import growing_cache
+    from audit.backends.hf.fast.transformers_api import with_cache
 
     inputs = work.inputs(batch_size)
     decoding: Any = contextlib.nullcontext()
@@ -331,7 +331,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import transformers
 
-    from audit.runner import AUTO_BATCH
+    from audit.run.runner import AUTO_BATCH
 
     dtype = getattr(torch, args.dtype)
     started = time.perf_counter()

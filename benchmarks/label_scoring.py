@@ -32,9 +32,9 @@ import torch
 from PIL import Image
 
 from audit.backends import LabelScoreRequest, load_backend
-from audit.backends.hf import HFBackend
+from audit.backends.hf.model import HFBackend
+from audit.demo.tiny_models import FAMILIES, build_tiny_model
 from audit.spec import ModelSpec, load_probe
-from audit.tiny_models import FAMILIES, build_tiny_model
 
 #: FairFace's classification tasks as the shipped probe defines them: (prefix, continuations).
 TASKS = tuple(

@@ -143,7 +143,7 @@ def measure_run(probe: Path, run_dir: Path, n_images: int, *, fresh: bool = True
 
 def check_stored(run_dir: Path, n_images: int) -> str:
     """The run is complete with one row per image, in one compacted part per table."""
-    from audit.store import RunStore
+    from audit.store.tables import RunStore
 
     store = RunStore.open(run_dir)
     status = store.manifest()["status"]
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup = parse_setup(argv)
     set_offline_env(setup.work_dir)
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(setup.n_threads)
-    from audit.tiny_models import build_tiny_model
+    from audit.demo.tiny_models import build_tiny_model
 
     print_header("memory of `audit run` against the number of images", setup.n_threads)
     model_dir = build_tiny_model(setup.family, setup.work_dir / "models" / setup.family)  # type: ignore[arg-type]

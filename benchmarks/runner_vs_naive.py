@@ -97,7 +97,7 @@ class Loops:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         from audit.backends.base import GenerationSettings
-        from audit.backends.generation import ensure_pad_token, generation_config, token_roles
+        from audit.backends.hf.generation import ensure_pad_token, generation_config, token_roles
 
         self.processor = AutoProcessor.from_pretrained(model_dir)
         ensure_pad_token(self.processor.tokenizer)
@@ -138,7 +138,7 @@ class Loops:
     def generate(self, pairs: Sequence[tuple[Any, str]]) -> list[Output]:
         import torch
 
-        from audit.backends.generation import describe_new_tokens
+        from audit.backends.hf.generation import describe_new_tokens
 
         inputs = self.encode(pairs)
         with torch.inference_mode():
@@ -166,7 +166,7 @@ class Loops:
 def prepare_probe(setup: Setup, family: str) -> Path:
     """A small model of ``family``, synthetic JPEGs in parquet, and a probe over both."""
     from audit.datasets.synthetic import write_synthetic_parquet
-    from audit.tiny_models import build_tiny_model
+    from audit.demo.tiny_models import build_tiny_model
 
     model_dir = setup.work_dir / "models" / f"{family}-{setup.size}"
     build_tiny_model(family, model_dir, size=setup.size)  # type: ignore[arg-type]
@@ -192,8 +192,8 @@ def run_runner(
     spec: Any, run_dir: Path, *, fast_paths: bool = True, limit: int | None = None
 ) -> tuple[float, dict[Key, Output]]:
     """Seconds of one whole ``run_probe`` call, and what it stored."""
-    from audit.runner import RunOptions, run_probe
-    from audit.store import RunStore
+    from audit.run.runner import RunOptions, run_probe
+    from audit.store.tables import RunStore
 
     options = RunOptions(
         out=run_dir, fresh=True, progress=False, limit=limit, fast_paths=fast_paths
@@ -229,7 +229,7 @@ class Referee:
 
     def __init__(self, spec: Any) -> None:
         from audit.backends import load_backend
-        from audit.backends.self_check import TIE_TOLERANCE
+        from audit.backends.hf.fast.self_check import TIE_TOLERANCE
         from audit.datasets import open_dataset
 
         self.backend: Any = load_backend(spec.model.id, spec.model)

@@ -59,7 +59,7 @@ def _transformers_deprecations_fail() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Tiny random-weight, image-sensitive models of every family, built once per session."""
-    from audit.tiny_models import FAMILIES, build_tiny_model
+    from audit.demo.tiny_models import FAMILIES, build_tiny_model
 
     root = tmp_path_factory.mktemp("tiny-models")
     return {family: build_tiny_model(family, root / family) for family in FAMILIES}

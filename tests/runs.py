@@ -68,7 +68,7 @@ def assert_generations_agree(backend: Any, requests: Any, got: Any, expected: An
     """Each pair has the same tokens, or the same up to their first difference where the plain
     path's two choices are a float32 near-tie (``self_check.TIE_TOLERANCE``): batch
     composition and padding change float arithmetic, which may break such a tie either way."""
-    from audit.backends.self_check import TIE_TOLERANCE, generation_difference
+    from audit.backends.hf.fast.self_check import TIE_TOLERANCE, generation_difference
 
     assert len(got) == len(expected) == len(requests)
     for i, (request, a, b) in enumerate(zip(requests, got, expected, strict=True)):

@@ -18,8 +18,8 @@ from typer.testing import CliRunner
 from audit.analyses import analyze_run
 from audit.cli import app
 from audit.errors import AuditError
-from audit.simulate import PlantedRate, PlantedTerm, Simulation, simulate_generations
-from audit.store import RunStore
+from audit.ingest.simulate import PlantedRate, PlantedTerm, Simulation, simulate_generations
+from audit.store.tables import RunStore
 
 AXES = {"gender": ("Male", "Female"), "race": ("A", "B", "C")}
 FAST = {"n_permutations": 200, "n_bootstrap": 200, "seed": 0}

@@ -11,7 +11,7 @@ from sklearn.metrics import accuracy_score
 from statsmodels.stats.proportion import proportion_confint
 
 from audit.analyses import analyze_run
-from audit.simulate import PlantedRate, Simulation, simulate_classifications
+from audit.ingest.simulate import PlantedRate, Simulation, simulate_classifications
 from tests.test_analyses import AXES, write_run
 
 TASKS = [

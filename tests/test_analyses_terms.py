@@ -11,7 +11,7 @@ from sklearn.model_selection import StratifiedKFold
 
 from audit.analyses import analyze_run
 from audit.analyses.leakage import fold_operators, out_of_fold_predictions
-from audit.simulate import PlantedTerm
+from audit.ingest.simulate import PlantedTerm
 from tests.test_analyses import small_generations, table, write_run
 
 
@@ -151,8 +151,8 @@ def test_normal_tail_matches_the_permutation_tail_of_a_frequent_term():
     same permutation distribution: check it against 60,000 permutations at p = 1e-3."""
     import scipy.sparse as sp
 
+    from audit.analyses.stats import permuted_labels
     from audit.analyses.term_statistics import normal_tail_p_values
-    from audit.stats import permuted_labels
 
     rng = np.random.default_rng(0)
     codes = np.repeat([0, 1, 2], [3000, 2000, 1000])

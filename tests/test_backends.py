@@ -21,9 +21,9 @@ from audit.backends import (
     PreamblePart,
     load_backend,
 )
-from audit.backends.hf import HFBackend
+from audit.backends.hf.model import HFBackend
+from audit.demo.tiny_models import FAMILIES
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES
 from tests.runs import assert_generations_agree
 
 PROMPTS = (
@@ -365,7 +365,7 @@ def test_label_merging_with_the_prompt_is_scored_whole(
     backend = backends[family]
     tokenizer = backend.processor.tokenizer
     request = LabelScoreRequest(noise_image(seed=5), "a photo of a pers", ("on.", "on"))
-    with caplog.at_level("WARNING", logger="audit.backends.scoring"):
+    with caplog.at_level("WARNING", logger="audit.backends.hf.scoring"):
         shared = backend.score_labels([request], method="shared_prefix")[0]
     assert "merges with the end of prompt" in caplog.text
     plain = backend.score_labels([request], method="plain")[0]

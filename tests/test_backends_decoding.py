@@ -14,14 +14,14 @@ from PIL import Image
 from transformers.cache_utils import DynamicLayer
 
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
-from audit.backends.cross_attention import cross_attention_projections
-from audit.backends.generation import Decoding, run_generate
-from audit.backends.hf import HFBackend
-from audit.backends.idefics import IdeficsBackend
-from audit.backends.kv_cache import GrowingLayer, growing_cache
-from audit.backends.transformers_api import with_cache
+from audit.backends.hf.fast.cross_attention import cross_attention_projections
+from audit.backends.hf.fast.kv_cache import GrowingLayer, growing_cache
+from audit.backends.hf.fast.transformers_api import with_cache
+from audit.backends.hf.generation import Decoding, run_generate
+from audit.backends.hf.idefics import IdeficsBackend
+from audit.backends.hf.model import HFBackend
+from audit.demo.tiny_models import FAMILIES
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES
 from tests.runs import assert_generations_agree
 
 pytestmark = pytest.mark.fast_path

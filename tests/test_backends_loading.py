@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
+from audit.demo.tiny_models import FAMILIES
 from audit.errors import ModelLoadError
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES
 
 SETTINGS = GenerationSettings(max_new_tokens=4)
 
@@ -165,7 +165,7 @@ def test_device_map_auto_loads(model_dirs: dict[str, Path]) -> None:
 
 def test_importing_backends_does_not_import_torch() -> None:
     code = (
-        "import sys, audit.backends, audit.tiny_models; "
+        "import sys, audit.backends, audit.demo.tiny_models; "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -18,9 +18,9 @@ from PIL import Image
 
 from audit.backends import GenerationRequest, GenerationSettings, LabelScoreRequest, load_backend
 from audit.backends.batching import map_in_batches
-from audit.backends.hf import HFBackend
+from audit.backends.hf.model import HFBackend
+from audit.demo.tiny_models import FAMILIES
 from audit.spec import ModelSpec
-from audit.tiny_models import FAMILIES
 from tests.runs import assert_generations_agree
 
 

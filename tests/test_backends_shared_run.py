@@ -9,11 +9,11 @@ import pytest
 import yaml
 
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
-from audit.backends.hf import HFBackend
+from audit.backends.hf.model import HFBackend
 from audit.datasets import open_dataset
-from audit.runner import RunOptions, run_probe_file
+from audit.run.runner import RunOptions, run_probe_file
 from audit.spec import ModelSpec, load_probe
-from audit.store import RunStore
+from audit.store.tables import RunStore
 from tests.runs import write_probe
 
 N_IMAGES = 6

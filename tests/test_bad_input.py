@@ -11,7 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.store import RunStore
+from audit.store.tables import RunStore
 from tests.runs import write_probe
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from test_report_fixture import analysed_simulated_run, write_handmade_run
 
-from audit.dashboard import RUN_DIRS_ENV, run_dirs_env, streamlit_command
-from audit.report import build_report
+from audit.dashboard.launch import RUN_DIRS_ENV, run_dirs_env, streamlit_command
+from audit.report.build import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")

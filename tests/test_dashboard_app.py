@@ -10,8 +10,8 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from test_report_fixture import SCRIPT, analysed_simulated_run, write_handmade_run
 
-from audit.dashboard import RUN_DIRS_ENV, app_entry, run_dirs_env
-from audit.store import RunStore
+from audit.dashboard.launch import RUN_DIRS_ENV, app_entry, run_dirs_env
+from audit.store.tables import RunStore
 
 PAGES = sorted(p.name for p in (app_entry().parent / "pages").glob("[0-9]*.py"))
 TIMEOUT_S = 60

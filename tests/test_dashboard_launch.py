@@ -18,7 +18,7 @@ from test_report_fixture import write_handmade_run
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.dashboard import (
+from audit.dashboard.launch import (
     RUN_DIRS_ENV,
     app_entry,
     launch,
@@ -74,7 +74,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 def test_wheel_ships_the_app_and_the_templates(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()
-    for name in ("audit", "app"):
+    for name in ("audit",):
         shutil.copytree(
             ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
@@ -101,23 +101,25 @@ def test_wheel_ships_the_app_and_the_templates(tmp_path: Path) -> None:
     wheel = next((tmp_path / "dist").glob("*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {
-        "app/Home.py",
-        "audit/templates/report.html.j2",
-        "audit/templates/report.md.j2",
-        "audit/dashboard.py",
+        "audit/dashboard/app/Home.py",
+        "audit/report/templates/report.html.j2",
+        "audit/report/templates/report.md.j2",
+        "audit/dashboard/launch.py",
     } <= names
-    assert {f"app/pages/{p.name}" for p in (ROOT / "app" / "pages").glob("*.py")} <= names
+    pages = (ROOT / "audit" / "dashboard" / "app" / "pages").glob("*.py")
+    assert {f"audit/dashboard/app/pages/{p.name}" for p in pages} <= names
+    assert not any(name.startswith("app/") for name in names)  # no top-level "app" package
     target = tmp_path / "installed"
     zipfile.ZipFile(wheel).extractall(target)
     located = subprocess.run(
-        [sys.executable, "-c", "from audit.dashboard import app_entry; print(app_entry())"],
+        [sys.executable, "-c", "from audit.dashboard.launch import app_entry; print(app_entry())"],
         check=True,
         capture_output=True,
         text=True,
         cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(target), "PYTHONNOUSERSITE": "1"},
     ).stdout.strip()
-    assert Path(located) == target / "app" / "Home.py"
+    assert Path(located) == target / "audit" / "dashboard" / "app" / "Home.py"
 
 
 def test_cli_serves_the_app_until_interrupted(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from audit.dashboard import RUN_DIRS_ENV, app_entry, run_dirs_env
-from audit.simulate import Simulation, write_simulated_run
+from audit.dashboard.launch import RUN_DIRS_ENV, app_entry, run_dirs_env
+from audit.ingest.simulate import Simulation, write_simulated_run
 
 
 def test_generations_page_on_100k_generations(

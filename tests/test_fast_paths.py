@@ -27,16 +27,16 @@ from audit.backends import (
     LabelScores,
     load_backend,
 )
-from audit.backends.fast_paths import (
+from audit.backends.hf.fast.policy import (
     ENVIRONMENT_SWITCH,
     FAST_PATH_NAMES,
     VERIFIED_TRANSFORMERS,
     FastPathPolicy,
 )
-from audit.backends.self_check import generation_difference
+from audit.backends.hf.fast.self_check import generation_difference
 from audit.cli import app
 from audit.spec import ModelSpec
-from audit.store import RunStore
+from audit.store.tables import RunStore
 from tests.runs import write_probe
 
 
@@ -88,11 +88,11 @@ def _off_by_half(function: Callable[..., list[LabelScores]]) -> Callable[..., li
 
 def _break(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Break fast path ``name`` as an upstream change could: other numbers, or an exception."""
-    import audit.backends.generation as generation
-    import audit.backends.hf as hf
-    import audit.backends.idefics as idefics
-    import audit.backends.kv_cache as kv_cache
-    import audit.backends.shared_prefix as shared_prefix
+    import audit.backends.hf.fast.kv_cache as kv_cache
+    import audit.backends.hf.fast.shared_prefix as shared_prefix
+    import audit.backends.hf.generation as generation
+    import audit.backends.hf.idefics as idefics
+    import audit.backends.hf.model as hf
 
     if name == "image_features":
         keys = ("image_encoder_embeddings", "perceiver_embeddings")
@@ -246,8 +246,8 @@ def test_a_model_type_the_fast_paths_are_not_verified_on_starts_plain(
 def test_a_broken_plain_path_is_one_error_paragraph(
     model_dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import audit.backends.hf as hf
-    import audit.backends.scoring as scoring
+    import audit.backends.hf.model as hf
+    import audit.backends.hf.scoring as scoring
 
     probe = write_probe(tmp_path, model_dirs["idefics"])
     monkeypatch.setattr(hf, "run_generate", _raise)

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.importer import M4_MODELS, M4_PROMPTS
-from audit.store import SCHEMA_VERSION, RunStore
+from audit.ingest.importer import M4_MODELS, M4_PROMPTS
+from audit.store.tables import SCHEMA_VERSION, RunStore
 
 GENDERS = ["woman", "man"]
 ETHNICITIES = ["Black", "White", "East Asian"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from audit.shard import Shard
+from audit.store.shard import Shard
 from tests.test_scaleout import assert_same_run, build_case, invoke
 
 ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'vlm-bias-audit[ray]'")
@@ -51,8 +51,8 @@ def test_ray_run_equals_a_single_process_run(
 def test_a_killed_actor_is_restarted_and_its_shard_resumed(
     cluster: None, case: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from audit.launch.ray_runner import RayPlan, run_on_ray
-    from audit.runner import RunOptions
+    from audit.run.ray_launch import RayPlan, run_on_ray
+    from audit.run.runner import RunOptions
 
     probe, reference = case
     run_dir = tmp_path / "run"

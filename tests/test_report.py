@@ -11,12 +11,12 @@ import pytest
 from test_report_fixture import analysed_simulated_run, write_handmade_run
 from typer.testing import CliRunner
 
+from audit.analyses.comparison import mcnemar_exact
 from audit.cli import app
-from audit.comparison import mcnemar_exact
 from audit.errors import AuditError
-from audit.report import build_report
-from audit.reporting.formatting import format_p
-from audit.store import RunStore
+from audit.report.build import build_report
+from audit.report.formatting import format_p
+from audit.store.tables import RunStore
 
 runner = CliRunner()
 

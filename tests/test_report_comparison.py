@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import binom
 from statsmodels.stats.contingency_tables import mcnemar
 
-from audit.comparison import (
+from audit.analyses.comparison import (
     compare_correctness,
     compare_scores,
     mcnemar_exact,
@@ -174,7 +174,7 @@ def test_chunked_resampling_gives_the_same_result(monkeypatch: pytest.MonkeyPatc
     a, b = rng.random(300), rng.random(300)
     images = np.repeat(np.arange(100), 3)
     whole = paired_bootstrap(a, b, images, n_boot=500, seed=3)
-    monkeypatch.setattr("audit.comparison.MAX_DRAWS", 100 * 7)  # 7 resamples per chunk
+    monkeypatch.setattr("audit.analyses.comparison.MAX_DRAWS", 100 * 7)  # 7 resamples per chunk
     chunked = paired_bootstrap(a, b, images, n_boot=500, seed=3)
     # The same draws: only the last bits of the matrix products may differ.
     assert chunked.p_value == whole.p_value

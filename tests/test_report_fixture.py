@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from audit.reporting.run_data import load_run
-from audit.store import RunStore
+from audit.report.run_data import load_run
+from audit.store.tables import RunStore
 
 PAYLOADS = (
     "<script>window.__pwned=1</script>",
@@ -337,7 +337,7 @@ def analysed_simulated_run(tmp_path_factory) -> Path:  # type: ignore[no-untyped
         import dataclasses
 
         from audit.analyses import analyze_run
-        from audit.simulate import demo_simulation, write_simulated_run
+        from audit.ingest.simulate import demo_simulation, write_simulated_run
 
         root = tmp_path_factory.mktemp("simulated")
         run = write_simulated_run(

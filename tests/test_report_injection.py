@@ -10,8 +10,8 @@ import pytest
 from markdown_it import MarkdownIt
 from test_report_fixture import IMG, LINK, PAYLOADS, PIPE, SCRIPT, write_handmade_run
 
-from audit.report import build_report
-from audit.reporting.formatting import escape_markdown
+from audit.report.build import build_report
+from audit.report.formatting import escape_markdown
 
 
 class _Elements(HTMLParser):

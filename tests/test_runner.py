@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.store import RunStore
+from audit.store.tables import RunStore
 from tests.runs import FAMILIES, write_probe
 
 GENERATION_COLUMNS = {
@@ -112,8 +112,8 @@ def test_run_stores_every_table_with_its_schema(
 def test_resume_after_an_exception_loses_and_duplicates_nothing(
     models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit import execution
-    from audit.runner import RunOptions, run_probe_file
+    from audit.run import executor as execution
+    from audit.run.runner import RunOptions, run_probe_file
 
     probe = write_probe(tmp_path, models["idefics2"])
     reference = tmp_path / "reference"

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.manifest import SAMPLES_FILE
-from audit.shard import Shard
-from audit.store import RunStore
+from audit.store.manifest import SAMPLES_FILE
+from audit.store.shard import Shard
+from audit.store.tables import RunStore
 from tests.runs import write_probe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -25,8 +25,8 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "T
 
 def build_case(root: Path) -> tuple[Path, Path]:
     """A tiny model, a probe of 12 synthetic faces, and its single-process reference run."""
-    from audit.runner import RunOptions, run_probe_file
-    from audit.tiny_models import build_tiny_model
+    from audit.demo.tiny_models import build_tiny_model
+    from audit.run.runner import RunOptions, run_probe_file
 
     model = build_tiny_model("idefics2", root / "model")
     probe = write_probe(root / "probe", model)

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.errors import AuditError
-from audit.launch.placement import device_for_rank, launcher_name
-from audit.shard import Shard
-from audit.store import RunStore
+from audit.run.placement import device_for_rank, launcher_name
+from audit.store.shard import Shard
+from audit.store.tables import RunStore
 
 IDS = [f"img-{i}" for i in range(200)]
 
@@ -103,7 +103,7 @@ def test_launcher_name() -> None:
 _COUNTER_SCRIPT = """
 import sys, time
 from pathlib import Path
-from audit.launch.run_lock import run_lock
+from audit.store.lock import run_lock
 root = Path(sys.argv[1])
 for _ in range(25):
     with run_lock(root):

@@ -11,8 +11,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.progress import measure_progress
-from audit.shard import Shard
+from audit.store.shard import Shard
+from audit.store.status import measure_progress
 from tests.runs import write_probe
 
 CORRUPT = "val/1.jpg"

@@ -8,14 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.errors import ModelLoadError, ProbeError
-from audit.scorers import load_scorer
-from audit.scorers.tiny import (
+from audit.analyses.scorers import load_scorer
+from audit.demo.tiny_scorer import (
     DETOXIFY_CLASSES,
     TinyDetoxify,
     build_tiny_detoxify_checkpoint,
     build_tiny_toxicity_classifier,
 )
+from audit.errors import ModelLoadError, ProbeError
 from audit.spec import ToxicitySpec
 
 TEXTS = [

@@ -14,8 +14,9 @@ import pandas as pd
 
 from audit.analyses import analyze_run
 from audit.analyses.grouping import GroupAxis
+from audit.analyses.stats import bootstrap_ratios, percentile_interval, wilson_interval
 from audit.analyses.term_statistics import score_terms, vectorize
-from audit.simulate import (
+from audit.ingest.simulate import (
     REFUSAL_TEXT,
     PlantedTerm,
     Simulation,
@@ -25,7 +26,6 @@ from audit.simulate import (
     write_simulated_run,
 )
 from audit.spec import TfidfSpec, parse_probe
-from audit.stats import bootstrap_ratios, percentile_interval, wilson_interval
 
 AXES = {"gender": ("Male", "Female"), "race": ("A", "B", "C", "D")}
 

@@ -1,4 +1,5 @@
-"""audit.stats against independent implementations and the distributions they must reproduce."""
+"""audit.analyses.stats against independent implementations and the distributions they must
+reproduce."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 from scipy.stats import false_discovery_control, hypergeom, norm
 from statsmodels.stats.proportion import proportion_confint
 
-from audit.stats import (
+from audit.analyses.stats import (
     SequentialPermutations,
     benjamini_hochberg,
     bootstrap_ratios,

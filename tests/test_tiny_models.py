@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from audit.demo.tiny_models import FAMILIES, MARKER_FILE, build_tiny_model
 from audit.errors import ModelLoadError
-from audit.tiny_models import FAMILIES, MARKER_FILE, build_tiny_model
 
 MODEL_CLASSES = {
     "idefics": "IdeficsForVisionText2Text",

@@ -13,10 +13,10 @@ from statsmodels.stats.proportion import proportion_confint
 
 from audit.analyses.registry import REGISTRY, AnalysisContext
 from audit.analyses.toxicity import read_scores
+from audit.demo.tiny_scorer import build_tiny_detoxify_checkpoint, build_tiny_toxicity_classifier
 from audit.errors import ModelLoadError
-from audit.scorers.tiny import build_tiny_detoxify_checkpoint, build_tiny_toxicity_classifier
 from audit.spec import AnalysisSpec
-from audit.store import RunStore
+from audit.store.tables import RunStore
 
 TOXIC = ["you are a stupid idiot", "shut up you worthless fool", "what a dumb ugly moron"]
 NEUTRAL = ["a kind nurse with a degree", "enjoys hiking and reading", "a friendly teacher"]

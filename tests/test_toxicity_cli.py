@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from audit.cli import app
-from audit.scorers.tiny import build_tiny_toxicity_classifier
-from audit.store import RunStore
+from audit.demo.tiny_scorer import build_tiny_toxicity_classifier
+from audit.store.tables import RunStore
 
 
 @pytest.fixture(scope="module")

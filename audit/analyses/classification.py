@@ -39,13 +39,13 @@ from audit.analyses.rates import (
     rate_range,
 )
 from audit.analyses.registry import AnalysisContext, register
-from audit.analyses.table import ALL, empty_table, estimate, insufficient, records_table
-from audit.stats import (
+from audit.analyses.stats import (
     bootstrap_ratios,
     minimum_detectable_difference,
     percentile_interval,
     seeded_rng,
 )
+from audit.analyses.table import ALL, empty_table, estimate, insufficient, records_table
 
 NAME = "classification"
 EXTRA = ("scoring", "successes", "observations", "p_value", "min_detectable_gap",

@@ -18,8 +18,8 @@ from audit.analyses.classification import rows_of_task, task_rows
 from audit.analyses.grouping import GroupAxis
 from audit.analyses.label_scores import SCORINGS, predictions
 from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.stats import wilson_interval
 from audit.analyses.table import ALL, build_table, empty_table
-from audit.stats import wilson_interval
 
 NAME = "confusion"
 EXTRA = ("scoring", "target", "prediction", "count")

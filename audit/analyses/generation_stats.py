@@ -23,6 +23,7 @@ from audit.analyses.findings import Finding, finding, headlines, interval_text
 from audit.analyses.grouping import GroupAxis, discover_axes, error_mask, prompt_ids, sort_rows
 from audit.analyses.rates import UnitRates, group_rows, overall_row
 from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.stats import bootstrap_ratios, percentile_interval, seeded_rng
 from audit.analyses.table import (
     ALL,
     MIN_GROUP_SIZE,
@@ -31,7 +32,6 @@ from audit.analyses.table import (
     insufficient,
     records_table,
 )
-from audit.stats import bootstrap_ratios, percentile_interval, seeded_rng
 
 NAME = "generation_stats"
 EXTRA = ("successes", "observations")

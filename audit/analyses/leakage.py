@@ -29,6 +29,13 @@ from threadpoolctl import threadpool_limits
 from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
 from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.stats import (
+    bootstrap_ratios,
+    percentile_interval,
+    permuted_labels,
+    seeded_rng,
+    wilson_interval,
+)
 from audit.analyses.table import (
     ALL,
     MIN_GROUP_SIZE,
@@ -38,13 +45,6 @@ from audit.analyses.table import (
     records_table,
 )
 from audit.analyses.term_statistics import NoTerms, vectorize
-from audit.stats import (
-    bootstrap_ratios,
-    percentile_interval,
-    permuted_labels,
-    seeded_rng,
-    wilson_interval,
-)
 
 NAME = "leakage"
 MAX_IMAGES = 1000

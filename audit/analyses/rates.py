@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from audit.analyses.table import ALL, MIN_GROUP_SIZE, estimate, insufficient
-from audit.stats import (
+from audit.analyses.stats import (
     bootstrap_ratios,
     percentile_interval,
     permutation_p_values,
     permuted_group_sums,
     wilson_interval,
 )
+from audit.analyses.table import ALL, MIN_GROUP_SIZE, estimate, insufficient
 
 
 @dataclass(frozen=True)

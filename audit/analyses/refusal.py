@@ -29,10 +29,10 @@ from audit.analyses.rates import (
     permutation_test,
 )
 from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.stats import seeded_rng
 from audit.analyses.table import ALL, empty_table, records_table
 from audit.errors import ProbeError
-from audit.stats import seeded_rng
-from audit.store import MANIFEST
+from audit.store.tables import MANIFEST
 
 NAME = "refusal"
 METRIC = "refusal_rate"

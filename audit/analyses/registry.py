@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from audit.spec import AnalysisSpec
-from audit.store import RunStore
+from audit.store.tables import RunStore
 
 
 @dataclass

@@ -32,8 +32,12 @@ from scipy.special import gammaln
 from scipy.stats import chi2
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
 
+from audit.analyses.stats import (
+    SequentialPermutations,
+    benjamini_hochberg,
+    sequential_permutation_test,
+)
 from audit.spec import TfidfSpec
-from audit.stats import SequentialPermutations, benjamini_hochberg, sequential_permutation_test
 
 FDR_LEVEL = 0.05
 #: Terms in at least this many documents that no permutation reached get the normal tail.

@@ -42,9 +42,9 @@ from audit.analyses.grouping import (
 )
 from audit.analyses.pipeline import companion
 from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.stats import percentile_interval, seeded_rng, stratified_bootstrap_weights
 from audit.analyses.table import MIN_GROUP_SIZE, build_table, empty_table, insufficient
 from audit.analyses.term_statistics import FDR_LEVEL, NoTerms, TermScores, score_terms, vectorize
-from audit.stats import percentile_interval, seeded_rng, stratified_bootstrap_weights
 
 NAME = "term_variance"
 EXAMPLES_PER_GROUP = 3

@@ -34,9 +34,7 @@ import pandas as pd
 from audit.analyses.findings import Finding, finding, headlines, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
 from audit.analyses.registry import AnalysisContext, register
-from audit.analyses.table import ALL, INSUFFICIENT, MIN_GROUP_SIZE, build_table, empty_table
-from audit.spec import AnalysisSpec
-from audit.stats import (
+from audit.analyses.stats import (
     benjamini_hochberg,
     bootstrap_ratios,
     percentile_interval,
@@ -45,7 +43,9 @@ from audit.stats import (
     seeded_rng,
     wilson_interval,
 )
-from audit.store import RunStore, write_parquet_atomic
+from audit.analyses.table import ALL, INSUFFICIENT, MIN_GROUP_SIZE, build_table, empty_table
+from audit.spec import AnalysisSpec
+from audit.store.tables import RunStore, write_parquet_atomic
 
 NAME = "toxicity"
 SCORES_TABLE = "toxicity_scores"
@@ -116,7 +116,7 @@ def _score_into_cache(
     keeps what it finished, and the next run goes on from there."""
     from tqdm.auto import tqdm
 
-    from audit.scorers import load_scorer
+    from audit.analyses.scorers import load_scorer
 
     spec = context.settings.toxicity
     probe_dir, origin = _probe_location(context)

@@ -47,9 +47,9 @@ def load_backend(location: str, model: ModelSpec, preamble: Sequence[PreamblePar
     """
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from audit.backends.chat import ChatBackend
-    from audit.backends.checkpoint import open_checkpoint
-    from audit.backends.idefics import IdeficsBackend
+    from audit.backends.hf.chat import ChatBackend
+    from audit.backends.hf.checkpoint import open_checkpoint
+    from audit.backends.hf.idefics import IdeficsBackend
 
     checkpoint = open_checkpoint(location, model)
     model_type = checkpoint.model_type

@@ -1,1 +1,0 @@
-"""Dashboard pages (Streamlit lists every ``*.py`` here except this file)."""

@@ -1,0 +1,114 @@
+"""Compare runs: metrics side by side, and paired tests on the samples both runs hold."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from audit.dashboard.state import (
+    Selection,
+    cached_run,
+    filter_groups,
+    group_selection,
+    require_runs,
+    run_token,
+)
+from audit.report.blocks import is_percent, item_column, side_by_side
+from audit.report.figures import group_bars
+from audit.report.formatting import format_count, format_interval, format_number, format_p
+from audit.report.pairing import paired_comparison
+from audit.report.run_data import ANALYSES, RunData
+
+st.set_page_config(page_title="Compare runs", layout="wide")
+st.title("Compare runs")
+#: Analyses whose tables hold one estimate per (item, metric, axis, group).
+COMPARABLE = [name for name in ANALYSES if name not in {"confusion", "term_examples"}]
+
+
+@st.cache_data(show_spinner="Running paired tests…", max_entries=16)
+def cached_pairs(path_a: str, token_a: str, path_b: str, token_b: str) -> pd.DataFrame:
+    return paired_comparison(cached_run(path_a, token_a), cached_run(path_b, token_b), n_boot=1000)
+
+
+def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
+    percent = [is_percent(str(m)) for m in table["metric"]]
+    return pd.DataFrame(
+        {
+            "metric": table["metric"].astype(str),
+            "prompt / task": table["item"].astype(str),
+            "axis": table["axis"].astype(str),
+            "group": table["group"].astype(str),
+            "A": [format_number(v, p) for v, p in zip(table["value_a"], percent, strict=True)],
+            "B": [format_number(v, p) for v, p in zip(table["value_b"], percent, strict=True)],
+            "B − A": [
+                format_number(v, p) for v, p in zip(table["difference"], percent, strict=True)
+            ],
+            "95% CI": [
+                format_interval(lo, hi, p)
+                for lo, hi, p in zip(table["ci_low"], table["ci_high"], percent, strict=True)
+            ],
+            "n": [format_count(n) for n in table["n"]],
+            "p": [format_p(v) for v in table["p_value"]],
+            "q": [format_p(v) for v in table["q_value"]],
+            "note": table["note"].astype(str),
+        }
+    )
+
+
+def side_by_side_view(a: RunData, b: RunData, selection: Selection) -> None:
+    names = [n for n in COMPARABLE if a.table(n) is not None and b.table(n) is not None]
+    if not names:
+        st.info("The two runs share no analysed table.")
+        return
+    name = st.selectbox("Analysis", names)
+    table_a, table_b = a.table(name), b.table(name)
+    item = item_column(table_a)
+    items = sorted(set(table_a[item].astype(str)) & set(table_b[item].astype(str)))
+    chosen = st.selectbox("Prompt / task", items) if items else None
+    if chosen is None:
+        st.info("No prompt or task in common.")
+        return
+    both = [(r.label, t[t[item].astype(str) == chosen]) for r, t in ((a, table_a), (b, table_b))]
+    metrics = sorted(set(both[0][1]["metric"].astype(str)) & set(both[1][1]["metric"].astype(str)))
+    metric = st.selectbox("Metric", metrics)
+    selected = [
+        (label, filter_groups(rows[rows["metric"].astype(str) == metric], selection))
+        for label, rows in both
+    ]
+    if name == "term_variance":
+        term = st.selectbox(
+            "Term", sorted(set(selected[0][1]["term"]) & set(selected[1][1]["term"]))
+        )
+        selected = [(label, rows[rows["term"] == term]) for label, rows in selected]
+    st.plotly_chart(group_bars(selected, f"{chosen} · {metric}", metric, is_percent(metric)))
+    columns, rows = side_by_side(selected, metric, a.group_axes)
+    st.dataframe(pd.DataFrame(rows, columns=columns), hide_index=True)
+
+
+runs = require_runs()
+if len(runs) < 2:
+    st.info("Give two or more run directories to compare: `audit dashboard RUN_A RUN_B`.")
+    st.stop()
+labels = [run.label for run in runs]
+left, right = st.columns(2)
+label_a = left.selectbox("Run A", labels, index=0)
+label_b = right.selectbox("Run B", labels, index=1)
+run_a, run_b = runs[labels.index(label_a)], runs[labels.index(label_b)]
+if run_a.root == run_b.root:
+    st.warning("Pick two different runs.")
+    st.stop()
+st.subheader("Side by side")
+selection = group_selection(run_a)
+side_by_side_view(run_a, run_b, selection)
+st.subheader("Paired tests on shared samples (B − A)")
+st.caption(
+    "Classification: McNemar's exact test; scores: paired bootstrap over images with a "
+    "sign-flip permutation p-value; q: Benjamini-Hochberg within each test."
+)
+pairs = cached_pairs(
+    str(run_a.root), run_token(str(run_a.root)), str(run_b.root), run_token(str(run_b.root))
+)
+if pairs.empty:
+    st.info("No paired test possible: the runs share no samples with stored rows.")
+else:
+    st.dataframe(pairs_frame(filter_groups(pairs, selection)), hide_index=True)

@@ -1,0 +1,159 @@
+"""Plotly figures shared by the report and the dashboard.
+
+Category labels come from datasets and models, and plotly renders a subset of HTML inside labels
+(``<b>``, ``<a href>``), so every label is HTML-escaped before it reaches a figure: plotly then
+shows ``<script>`` as those characters. Data travel as JSON, which plotly escapes on export.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from markupsafe import Markup
+
+from audit.report.formatting import INSUFFICIENT, format_count, is_missing
+
+_HEIGHT_PX = 360
+_PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")
+
+
+def safe_label(text: object) -> str:
+    """A category label plotly displays literally (plotly decodes ``&lt; &gt; &amp;``)."""
+    return html.escape(str(text), quote=False)
+
+
+def _error_arrays(frame: pd.DataFrame, scale: float) -> dict[str, object]:
+    value = frame["value"].astype(float) * scale
+    upper = (frame["ci_high"].astype(float) * scale - value).clip(lower=0)
+    lower = (value - frame["ci_low"].astype(float) * scale).clip(lower=0)
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": upper.fillna(0).tolist(),
+        "arrayminus": lower.fillna(0).tolist(),
+        "visible": True,
+    }
+
+
+def _bar_values(frame: pd.DataFrame) -> pd.DataFrame:
+    rows = frame.copy()
+    for column in ("ci_low", "ci_high", "note", "n"):
+        if column not in rows:
+            rows[column] = None
+    # An "insufficient data" row keeps its place on the axis but gets no bar.
+    rows["value"] = [
+        None if str(note or "") == INSUFFICIENT or is_missing(v) else float(v)
+        for v, note in zip(rows["value"], rows["note"], strict=True)
+    ]
+    return rows
+
+
+def group_bars(
+    runs: Sequence[tuple[str, pd.DataFrame]], title: str, value_label: str, percent: bool = False
+) -> go.Figure:
+    """Bars per (axis, group) with 95% intervals, one colour per run; with one run, the
+    overall value is a dashed line.
+
+    Each frame has ``axis, group, value, ci_low, ci_high, n, note`` (rows with ``axis == 'all'``
+    are the overall value).
+    """
+    scale = 100.0 if percent else 1.0
+    figure = go.Figure()
+    for i, (label, frame) in enumerate(runs):
+        rows = _bar_values(frame)
+        groups = rows[~rows["axis"].astype(str).eq("all")]
+        overall = rows[rows["axis"].astype(str).eq("all")]
+        figure.add_bar(
+            name=safe_label(label),
+            x=[
+                safe_label(f"{a}: {g}")
+                for a, g in zip(groups["axis"], groups["group"], strict=True)
+            ],
+            y=groups["value"].astype(float) * scale,
+            error_y=_error_arrays(groups, scale),
+            hovertext=[format_count(n) for n in groups["n"]],
+            marker_color=_PALETTE[i % len(_PALETTE)],
+        )
+        if len(runs) == 1 and not overall.empty and not is_missing(overall["value"].iloc[0]):
+            figure.add_hline(
+                y=float(overall["value"].iloc[0]) * scale,
+                line_dash="dash",
+                annotation_text="overall",
+                line_color="#555",
+            )
+    figure.update_layout(
+        title=safe_label(title),
+        yaxis_title=safe_label(value_label + (" (%)" if percent else "")),
+        height=_HEIGHT_PX,
+        margin={"l": 50, "r": 20, "t": 50, "b": 90},
+        barmode="group",
+        showlegend=len(runs) > 1,
+    )
+    return figure
+
+
+def confusion_heatmap(counts: pd.DataFrame, title: str) -> go.Figure:
+    """Rows: true values; columns: predictions; cells: counts (row shares on hover)."""
+    shares = counts.div(counts.sum(axis=1).where(lambda s: s > 0), axis=0).fillna(0)
+    figure = go.Figure(
+        go.Heatmap(
+            z=shares.to_numpy(),
+            x=[safe_label(c) for c in counts.columns],
+            y=[safe_label(r) for r in counts.index],
+            text=counts.to_numpy(),
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            colorbar={"title": "row share"},
+        )
+    )
+    figure.update_layout(
+        title=safe_label(title),
+        xaxis_title="prediction",
+        yaxis_title="true value",
+        height=max(_HEIGHT_PX, 40 * len(counts) + 160),
+        yaxis_autorange="reversed",
+    )
+    return figure
+
+
+def term_bars(frame: pd.DataFrame, title: str, terms: Sequence[str]) -> go.Figure:
+    """Grouped bars: for each term, each group's mean TF-IDF with its interval."""
+    figure = go.Figure()
+    for group, rows in frame[frame["term"].isin(terms)].groupby("group", sort=True):
+        rows = rows.set_index("term").reindex(list(terms)).reset_index()
+        figure.add_bar(
+            name=safe_label(group),
+            x=[safe_label(t) for t in rows["term"]],
+            y=rows["value"].astype(float),
+            error_y=_error_arrays(rows, 1.0),
+        )
+    figure.update_layout(
+        title=safe_label(title),
+        barmode="group",
+        yaxis_title="mean TF-IDF",
+        height=_HEIGHT_PX + 40,
+        margin={"l": 50, "r": 20, "t": 50, "b": 90},
+    )
+    return figure
+
+
+def figure_html(figure: go.Figure, nonce: str = "") -> Markup:
+    """A figure as an HTML fragment; plotly.js itself is embedded once by the page.
+
+    ``nonce`` marks the fragment's script as the report's own under the page's
+    Content-Security-Policy, which refuses every script without it.
+    """
+    fragment = figure.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        include_mathjax=False,
+        config={"displaylogo": False, "responsive": True},
+    )
+    if nonce:
+        fragment = fragment.replace("<script>", f'<script nonce="{nonce}">')
+    return Markup(fragment)  # noqa: S704 - plotly's own markup; data inside is JSON-escaped

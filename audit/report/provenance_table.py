@@ -1,0 +1,87 @@
+"""Where each run's numbers come from: model, revision, dataset, backend, versions, settings."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from audit.report.blocks import Block
+from audit.report.run_data import RunData
+
+_VERSION_KEYS = (
+    "audit",
+    "python",
+    "torch",
+    "transformers",
+    "datasets",
+    "tokenizers",
+    "scikit-learn",
+    "detoxify",
+)
+
+
+def _text(value: Any) -> str:
+    if value is None or value == "" or value == {}:
+        return "—"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if v not in (None, ""))
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def provenance(run: RunData) -> dict[str, str]:
+    """Ordered facts from the manifest (all values from the run directory, to be escaped)."""
+    manifest = run.manifest
+    model = manifest.get("model") or {}
+    dataset = manifest.get("dataset") or {}
+    versions = manifest.get("versions") or {}
+    summary = run.summary or {}
+    facts = {
+        "run": run.run_id,
+        "status": run.status,
+        "model": _text(model.get("id")),
+        "revision": _text(model.get("revision")),
+        "backend": _text(model.get("backend")),
+        "model type": _text(model.get("model_type")),
+        "dtype / device": f"{_text(model.get('dtype'))} / {_text(model.get('device'))}",
+        "image processor": _text(model.get("image_processor")),
+        "dataset": _text(dataset.get("path") or dataset.get("source")),
+        "dataset config / split": f"{_text(dataset.get('config'))} / {_text(dataset.get('split'))}",
+        "samples": _text(dataset.get("n_samples")),
+        "group axes": _text(run.group_axes),
+        "prompts": _text([p.get("id") for p in manifest.get("prompts") or []]),
+        "classification tasks": _text([t.get("id") for t in manifest.get("tasks") or []]),
+        "rows stored / expected": (
+            f"{_text(manifest.get('rows'))} / {_text(manifest.get('expected'))}"
+        ),
+        "seed": _text(manifest.get("seed")),
+        "started / finished": (
+            f"{_text(manifest.get('started_at'))} / {_text(manifest.get('finished_at'))}"
+        ),
+        "hardware": _text(
+            {
+                k: v
+                for k, v in (manifest.get("hardware") or {}).items()
+                if not isinstance(v, (dict, list))
+            }
+        ),
+        "versions": _text({k: versions[k] for k in _VERSION_KEYS if k in versions}),
+        "analysis status": _text(summary.get("status")) if summary else "not analysed",
+    }
+    return facts
+
+
+def provenance_block(runs: Sequence[RunData]) -> Block:
+    """Facts as rows, runs as columns."""
+    facts = [provenance(run) for run in runs]
+    keys = list(dict.fromkeys(key for fact in facts for key in fact))
+    rows = [[key, *[fact.get(key, "—") for fact in facts]] for key in keys]
+    columns = ["", *[run.label for run in runs]] if len(runs) > 1 else ["", "value"]
+    return Block(title="", columns=columns, rows=rows)
+
+
+def analysis_settings(run: RunData) -> dict[str, Any]:
+    """The probe's analysis settings as recorded in the manifest (empty when not recorded)."""
+    probe = run.manifest.get("probe") or {}
+    return dict(probe.get("analysis") or {})

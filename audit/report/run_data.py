@@ -1,0 +1,166 @@
+"""One run directory as the report and the dashboard see it: manifest, summary, analysis tables.
+
+Reads only what ``audit analyze`` and ``audit run`` wrote; a missing analysis table is simply
+absent (its section then says "not analysed"), a damaged one is a ``RunDirError``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from audit.errors import RunDirError
+from audit.store.tables import RunStore
+
+#: Analysis tables the report and dashboard know how to show, in reading order.
+ANALYSES = (
+    "classification",
+    "confusion",
+    "term_variance",
+    "term_examples",
+    "toxicity",
+    "refusal",
+    "generation_stats",
+    "leakage",
+)
+#: Cached raw scores beside the analysis tables; read on demand, not as an analysis.
+TOXICITY_SCORES = "toxicity_scores"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """A loaded run directory. ``tables`` holds every analysis table that exists."""
+
+    root: Path
+    manifest: dict[str, Any]
+    summary: dict[str, Any] | None
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest.get("run_id") or self.root.name)
+
+    @property
+    def model_id(self) -> str:
+        return str((self.manifest.get("model") or {}).get("id") or "unknown model")
+
+    @property
+    def label(self) -> str:
+        """Short name for tables and legends: the run id (unique per folder)."""
+        return self.run_id
+
+    @property
+    def group_axes(self) -> list[str]:
+        return [str(axis) for axis in self.manifest.get("group_axes") or []]
+
+    @property
+    def status(self) -> str:
+        return str(self.manifest.get("status") or "unknown")
+
+    def table(self, name: str) -> pd.DataFrame | None:
+        """The analysis table ``name``, or None when it was not analysed."""
+        return self.tables.get(name)
+
+    def store(self) -> RunStore:
+        return RunStore(self.root)
+
+
+def _read_parquet(path: Path) -> pd.DataFrame:
+    try:
+        return pq.read_table(path).to_pandas()
+    except (OSError, pa.ArrowException) as error:
+        raise RunDirError(
+            f"{path}: cannot be read as parquet ({error}); re-run 'audit analyze'"
+        ) from None
+
+
+def _read_summary(root: Path) -> dict[str, Any] | None:
+    path = root / "analysis" / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise RunDirError(f"{path}: not valid JSON ({error}); re-run 'audit analyze'") from None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{path}: expected a JSON object with 'findings'")
+    return summary
+
+
+def load_run(run_dir: str | Path, analyses: Iterable[str] = ANALYSES) -> RunData:
+    """Load a run directory; ``RunDirError`` if it is not one or a table is unreadable."""
+    store = RunStore.open(run_dir)
+    tables = {}
+    for name in analyses:
+        path = store.root / "analysis" / f"{name}.parquet"
+        if path.is_file():
+            tables[name] = _read_parquet(path)
+    return RunData(
+        root=store.root, manifest=store.manifest(), summary=_read_summary(store.root), tables=tables
+    )
+
+
+def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
+    """Load several run directories; two paths naming the same folder are an error."""
+    if not run_dirs:
+        raise RunDirError("no run directory given; pass one or more run directories")
+    runs = [load_run(path) for path in run_dirs]
+    seen: dict[Path, Path] = {}
+    for path, run in zip(run_dirs, runs, strict=True):
+        resolved = run.root.resolve()
+        if resolved in seen:
+            raise RunDirError(f"{path}: given twice (also as {seen[resolved]})")
+        seen[resolved] = Path(path)
+    return runs
+
+
+def read_generations(run: RunData, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The run's generations (one row per sample and prompt), only ``columns`` if given."""
+    return _read_table(run, "generations", columns)
+
+
+def read_classifications(run: RunData, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """The run's classification rows (one per sample and task), only ``columns`` if given."""
+    return _read_table(run, "classifications", columns)
+
+
+def _read_table(run: RunData, table: str, columns: Sequence[str] | None) -> pd.DataFrame:
+    store = run.store()
+    if columns is None:
+        return store.read(table)
+    available = set(pq.read_schema(store.parts(table)[0]).names) if store.parts(table) else set()
+    wanted = [c for c in columns if c in available]
+    if not wanted:
+        return pd.DataFrame(columns=list(columns))
+    return store.read(table, columns=wanted)
+
+
+def read_toxicity_scores(run: RunData) -> pd.DataFrame | None:
+    """Cached toxicity scores (``sample_id, prompt_id, scorer, <labels>``), or None."""
+    path = run.root / "analysis" / f"{TOXICITY_SCORES}.parquet"
+    return _read_parquet(path) if path.is_file() else None
+
+
+def read_thumbnails(run: RunData, sample_ids: Iterable[str]) -> dict[str, bytes]:
+    """JPEG bytes of the given samples' thumbnails (those that exist)."""
+    wanted = sorted({str(s) for s in sample_ids})
+    found: dict[str, bytes] = {}
+    if not wanted:
+        return found
+    for part in run.store().parts("thumbnails"):
+        # A filter pushed into the reader keeps a 100,000-image run from loading every JPEG.
+        table = pq.read_table(
+            part, columns=["sample_id", "jpeg"], filters=[("sample_id", "in", wanted)]
+        )
+        for sample_id, jpeg in zip(
+            table.column("sample_id").to_pylist(), table.column("jpeg").to_pylist(), strict=True
+        ):
+            found.setdefault(str(sample_id), jpeg)
+    return found

@@ -1,0 +1,270 @@
+"""The report's sections, built from loaded runs (one or several, side by side)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from audit.report.blocks import (
+    Block,
+    RunTables,
+    Section,
+    axis_test_block,
+    estimate_cell,
+    gap_block,
+    is_percent,
+    metric_blocks,
+    p_cell,
+)
+from audit.report.card_table import SCORINGS, card_cells
+from audit.report.confusion_matrix import confusion_counts
+from audit.report.figures import confusion_heatmap, group_bars
+from audit.report.formatting import MarkdownText, format_number, format_p, is_missing
+from audit.report.pairing import TOXICITY_COLUMNS
+from audit.report.run_data import RunData
+from audit.report.term_sections import terms_section
+
+
+def _axes(runs: Sequence[RunData]) -> list[str]:
+    return list(dict.fromkeys(axis for run in runs for axis in run.group_axes))
+
+
+def _tables(runs: Sequence[RunData], name: str) -> RunTables:
+    return [(run.label, table) for run in runs if (table := run.table(name)) is not None]
+
+
+def _bars(runs: RunTables, title: str, metric: str) -> go.Figure:
+    return group_bars(runs, title, metric, percent=is_percent(metric))
+
+
+def _missing(key: str, title: str) -> Section:
+    return Section(key=key, title=title, missing=True)
+
+
+def findings_section(runs: Sequence[RunData]) -> Section:
+    """Headline findings from each run's ``summary.json``."""
+    if all(run.summary is None for run in runs):
+        return _missing("findings", "Headline findings")
+    rows = []
+    for run in runs:
+        for finding in (run.summary or {}).get("findings", []) or []:
+            rows.append(
+                [
+                    run.label,
+                    str(finding.get("analysis", "")),
+                    str(finding.get("headline", "")),
+                    estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
+                    p_cell(finding.get("p_value")),
+                    p_cell(finding.get("q_value")),
+                ]
+            )
+    columns = ["run", "analysis", "finding", "estimate [95% CI], n", "p", "q"]
+    if len(runs) == 1:
+        columns, rows = columns[1:], [row[1:] for row in rows]
+    caption = "" if rows else "No finding passed the significance thresholds."
+    return Section(
+        key="findings",
+        title="Headline findings",
+        blocks=[Block(title="", columns=columns, rows=rows, caption=caption)],
+    )
+
+
+def classification_section(runs: Sequence[RunData]) -> Section:
+    """The card's accuracy (std) table, then accuracy per group and intersection."""
+    tables = _tables(runs, "classification")
+    if not tables:
+        return _missing("classification", "Zero-shot classification accuracy")
+    card = _card_block(tables)
+    blocks = [
+        card,
+        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics={"accuracy"}),
+        *_axis_blocks(tables),
+    ]
+    blocks.extend(_confusion_blocks(runs))
+    return Section(
+        key="classification",
+        title="Zero-shot classification accuracy",
+        blocks=blocks,
+        intro="Accuracy of ranking the candidate labels by log-likelihood, per group, "
+        "with Wilson 95% intervals.",
+    )
+
+
+def _card_block(tables: RunTables) -> Block:
+    """Rows: run x scoring (the card's summed log-likelihood first); columns: per task."""
+    entries = {
+        (label, scoring): {c.task_id: c for c in card_cells(frame, suffix)}
+        for label, frame in tables
+        for suffix, scoring in SCORINGS.items()
+    }
+    entries = {key: cells for key, cells in entries.items() if cells}
+    tasks = list(dict.fromkeys(task for cells in entries.values() for task in cells))
+    rows = []
+    for (label, scoring), cells in entries.items():
+        row: list[str] = [label, scoring]
+        for task in tasks:
+            cell = cells.get(task)
+            row.append(MarkdownText(cell.text() if cell else "—"))
+            noise = "—" if cell is None else format_number(cell.noise_std, percent=True)
+            if cell is not None and cell.std_p_value is not None:
+                noise += f" (p {format_p(cell.std_p_value)})"
+            row.append(MarkdownText(noise))
+        rows.append(row)
+    columns = ["run", "scoring"]
+    for task in tasks:
+        columns += [f"{task}: acc. (std)", f"{task}: std from noise alone"]
+    return Block(
+        title="Accuracy (std), in the model card's layout",
+        columns=columns,
+        rows=rows,
+        caption="Accuracy in %; std: population std (ddof=0) of the accuracies of the "
+        "gender × race "
+        "cells (of the first intersection when a run has no gender × race). Std from "
+        "noise alone: the std binomial sampling noise gives at these cell sizes when "
+        "every cell has the overall accuracy; p: share of noise-only stds at least as "
+        "large as the observed one. The IDEFICS card's numbers use the summed "
+        "log-likelihood.",
+    )
+
+
+def _confusion_blocks(runs: Sequence[RunData]) -> list[Block]:
+    blocks = []
+    for run in runs:
+        table = run.table("confusion")
+        if table is None or table.empty:
+            continue
+        for task_id in sorted(table["task_id"].astype(str).unique()):
+            counts = confusion_counts(table, task_id)
+            if counts is None:
+                continue
+            title = f"{run.label} · {task_id} · confusion matrix"
+            blocks.append(
+                Block(
+                    title=title,
+                    columns=["true \\ predicted", *map(str, counts.columns)],
+                    rows=[
+                        [str(i), *[MarkdownText(str(int(v))) for v in counts.loc[i]]]
+                        for i in counts.index
+                    ],
+                    figure=confusion_heatmap(counts, title),
+                    html_only=True,
+                )
+            )
+    return blocks
+
+
+def main_toxicity_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the scorer's toxicity label (``toxicity`` for detoxify, ``toxic`` for the
+    card's classifier), not its complement or sub-labels; all rows when neither exists."""
+    if "label" not in frame:
+        return frame
+    labels = set(frame["label"].dropna().astype(str))
+    for label in TOXICITY_COLUMNS:
+        if label in labels:
+            return frame[frame["label"].astype(str) == label]
+    return frame
+
+
+def per_group_section(
+    runs: Sequence[RunData],
+    name: str,
+    title: str,
+    intro: str,
+    markdown_metrics: Collection[str] | None = None,
+) -> Section:
+    """A generation analysis shown as one table (and bar chart) per prompt and metric; only
+    ``markdown_metrics`` (when given) also go into the Markdown section."""
+    tables = _tables(runs, name)
+    if name == "toxicity":
+        tables = [(label, main_toxicity_rows(frame)) for label, frame in tables]
+    if not tables:
+        return _missing(name, title)
+    blocks = [
+        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=markdown_metrics),
+        *_axis_blocks(tables),
+    ]
+    return Section(key=name, title=title, blocks=blocks, intro=intro)
+
+
+def _axis_blocks(tables: RunTables) -> list[Block]:
+    """The gap and across-group test blocks that exist for these tables."""
+    return [b for b in (gap_block(tables), axis_test_block(tables)) if b is not None]
+
+
+def leakage_section(runs: Sequence[RunData]) -> Section:
+    """How well the group can be predicted from the text alone, against chance."""
+    tables = _tables(runs, "leakage")
+    if not tables:
+        return _missing("leakage", "Group leakage")
+    rows = []
+    for label, frame in tables:
+        overall = frame[frame["group"].astype(str).eq("all")]
+        for _, row in overall.iterrows():
+            rows.append(
+                [
+                    label,
+                    str(row.get("prompt_id", "")),
+                    str(row["axis"]),
+                    str(row["metric"]),
+                    estimate_cell(row, is_percent(str(row["metric"]))),
+                    MarkdownText(_chance(row)),
+                    p_cell(row.get("p_value")),
+                ]
+            )
+    columns = ["run", "prompt", "axis", "metric", "estimate [95% CI], n", "chance", "p"]
+    if len(tables) == 1:
+        columns, rows = columns[1:], [r[1:] for r in rows]
+    per_group = [(label, frame[~frame["group"].astype(str).eq("all")]) for label, frame in tables]
+    details = [
+        Block(title=b.title, columns=b.columns, rows=b.rows, figure=b.figure, html_only=True)
+        for b in metric_blocks([(lb, f) for lb, f in per_group if not f.empty], _axes(runs), _bars)
+    ]
+    return Section(
+        key="leakage",
+        title="Group leakage",
+        blocks=[Block(title="", columns=columns, rows=rows), *details],
+        intro="Cross-validated balanced accuracy of a linear model predicting the group from "
+        "the generated text alone, with a permutation p-value. A model whose text carries "
+        "no group signal sits at chance.",
+    )
+
+
+def _chance(row: pd.Series) -> str:
+    for column in ("chance", "chance_level", "baseline"):
+        if column in row and not is_missing(row[column]):
+            return format_number(row[column], percent=True)
+    return "—"
+
+
+def build_sections(runs: Sequence[RunData]) -> list[Section]:
+    """Every analysis section, in the order a model card reads them."""
+    return [
+        findings_section(runs),
+        classification_section(runs),
+        terms_section(runs),
+        per_group_section(
+            runs,
+            "toxicity",
+            "Toxicity",
+            "Toxicity scores of the generations per group: mean score (bootstrap 95% interval "
+            "over images) and share above the threshold (Wilson interval).",
+        ),
+        per_group_section(
+            runs,
+            "refusal",
+            "Refusals",
+            "Share of generations matching a refusal pattern, per group (Wilson interval).",
+        ),
+        per_group_section(
+            runs,
+            "generation_stats",
+            "Generation statistics",
+            "New tokens, finish reasons and errors per group. Error rows are counted here and "
+            "excluded from every other analysis. Share of generations stopped by an end token "
+            "or by the token limit: in report.html.",
+            markdown_metrics={"mean_new_tokens", "error_rate"},
+        ),
+        leakage_section(runs),
+    ]

@@ -1,1 +1,0 @@
-"""What the report and the dashboard share: loading run directories, formatting, figures."""

@@ -1,0 +1,359 @@
+"""Probe x dataset x backend -> batches -> run store, with progress, resume and shards."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from audit.errors import AuditError, ProbeError
+from audit.run.executor import (
+    BatchExecutor,
+    BatchRows,
+    LoadedItem,
+    WorkItem,
+    batched,
+    load_item,
+)
+from audit.run.placement import launcher_name, place_on_local_gpu
+from audit.run.prefetch import prefetch
+from audit.spec import ProbeSpec, check_labels, load_probe
+from audit.store.lock import run_lock
+from audit.store.manifest import finalize_manifest, start_manifest
+from audit.store.provenance import now_iso
+from audit.store.shard import WHOLE, Shard
+from audit.store.shard_record import write_shard_record
+from audit.store.tables import RunStore
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FLUSH_ROWS = 512
+DEFAULT_FLUSH_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the command line may change about a probe, and how the run behaves."""
+
+    out: Path | None = None
+    model: str | None = None
+    limit: int | None = None
+    batch_size: int | str | None = None
+    device: str | None = None
+    shard: Shard | None = None
+    fresh: bool = False
+    progress: bool = True
+    flush_rows: int = DEFAULT_FLUSH_ROWS
+    flush_s: float = DEFAULT_FLUSH_S
+    launcher: str | None = None
+    fast_paths: bool = True
+
+    @classmethod
+    def from_cli(
+        cls, *, shard: str | None = None, batch_size: str | None = None, **kwargs: Any
+    ) -> RunOptions:
+        size: int | str | None = batch_size
+        if batch_size is not None and batch_size != "auto":
+            if not batch_size.isdigit() or int(batch_size) < 1:
+                raise AuditError(
+                    f"--batch-size: expected a positive integer or 'auto', got '{batch_size}'"
+                )
+            size = int(batch_size)
+        if kwargs.get("limit") is not None and kwargs["limit"] < 1:
+            raise AuditError(f"--limit: expected a positive integer, got {kwargs['limit']}")
+        if kwargs.get("flush_rows", 1) < 1:
+            raise AuditError(
+                f"--flush-every: expected a positive integer, got {kwargs['flush_rows']}"
+            )
+        chosen = Shard.parse(shard) if shard else Shard.from_env()
+        return cls(shard=chosen, batch_size=size, **kwargs)
+
+    def apply(self, spec: ProbeSpec) -> ProbeSpec:
+        """The probe with this run's overrides."""
+        dataset = (
+            spec.dataset.model_copy(update={"limit": self.limit}) if self.limit else spec.dataset
+        )
+        model_update: dict[str, Any] = {}
+        if self.model:
+            model_update["id"] = (
+                str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
+            )
+        if self.device:
+            model_update["device"] = self.device
+        if not self.fast_paths:
+            model_update["fast_paths"] = False
+        generation = spec.generation
+        if self.batch_size is not None:
+            generation = generation.model_copy(update={"batch_size": self.batch_size})
+        return spec.model_copy(
+            update={
+                "dataset": dataset,
+                "model": spec.model.model_copy(update=model_update),
+                "generation": generation,
+            }
+        )
+
+    def run_dir_for(self, spec: ProbeSpec) -> Path:
+        if self.out is not None:
+            return self.out
+        model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.model.id.rstrip("/")).name)
+        return Path("runs") / f"{spec.name}-{model}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_dir: Path
+    status: str
+    rows_written: int
+    errors_written: int
+    elapsed_s: float
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        rows = self.manifest.get("rows", {})
+        expected = self.manifest.get("expected", {})
+        lines = [
+            f"run: {self.run_dir}  status: {self.status}",
+            f"this process: {self.rows_written} rows ({self.errors_written} errors) "
+            f"in {self.elapsed_s:.1f} s",
+        ]
+        for table in ("generations", "classifications"):
+            if expected.get(table):
+                lines.append(f"{table}: {rows.get(table, 0)} / {expected[table]} stored")
+        if self.status == "running":  # this shard is done, others are still writing
+            lines.append(f"other shards are still running: audit status {self.run_dir}")
+        else:
+            lines.append(f"next: audit analyze {self.run_dir}")
+        return "\n".join(lines)
+
+
+def run_probe_file(path: str | Path, options: RunOptions) -> RunResult:
+    return run_probe(load_probe(path), options, probe_path=Path(path))
+
+
+def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = None) -> RunResult:
+    """Run what is missing of ``spec`` into the run directory; returns what was done."""
+    from audit.backends import load_backend
+    from audit.backends.base import PreamblePart
+    from audit.datasets import open_dataset
+
+    spec = place_on_local_gpu(options.apply(spec))
+    origin = str(probe_path or spec.name)
+    store = RunStore(options.run_dir_for(spec))
+    shard = options.shard or WHOLE
+    if options.fresh and shard.count > 1:
+        raise AuditError(
+            f"--fresh with shard {shard.index + 1}/{shard.count}: it would delete what the other "
+            f"shards wrote; delete {store.root} once before starting the shards instead"
+        )
+    if options.fresh:
+        store.clear()
+    source = open_dataset(spec)
+    check_labels(spec, source.group_values(), origin)
+    preamble = [_preamble_part(spec, i, PreamblePart, origin) for i in range(len(spec.preamble))]
+    backend = load_backend(spec.model_location(), spec.model, preamble)
+    start_manifest(
+        store,
+        spec,
+        source,
+        backend,
+        shard,
+        probe_path,
+        launcher=options.launcher or launcher_name(),
+    )
+
+    started = time.perf_counter()
+    batch_size = _batch_samples(spec, backend.info().device)
+    executor = BatchExecutor(backend, spec, _settings(spec, batch_size), spec.model.id)
+    stored = StoredKeys.read(store)
+    total = sum(item.n_rows for item in _pending(stored, spec, source, shard))
+    written = errors = 0
+    status = "failed"
+    try:
+        pending = _pending(stored, spec, source, shard)
+        written, errors = _execute(
+            store, spec, pending, shard, executor, total, options, batch_size
+        )
+        status = "done"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        manifest = finalize_manifest(
+            store, shard, process_status=status, elapsed_s=time.perf_counter() - started
+        )
+    return RunResult(
+        store.root, manifest["status"], written, errors, time.perf_counter() - started, manifest
+    )
+
+
+def _execute(
+    store: RunStore,
+    spec: ProbeSpec,
+    pending: Iterator[WorkItem],
+    shard: Shard,
+    executor: BatchExecutor,
+    total: int,
+    options: RunOptions,
+    batch_size: int,
+) -> tuple[int, int]:
+    from tqdm.auto import tqdm
+
+    buffer = BatchRows()
+    written = errors = 0
+    last_flush = started = time.monotonic()
+    checked = False
+    work = batched(pending, batch_size)
+    with tqdm(
+        total=total,
+        unit="row",
+        disable=not options.progress,
+        desc=f"{spec.name} {shard.label}",
+        dynamic_ncols=True,
+    ) as bar:
+        try:
+            for loaded in prefetch(work, load_item):
+                checked = checked or _check_fast_paths(store, shard, executor, loaded)
+                rows = executor.run(loaded)
+                buffer.extend(rows)
+                bar.update(rows.n_rows)
+                due = time.monotonic() - last_flush >= options.flush_s
+                if buffer.n_rows >= options.flush_rows or due:
+                    written, errors = _count(buffer, written, errors)
+                    _flush(store, buffer)
+                    _beat(store, shard, written, errors, time.monotonic() - started)
+                    buffer, last_flush = BatchRows(), time.monotonic()
+        finally:
+            written, errors = _count(buffer, written, errors)
+            _flush(store, buffer)  # whatever finished before a failure is kept
+            _beat(store, shard, written, errors, time.monotonic() - started)
+    return written, errors
+
+
+def _check_fast_paths(
+    store: RunStore, shard: Shard, executor: BatchExecutor, batch: list[LoadedItem]
+) -> bool:
+    """The backend's fast-path self-check on ``batch``: its lines printed, its outcome in the
+    manifest and this process's shard record. False when ``batch`` had no image to check on."""
+    from tqdm.auto import tqdm
+
+    lines = executor.check_fast_paths(batch)
+    if lines is None:
+        return False
+    with tqdm.external_write_mode(file=sys.stderr):  # the progress bar steps aside
+        for line in lines:
+            logger.warning("warning: %s", line)
+    record = executor.backend.fast_path_record()
+    if record:
+        with run_lock(store.root):
+            store.update_manifest(fast_paths=record)
+        write_shard_record(store.root, shard, fast_paths=record)
+    return True
+
+
+def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: float) -> None:
+    """This process's heartbeat and counts in its shard record (``audit status`` reads them)."""
+    write_shard_record(
+        store.root,
+        shard,
+        rows_written=written,
+        errors_written=errors,
+        elapsed_s=round(elapsed_s, 3),
+        updated_at=now_iso(),
+    )
+
+
+def _count(buffer: BatchRows, written: int, errors: int) -> tuple[int, int]:
+    failed = sum(r["finish_reason"] == "error" for r in buffer.generations) + sum(
+        r["error"] is not None for r in buffer.classifications
+    )
+    return written + buffer.n_rows, errors + failed
+
+
+def _flush(store: RunStore, buffer: BatchRows) -> None:
+    # Thumbnails first: a generation row never refers to a sample without its thumbnail.
+    store.append("thumbnails", pd.DataFrame(buffer.thumbnails))
+    store.append("generations", pd.DataFrame(buffer.generations))
+    store.append("classifications", pd.DataFrame(buffer.classifications))
+
+
+@dataclass(frozen=True)
+class StoredKeys:
+    """What the store already holds, read once per run (error rows are not counted: retried)."""
+
+    generations: set[tuple[str, ...]]
+    classifications: set[tuple[str, ...]]
+    thumbnails: set[str]
+
+    @classmethod
+    def read(cls, store: RunStore) -> StoredKeys:
+        return cls(
+            store.done_keys("generations"),
+            store.done_keys("classifications"),
+            {key[0] for key in store.done_keys("thumbnails")},
+        )
+
+
+def _pending(stored: StoredKeys, spec: ProbeSpec, source: Any, shard: Shard) -> Iterator[WorkItem]:
+    """Samples of this shard with what is not stored yet."""
+    done_generations, done_classifications = stored.generations, stored.classifications
+    thumbnails = stored.thumbnails
+    for sample in source.samples():
+        if not shard.owns(sample.sample_id):
+            continue
+        sid = sample.sample_id
+        prompts = tuple(p for p in spec.prompts if (sid, p.id) not in done_generations)
+        tasks = tuple(t for t in spec.classification if (sid, t.id) not in done_classifications)
+        if prompts or tasks:
+            yield WorkItem(sample, prompts, tasks, needs_thumbnail=sid not in thumbnails)
+
+
+# ``--batch-size auto``: start large on a GPU; the backend halves a batch on out-of-memory and
+# remembers the size that fit, so the run settles on the largest batch that fits.
+AUTO_BATCH = {"cuda": 64, "cpu": 8}
+
+
+def _batch_samples(spec: ProbeSpec, device: str) -> int:
+    size = spec.generation.batch_size
+    if isinstance(size, int):
+        return size
+    return AUTO_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+
+
+def _settings(spec: ProbeSpec, batch_size: int) -> Any:
+    from audit.backends.base import GenerationSettings
+
+    g = spec.generation
+    return GenerationSettings(
+        max_new_tokens=g.max_new_tokens,
+        min_new_tokens=g.min_new_tokens,
+        do_sample=g.do_sample,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        seed=g.seed,
+        stop_strings=tuple(g.stop_strings),
+        batch_size=batch_size,
+    )
+
+
+def _preamble_part(spec: ProbeSpec, index: int, part_type: Any, origin: str) -> Any:
+    from PIL import Image, UnidentifiedImageError
+
+    part = spec.preamble[index]
+    if part.text is not None:
+        return part_type(text=part.text)
+    path = spec.resolve_path(part.image or "")
+    try:
+        with Image.open(path) as image:
+            return part_type(image=image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as error:
+        raise ProbeError(
+            f"{origin}: preamble[{index}].image: cannot read image '{path}' ({error})"
+        ) from None

@@ -1,0 +1,181 @@
+"""manifest.json: what a run is (probe, model, data, software) and how far it got."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pandas as pd
+
+from audit.errors import RunDirError
+from audit.spec import ProbeSpec
+from audit.store.lock import run_lock
+from audit.store.provenance import hardware, now_iso, package_versions
+from audit.store.shard import Shard
+from audit.store.shard_record import read_shard_records, start_shard_record, write_shard_record
+from audit.store.tables import RunStore, write_parquet_atomic
+
+SAMPLES_FILE = "samples.parquet"
+
+# Parts of a probe that change what is generated; batch size, limit, device and fast paths
+# (checked against the plain path) do not.
+_FINGERPRINT_EXCLUDE = {
+    "dataset": {"limit"},
+    "generation": {"batch_size"},
+    "model": {"device", "device_map", "fast_paths"},
+}
+
+
+def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
+    """A short hash per probe section, to refuse resuming into a run of another probe."""
+    data = spec.model_dump(mode="json")
+    sections = {}
+    for key in ("dataset", "model", "generation", "preamble", "prompts", "classification"):
+        value = data[key]
+        if isinstance(value, dict):
+            value = {
+                k: v for k, v in value.items() if k not in _FINGERPRINT_EXCLUDE.get(key, set())
+            }
+        encoded = json.dumps(value, sort_keys=True).encode()
+        sections[key] = hashlib.sha256(encoded).hexdigest()[:16]
+    return sections
+
+
+def _check_same_probe(store: RunStore, spec: ProbeSpec) -> None:
+    stored = store.manifest().get("fingerprint", {})
+    differs = [k for k, v in probe_fingerprint(spec).items() if stored.get(k) != v]
+    if differs:
+        raise RunDirError(
+            f"{store.root}: holds a run of a different probe (differs in: {', '.join(differs)}); "
+            "pass --fresh to start over there, or --out for a new run directory"
+        )
+
+
+def start_manifest(
+    store: RunStore,
+    spec: ProbeSpec,
+    source: Any,
+    backend: Any,
+    shard: Shard,
+    probe_path: Any,
+    launcher: str | None = None,
+) -> dict[str, Any]:
+    """Create the manifest, or mark an existing run as running again after checking it matches.
+
+    Held under the run directory's lock: the processes of a sharded run start side by side, and
+    only one of them may create the manifest.
+    """
+    with run_lock(store.root):
+        manifest = _start_manifest(store, spec, source, backend, probe_path)
+        write_parquet_atomic(store.root / SAMPLES_FILE, _sample_ids(source))
+    start_shard_record(store.root, shard, launcher)
+    return manifest
+
+
+def _sample_ids(source: Any) -> pd.DataFrame:
+    """Every sample a complete run covers (images are not decoded), for ``audit status``."""
+    return pd.DataFrame({"sample_id": [s.sample_id for s in source.samples()]}, dtype="string")
+
+
+def _start_manifest(
+    store: RunStore, spec: ProbeSpec, source: Any, backend: Any, probe_path: Any
+) -> dict[str, Any]:
+    n_samples = len(source)
+    expected = {
+        "generations": n_samples * len(spec.prompts),
+        "classifications": n_samples * len(spec.classification),
+    }
+    info = backend.info()
+    model = {
+        "id": spec.model.id,
+        "revision": info.revision,
+        "backend": info.backend,
+        "model_type": info.model_type,
+        "dtype": info.dtype,
+        "device": info.device,
+        "image_processor": info.image_processor,
+        **info.extra,
+    }
+    if store.exists():
+        _check_same_probe(store, spec)
+        manifest = store.update_manifest(
+            status="running",
+            expected=expected,
+            resumed_at=now_iso(),
+            model=model,
+            dataset={**source.describe(), "n_samples": n_samples},
+        )
+    else:
+        manifest = {
+            "run_id": store.root.name,
+            "probe": spec.model_dump(mode="json"),
+            "probe_path": str(probe_path) if probe_path else None,
+            "fingerprint": probe_fingerprint(spec),
+            "model": model,
+            "dataset": {**source.describe(), "n_samples": n_samples},
+            "group_axes": list(spec.dataset.groups),
+            "prompts": [{"id": p.id, "text": p.text} for p in spec.prompts],
+            "tasks": [
+                {"id": t.id, "target": t.target, "labels": dict(t.labels)}
+                for t in spec.classification
+            ],
+            "expected": expected,
+            "rows": {"generations": 0, "classifications": 0, "errors": 0},
+            "status": "running",
+            "seed": spec.generation.seed,
+            "versions": package_versions(),
+            "hardware": hardware(),
+            "started_at": now_iso(),
+        }
+        store.write_manifest(manifest)
+    return manifest
+
+
+def stored_rows(store: RunStore) -> dict[str, int]:
+    generations = store.read("generations", columns=["sample_id", "prompt_id", "finish_reason"])
+    classifications = store.read("classifications", columns=["sample_id", "task_id", "error"])
+    errors = int(generations["finish_reason"].eq("error").sum()) if len(generations) else 0
+    if len(classifications):
+        errors += int(classifications["error"].notna().sum())
+    return {
+        "generations": len(generations),
+        "classifications": len(classifications),
+        "errors": errors,
+    }
+
+
+def finalize_manifest(
+    store: RunStore, shard: Shard, *, process_status: str, elapsed_s: float
+) -> dict[str, Any]:
+    """Record this process's end and the run's status as the store now shows it.
+
+    Every process of a sharded run finalises under the run directory's lock, so counts and
+    status are computed from what all of them stored, one process at a time. Compaction
+    happens only once every expected row is stored (nothing is left to write, and other
+    processes' reads tolerate parts vanishing under them). A run that is not complete stays
+    ``running`` while another shard's process is alive, and is ``partial`` once none is.
+    """
+    write_shard_record(
+        store.root,
+        shard,
+        status=process_status,
+        finished_at=now_iso(),
+        updated_at=now_iso(),
+        elapsed_s=round(elapsed_s, 3),
+    )
+    with run_lock(store.root):
+        rows = stored_rows(store)
+        manifest = store.manifest()
+        expected = manifest.get("expected", {})
+        complete = all(rows.get(t, 0) >= n for t, n in expected.items())
+        if complete:
+            for table in ("generations", "classifications", "thumbnails"):
+                store.compact(table)
+            status = "complete"
+        else:
+            others = [r for r in read_shard_records(store.root) if r.shard != shard]
+            status = "running" if any(r.is_live() for r in others) else "partial"
+        return store.update_manifest(
+            rows=rows, status=status, finished_at=now_iso(), elapsed_s=round(elapsed_s, 3)
+        )
