@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, headlines, interval_text
-from audit.analyses.grouping import GroupAxis, discover_axes, error_mask, prompt_ids, sort_rows
+from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows
 from audit.analyses.rates import UnitRates, group_rows, overall_row
 from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.stats import bootstrap_ratios, percentile_interval, seeded_rng
@@ -32,6 +32,7 @@ from audit.analyses.table import (
     insufficient,
     records_table,
 )
+from audit.store.tables import error_mask
 
 NAME = "generation_stats"
 EXTRA = ("successes", "observations")

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from audit.errors import RunDirError
+from audit.store.tables import error_mask
 
 INTERSECTION = " x "
 
@@ -92,17 +93,6 @@ def sort_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     if not present:
         return frame.reset_index(drop=True)
     return frame.sort_values(present, kind="stable").reset_index(drop=True)
-
-
-def error_mask(frame: pd.DataFrame) -> pd.Series:
-    """Rows that failed: ``finish_reason == 'error'`` or a non-empty ``error``."""
-    failed = pd.Series(False, index=frame.index)
-    if "finish_reason" in frame:
-        failed |= frame["finish_reason"].astype(object).eq("error")
-    if "error" in frame:
-        text = frame["error"].astype(object)
-        failed |= text.notna() & text.astype(str).str.strip().ne("")
-    return failed
 
 
 def split_errors(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:

@@ -17,11 +17,10 @@ import pandas as pd
 from pydantic import ValidationError
 
 from audit.analyses.findings import Finding, findings_for
-from audit.analyses.grouping import error_mask
 from audit.analyses.registry import REGISTRY, AnalysisContext
 from audit.errors import AuditError, ProbeError, RunDirError
 from audit.spec import AnalysisSpec, format_validation_error
-from audit.store.tables import MANIFEST, RunStore
+from audit.store.tables import MANIFEST, RunStore, error_mask
 
 Companion = Callable[[pd.DataFrame, AnalysisContext], pd.DataFrame]
 #: Tables derived from another analysis' table, written with it: parent -> [(name, function)].

@@ -337,7 +337,6 @@ def write_run(
 def _manifest(
     store: RunStore, run: ImportedRun, source: SourceTable, options: ImportOptions
 ) -> dict[str, Any]:
-    generations = store.read("generations", columns=["sample_id", "prompt_id", "finish_reason"])
     previous = store.manifest() if store.exists() else {}
     # Analysis settings edited in an earlier import's manifest survive a re-import.
     analysis = (previous.get("probe") or {}).get("analysis") or AnalysisSpec().model_dump(
@@ -361,7 +360,6 @@ def _manifest(
         f"{source.origin} (import)",
         Path.cwd(),
     ).model_dump(mode="json", exclude={"probe_dir"})
-    n_errors = int(generations["finish_reason"].eq("error").sum()) if len(generations) else 0
     return {
         "run_id": run.run_id,
         "probe": probe,
@@ -379,7 +377,7 @@ def _manifest(
         "prompts": run.prompts,
         "tasks": [],
         "expected": {"generations": len(run.generations), "classifications": 0},
-        "rows": {"generations": len(generations), "classifications": 0, "errors": n_errors},
+        "rows": store.row_counts(),
         "status": "imported",
         "provenance": {
             "source": options.source,

@@ -281,8 +281,5 @@ def write_simulated_run(
     classifications = simulate_classifications(simulation)
     store.append("generations", generations)
     store.append("classifications", classifications)
-    errors = int(generations["finish_reason"].eq("error").sum()) if len(generations) else 0
-    counts = {"generations": len(generations), "classifications": len(classifications),
-              "errors": errors}
-    store.write_manifest(_manifest(simulation, store.root, counts))
+    store.write_manifest(_manifest(simulation, store.root, store.row_counts()))
     return store.root

@@ -14,6 +14,7 @@ from audit.report.run_data import (
     read_generations,
     read_toxicity_scores,
 )
+from audit.store.tables import error_mask
 
 #: Score columns of the toxicity scorers, most specific first (detoxify, then text classifiers).
 TOXICITY_COLUMNS = ("toxicity", "toxic", "score")
@@ -23,8 +24,7 @@ def _ok_classifications(run: RunData, axes: Sequence[str]) -> pd.DataFrame:
     frame = read_classifications(run, ["sample_id", "task_id", "correct", "error", *axes])
     if frame.empty or "correct" not in frame:
         return frame.iloc[0:0]
-    if "error" in frame:
-        frame = frame[frame["error"].isna() | frame["error"].astype(str).eq("")]
+    frame = frame[~error_mask(frame)]
     return frame[frame["correct"].notna()]
 
 
@@ -34,8 +34,7 @@ def _ok_generations(run: RunData, axes: Sequence[str]) -> pd.DataFrame:
     )
     if frame.empty or "n_new_tokens" not in frame:
         return frame.iloc[0:0]
-    if "finish_reason" in frame:
-        frame = frame[frame["finish_reason"].astype(str).ne("error")]
+    frame = frame[~error_mask(frame)]
     return frame[frame["n_new_tokens"].notna()]
 
 

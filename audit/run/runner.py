@@ -30,7 +30,7 @@ from audit.store.manifest import finalize_manifest, start_manifest
 from audit.store.provenance import now_iso
 from audit.store.shard import WHOLE, Shard
 from audit.store.shard_record import write_shard_record
-from audit.store.tables import RunStore
+from audit.store.tables import RunStore, is_error_row
 
 logger = logging.getLogger(__name__)
 
@@ -271,9 +271,7 @@ def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: f
 
 
 def _count(buffer: BatchRows, written: int, errors: int) -> tuple[int, int]:
-    failed = sum(r["finish_reason"] == "error" for r in buffer.generations) + sum(
-        r["error"] is not None for r in buffer.classifications
-    )
+    failed = sum(is_error_row(r) for r in (*buffer.generations, *buffer.classifications))
     return written + buffer.n_rows, errors + failed
 
 

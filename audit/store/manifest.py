@@ -132,19 +132,6 @@ def _start_manifest(
     return manifest
 
 
-def stored_rows(store: RunStore) -> dict[str, int]:
-    generations = store.read("generations", columns=["sample_id", "prompt_id", "finish_reason"])
-    classifications = store.read("classifications", columns=["sample_id", "task_id", "error"])
-    errors = int(generations["finish_reason"].eq("error").sum()) if len(generations) else 0
-    if len(classifications):
-        errors += int(classifications["error"].notna().sum())
-    return {
-        "generations": len(generations),
-        "classifications": len(classifications),
-        "errors": errors,
-    }
-
-
 def finalize_manifest(
     store: RunStore, shard: Shard, *, process_status: str, elapsed_s: float
 ) -> dict[str, Any]:
@@ -165,7 +152,7 @@ def finalize_manifest(
         elapsed_s=round(elapsed_s, 3),
     )
     with run_lock(store.root):
-        rows = stored_rows(store)
+        rows = store.row_counts()
         manifest = store.manifest()
         expected = manifest.get("expected", {})
         complete = all(rows.get(t, 0) >= n for t, n in expected.items())

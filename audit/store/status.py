@@ -17,7 +17,7 @@ import pandas as pd
 from audit.store.manifest import SAMPLES_FILE
 from audit.store.shard import Shard
 from audit.store.shard_record import ShardRecord, read_shard_records
-from audit.store.tables import RunStore
+from audit.store.tables import RunStore, error_mask
 
 _ITEMS = (("generations", "prompt_id", "prompts"), ("classifications", "task_id", "tasks"))
 _COLUMNS = {
@@ -90,7 +90,7 @@ def _key_states(
     frame = expected.to_frame(index=False)
     if len(stored):
         error = stored["error"] if "error" in stored else pd.Series(None, index=stored.index)
-        failed = stored["finish_reason"].eq("error") if "finish_reason" in stored else error.notna()
+        failed = error_mask(stored)
         found = pd.DataFrame(
             {
                 "sample_id": stored["sample_id"].astype(str),

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,21 +70,33 @@ def write_parquet_atomic(path: Path, frame: pd.DataFrame) -> None:
     os.replace(tmp, path)
 
 
-def _is_error(frame: pd.DataFrame) -> pd.Series:
+#: The columns that say whether a row failed (``error_mask``).
+STATUS_COLUMNS = ("finish_reason", "error")
+
+
+def error_mask(frame: pd.DataFrame) -> pd.Series:
+    """Which rows are error rows, the one rule every reader uses: ``finish_reason`` is
+    ``"error"`` or ``error`` holds text (an empty or blank string is no error). A resumed run
+    retries error rows; analyses leave them out and count them."""
+    failed = pd.Series(False, index=frame.index)
     if "finish_reason" in frame:
-        return frame["finish_reason"].eq("error")
+        failed |= frame["finish_reason"].astype(object).eq("error")
     if "error" in frame:
-        return frame["error"].notna() & frame["error"].astype(str).ne("")
-    return pd.Series(False, index=frame.index)
+        text = frame["error"].astype(object)
+        failed |= text.notna() & text.astype(str).str.strip().ne("")
+    return failed
 
 
-_STATUS_COLUMNS = ("finish_reason", "error")
+def is_error_row(row: Mapping[str, Any]) -> bool:
+    """``error_mask`` for one row as a mapping (rows not stored yet)."""
+    error = row.get("error")
+    return row.get("finish_reason") == "error" or (error is not None and str(error).strip() != "")
 
 
 def _status_columns(parts: list[Path]) -> list[str]:
-    """The columns ``_is_error`` reads that every part has (read from the footers only)."""
+    """The columns ``error_mask`` reads that every part has (read from the footers only)."""
     names = [set(pq.read_schema(p).names) for p in parts]
-    return [c for c in _STATUS_COLUMNS if names and all(c in n for n in names)]
+    return [c for c in STATUS_COLUMNS if names and all(c in n for n in names)]
 
 
 def _rows_to_keep(parts: list[Path], keys: list[str]) -> list[np.ndarray]:
@@ -97,7 +109,7 @@ def _rows_to_keep(parts: list[Path], keys: list[str]) -> list[np.ndarray]:
         frame = pq.read_table(part, columns=columns).to_pandas()
         frames.append(frame.assign(_part=index, _row=np.arange(len(frame))))
     frame = pd.concat(frames, ignore_index=True)
-    frame["_error"] = _is_error(frame).to_numpy()
+    frame["_error"] = error_mask(frame).to_numpy()
     frame = frame.sort_values("_error", kind="stable").drop_duplicates(keys, keep="first")
     rows = frame.groupby("_part")["_row"].apply(np.sort)
     return [rows.get(index, np.array([], dtype=np.int64)) for index in range(len(parts))]
@@ -199,7 +211,7 @@ class RunStore:
         keys = list(TABLE_KEYS.get(table, ()))
         if not keys or not set(keys) <= set(frame.columns):
             return frame
-        frame["_error"] = _is_error(frame)
+        frame["_error"] = error_mask(frame)
         frame["_order"] = range(len(frame))
         frame = frame.sort_values(["_error", "_order"], kind="stable")
         frame = frame.drop_duplicates(keys, keep="first").sort_values("_order", kind="stable")
@@ -227,7 +239,7 @@ class RunStore:
         frame = self.read(table, columns=keys + _status_columns(self.parts(table)))
         if frame.empty:
             return set()
-        ok = frame[~_is_error(frame)]
+        ok = frame[~error_mask(frame)]
         return set(ok[keys].astype(str).itertuples(index=False, name=None))
 
     def compact(self, table: str) -> None:
@@ -255,6 +267,17 @@ class RunStore:
         os.replace(tmp, path)
         for part in parts:
             part.unlink(missing_ok=True)
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows stored per table (one per key) and how many of them are error rows."""
+        counts, errors = {}, 0
+        for table in ("generations", "classifications"):
+            frame = self.read(
+                table, columns=[*TABLE_KEYS[table], *_status_columns(self.parts(table))]
+            )
+            counts[table] = len(frame)
+            errors += int(error_mask(frame).sum())
+        return {**counts, "errors": errors}
 
     def count(self, table: str) -> int:
         return len(self.read(table, columns=TABLE_KEYS.get(table)))
