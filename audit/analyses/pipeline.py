@@ -20,7 +20,7 @@ from audit.analyses.findings import Finding, findings_for
 from audit.analyses.registry import REGISTRY, AnalysisContext
 from audit.errors import AuditError, ProbeError, RunDirError
 from audit.spec import AnalysisSpec, format_validation_error
-from audit.store.tables import MANIFEST, RunStore, error_mask
+from audit.store.tables import RunStore, error_mask
 
 Companion = Callable[[pd.DataFrame, AnalysisContext], pd.DataFrame]
 #: Tables derived from another analysis' table, written with it: parent -> [(name, function)].
@@ -77,7 +77,7 @@ class AnalysisResult:
         lines += [f"  - [{f['analysis']}] {terminal_safe(f['headline'])}" for f in shown]
         if len(findings) > len(shown):
             lines.append(f"  ... {len(findings) - len(shown)} more in the summary")
-        lines.append(f"summary: {self.run_dir / 'analysis' / 'summary.json'}")
+        lines.append(f"summary: {RunStore(self.run_dir).summary_path}")
         return "\n".join(lines)
 
 
@@ -155,7 +155,7 @@ def analyze_run(run_dir: str | Path, only: list[str] | None = None) -> AnalysisR
     store = RunStore.open(run_dir)
     manifest = store.manifest()
     names = _selected(only)
-    settings = analysis_settings(manifest, store.root / MANIFEST)
+    settings = analysis_settings(manifest, store.manifest_path)
     context = AnalysisContext(store=store, manifest=manifest, settings=settings)
     if context.generations.empty and context.classifications.empty:
         raise RunDirError(
@@ -174,7 +174,7 @@ def analyze_run(run_dir: str | Path, only: list[str] | None = None) -> AnalysisR
             entries[name] = {"rows": 0, "note": f"failed: {failure}"}
             continue
         for table_name, frame in tables.items():
-            written[table_name] = store.root / "analysis" / f"{table_name}.parquet"
+            written[table_name] = store.analysis_path(table_name)
             rows[table_name] = len(frame)
             entries[table_name] = {"rows": len(frame), "note": "" if len(frame) else "no rows"}
         findings += findings_for(name, tables[name])

@@ -32,7 +32,6 @@ from audit.analyses.registry import AnalysisContext, register
 from audit.analyses.stats import seeded_rng
 from audit.analyses.table import ALL, empty_table, records_table
 from audit.errors import ProbeError
-from audit.store.tables import MANIFEST
 
 NAME = "refusal"
 METRIC = "refusal_rate"
@@ -92,7 +91,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
         return empty_table("prompt_id", EXTRA)
     generations = sort_rows(generations, ["sample_id", "prompt_id"])
     pattern = refusal_pattern(
-        context.settings.refusal_patterns, str(context.store.root / MANIFEST)
+        context.settings.refusal_patterns, str(context.store.manifest_path)
     )
     valid, _ = split_errors(generations)
     refused = valid["generation"].fillna("").astype(str).map(lambda t: bool(pattern.search(t)))

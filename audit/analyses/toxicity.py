@@ -45,7 +45,7 @@ from audit.analyses.stats import (
 )
 from audit.analyses.table import ALL, INSUFFICIENT, MIN_GROUP_SIZE, build_table, empty_table
 from audit.spec import AnalysisSpec
-from audit.store.tables import RunStore, write_parquet_atomic
+from audit.store.tables import RunStore
 
 NAME = "toxicity"
 SCORES_TABLE = "toxicity_scores"
@@ -77,14 +77,10 @@ def successful(generations: pd.DataFrame) -> pd.DataFrame:
 
 
 # -- scoring with a cache -------------------------------------------------------------------
-def scores_path(store: RunStore) -> Path:
-    return store.root / "analysis" / f"{SCORES_TABLE}.parquet"
-
-
 def read_scores(store: RunStore) -> pd.DataFrame:
     """Every cached score, of every scorer (labels of other scorers are null)."""
-    path = scores_path(store)
-    return pd.read_parquet(path) if path.is_file() else pd.DataFrame(columns=KEYS)
+    cached = store.analysis_if_present(SCORES_TABLE)
+    return pd.DataFrame(columns=KEYS) if cached is None else cached
 
 
 def score_generations(context: AnalysisContext) -> pd.DataFrame:
@@ -135,7 +131,7 @@ def _score_into_cache(
         new.insert(0, "prompt_id", part["prompt_id"].astype(str).to_numpy())
         new.insert(0, "sample_id", part["sample_id"].astype(str).to_numpy())
         cache = pd.concat([cache, new], ignore_index=True) if len(cache) else new
-        write_parquet_atomic(scores_path(context.store), cache)
+        context.store.write_analysis(SCORES_TABLE, cache)
     return cache
 
 
@@ -146,7 +142,7 @@ def _probe_location(context: AnalysisContext) -> tuple[Path, str]:
     probe_dir = (manifest.get("probe") or {}).get("probe_dir")
     if probe_path:
         return Path(probe_dir or Path(probe_path).parent), str(probe_path)
-    origin = f"{context.store.root / 'manifest.json'} (probe)"
+    origin = f"{context.store.manifest_path} (probe)"
     return Path(probe_dir or Path.cwd()), origin
 
 

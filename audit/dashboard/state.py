@@ -8,9 +8,6 @@ Run text is shown only through ``st.dataframe``/``st.text`` or Markdown-escaped.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pandas as pd
 import streamlit as st
 
@@ -18,6 +15,7 @@ from audit.dashboard.launch import run_dirs_from_env
 from audit.errors import AuditError
 from audit.report.formatting import NOT_ANALYSED, escape_markdown
 from audit.report.run_data import RunData, load_run, read_generations, read_thumbnails
+from audit.store.tables import RunStore
 
 _EXTRA_RUNS = "extra_run_dirs"
 GENERATION_COLUMNS = (
@@ -32,13 +30,7 @@ GENERATION_COLUMNS = (
 
 def run_token(run_dir: str) -> str:
     """Changes whenever a file the dashboard reads is written (cache key part)."""
-    root = Path(run_dir)
-    stamps = []
-    for folder in (root, root / "analysis", root / "generations", root / "classifications"):
-        if folder.is_dir():
-            with os.scandir(folder) as entries:
-                stamps += [f"{e.name}:{e.stat().st_mtime_ns}" for e in entries if e.is_file()]
-    return str(hash(tuple(sorted(stamps))))
+    return RunStore(run_dir).change_token()
 
 
 @st.cache_data(show_spinner="Loading run…", max_entries=32)

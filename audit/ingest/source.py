@@ -25,7 +25,7 @@ class SourceTable:
     kind: str
     split: str
     config: str | None
-    root: Path | None = None
+    image_folder: Path | None = None
     """Folder that relative image paths are resolved from."""
     fingerprint: str | None = None
 
@@ -74,7 +74,8 @@ class SourceTable:
         if isinstance(cell, (bytes, bytearray)):
             return bytes(cell)
         if isinstance(cell, str) and cell:
-            path = Path(cell) if Path(cell).is_absolute() or self.root is None else self.root / cell
+            folder = self.image_folder
+            path = Path(cell) if Path(cell).is_absolute() or folder is None else folder / cell
             return path.read_bytes() if path.is_file() else None
         return None
 
@@ -89,7 +90,7 @@ def read_source(source: str, split: str, config: str | None) -> SourceTable:
             path.suffix.lstrip(".").lower(),
             split,
             config,
-            root=path.parent,
+            image_folder=path.parent,
         )
     if path.is_dir() or not _looks_like_hub_id(source):
         if not path.is_dir():

@@ -28,7 +28,7 @@ from audit.report.provenance_table import analysis_settings, provenance_block
 from audit.report.run_data import RunData, load_runs
 from audit.report.sections import build_sections
 from audit.report.simulation_section import simulation_section
-from audit.store.tables import write_atomic
+from audit.store.tables import REPORT_HTML, REPORT_MD, write_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
@@ -158,7 +158,10 @@ def build_report(run_dirs: Sequence[Path], out: Path | None = None) -> tuple[Pat
             f"--out {folder}: exists and is not a folder; give a folder for the report"
         )
     context = report_context(runs)
-    html_path, md_path = folder / "report.html", folder / "report.md"
+    if out is None:
+        html_path, md_path = runs[0].store().report_paths()
+    else:
+        html_path, md_path = folder / REPORT_HTML, folder / REPORT_MD
     write_atomic(html_path, render_html(context).encode("utf-8"))
     write_atomic(md_path, render_markdown(context).encode("utf-8"))
     return html_path, md_path

@@ -6,15 +6,12 @@ absent (its section then says "not analysed"), a damaged one is a ``RunDirError`
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from audit.errors import RunDirError
 from audit.store.tables import RunStore
@@ -72,38 +69,19 @@ class RunData:
         return RunStore(self.root)
 
 
-def _read_parquet(path: Path) -> pd.DataFrame:
-    try:
-        return pq.read_table(path).to_pandas()
-    except (OSError, pa.ArrowException) as error:
-        raise RunDirError(
-            f"{path}: cannot be read as parquet ({error}); re-run 'audit analyze'"
-        ) from None
-
-
-def _read_summary(root: Path) -> dict[str, Any] | None:
-    path = root / "analysis" / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise RunDirError(f"{path}: not valid JSON ({error}); re-run 'audit analyze'") from None
-    if not isinstance(summary, dict):
-        raise RunDirError(f"{path}: expected a JSON object with 'findings'")
-    return summary
-
-
 def load_run(run_dir: str | Path, analyses: Iterable[str] = ANALYSES) -> RunData:
     """Load a run directory; ``RunDirError`` if it is not one or a table is unreadable."""
     store = RunStore.open(run_dir)
     tables = {}
     for name in analyses:
-        path = store.root / "analysis" / f"{name}.parquet"
-        if path.is_file():
-            tables[name] = _read_parquet(path)
+        frame = store.analysis_if_present(name)
+        if frame is not None:
+            tables[name] = frame
     return RunData(
-        root=store.root, manifest=store.manifest(), summary=_read_summary(store.root), tables=tables
+        root=store.root,
+        manifest=store.manifest(),
+        summary=store.summary_if_present(),
+        tables=tables,
     )
 
 
@@ -135,7 +113,7 @@ def _read_table(run: RunData, table: str, columns: Sequence[str] | None) -> pd.D
     store = run.store()
     if columns is None:
         return store.read(table)
-    available = set(pq.read_schema(store.parts(table)[0]).names) if store.parts(table) else set()
+    available = set(store.columns(table))
     wanted = [c for c in columns if c in available]
     if not wanted:
         return pd.DataFrame(columns=list(columns))
@@ -144,23 +122,9 @@ def _read_table(run: RunData, table: str, columns: Sequence[str] | None) -> pd.D
 
 def read_toxicity_scores(run: RunData) -> pd.DataFrame | None:
     """Cached toxicity scores (``sample_id, prompt_id, scorer, <labels>``), or None."""
-    path = run.root / "analysis" / f"{TOXICITY_SCORES}.parquet"
-    return _read_parquet(path) if path.is_file() else None
+    return run.store().analysis_if_present(TOXICITY_SCORES)
 
 
 def read_thumbnails(run: RunData, sample_ids: Iterable[str]) -> dict[str, bytes]:
     """JPEG bytes of the given samples' thumbnails (those that exist)."""
-    wanted = sorted({str(s) for s in sample_ids})
-    found: dict[str, bytes] = {}
-    if not wanted:
-        return found
-    for part in run.store().parts("thumbnails"):
-        # A filter pushed into the reader keeps a 100,000-image run from loading every JPEG.
-        table = pq.read_table(
-            part, columns=["sample_id", "jpeg"], filters=[("sample_id", "in", wanted)]
-        )
-        for sample_id, jpeg in zip(
-            table.column("sample_id").to_pylist(), table.column("jpeg").to_pylist(), strict=True
-        ):
-            found.setdefault(str(sample_id), jpeg)
-    return found
+    return run.store().read_thumbnails(sample_ids)

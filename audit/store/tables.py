@@ -43,6 +43,9 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 MANIFEST = "manifest.json"
+ANALYSIS_FOLDER = "analysis"
+SUMMARY = "summary.json"
+REPORT_HTML, REPORT_MD = "report.html", "report.md"
 _READ_ATTEMPTS = 5
 
 
@@ -283,25 +286,106 @@ class RunStore:
         return len(self.read(table, columns=TABLE_KEYS.get(table)))
 
     # -- analysis outputs --------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        """The manifest's path (for messages that name the file)."""
+        return self.root / MANIFEST
+
+    def analysis_path(self, name: str) -> Path:
+        """Where the analysis table ``name`` is stored."""
+        return self.root / ANALYSIS_FOLDER / f"{name}.parquet"
+
     def write_analysis(self, name: str, frame: pd.DataFrame) -> Path:
-        path = self.root / "analysis" / f"{name}.parquet"
+        path = self.analysis_path(name)
         write_parquet_atomic(path, frame)
         return path
 
     def read_analysis(self, name: str) -> pd.DataFrame:
-        path = self.root / "analysis" / f"{name}.parquet"
+        frame = self.analysis_if_present(name)
+        if frame is None:
+            raise RunDirError(
+                f"{self.analysis_path(name)}: missing; run 'audit analyze {self.root}' first"
+            )
+        return frame
+
+    def analysis_if_present(self, name: str) -> pd.DataFrame | None:
+        """The analysis table ``name``, or ``None`` when it was not written (``RunDirError``
+        when it cannot be read)."""
+        path = self.analysis_path(name)
         if not path.is_file():
-            raise RunDirError(f"{path}: missing; run 'audit analyze {self.root}' first")
-        return pd.read_parquet(path)
+            return None
+        try:
+            return pq.read_table(path).to_pandas()
+        except (OSError, pa.ArrowException) as error:
+            raise RunDirError(
+                f"{path}: cannot be read as parquet ({error}); re-run 'audit analyze'"
+            ) from None
 
     def has_analysis(self, name: str) -> bool:
-        return (self.root / "analysis" / f"{name}.parquet").is_file()
+        return self.analysis_path(name).is_file()
+
+    @property
+    def summary_path(self) -> Path:
+        """Where ``audit analyze`` writes its headline findings."""
+        return self.root / ANALYSIS_FOLDER / SUMMARY
 
     def write_summary(self, summary: dict[str, Any]) -> None:
-        write_json_atomic(self.root / "analysis" / "summary.json", summary)
+        write_json_atomic(self.summary_path, summary)
 
     def read_summary(self) -> dict[str, Any]:
-        path = self.root / "analysis" / "summary.json"
+        summary = self.summary_if_present()
+        if summary is None:
+            raise RunDirError(
+                f"{self.summary_path}: missing; run 'audit analyze {self.root}' first"
+            )
+        return summary
+
+    def summary_if_present(self) -> dict[str, Any] | None:
+        """``analysis/summary.json``, or ``None`` when the run was not analysed."""
+        path = self.summary_path
         if not path.is_file():
-            raise RunDirError(f"{path}: missing; run 'audit analyze {self.root}' first")
-        return json.loads(path.read_text())
+            return None
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise RunDirError(f"{path}: not valid JSON ({error}); re-run 'audit analyze'") from None
+        if not isinstance(summary, dict):
+            raise RunDirError(f"{path}: expected a JSON object with 'findings'")
+        return summary
+
+    # -- what readers outside the store need -------------------------------------------------
+    def columns(self, table: str) -> list[str]:
+        """The columns of a table as its first part stores them (none when it has no part)."""
+        parts = self.parts(table)
+        return list(pq.read_schema(parts[0]).names) if parts else []
+
+    def read_thumbnails(self, sample_ids: Iterable[str]) -> dict[str, bytes]:
+        """JPEG bytes of the given samples' thumbnails (those that exist)."""
+        wanted = sorted({str(s) for s in sample_ids})
+        found: dict[str, bytes] = {}
+        if not wanted:
+            return found
+        for part in self.parts("thumbnails"):
+            # A filter pushed into the reader keeps a large run from loading every JPEG.
+            table = pq.read_table(
+                part, columns=["sample_id", "jpeg"], filters=[("sample_id", "in", wanted)]
+            )
+            ids, jpegs = table.column("sample_id").to_pylist(), table.column("jpeg").to_pylist()
+            for sample_id, jpeg in zip(ids, jpegs, strict=True):
+                found.setdefault(str(sample_id), jpeg)
+        return found
+
+    def change_token(self) -> str:
+        """Changes whenever a file of the manifest, the tables or the analyses is written (a
+        cache key for readers that keep what they read)."""
+        stamps = []
+        folders = (self.root, self.root / ANALYSIS_FOLDER, *(self.root / t for t in TABLE_KEYS))
+        for folder in folders:
+            if folder.is_dir():
+                with os.scandir(folder) as entries:
+                    stamps += [f"{e.name}:{e.stat().st_mtime_ns}" for e in entries if e.is_file()]
+        return str(hash(tuple(sorted(stamps))))
+
+    def report_paths(self) -> tuple[Path, Path]:
+        """Where ``audit report`` writes into this run directory: HTML and Markdown."""
+        return self.root / REPORT_HTML, self.root / REPORT_MD
