@@ -15,9 +15,9 @@ from transformers.cache_utils import DynamicLayer
 
 from audit.backends import GenerationRequest, GenerationSettings, load_backend
 from audit.backends.hf.fast.cross_attention import cross_attention_projections
+from audit.backends.hf.fast.decoding import Decoding, run_generate
 from audit.backends.hf.fast.kv_cache import GrowingLayer, growing_cache
 from audit.backends.hf.fast.transformers_api import with_cache
-from audit.backends.hf.generation import Decoding, run_generate
 from audit.backends.hf.idefics import IdeficsBackend
 from audit.backends.hf.model import HFBackend
 from audit.demo.tiny_models import FAMILIES

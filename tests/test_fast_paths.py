@@ -88,9 +88,9 @@ def _off_by_half(function: Callable[..., list[LabelScores]]) -> Callable[..., li
 
 def _break(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Break fast path ``name`` as an upstream change could: other numbers, or an exception."""
+    import audit.backends.hf.fast.decoding as decoding
     import audit.backends.hf.fast.kv_cache as kv_cache
     import audit.backends.hf.fast.shared_prefix as shared_prefix
-    import audit.backends.hf.generation as generation
     import audit.backends.hf.idefics as idefics
     import audit.backends.hf.model as hf
 
@@ -111,7 +111,7 @@ def _break(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     elif name == "image_prefix":
         monkeypatch.setattr(shared_prefix, "prefix_then_suffix_inputs", _raise)
     elif name == "drop_finished":
-        monkeypatch.setattr(generation._PauseWhenRowsStop, "__call__", _raise)
+        monkeypatch.setattr(decoding._PauseWhenRowsStop, "__call__", _raise)
     elif name == "label_prefix":
         monkeypatch.setattr(hf, "score_shared_prefix", _off_by_half(hf.score_shared_prefix))
     else:

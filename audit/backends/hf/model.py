@@ -26,24 +26,15 @@ from audit.backends.base import (
 )
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.hf.checkpoint import Checkpoint, LoadedModel, load_checkpoint
+from audit.backends.hf.fast.decoding import Decoding, run_generate
 from audit.backends.hf.fast.image_features import FeatureCache
+from audit.backends.hf.fast.label_prefix import score_shared_prefix
 from audit.backends.hf.fast.policy import FastPathPolicy
 from audit.backends.hf.fast.self_check import CheckRequests, check_fast_paths
 from audit.backends.hf.fast.shared_prefix import PromptSplit, generate_with_shared_prefixes
-from audit.backends.hf.generation import (
-    Decoding,
-    TokenRoles,
-    ensure_pad_token,
-    run_generate,
-    token_roles,
-)
+from audit.backends.hf.generation import TokenRoles, ensure_pad_token, token_roles
 from audit.backends.hf.prompt import Prompt
-from audit.backends.hf.scoring import (
-    ScoringMethod,
-    prepare_jobs,
-    score_plain,
-    score_shared_prefix,
-)
+from audit.backends.hf.scoring import ScoringMethod, prepare_jobs, score_plain
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from typing import Any, Protocol, TypeVar
 
 from audit.backends.base import Generation, GenerationSettings
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
+from audit.backends.hf.fast.decoding import Decoding, run_generate
 from audit.backends.hf.fast.transformers_api import returned_cache, with_cache
-from audit.backends.hf.generation import Decoding, TokenRoles, run_generate
+from audit.backends.hf.generation import TokenRoles
 from audit.backends.hf.prompt import Prompt
 
 Result = TypeVar("Result")
