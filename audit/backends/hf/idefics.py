@@ -16,7 +16,7 @@ from PIL import Image
 
 from audit.backends.hf.fast.cross_attention import projections_remembered
 from audit.backends.hf.fast.image_features import FeatureCache, idefics_image_inputs
-from audit.backends.hf.fast.transformers_api import idefics_image_states, idefics_latent_inputs
+from audit.backends.hf.fast.label_prefix import idefics_label_inputs
 from audit.backends.hf.model import HFBackend
 from audit.backends.hf.prompt import Prompt, as_rgb
 
@@ -115,22 +115,5 @@ class IdeficsBackend(HFBackend):
     def continuation_inputs(
         self, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
     ) -> dict[str, Any]:
-        """Label tokens attend to the last image, like the tokens ``generate`` appends; the
-        image states come from the prefix's inputs, or else its output, so nothing is encoded
-        again."""
-        import torch
-
-        image_mask = prefix_inputs["image_attention_mask"][rows][:, -1:, :]
-        inputs = {"image_attention_mask": image_mask.expand(-1, width, -1)}
-        use_resampler = self.model.config.use_resampler
-        key, states = idefics_image_states(prefix_inputs, prefix_output, use_resampler)
-        # States may come flattened over (prompt, image); here they are per prompt.
-        n_images = prefix_inputs["image_attention_mask"].shape[-1]
-        states = states.reshape(-1, n_images, *states.shape[-2:])
-        if key == "image_encoder_embeddings" and use_resampler:
-            # Resampled once per prompt here rather than once per label row by the model.
-            with torch.inference_mode():
-                latents = self.model.model.perceiver_resampler(states.flatten(0, 1))
-            latents = latents.reshape(states.shape[0], n_images, *latents.shape[-2:])
-            return {**inputs, **idefics_latent_inputs(self.model, latents[rows])}
-        return {**inputs, key: states[rows]}
+        """Label tokens attend to the last image, like the tokens ``generate`` appends."""
+        return idefics_label_inputs(self.model, prefix_inputs, prefix_output, rows, width)

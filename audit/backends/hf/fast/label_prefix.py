@@ -20,7 +20,12 @@ from audit.backends.hf.fast.shared_prefix import (
     map_shared_prefixes,
     positions_from_mask,
 )
-from audit.backends.hf.fast.transformers_api import returned_cache, with_cache
+from audit.backends.hf.fast.transformers_api import (
+    idefics_image_states,
+    idefics_latent_inputs,
+    returned_cache,
+    with_cache,
+)
 from audit.backends.hf.prompt import Prompt
 from audit.backends.hf.scoring import PromptEncoder, ScoringJob, score_plain
 
@@ -179,3 +184,27 @@ def _score_label_tails(
         picked = logprobs[n, : len(targets)].gather(-1, targets[:, None])
         tails[(r, j)] = float(picked.sum())
     return tails
+
+
+def idefics_label_inputs(
+    model: Any, prefix_inputs: Any, prefix_output: Any, rows: Any, width: int
+) -> dict[str, Any]:
+    """IDEFICS v1's inputs for ``width`` label tokens of prompt rows ``rows`` run against the
+    prompts' cache: an image attention mask continuing the prompt's last row, and the image
+    states taken from the prompt's inputs or else its output, so nothing is encoded again."""
+    import torch
+
+    image_mask = prefix_inputs["image_attention_mask"][rows][:, -1:, :]
+    inputs = {"image_attention_mask": image_mask.expand(-1, width, -1)}
+    use_resampler = model.config.use_resampler
+    key, states = idefics_image_states(prefix_inputs, prefix_output, use_resampler)
+    # States may come flattened over (prompt, image); here they are per prompt.
+    n_images = prefix_inputs["image_attention_mask"].shape[-1]
+    states = states.reshape(-1, n_images, *states.shape[-2:])
+    if key == "image_encoder_embeddings" and use_resampler:
+        # Resampled once per prompt here rather than once per label row by the model.
+        with torch.inference_mode():
+            latents = model.model.perceiver_resampler(states.flatten(0, 1))
+        latents = latents.reshape(states.shape[0], n_images, *latents.shape[-2:])
+        return {**inputs, **idefics_latent_inputs(model, latents[rows])}
+    return {**inputs, key: states[rows]}
