@@ -103,10 +103,10 @@ def test_batched_greedy_generation_equals_one_at_a_time(
 ) -> None:
     backend = backends[family]
     requests = generation_requests()
-    settings = GenerationSettings(max_new_tokens=10, batch_size=3)
-    batched = backend.generate(requests, settings)
+    settings = GenerationSettings(max_new_tokens=10)
+    batched = backend.generate(requests, settings, batch_size=3)
     single = [
-        backend.generate([r], GenerationSettings(max_new_tokens=10, batch_size=1))[0]
+        backend.generate([r], GenerationSettings(max_new_tokens=10), batch_size=1)[0]
         for r in requests
     ]
     assert_generations_agree(backend, requests, batched, single)
@@ -139,9 +139,9 @@ def test_models_are_image_sensitive(backends: dict[str, HFBackend], family: str)
 def test_results_keep_request_order(backends: dict[str, HFBackend], family: str) -> None:
     backend = backends[family]
     requests = generation_requests()
-    settings = GenerationSettings(max_new_tokens=6, batch_size=2)
-    forward = backend.generate(requests, settings)
-    backward = backend.generate(requests[::-1], settings)
+    settings = GenerationSettings(max_new_tokens=6)
+    forward = backend.generate(requests, settings, batch_size=2)
+    backward = backend.generate(requests[::-1], settings, batch_size=2)
     assert backward == forward[::-1]
     assert all(g.finish_reason in {"eos", "length"} for g in forward)
     assert all(1 <= g.n_new_tokens <= 6 for g in forward)
@@ -214,11 +214,11 @@ def test_image_tokens_are_never_generated(backends: dict[str, HFBackend], family
     banned = [tokenizer.convert_tokens_to_ids(n) for n in names]
     assert set(banned) <= set(backend.roles.banned_ids)
     requests = generation_requests()[:2]
-    settings = GenerationSettings(max_new_tokens=8, batch_size=2)
-    plain = backend.generate(requests, settings)
+    settings = GenerationSettings(max_new_tokens=8)
+    plain = backend.generate(requests, settings, batch_size=2)
     # Banned logits are set to -inf after the boost, so nothing may change.
     with _LogitBoost(backend, banned):
-        boosted = backend.generate(requests, settings)
+        boosted = backend.generate(requests, settings, batch_size=2)
     assert boosted == plain
 
 
@@ -239,8 +239,8 @@ def test_sampling_is_seeded(backends: dict[str, HFBackend], family: str) -> None
     requests = generation_requests()[:3]
 
     def sample(seed: int) -> list[str]:
-        settings = GenerationSettings(max_new_tokens=8, do_sample=True, seed=seed, batch_size=3)
-        return [g.text for g in backend.generate(requests, settings)]
+        settings = GenerationSettings(max_new_tokens=8, do_sample=True, seed=seed)
+        return [g.text for g in backend.generate(requests, settings, batch_size=3)]
 
     before = torch.random.get_rng_state()
     assert sample(1) == sample(1)
@@ -396,9 +396,14 @@ class Work:
 
 
 def generate_measuring_work(
-    backend: HFBackend, requests: list[GenerationRequest], settings: GenerationSettings
+    backend: HFBackend,
+    requests: list[GenerationRequest],
+    settings: GenerationSettings,
+    batch_size: int,
 ) -> tuple[list, Work]:
-    return measuring_work(backend, lambda: backend.generate(requests, settings))
+    return measuring_work(
+        backend, lambda: backend.generate(requests, settings, batch_size=batch_size)
+    )
 
 
 def measuring_work(backend: HFBackend, run: Callable[[], list]) -> tuple[list, Work]:
@@ -442,16 +447,16 @@ def test_shared_images_and_prefixes_give_the_same_tokens(
     backends: dict[str, HFBackend], family: str
 ) -> None:
     backend = backends[family]
-    settings = GenerationSettings(max_new_tokens=12, batch_size=5)
+    settings = GenerationSettings(max_new_tokens=12)
     requests = shared_image_requests(copies=False)
-    shared, shared_work = generate_measuring_work(backend, requests, settings)
+    shared, shared_work = generate_measuring_work(backend, requests, settings, 5)
     copied, copied_work = generate_measuring_work(
-        backend, shared_image_requests(copies=True), settings
+        backend, shared_image_requests(copies=True), settings, 5
     )
     with sharing(backend, image_features=True, prompt_prefix=False):
-        features_only, features_work = generate_measuring_work(backend, requests, settings)
+        features_only, features_work = generate_measuring_work(backend, requests, settings, 5)
     with sharing(backend, image_features=False, prompt_prefix=False):
-        unshared, unshared_work = generate_measuring_work(backend, requests, settings)
+        unshared, unshared_work = generate_measuring_work(backend, requests, settings, 5)
     for other in (copied, features_only, unshared):
         assert_generations_agree(backend, requests, shared, other)
     assert len({g.text for g in shared}) > 3
@@ -475,12 +480,12 @@ def test_sharing_with_a_preamble_image(model_dirs: dict[str, Path], family: str)
     backend = load_backend(str(model_dirs[family]), ModelSpec(id="x"), preamble=preamble)
     assert isinstance(backend, HFBackend)
     requests = shared_image_requests(copies=False)
-    settings = GenerationSettings(max_new_tokens=8, batch_size=4)
-    shared = backend.generate(requests, settings)
+    settings = GenerationSettings(max_new_tokens=8)
+    shared = backend.generate(requests, settings, batch_size=4)
     with sharing(backend, image_features=True, prompt_prefix=False):
-        features_only = backend.generate(requests, settings)
+        features_only = backend.generate(requests, settings, batch_size=4)
     with sharing(backend, image_features=False, prompt_prefix=False):
-        unshared = backend.generate(requests, settings)
+        unshared = backend.generate(requests, settings, batch_size=4)
     for other in (features_only, unshared):
         assert_generations_agree(backend, requests, shared, other)
 

@@ -115,13 +115,13 @@ def test_finished_rows_leave_the_batch_and_change_nothing(
         return generate(*args, **kwargs)
 
     monkeypatch.setattr(backend.model, "generate", counting_generate)
-    settings = GenerationSettings(max_new_tokens=60, batch_size=4)
+    settings = GenerationSettings(max_new_tokens=60)
     asked = requests()
     with without(backend, "drop_finished"):
-        kept = backend.generate(asked, settings)
+        kept = backend.generate(asked, settings, batch_size=4)
     kept_calls = list(calls)
     calls.clear()
-    dropped = backend.generate(asked, settings)
+    dropped = backend.generate(asked, settings, batch_size=4)
     assert_generations_agree(backend, asked, dropped, kept)
     assert {g.finish_reason for g in kept} == {"eos", "length"}
     # Every batch is one call when rows stay; rows that stopped left for later calls.
@@ -143,13 +143,13 @@ def test_idefics_projects_image_keys_and_values_once_per_batch(
         return original(x)
 
     projection.forward = counting_forward
-    settings = GenerationSettings(max_new_tokens=16, batch_size=4)
+    settings = GenerationSettings(max_new_tokens=16)
     try:
-        remembered = backend.generate(requests(), settings)
+        remembered = backend.generate(requests(), settings, batch_size=4)
         per_batch = list(computed)
         computed.clear()
         with without(backend, "image_latents"):
-            recomputed = backend.generate(requests(), settings)
+            recomputed = backend.generate(requests(), settings, batch_size=4)
     finally:
         del projection.forward
     assert_generations_agree(backend, requests(), remembered, recomputed)

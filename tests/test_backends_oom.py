@@ -69,9 +69,9 @@ def test_generation_backs_off_and_loses_nothing(
 ) -> None:
     backend = backends[family]
     requests = generation_requests()
-    expected = backend.generate(requests, GenerationSettings(max_new_tokens=5, batch_size=1))
+    expected = backend.generate(requests, GenerationSettings(max_new_tokens=5), batch_size=1)
     with memory_limit(backend, max_rows=3) as seen:
-        got = backend.generate(requests, GenerationSettings(max_new_tokens=5, batch_size=16))
+        got = backend.generate(requests, GenerationSettings(max_new_tokens=5), batch_size=16)
     assert_generations_agree(backend, requests, got, expected)
     assert seen[0] == 7  # the first big batch was tried, failed, and was split
     assert max(seen[1:]) <= 3
@@ -89,9 +89,9 @@ def test_prefix_shared_generation_backs_off_and_loses_nothing(
         for image in images
         for prompt in ("Describe this person.", "Write a resume for this person, please.")
     ]
-    expected = backend.generate(requests, GenerationSettings(max_new_tokens=5, batch_size=1))
+    expected = backend.generate(requests, GenerationSettings(max_new_tokens=5), batch_size=1)
     with memory_limit(backend, max_rows=3) as seen:
-        got = backend.generate(requests, GenerationSettings(max_new_tokens=5, batch_size=16))
+        got = backend.generate(requests, GenerationSettings(max_new_tokens=5), batch_size=16)
     assert_generations_agree(backend, requests, got, expected)
     # The four images' prefixes were prefilled together, failed, then two at a time.
     assert seen[0] == 4
@@ -122,7 +122,7 @@ def test_label_scoring_backs_off(backends: dict[str, HFBackend], method: str) ->
 def test_out_of_memory_at_batch_size_one_is_raised(backends: dict[str, HFBackend]) -> None:
     backend = backends["idefics"]
     with memory_limit(backend, max_rows=0) as seen, pytest.raises(torch.cuda.OutOfMemoryError):
-        backend.generate(generation_requests(3), GenerationSettings(max_new_tokens=3, batch_size=4))
+        backend.generate(generation_requests(3), GenerationSettings(max_new_tokens=3), batch_size=4)
     assert seen == [3, 1]
 
 
@@ -130,7 +130,7 @@ def test_other_errors_are_not_retried(backends: dict[str, HFBackend]) -> None:
     backend = backends["idefics2"]
     broken = ValueError("a real bug")
     with memory_limit(backend, max_rows=0, error=broken) as seen, pytest.raises(ValueError):
-        backend.generate(generation_requests(3), GenerationSettings(max_new_tokens=3, batch_size=4))
+        backend.generate(generation_requests(3), GenerationSettings(max_new_tokens=3), batch_size=4)
     assert seen == [3]
 
 
@@ -154,9 +154,9 @@ def test_map_in_batches_rejects_a_zero_batch() -> None:
 
 def test_the_batch_size_that_fit_is_remembered_across_calls(backends: dict[str, HFBackend]) -> None:
     backend = backends["idefics2"]
-    settings = GenerationSettings(max_new_tokens=2, batch_size=8)
+    settings = GenerationSettings(max_new_tokens=2)
     with memory_limit(backend, max_rows=2) as first:
-        backend.generate(generation_requests(6), settings)
+        backend.generate(generation_requests(6), settings, batch_size=8)
     with memory_limit(backend, max_rows=2) as second:
-        backend.generate(generation_requests(6), settings)
+        backend.generate(generation_requests(6), settings, batch_size=8)
     assert first[0] == 6 and max(second) <= 2

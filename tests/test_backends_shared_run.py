@@ -38,16 +38,16 @@ def test_run_encodes_each_image_once(
     encoded: list[int] = []
     original = HFBackend.generate
 
-    def counting_generate(self: HFBackend, requests, settings):  # type: ignore[no-untyped-def]
+    def counting_generate(self: HFBackend, requests, settings, **kwargs):  # type: ignore[no-untyped-def]
         if self.fast_paths.checking:  # the fast paths' self-check before the first batch
-            return original(self, requests, settings)
+            return original(self, requests, settings, **kwargs)
         calls.append(len(requests))
         handle = self.model.model.vision_model.register_forward_hook(
             lambda _m, _a, kw, _o: encoded.append(kw["pixel_values"].shape[0]),
             with_kwargs=True,
         )
         try:
-            return original(self, requests, settings)
+            return original(self, requests, settings, **kwargs)
         finally:
             handle.remove()
 
@@ -64,11 +64,13 @@ def test_run_encodes_each_image_once(
 
     spec = load_probe(probe)
     backend = load_backend(str(model_dirs[family]), ModelSpec(id="naive"))
-    one = GenerationSettings(max_new_tokens=6, batch_size=1)
+    one = GenerationSettings(max_new_tokens=6)
     for sample in open_dataset(spec).samples():
         image = sample.load_image().convert("RGB")
         for prompt in spec.prompts:
-            expected = backend.generate([GenerationRequest(image, prompt.text)], one)[0]
+            expected = backend.generate([GenerationRequest(image, prompt.text)], one, batch_size=1)[
+                0
+            ]
             row = stored.loc[(sample.sample_id, prompt.id)]
             assert (row["generation"], row["n_new_tokens"]) == (
                 expected.text,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 
 FinishReason = Literal["eos", "length", "error"]
+DEFAULT_BATCH_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,6 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     stop_strings: tuple[str, ...] = ()
-    batch_size: int = 16
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,21 @@ class Backend(ABC):
 
     @abstractmethod
     def generate(
-        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+        self,
+        requests: Sequence[GenerationRequest],
+        settings: GenerationSettings,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[Generation]:
-        """Greedy or sampled generation; one result per request, same order."""
+        """Greedy or sampled generation; one result per request, same order. ``batch_size``:
+        the most sequences the model runs at once (a backend may use fewer, never more)."""
 
     @abstractmethod
     def score_labels(
-        self, requests: Sequence[LabelScoreRequest], batch_size: int = 16
+        self, requests: Sequence[LabelScoreRequest], *, batch_size: int = DEFAULT_BATCH_SIZE
     ) -> list[LabelScores]:
-        """Log-likelihood of each candidate continuation; one result per request, same order."""
+        """Log-likelihood of each candidate continuation; one result per request, same order.
+        ``batch_size`` as for ``generate``."""
 
     @abstractmethod
     def info(self) -> BackendInfo:
@@ -120,6 +126,8 @@ class Backend(ABC):
         generation: Sequence[GenerationRequest],
         scoring: Sequence[LabelScoreRequest],
         settings: GenerationSettings,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[str]:
         """Check this backend's speedups against its plain path on a few of a run's first
         requests and turn off those that disagree; returns one line per thing to tell the user.

@@ -7,7 +7,6 @@ that is a broken model or setup rather than a bad sample.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -107,6 +106,22 @@ def _score_request(task: ClassificationTaskSpec, image: Image.Image) -> LabelSco
     )
 
 
+@dataclass(frozen=True)
+class BatchPlan:
+    """How much goes through the model at once."""
+
+    #: Images per batch (``--batch-size``); label scoring runs this many requests per pass.
+    images: int
+    #: Prompts per image: a batch's images go through ``generate`` with all their prompts at
+    #: once, as the card's 9B script did (16 images x 3 prompts per call), for fewer, fuller
+    #: decoding steps. The backend halves the rows of a call that runs out of memory.
+    prompts: int
+
+    @property
+    def generation_rows(self) -> int:
+        return self.images * max(1, self.prompts)
+
+
 #: Images and prompts (and tasks) of a run's first batch that the fast-path self-check uses.
 CHECK_IMAGES = CHECK_SPECS = 2
 
@@ -115,16 +130,17 @@ class BatchExecutor:
     """Turns loaded items into stored rows with one backend."""
 
     def __init__(
-        self, backend: Backend, spec: ProbeSpec, settings: GenerationSettings, model_id: str
+        self,
+        backend: Backend,
+        spec: ProbeSpec,
+        settings: GenerationSettings,
+        batch: BatchPlan,
+        model_id: str,
     ) -> None:
         self.backend = backend
         self.spec = spec
         self.settings = settings
-        # A batch's images go through ``generate`` with all their prompts at once, as the
-        # card's 9B script did (16 images x 3 prompts per call): fewer, fuller decoding steps.
-        # The backend halves the rows of a call that runs out of memory.
-        rows = settings.batch_size * max(1, len(spec.prompts))
-        self.generation_settings = dataclasses.replace(settings, batch_size=rows)
+        self.batch = batch
         self.model_id = model_id
         self.any_success = False
 
@@ -138,6 +154,7 @@ class BatchExecutor:
             [_generation_request(p, i) for i in images for p in self.spec.prompts[:CHECK_SPECS]],
             [_score_request(t, i) for i in images for t in self.spec.classification[:CHECK_SPECS]],
             self.settings,
+            batch_size=self.batch.images,
         )
 
     def run(self, batch: Sequence[LoadedItem]) -> BatchRows:
@@ -189,7 +206,9 @@ class BatchExecutor:
             batch,
             lambda prompt, item: prompt in item.prompts,
             _generation_request,
-            lambda requests: self.backend.generate(requests, self.generation_settings),
+            lambda requests: self.backend.generate(
+                requests, self.settings, batch_size=self.batch.generation_rows
+            ),
             self._generation_row,
         )
 
@@ -226,9 +245,7 @@ class BatchExecutor:
             batch,
             lambda task, item: task in item.tasks,
             _score_request,
-            lambda requests: self.backend.score_labels(
-                requests, batch_size=self.settings.batch_size
-            ),
+            lambda requests: self.backend.score_labels(requests, batch_size=self.batch.images),
             self._classification_row,
         )
 

@@ -29,8 +29,13 @@ from audit.store.tables import RunStore
 INSTALL_HINT = "install with: pip install 'vlm-bias-audit[ray]'"
 # Forwarded to the workers, so a driver's offline setting and caches hold on every node.
 FORWARDED_ENV = (
-    "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME",
-    "HF_HUB_CACHE", "HF_DATASETS_CACHE", "TOKENIZERS_PARALLELISM",
+    "HF_HUB_OFFLINE",
+    "HF_DATASETS_OFFLINE",
+    "TRANSFORMERS_OFFLINE",
+    "HF_HOME",
+    "HF_HUB_CACHE",
+    "HF_DATASETS_CACHE",
+    "TOKENIZERS_PARALLELISM",
 )
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 from audit.errors import AuditError, ProbeError
 from audit.run.executor import (
     BatchExecutor,
+    BatchPlan,
     BatchRows,
     LoadedItem,
     WorkItem,
@@ -171,7 +172,8 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
 
     started = time.perf_counter()
     batch_size = _batch_samples(spec, backend.info().device)
-    executor = BatchExecutor(backend, spec, _settings(spec, batch_size), spec.model.id)
+    plan = BatchPlan(images=batch_size, prompts=len(spec.prompts))
+    executor = BatchExecutor(backend, spec, _settings(spec), plan, spec.model.id)
     stored = StoredKeys.read(store)
     total = sum(item.n_rows for item in _pending(stored, spec, source, shard))
     written = errors = 0
@@ -325,7 +327,7 @@ def _batch_samples(spec: ProbeSpec, device: str) -> int:
     return AUTO_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
-def _settings(spec: ProbeSpec, batch_size: int) -> Any:
+def _settings(spec: ProbeSpec) -> Any:
     from audit.backends.base import GenerationSettings
 
     g = spec.generation
@@ -337,7 +339,6 @@ def _settings(spec: ProbeSpec, batch_size: int) -> Any:
         top_p=g.top_p,
         seed=g.seed,
         stop_strings=tuple(g.stop_strings),
-        batch_size=batch_size,
     )
 
 

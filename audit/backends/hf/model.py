@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from audit.backends.base import (
+    DEFAULT_BATCH_SIZE,
     Backend,
     BackendInfo,
     Generation,
@@ -103,13 +104,15 @@ class HFBackend(Backend):
         generation: Sequence[GenerationRequest],
         scoring: Sequence[LabelScoreRequest],
         settings: GenerationSettings,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[str]:
         import transformers
 
         loaded = self._load()
         return check_fast_paths(
             self,
-            CheckRequests(tuple(generation), tuple(scoring), settings),
+            CheckRequests(tuple(generation), tuple(scoring), settings, batch_size),
             dtype=str(loaded.dtype).removeprefix("torch."),
             transformers_version=transformers.__version__,
         )
@@ -207,7 +210,11 @@ class HFBackend(Backend):
 
     # -- the Backend interface -----------------------------------------------------------
     def generate(
-        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+        self,
+        requests: Sequence[GenerationRequest],
+        settings: GenerationSettings,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[Generation]:
         """Batched generation, longest prompts first, results in request order.
 
@@ -220,7 +227,7 @@ class HFBackend(Backend):
         if splits is not None:
             with _seeded(settings.seed, loaded.device):
                 return generate_with_shared_prefixes(
-                    self, splits, settings, self._length_key, self._generate_ceiling
+                    self, splits, settings, batch_size, self._length_key, self._generate_ceiling
                 )
         order = length_order([self._length_key(p) for p in prompts])
         # Lives for this call only: the prompts keep its images alive, so ids stay unique.
@@ -242,7 +249,7 @@ class HFBackend(Backend):
 
         with _seeded(settings.seed, loaded.device):
             results = map_in_batches(
-                [prompts[i] for i in order], settings.batch_size, run_batch, self._generate_ceiling
+                [prompts[i] for i in order], batch_size, run_batch, self._generate_ceiling
             )
         return restore_order(order, results)
 
@@ -305,8 +312,8 @@ class HFBackend(Backend):
     def score_labels(
         self,
         requests: Sequence[LabelScoreRequest],
-        batch_size: int = 16,
         *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
         method: ScoringMethod = "auto",
     ) -> list[LabelScores]:
         """Summed log-likelihood of each continuation, and its token count.

@@ -65,11 +65,15 @@ class CheckedBackend(Protocol):
     fast_paths: FastPathPolicy
 
     def generate(
-        self, requests: Sequence[GenerationRequest], settings: GenerationSettings
+        self,
+        requests: Sequence[GenerationRequest],
+        settings: GenerationSettings,
+        *,
+        batch_size: int = ...,
     ) -> list[Generation]: ...
 
     def score_labels(
-        self, requests: Sequence[LabelScoreRequest], batch_size: int = 16
+        self, requests: Sequence[LabelScoreRequest], *, batch_size: int = ...
     ) -> list[LabelScores]: ...
 
     def next_token_logprobs(self, request: GenerationRequest, token_ids: Sequence[int]) -> Any: ...
@@ -105,6 +109,7 @@ class CheckRequests:
     generation: tuple[GenerationRequest, ...]
     scoring: tuple[LabelScoreRequest, ...]
     settings: GenerationSettings
+    batch_size: int
 
 
 @dataclass(frozen=True)
@@ -124,13 +129,14 @@ class _Checker:
     def answers(self, names: Sequence[str]) -> _Answers:
         backend, requests = self.backend, self.requests
         with backend.fast_paths.limited_to(names, checking=True):
+            batch = requests.batch_size
             generations = (
-                backend.generate(requests.generation, requests.settings)
+                backend.generate(requests.generation, requests.settings, batch_size=batch)
                 if requests.generation
                 else []
             )
-            batch = requests.settings.batch_size
-            scores = backend.score_labels(requests.scoring, batch) if requests.scoring else []
+            scoring = requests.scoring
+            scores = backend.score_labels(scoring, batch_size=batch) if scoring else []
         return _Answers(generations, scores)
 
     def disagreement(self, names: Sequence[str], plain: _Answers) -> str | None:

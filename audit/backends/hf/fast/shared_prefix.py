@@ -140,10 +140,11 @@ def generate_with_shared_prefixes(
     encoder: PrefixEncoder,
     splits: Sequence[PromptSplit],
     settings: GenerationSettings,
+    batch_size: int,
     prefix_length: Callable[[Prompt], int],
     ceiling: BatchCeiling,
 ) -> list[Generation]:
-    """One ``Generation`` per split, in order."""
+    """One ``Generation`` per split, in order (``batch_size``: see ``map_shared_prefixes``)."""
     from audit.backends.hf.fast.kv_cache import reserve_room
 
     def run_rows(inputs: dict[str, Any], cache: Any, _indices: list[int]) -> list[Generation]:
@@ -157,9 +158,7 @@ def generate_with_shared_prefixes(
             encoder.decoding_fast_paths(),
         )
 
-    return map_shared_prefixes(
-        encoder, splits, prefix_length, settings.batch_size, ceiling, run_rows
-    )
+    return map_shared_prefixes(encoder, splits, prefix_length, batch_size, ceiling, run_rows)
 
 
 def prefix_then_suffix_inputs(
