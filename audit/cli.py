@@ -48,10 +48,12 @@ def _fail(error: AuditError) -> None:
 @app.command()
 def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) -> None:
     """Check a probe file without loading a model."""
+    from audit.backends.registry import check_backend_name
     from audit.spec import load_probe
 
     try:
         spec = load_probe(probe)
+        check_backend_name(spec, str(probe))
     except AuditError as error:
         _fail(error)
     n_labels = sum(len(t.labels) for t in spec.classification)

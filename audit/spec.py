@@ -86,8 +86,9 @@ class ModelSpec(StrictModel):
     """Hub id (``HuggingFaceM4/idefics-9b-instruct``) or local folder (relative to the probe)."""
     revision: str | None = None
     """Hub revision to pin; the manifest records the commit actually used."""
-    backend: Literal["auto", "idefics", "chat"] = "auto"
-    """``auto`` picks from ``config.model_type`` and the processor's chat template."""
+    backend: str = "auto"
+    """``auto`` picks from ``config.model_type``; or a name from ``audit.backends.registry``
+    (``idefics``, ``chat``)."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """``auto``: bfloat16 on CUDA, float32 on CPU."""
     device: str = "auto"

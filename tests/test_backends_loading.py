@@ -83,8 +83,8 @@ def test_remote_code_needs_permission(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("family", "backend", "message"),
     [
-        ("idefics2", "idefics", "needs an IDEFICS v1 checkpoint"),
-        ("idefics", "chat", "IDEFICS v1 has no chat template"),
+        ("idefics2", "idefics", "backend 'idefics' serves IDEFICS v1 .* this one is 'idefics2'"),
+        ("idefics", "chat", "type 'idefics' is served by backend 'idefics'"),
     ],
 )
 def test_forced_backend_must_fit(
@@ -108,7 +108,7 @@ def test_chat_model_without_template(model_dirs: dict[str, Path], tmp_path: Path
     (folder / "chat_template.jinja").unlink()
     backend = load_backend(str(folder), ModelSpec(id=str(folder)))
     with pytest.raises(ModelLoadError, match="has no chat template"):
-        backend.info()
+        backend.load()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -116,7 +116,11 @@ def test_info_records_provenance(model_dirs: dict[str, Path], family: str) -> No
     import transformers
 
     folder = str(model_dirs[family])
-    info = load_backend(folder, ModelSpec(id=folder)).info()
+    backend = load_backend(folder, ModelSpec(id=folder))
+    before = backend.info()  # what loading will choose, without loading anything
+    assert (before.dtype, before.device, before.image_processor) == ("float32", "cpu", "")
+    backend.load()
+    info = backend.info()
     assert info.model_id == folder
     assert info.model_type == family
     assert info.revision is None  # a local folder has no hub commit
@@ -159,6 +163,7 @@ def test_cuda_asked_without_a_gpu(model_dirs: dict[str, Path]) -> None:
 def test_device_map_auto_loads(model_dirs: dict[str, Path]) -> None:
     folder = str(model_dirs["idefics3"])
     backend = load_backend(folder, ModelSpec(id=folder, device_map="auto"))
+    backend.load()
     assert "device_map" in backend.info().extra
     assert backend.generate(request(), SETTINGS)[0].n_new_tokens >= 1
 

@@ -93,11 +93,20 @@ class BackendInfo:
 
 
 class Backend(ABC):
-    """A loaded image-text model. Construction is cheap; weights load on first use."""
+    """An image-text model. Construction is cheap; weights load with ``load`` (or on first use).
+
+    What a backend can do is declared on its class and checked before any work: a probe whose
+    tasks a backend cannot serve is refused before a model loads.
+    """
 
     name: ClassVar[str]
-    #: ``config.model_type`` values this backend serves (empty: chosen by capability instead).
-    model_types: ClassVar[tuple[str, ...]] = ()
+    #: Open-ended generation (``generate``).
+    supports_generation: ClassVar[bool] = True
+    #: Rank classification by label log-likelihood (``score_labels``).
+    supports_label_scoring: ClassVar[bool] = True
+
+    def load(self) -> None:  # noqa: B027 (a backend without weights has nothing to load)
+        """Load weights and processor now (idempotent)."""
 
     @abstractmethod
     def generate(
@@ -119,7 +128,8 @@ class Backend(ABC):
 
     @abstractmethod
     def info(self) -> BackendInfo:
-        """Provenance for the manifest (loads the model if not loaded yet)."""
+        """Provenance for the manifest: what was loaded, or before ``load`` what will be (it
+        never loads anything itself)."""
 
     def check_fast_paths(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.backends.registry import check_backend_name
 from audit.errors import AuditError, ProbeError
 from audit.run.executor import (
     BatchExecutor,
@@ -27,7 +28,7 @@ from audit.run.placement import launcher_name, place_on_local_gpu
 from audit.run.prefetch import prefetch
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store.lock import run_lock
-from audit.store.manifest import finalize_manifest, start_manifest
+from audit.store.manifest import check_same_probe, finalize_manifest, start_manifest
 from audit.store.provenance import now_iso
 from audit.store.shard import WHOLE, Shard
 from audit.store.shard_record import write_shard_record
@@ -147,6 +148,7 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
 
     spec = place_on_local_gpu(options.apply(spec))
     origin = str(probe_path or spec.name)
+    check_backend_name(spec, origin)
     store = RunStore(options.run_dir_for(spec))
     shard = options.shard or WHOLE
     if options.fresh and shard.count > 1:
@@ -160,6 +162,10 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     check_labels(spec, source.group_values(), origin)
     preamble = [_preamble_part(spec, i, PreamblePart, origin) for i in range(len(spec.preamble))]
     backend = load_backend(spec.model_location(), spec.model, preamble)
+    _check_capabilities(backend, spec, origin)
+    if store.exists():  # before the weights load: a run of another probe is refused at once
+        check_same_probe(store, spec)
+    backend.load()
     start_manifest(
         store,
         spec,
@@ -258,6 +264,20 @@ def _check_fast_paths(
             store.update_manifest(fast_paths=record)
         write_shard_record(store.root, shard, fast_paths=record)
     return True
+
+
+def _check_capabilities(backend: Any, spec: ProbeSpec, origin: str) -> None:
+    """Refuse a probe the chosen backend cannot serve, before any model loads."""
+    missing = [
+        f"{key} (backend '{backend.name}' cannot {what})"
+        for key, needed, able, what in (
+            ("prompts", spec.prompts, backend.supports_generation, "generate"),
+            ("classification", spec.classification, backend.supports_label_scoring, "score labels"),
+        )
+        if needed and not able
+    ]
+    if missing:
+        raise ProbeError(f"{origin}: " + "; ".join(missing))
 
 
 def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: float) -> None:

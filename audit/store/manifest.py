@@ -42,7 +42,8 @@ def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
     return sections
 
 
-def _check_same_probe(store: RunStore, spec: ProbeSpec) -> None:
+def check_same_probe(store: RunStore, spec: ProbeSpec) -> None:
+    """``RunDirError`` when the run directory holds a run of another probe."""
     stored = store.manifest().get("fingerprint", {})
     differs = [k for k, v in probe_fingerprint(spec).items() if stored.get(k) != v]
     if differs:
@@ -98,7 +99,7 @@ def _start_manifest(
         **info.extra,
     }
     if store.exists():
-        _check_same_probe(store, spec)
+        check_same_probe(store, spec)
         manifest = store.update_manifest(
             status="running",
             expected=expected,

@@ -28,7 +28,6 @@ class IdeficsBackend(HFBackend):
     """IDEFICS v1 (idefics-9b, idefics-80b and their instruct versions)."""
 
     name: ClassVar[str] = "idefics"
-    model_types: ClassVar[tuple[str, ...]] = ("idefics",)
 
     def decoding(self) -> AbstractContextManager[Any]:
         if not self.fast_paths.on("image_latents"):

@@ -26,7 +26,13 @@ from audit.backends.base import (
     PreamblePart,
 )
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
-from audit.backends.hf.checkpoint import Checkpoint, LoadedModel, load_checkpoint
+from audit.backends.hf.checkpoint import (
+    Checkpoint,
+    LoadedModel,
+    choose_device,
+    choose_dtype,
+    load_checkpoint,
+)
 from audit.backends.hf.fast.decoding import Decoding, run_generate
 from audit.backends.hf.fast.image_features import FeatureCache
 from audit.backends.hf.fast.label_prefix import score_shared_prefix
@@ -79,6 +85,9 @@ class HFBackend(Backend):
             self._loaded = loaded
         return self._loaded
 
+    def load(self) -> None:
+        self._load()
+
     def _check_processor(self, processor: Any) -> None:
         """Refuse a processor this family cannot drive (raise ``ModelLoadError``)."""
 
@@ -125,20 +134,26 @@ class HFBackend(Backend):
     def info(self) -> BackendInfo:
         import transformers
 
-        loaded = self._load()
+        spec, loaded = self._checkpoint.spec, self._loaded
         extra: dict[str, Any] = {"transformers_version": transformers.__version__}
-        if self._checkpoint.spec.device_map:
-            # accelerate leaves no map when everything fits one device; "" means the whole model.
-            device_map = getattr(loaded.model, "hf_device_map", None) or {"": loaded.device}
-            extra["device_map"] = {str(k): str(v) for k, v in device_map.items()}
+        if loaded is None:  # what loading will choose; the image processor is known once loaded
+            device = choose_device(spec.device)
+            dtype, image_processor = choose_dtype(spec.dtype, device), ""
+        else:
+            device, dtype = loaded.device, loaded.dtype
+            image_processor = type(loaded.processor.image_processor).__name__
+            if spec.device_map:
+                # accelerate leaves no map when everything fits one device; "" is the whole model.
+                device_map = getattr(loaded.model, "hf_device_map", None) or {"": loaded.device}
+                extra["device_map"] = {str(k): str(v) for k, v in device_map.items()}
         return BackendInfo(
             backend=self.name,
-            model_id=self._checkpoint.spec.id,
+            model_id=spec.id,
             model_type=self._checkpoint.model_type,
             revision=self._checkpoint.revision,
-            dtype=str(loaded.dtype).removeprefix("torch."),
-            device=loaded.device,
-            image_processor=type(loaded.processor.image_processor).__name__,
+            dtype=str(dtype).removeprefix("torch."),
+            device=device,
+            image_processor=image_processor,
             extra=extra,
         )
 
