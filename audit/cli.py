@@ -177,12 +177,23 @@ def analyze(
     only: Annotated[
         list[str] | None, typer.Option(help="Run only these analyses (repeatable).")
     ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help=(
+                "KEY=VALUE: change an analysis setting for this run of the analyses, without "
+                "editing the manifest, e.g. n_permutations=5000, toxicity.scorer=detoxify:"
+                "original, tfidf.top_k=30 (repeatable; recorded in summary.json)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Term variance, toxicity, refusal, accuracy, leakage: tidy tables with intervals."""
     from audit.analyses import analyze_run
 
     try:
-        typer.echo(analyze_run(run_dir, only=only).describe())
+        typer.echo(analyze_run(run_dir, only=only, overrides=set_ or []).describe())
     except AuditError as error:
         _fail(error)
 

@@ -263,3 +263,48 @@ def test_model_text_is_shown_inert_in_the_terminal(tmp_path, generations):
     run_dir = write_run(tmp_path / "run", hostile)
     text = analyze_run(run_dir, only=["term_variance"]).describe()
     assert "\x1b" not in text
+
+
+def test_settings_can_be_changed_for_one_analysis_without_editing_the_manifest(
+    tmp_path, generations
+):
+    run_dir = write_run(tmp_path / "run", generations)
+    manifest = (run_dir / "manifest.json").read_text()
+    result = CliRunner().invoke(
+        app,
+        [
+            "analyze", str(run_dir), "--only", "term_variance", "--only", "refusal",
+            "--set", "tfidf.top_k=3", "--set", "refusal_patterns=[umbrella]",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (run_dir / "manifest.json").read_text() == manifest
+    summary = strict_json(run_dir / "analysis" / "summary.json")
+    assert summary["settings_overrides"] == ["tfidf.top_k=3", "refusal_patterns=[umbrella]"]
+    assert summary["settings"]["tfidf"]["top_k"] == 3
+    assert summary["settings"]["refusal_patterns"] == ["umbrella"]
+    assert summary["settings"]["n_permutations"] == FAST["n_permutations"]  # from the probe
+    terms = table(run_dir, "term_variance")
+    flagged = terms["q_value"] < 0.05
+    # Reported: the 3 best ranked terms per prompt and axis, then only flagged ones.
+    assert terms.loc[~flagged, "rank"].max() <= 3
+    assert terms["rank"].min() == 1
+    refusal = table(run_dir, "refusal")
+    rates = refusal[(refusal["metric"] == "refusal_rate") & (refusal["axis"] == "all")]
+    # "umbrella", the planted term, now counts as a refusal: no longer the default patterns'.
+    assert rates["value"].max() > 0.2
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("n_permutations", "--set n_permutations: expected KEY=VALUE"),
+        ("tfidf.top_kk=3", "--set: tfidf.top_kk: unknown key"),
+        ("n_permutations=many", "--set: n_permutations: Input should be a valid integer"),
+    ],
+)
+def test_a_bad_setting_is_a_clear_error(tmp_path, generations, override, message):
+    run_dir = write_run(tmp_path / "run", generations)
+    result = CliRunner().invoke(app, ["analyze", str(run_dir), "--set", override])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert message in result.output

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 from pydantic import ValidationError
 
 from audit.analyses.findings import Finding, findings_for
@@ -81,18 +82,50 @@ class AnalysisResult:
         return "\n".join(lines)
 
 
-def analysis_settings(manifest: dict[str, Any], manifest_path: Path) -> AnalysisSpec:
-    """The probe's ``analysis`` section from the manifest (defaults when absent)."""
+def analysis_settings(
+    manifest: dict[str, Any], manifest_path: Path, overrides: Sequence[str] = ()
+) -> AnalysisSpec:
+    """The probe's ``analysis`` section from the manifest (defaults when absent), with
+    ``KEY=VALUE`` overrides (``audit analyze --set``) applied on top."""
     probe = manifest.get("probe") or {}
     data = probe.get("analysis") if isinstance(probe, dict) else None
-    if data is None:
-        return AnalysisSpec()
+    data = dict(data) if isinstance(data, dict) else {}
+    origin = str(manifest_path)
+    try:
+        AnalysisSpec.model_validate(data)
+    except ValidationError as error:
+        text = format_validation_error(origin, error)
+        raise ProbeError(text.replace(f"{origin}: ", f"{origin}: probe.analysis.")) from None
+    for override in overrides:
+        data = _with_override(data, override)
     try:
         return AnalysisSpec.model_validate(data)
     except ValidationError as error:
-        origin = str(manifest_path)
-        text = format_validation_error(origin, error)
-        raise ProbeError(text.replace(f"{origin}: ", f"{origin}: probe.analysis.")) from None
+        text = format_validation_error("--set", error)
+        raise ProbeError(text) from None
+
+
+def _with_override(data: dict[str, Any], override: str) -> dict[str, Any]:
+    """``data`` with ``key.path=value`` set (the value read as YAML: numbers, lists, null)."""
+    key, sep, raw = override.partition("=")
+    path = [part for part in key.strip().split(".") if part]
+    if not sep or not path:
+        raise ProbeError(
+            f"--set {override}: expected KEY=VALUE with KEY a setting of the probe's analysis "
+            "section, e.g. --set n_permutations=5000 or --set toxicity.scorer=detoxify:original"
+        )
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: the text as it is
+    result = dict(data)
+    node = result
+    for part in path[:-1]:
+        child = node.get(part)
+        node[part] = dict(child) if isinstance(child, dict) else {}
+        node = node[part]
+    node[path[-1]] = value
+    return result
 
 
 def _selected(only: Sequence[str] | None) -> list[str]:
@@ -145,8 +178,13 @@ def _run_one(
     return tables, None
 
 
-def analyze_run(run_dir: str | Path, only: list[str] | None = None) -> AnalysisResult:
+def analyze_run(
+    run_dir: str | Path, only: list[str] | None = None, overrides: Sequence[str] = ()
+) -> AnalysisResult:
     """Run the registered analyses (or ``only`` these) and write their tables and the summary.
+
+    ``overrides`` (``KEY=VALUE``, ``audit analyze --set``) change the probe's analysis settings
+    for this analysis without editing the manifest; the summary records them.
 
     Raises ``RunDirError`` for a folder that is not a run directory or holds no rows, and
     ``AuditError`` for an unknown analysis name or when an analysis cannot run (after writing
@@ -155,7 +193,7 @@ def analyze_run(run_dir: str | Path, only: list[str] | None = None) -> AnalysisR
     store = RunStore.open(run_dir)
     manifest = store.manifest()
     names = _selected(only)
-    settings = analysis_settings(manifest, store.manifest_path)
+    settings = analysis_settings(manifest, store.manifest_path, overrides)
     context = AnalysisContext(store=store, manifest=manifest, settings=settings)
     if context.generations.empty and context.classifications.empty:
         raise RunDirError(
@@ -179,6 +217,8 @@ def analyze_run(run_dir: str | Path, only: list[str] | None = None) -> AnalysisR
             entries[table_name] = {"rows": len(frame), "note": "" if len(frame) else "no rows"}
         findings += findings_for(name, tables[name])
     summary = _summary(store, manifest, _counts(context), entries, findings)
+    summary["settings"] = settings.model_dump(mode="json")
+    summary["settings_overrides"] = list(overrides)
     store.write_summary(summary)
     result = AnalysisResult(store.root, written, rows, summary, failures)
     if failures:
