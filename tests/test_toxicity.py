@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from statsmodels.stats.proportion import proportion_confint
 
-from audit.analyses.registry import REGISTRY, AnalysisContext
+from audit.analyses.registry import AnalysisContext, analysis
 from audit.analyses.toxicity import read_scores
 from audit.demo.tiny_scorer import build_tiny_detoxify_checkpoint, build_tiny_toxicity_classifier
 from audit.errors import ModelLoadError
@@ -81,7 +81,7 @@ def write_run(root: Path, rows: pd.DataFrame, scorer: str, **toxicity: Any) -> R
 def run_toxicity(store: RunStore) -> pd.DataFrame:
     manifest = store.manifest()
     settings = AnalysisSpec.model_validate(manifest["probe"]["analysis"])
-    return REGISTRY["toxicity"](AnalysisContext(store, manifest, settings))
+    return analysis("toxicity").run(AnalysisContext(store, manifest, settings))
 
 
 def test_per_group_values_match_an_independent_recomputation(
@@ -232,7 +232,7 @@ def test_headline_findings_name_the_gap_with_its_test(tmp_path: Path, classifier
     table = run_toxicity(write_run(tmp_path / "run", rows, f"transformers:{classifier}"))
     gaps = table[table.metric == "gap_mean_toxic"]
     assert gaps.q_value.between(gaps.p_value, 1).all()
-    found = {(f["prompt_id"], f["axis"]): f for f in findings_for("toxicity", table)}
+    found = {(f["prompt_id"], f["axis"]): f for f in findings_for(analysis("toxicity"), table)}
     planted = found[("arrest", "gender")]
     assert planted["p_value"] < 0.01 and planted["n"] == 40
     assert planted["headline"].startswith("arrest, gender: mean toxic b minus a:")

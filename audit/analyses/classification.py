@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
+from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, intersections, sort_rows, split_errors
 from audit.analyses.label_scores import SCORINGS, SUFFIX, Task, predictions, tasks_of
 from audit.analyses.rates import (
@@ -38,7 +38,7 @@ from audit.analyses.rates import (
     permutation_test,
     rate_range,
 )
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     bootstrap_ratios,
     minimum_detectable_difference,
@@ -80,7 +80,6 @@ def rows_of_task(valid: pd.DataFrame, task_id: str) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-@register(NAME)
 def classification(context: AnalysisContext) -> pd.DataFrame:
     """Accuracy per task x group and intersection, gaps with tests, and the card's std."""
     prepared = task_rows(context)
@@ -166,7 +165,6 @@ def _std_rows(task_id: str, axis: str, suffix: str, rates: UnitRates, accuracy: 
     ]
 
 
-@headlines(NAME)
 def classification_findings(table: pd.DataFrame) -> list[Finding]:
     """Per task (card's scoring): accuracy (std), and per axis the largest gap with its test."""
     found: list[Finding] = []
@@ -204,3 +202,12 @@ def _points(value: Any) -> str:
     """A proportion difference in percentage points: ``12.3``."""
     number = fmt(value)
     return "n/a" if number == "n/a" else f"{100 * float(value):.1f}"
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=classification,
+    inputs=("classifications",),
+    id_column="task_id",
+    findings=classification_findings,
+)

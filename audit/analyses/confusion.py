@@ -17,7 +17,7 @@ import pandas as pd
 from audit.analyses.classification import rows_of_task, task_rows
 from audit.analyses.grouping import GroupAxis
 from audit.analyses.label_scores import SCORINGS, predictions
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import wilson_interval
 from audit.analyses.table import ALL, build_table, empty_table
 
@@ -25,7 +25,6 @@ NAME = "confusion"
 EXTRA = ("scoring", "target", "prediction", "count")
 
 
-@register(NAME)
 def confusion(context: AnalysisContext) -> pd.DataFrame:
     """Confusion matrices per task, scoring and group (axes only, not intersections)."""
     prepared = task_rows(context)
@@ -77,3 +76,11 @@ def _matrices(task_id: str, scoring: str, rows: pd.DataFrame, predicted: np.ndar
         "prediction": np.array(columns, dtype=object)[p_i.ravel()], "count": counts.ravel(),
     }
     return pd.DataFrame(record)
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=confusion,
+    inputs=("classifications",),
+    id_column="task_id",
+)

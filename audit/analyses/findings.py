@@ -1,34 +1,23 @@
 """Headline findings: the few numbers per analysis that ``summary.json`` and the CLI lead with.
 
-Each analysis may register a function turning its table into findings; an analysis without one
-gets a generic finding per prompt/task, axis and metric (the group with the highest value).
-Every finding carries its value, 95% interval, n and, where a test was made, p and q.
+An analysis may declare a function turning its table into findings (``Analysis.findings``); one
+without gets a generic finding per prompt/task, axis and metric (the group with the highest
+value). Every finding carries its value, 95% interval, n and, where a test was made, p and q.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from audit.analyses.table import ALL
 
+if TYPE_CHECKING:
+    from audit.analyses.registry import Analysis
+
 Finding = dict[str, Any]
-FindingsMaker = Callable[[pd.DataFrame], list[Finding]]
-
-FINDINGS: dict[str, FindingsMaker] = {}
-
-
-def headlines(name: str) -> Callable[[FindingsMaker], FindingsMaker]:
-    """Register the function that extracts analysis ``name``'s headline findings."""
-
-    def decorator(function: FindingsMaker) -> FindingsMaker:
-        FINDINGS[name] = function
-        return function
-
-    return decorator
 
 
 def number(value: Any) -> float | None:
@@ -98,7 +87,8 @@ def generic_findings(name: str, table: pd.DataFrame) -> list[Finding]:
     return found[:12]
 
 
-def findings_for(name: str, table: pd.DataFrame) -> list[Finding]:
-    """The registered extractor's findings, or the generic ones."""
-    maker = FINDINGS.get(name)
-    return maker(table) if maker else generic_findings(name, table)
+def findings_for(analysis: Analysis, table: pd.DataFrame) -> list[Finding]:
+    """The analysis' own headline findings, or the generic ones."""
+    if analysis.findings is not None:
+        return analysis.findings(table)
+    return generic_findings(analysis.name, table)

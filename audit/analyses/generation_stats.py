@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.analyses.findings import Finding, finding, headlines, interval_text
+from audit.analyses.findings import Finding, finding, interval_text
 from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows
 from audit.analyses.rates import UnitRates, group_rows, overall_row
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import bootstrap_ratios, percentile_interval, seeded_rng
 from audit.analyses.table import (
     ALL,
@@ -104,7 +104,6 @@ def _share_rows(
     return group_rows(prompt_id, axis.name, metric, rates, n_boot, rng)
 
 
-@register(NAME)
 def generation_stats(context: AnalysisContext) -> pd.DataFrame:
     """New tokens, finish reasons and error rate per prompt x group."""
     generations = context.generations
@@ -151,7 +150,6 @@ _HEADLINES = {
 }
 
 
-@headlines(NAME)
 def generation_findings(table: pd.DataFrame) -> list[Finding]:
     """Per prompt: the overall error rate and mean length."""
     found: list[Finding] = []
@@ -169,3 +167,12 @@ def generation_findings(table: pd.DataFrame) -> list[Finding]:
                     )
                 )
     return found
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=generation_stats,
+    inputs=("generations",),
+    id_column="prompt_id",
+    findings=generation_findings,
+)

@@ -26,9 +26,9 @@ import scipy.linalg
 from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
-from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
+from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     bootstrap_ratios,
     percentile_interval,
@@ -98,7 +98,6 @@ def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, n_groups: int) 
     return np.nanmean(recall, axis=1)
 
 
-@register(NAME)
 def leakage(context: AnalysisContext) -> pd.DataFrame:
     """Cross-validated balanced accuracy of predicting the group from the text, per prompt and
     axis."""
@@ -176,7 +175,6 @@ def _scored(context: AnalysisContext, prompt_id: str, axis: str, groups: list[st
     return records
 
 
-@headlines(NAME)
 def leakage_findings(table: pd.DataFrame) -> list[Finding]:
     """Per prompt and axis: balanced accuracy against chance, with the permutation p-value."""
     found = []
@@ -189,3 +187,12 @@ def leakage_findings(table: pd.DataFrame) -> list[Finding]:
             f"(n={int(row['n'])}, {p_text(row['p_value'])})",
         ))
     return found
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=leakage,
+    inputs=("generations",),
+    id_column="prompt_id",
+    findings=leakage_findings,
+)

@@ -8,7 +8,7 @@ Seeds come from ``probe.analysis.seed``, so running it twice writes the same tab
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,25 +18,12 @@ import yaml
 from pydantic import ValidationError
 
 from audit.analyses.findings import Finding, findings_for
-from audit.analyses.registry import REGISTRY, AnalysisContext
+from audit.analyses.registry import Analysis, AnalysisContext, analyses
 from audit.errors import AuditError, ProbeError, RunDirError
 from audit.spec import AnalysisSpec, format_validation_error
 from audit.store.tables import RunStore, error_mask
 
-Companion = Callable[[pd.DataFrame, AnalysisContext], pd.DataFrame]
-#: Tables derived from another analysis' table, written with it: parent -> [(name, function)].
-COMPANIONS: dict[str, list[tuple[str, Companion]]] = {}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def companion(parent: str, name: str) -> Callable[[Companion], Companion]:
-    """Register ``name`` as a table computed from ``parent``'s table, written right after it."""
-
-    def decorator(function: Companion) -> Companion:
-        COMPANIONS.setdefault(parent, []).append((name, function))
-        return function
-
-    return decorator
 
 
 def terminal_safe(text: str) -> str:
@@ -128,17 +115,17 @@ def _with_override(data: dict[str, Any], override: str) -> dict[str, Any]:
     return result
 
 
-def _selected(only: Sequence[str] | None) -> list[str]:
-    known = list(REGISTRY)
+def _selected(only: Sequence[str] | None) -> list[Analysis]:
+    known = {a.name: a for a in analyses()}
     if not only:
-        return known
-    unknown = [name for name in only if name not in REGISTRY]
+        return list(known.values())
+    unknown = [name for name in only if name not in known]
     if unknown:
         raise AuditError(
             f"unknown analysis {', '.join(repr(u) for u in unknown)}; known analyses: "
             f"{', '.join(known)}"
         )
-    return list(dict.fromkeys(only))
+    return [known[name] for name in dict.fromkeys(only)]
 
 
 def _counts(context: AnalysisContext) -> dict[str, dict[str, Any]]:
@@ -164,12 +151,12 @@ def _status(manifest: dict[str, Any], counts: dict[str, dict[str, Any]]) -> tupl
 
 
 def _run_one(
-    name: str, context: AnalysisContext, store: RunStore
+    analysis: Analysis, context: AnalysisContext, store: RunStore
 ) -> tuple[dict[str, pd.DataFrame], str | None]:
     try:
-        table = REGISTRY[name](context)
-        tables = {name: table}
-        for companion_name, function in COMPANIONS.get(name, []):
+        table = analysis.run(context)
+        tables = {analysis.name: table}
+        for companion_name, function in analysis.companions.items():
             tables[companion_name] = function(table, context)
     except AuditError as error:
         return {}, str(error)
@@ -192,7 +179,7 @@ def analyze_run(
     """
     store = RunStore.open(run_dir)
     manifest = store.manifest()
-    names = _selected(only)
+    selected = _selected(only)
     settings = analysis_settings(manifest, store.manifest_path, overrides)
     context = AnalysisContext(store=store, manifest=manifest, settings=settings)
     if context.generations.empty and context.classifications.empty:
@@ -205,8 +192,9 @@ def analyze_run(
     entries: dict[str, dict[str, Any]] = {}
     findings: list[Finding] = []
     failures: dict[str, str] = {}
-    for name in names:
-        tables, failure = _run_one(name, context, store)
+    for analysis in selected:
+        name = analysis.name
+        tables, failure = _run_one(analysis, context, store)
         if failure is not None:
             failures[name] = failure
             entries[name] = {"rows": 0, "note": f"failed: {failure}"}
@@ -215,7 +203,7 @@ def analyze_run(
             written[table_name] = store.analysis_path(table_name)
             rows[table_name] = len(frame)
             entries[table_name] = {"rows": len(frame), "note": "" if len(frame) else "no rows"}
-        findings += findings_for(name, tables[name])
+        findings += findings_for(analysis, tables[name])
     summary = _summary(store, manifest, _counts(context), entries, findings)
     summary["settings"] = settings.model_dump(mode="json")
     summary["settings_overrides"] = list(overrides)

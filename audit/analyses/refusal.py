@@ -19,7 +19,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from audit.analyses.findings import Finding, finding, headlines, interval_text, p_text
+from audit.analyses.findings import Finding, finding, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
 from audit.analyses.rates import (
     UnitRates,
@@ -28,7 +28,7 @@ from audit.analyses.rates import (
     overall_row,
     permutation_test,
 )
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import seeded_rng
 from audit.analyses.table import ALL, empty_table, records_table
 from audit.errors import ProbeError
@@ -83,7 +83,6 @@ def _unit_rates(frame: pd.DataFrame, refused: pd.Series, axis: GroupAxis | None)
                      codes=codes, groups=groups)
 
 
-@register(NAME)
 def refusal(context: AnalysisContext) -> pd.DataFrame:
     """Refusal rate per prompt (and pooled) x group, with intervals and a test across groups."""
     generations = context.generations
@@ -118,7 +117,6 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
     return records_table(records, "prompt_id", EXTRA)
 
 
-@headlines(NAME)
 def refusal_findings(table: pd.DataFrame) -> list[Finding]:
     """Per prompt: the overall rate; per prompt and axis: the group refused most, with the test."""
     found: list[Finding] = []
@@ -138,3 +136,12 @@ def refusal_findings(table: pd.DataFrame) -> list[Finding]:
                 f"{p_text(top['p_value'])}",
             ))
     return found
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=refusal,
+    inputs=("generations",),
+    id_column="prompt_id",
+    findings=refusal_findings,
+)

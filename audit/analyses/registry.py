@@ -1,16 +1,34 @@
-"""Analyses are pure functions from a run's stored tables to one tidy long table, by name."""
+"""Every analysis, declared once: what it reads, the tables it writes, its headline findings.
+
+An analysis is a pure function from a run's stored tables to one tidy long table
+(``table.build_table``), declared in its module as ``ANALYSIS``. ``ANALYSIS_MODULES`` lists the
+modules in the order ``audit analyze`` runs them and the report and the dashboard show them;
+nothing else lists analyses.
+"""
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any
 
 import pandas as pd
 
 from audit.spec import AnalysisSpec
 from audit.store.tables import RunStore
+
+#: The analysis modules, in the order they run and are shown.
+ANALYSIS_MODULES = (
+    "audit.analyses.classification",
+    "audit.analyses.confusion",
+    "audit.analyses.term_variance",
+    "audit.analyses.toxicity",
+    "audit.analyses.refusal",
+    "audit.analyses.generation_stats",
+    "audit.analyses.leakage",
+)
 
 
 @dataclass
@@ -27,27 +45,59 @@ class AnalysisContext:
 
     @cached_property
     def generations(self) -> pd.DataFrame:
-        """All generation rows, error rows included (``finish_reason == 'error'``)."""
+        """All generation rows, error rows included (``store.tables.error_mask`` tells)."""
         return self.store.read("generations")
 
     @cached_property
     def classifications(self) -> pd.DataFrame:
-        """All classification rows, error rows included (``error`` not null)."""
+        """All classification rows, error rows included."""
         return self.store.read("classifications")
 
 
-Analysis = Callable[[AnalysisContext], pd.DataFrame]
+Finding = dict[str, Any]
+#: A table derived from an analysis' table, written with it.
+Companion = Callable[[pd.DataFrame, AnalysisContext], pd.DataFrame]
 
-REGISTRY: dict[str, Analysis] = {}
+
+@dataclass(frozen=True)
+class Analysis:
+    """One analysis: its function, the stored tables it reads, what it writes and says."""
+
+    name: str
+    run: Callable[[AnalysisContext], pd.DataFrame]
+    #: ``generations`` and/or ``classifications``.
+    inputs: tuple[str, ...]
+    #: What one row of its table is about: ``prompt_id`` or ``task_id``.
+    id_column: str
+    #: Headline findings from its table (default: ``findings.generic_findings``).
+    findings: Callable[[pd.DataFrame], list[Finding]] | None = None
+    #: Tables computed from its table and written with it, by name.
+    companions: dict[str, Companion] = field(default_factory=dict)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """Every table it writes under ``analysis/``, its own first."""
+        return (self.name, *self.companions)
 
 
-def register(name: str) -> Callable[[Analysis], Analysis]:
-    """Register an analysis under ``name``; its table is written to ``analysis/<name>.parquet``."""
+@cache
+def analyses() -> tuple[Analysis, ...]:
+    """Every analysis, in ``ANALYSIS_MODULES`` order (imports their modules)."""
+    found = tuple(importlib.import_module(module).ANALYSIS for module in ANALYSIS_MODULES)
+    names = [a.name for a in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"an analysis name is declared twice: {names}")
+    return found
 
-    def decorator(function: Analysis) -> Analysis:
-        if name in REGISTRY:
-            raise ValueError(f"analysis '{name}' is registered twice")
-        REGISTRY[name] = function
-        return function
 
-    return decorator
+def analysis(name: str) -> Analysis:
+    """The analysis called ``name`` (``KeyError`` for an unknown name)."""
+    for candidate in analyses():
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)
+
+
+def analysis_tables() -> tuple[str, ...]:
+    """Every table the analyses write, in the order they are shown."""
+    return tuple(table for a in analyses() for table in a.tables)

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from audit.analyses.findings import Finding, finding, fmt, headlines, interval_text, p_text
+from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
 from audit.analyses.grouping import (
     GroupAxis,
     discover_axes,
@@ -40,8 +40,7 @@ from audit.analyses.grouping import (
     sort_rows,
     split_errors,
 )
-from audit.analyses.pipeline import companion
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import percentile_interval, seeded_rng, stratified_bootstrap_weights
 from audit.analyses.table import MIN_GROUP_SIZE, build_table, empty_table, insufficient
 from audit.analyses.term_statistics import FDR_LEVEL, NoTerms, TermScores, score_terms, vectorize
@@ -54,7 +53,6 @@ EXTRA = (
 )
 
 
-@register(NAME)
 def term_variance(context: AnalysisContext) -> pd.DataFrame:
     """Per prompt and group axis: ranked terms, per-group means with intervals, q-values."""
     generations = context.generations
@@ -245,7 +243,6 @@ def _term_rows(
     return frame.sort_values(["rank", "group"], kind="stable")
 
 
-@companion(NAME, "term_examples")
 def term_examples(table: pd.DataFrame, context: AnalysisContext) -> pd.DataFrame:
     """Companion table: the text of each reported term's example generations.
 
@@ -267,7 +264,6 @@ def term_examples(table: pd.DataFrame, context: AnalysisContext) -> pd.DataFrame
     return merged[columns].reset_index(drop=True)
 
 
-@headlines(NAME)
 def term_findings(table: pd.DataFrame) -> list[Finding]:
     """Per prompt and axis: the flagged terms (at most 3), each with the group using it most."""
     found: list[Finding] = []
@@ -294,3 +290,13 @@ def term_findings(table: pd.DataFrame) -> list[Finding]:
                 term=str(term),
             ))
     return found
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=term_variance,
+    inputs=("generations",),
+    id_column="prompt_id",
+    findings=term_findings,
+    companions={"term_examples": term_examples},
+)

@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.analyses.findings import Finding, finding, headlines, interval_text, p_text
+from audit.analyses.findings import Finding, finding, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
-from audit.analyses.registry import AnalysisContext, register
+from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     benjamini_hochberg,
     bootstrap_ratios,
@@ -55,7 +55,6 @@ CHUNK_TEXTS = 2048
 EXTRA = ["scorer", "label", "threshold", "p_value", "q_value", "group_high", "group_low"]
 
 
-@register(NAME)
 def analyze_toxicity(context: AnalysisContext) -> pd.DataFrame:
     """Score new generations (cached), then summarise per prompt x axis x group."""
     generations = context.generations
@@ -296,7 +295,6 @@ def _range_of_means(perms: np.ndarray, values: np.ndarray, sizes: np.ndarray) ->
     return means.max(axis=1) - means.min(axis=1)
 
 
-@headlines(NAME)
 def toxicity_findings(table: pd.DataFrame) -> list[Finding]:
     """Per prompt and axis, the gap in mean score of the scorer's first label."""
     gaps = table[table["metric"].astype(str).str.startswith("gap_mean_")]
@@ -315,3 +313,12 @@ def toxicity_findings(table: pd.DataFrame) -> list[Finding]:
             )
         )
     return found
+
+
+ANALYSIS = Analysis(
+    name=NAME,
+    run=analyze_toxicity,
+    inputs=("generations",),
+    id_column="prompt_id",
+    findings=toxicity_findings,
+)

@@ -13,20 +13,10 @@ from typing import Any
 
 import pandas as pd
 
+from audit.analyses.registry import analysis_tables
 from audit.errors import RunDirError
 from audit.store.tables import RunStore
 
-#: Analysis tables the report and dashboard know how to show, in reading order.
-ANALYSES = (
-    "classification",
-    "confusion",
-    "term_variance",
-    "term_examples",
-    "toxicity",
-    "refusal",
-    "generation_stats",
-    "leakage",
-)
 #: Cached raw scores beside the analysis tables; read on demand, not as an analysis.
 TOXICITY_SCORES = "toxicity_scores"
 
@@ -69,9 +59,12 @@ class RunData:
         return RunStore(self.root)
 
 
-def load_run(run_dir: str | Path, analyses: Iterable[str] = ANALYSES) -> RunData:
-    """Load a run directory; ``RunDirError`` if it is not one or a table is unreadable."""
+def load_run(run_dir: str | Path, analyses: Iterable[str] | None = None) -> RunData:
+    """Load a run directory with its analysis tables (``analyses``: these only; default every
+    table ``analyses.registry`` declares); ``RunDirError`` if it is not one or a table is
+    unreadable."""
     store = RunStore.open(run_dir)
+    analyses = analysis_tables() if analyses is None else analyses
     tables = {}
     for name in analyses:
         frame = store.analysis_if_present(name)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.registry import analysis_tables
 from audit.dashboard.state import caption, require_runs
 from audit.report.blocks import is_percent
 from audit.report.formatting import escape_markdown, format_estimate, format_p
 from audit.report.provenance_table import provenance
-from audit.report.run_data import ANALYSES, RunData
+from audit.report.run_data import RunData
 from audit.report.simulation_section import simulation_section
 
 st.set_page_config(page_title="Bias audit", layout="wide")
@@ -46,7 +47,7 @@ def show_run(run: RunData) -> None:
             st.markdown("**What was planted, and what the analyses found**")
             st.dataframe(pd.DataFrame(block.rows, columns=block.columns), hide_index=True)
     st.dataframe(pd.DataFrame({"": list(facts), "value": list(facts.values())}), hide_index=True)
-    missing = [name for name in ANALYSES if run.table(name) is None]
+    missing = [name for name in analysis_tables() if run.table(name) is None]
     if run.summary is None:
         st.info("Not analysed yet: run `audit analyze` on this run directory.")
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.registry import analysis_tables
 from audit.dashboard.state import (
     Selection,
     cached_run,
@@ -17,12 +18,12 @@ from audit.report.blocks import is_percent, item_column, side_by_side
 from audit.report.figures import group_bars
 from audit.report.formatting import format_count, format_interval, format_number, format_p
 from audit.report.pairing import paired_comparison
-from audit.report.run_data import ANALYSES, RunData
+from audit.report.run_data import RunData
 
 st.set_page_config(page_title="Compare runs", layout="wide")
 st.title("Compare runs")
 #: Analyses whose tables hold one estimate per (item, metric, axis, group).
-COMPARABLE = [name for name in ANALYSES if name not in {"confusion", "term_examples"}]
+COMPARABLE = [name for name in analysis_tables() if name not in {"confusion", "term_examples"}]
 
 
 @st.cache_data(show_spinner="Running paired tests…", max_entries=16)
