@@ -272,7 +272,7 @@ def build_thumbnails(
     """``sample_id, jpeg`` for the ``wanted`` samples with a readable image (one per sample)."""
     from PIL import Image
 
-    from audit.run.executor import thumbnail_jpeg
+    from audit.store.thumbnails import thumbnail_jpeg
 
     rows: list[dict[str, Any]] = []
     if column is None or column not in source.frame.columns:

@@ -7,7 +7,6 @@ that is a broken model or setup rather than a bad sample.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -26,8 +25,7 @@ from audit.backends.hf.fast.policy import VERIFIED_TRANSFORMERS
 from audit.datasets.base import Sample
 from audit.errors import AuditError
 from audit.spec import ClassificationTaskSpec, ProbeSpec, PromptSpec
-
-THUMBNAIL_PX = 96
+from audit.store.thumbnails import thumbnail_jpeg
 
 Request = TypeVar("Request")
 Result = TypeVar("Result")
@@ -82,14 +80,6 @@ def load_item(item: WorkItem) -> LoadedItem:
         return LoadedItem(item, image.convert("RGB"), None)
     except Exception as error:  # any decoding problem is this sample's, not the run's
         return LoadedItem(item, None, describe_exception(error))
-
-
-def thumbnail_jpeg(image: Image.Image) -> bytes:
-    small = image.copy()
-    small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
 
 
 class SystemicFailure(AuditError):
