@@ -146,7 +146,7 @@ def check_stored(run_dir: Path, n_images: int) -> str:
     from audit.store.tables import RunStore
 
     store = RunStore.open(run_dir)
-    status = store.manifest()["status"]
+    status = store.manifest().status.value
     rows = store.count("generations")
     parts = {t: len(store.parts(t)) for t in ("generations", "thumbnails")}
     if status != "complete" or rows != n_images or store.count("thumbnails") != n_images:

@@ -145,5 +145,5 @@ def test_corrupt_and_missing_images_become_error_rows(model: Path, tmp_path: Pat
     assert failed["error"].str.len().gt(0).all() and failed["generation"].isna().all()
     classifications = RunStore.open(tmp_path / "run").read("classifications")
     assert classifications["error"].notna().sum() == 2
-    manifest = RunStore.open(tmp_path / "run").manifest()
+    manifest = RunStore.open(tmp_path / "run").manifest().to_json()
     assert manifest["status"] == "complete" and manifest["rows"]["errors"] == 6

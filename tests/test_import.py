@@ -87,7 +87,7 @@ def test_m4_preset_from_parquet(tmp_path: Path) -> None:
     frames = {}
     for run_dir, model_key in zip(dirs, ("80B", "9B"), strict=True):
         store = RunStore.open(run_dir)
-        manifest = store.manifest()
+        manifest = store.manifest().to_json()
         assert manifest["schema_version"] == SCHEMA_VERSION
         assert manifest["status"] == "imported"
         assert manifest["group_axes"] == ["gender", "ethnicity", "age"]
@@ -134,7 +134,7 @@ def test_m4_preset_from_dataset_folders(tmp_path: Path, layout: str) -> None:
     assert len(generations) == 27
     assert sorted(generations["age"].unique()) == AGES  # class labels stored as their names
     assert store.count("thumbnails") == 9
-    assert store.manifest()["dataset"]["source"] == ("disk" if layout == "save_to_disk" else "hub")
+    assert store.manifest().dataset["source"] == ("disk" if layout == "save_to_disk" else "hub")
 
 
 def test_reimport_adds_nothing_twice(tmp_path: Path) -> None:
@@ -144,12 +144,12 @@ def test_reimport_adds_nothing_twice(tmp_path: Path) -> None:
     assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
     run_dir = out / "gens-idefics-9b-instruct"
     parts = RunStore(run_dir).parts("generations")
-    probe = RunStore.open(run_dir).manifest()["probe"]
+    probe = RunStore.open(run_dir).manifest().to_json()["probe"]
     probe["analysis"]["toxicity"]["scorer"] = "detoxify:unbiased"  # the user's own setting
     RunStore(run_dir).update_manifest(probe=probe)
     assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
     store = RunStore.open(run_dir)
-    assert store.manifest()["probe"]["analysis"]["toxicity"]["scorer"] == "detoxify:unbiased"
+    assert store.manifest().probe["analysis"]["toxicity"]["scorer"] == "detoxify:unbiased"
     assert store.parts("generations") == parts
     assert len(pq_rows(store, "generations")) == 18
     assert len(pq_rows(store, "thumbnails")) == 6
@@ -157,8 +157,8 @@ def test_reimport_adds_nothing_twice(tmp_path: Path) -> None:
     pd.DataFrame(m4_rows(8, with_age=False)).to_parquet(source)
     assert invoke(str(source), "--preset", "m4-bias-eval", "--out", str(out)).exit_code == 0
     assert len(pq_rows(store, "generations")) == 24
-    assert store.manifest()["rows"]["generations"] == 24
-    assert store.manifest()["group_axes"] == ["gender", "ethnicity"]
+    assert store.manifest().to_json()["rows"]["generations"] == 24
+    assert store.manifest().to_json()["group_axes"] == ["gender", "ethnicity"]
 
 
 def pq_rows(store: RunStore, table: str) -> pd.DataFrame:
@@ -208,13 +208,13 @@ def test_mapped_csv_one_run_per_model(tmp_path: Path) -> None:
     assert len(a) == len(b) == 8
     assert set(a["sample_id"]) == {f"face{i}" for i in range(4)}
     assert a.loc[a["sample_id"].eq("face1"), "gender"].unique().tolist() == ["man"]
-    assert store_a.manifest()["prompts"] == [
+    assert store_a.manifest().to_json()["prompts"] == [
         {"id": "job", "text": "Write a job."},
         {"id": "story", "text": "Write a story."},
     ]
     errors = b[b["finish_reason"].eq("error")]
     assert errors[["sample_id", "prompt_id"]].values.tolist() == [["face2", "story"]]
-    assert store_b.manifest()["rows"]["errors"] == 1
+    assert store_b.manifest().to_json()["rows"]["errors"] == 1
     assert store_a.count("thumbnails") == 0  # no image column: no thumbnails, no failure
 
 

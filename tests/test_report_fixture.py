@@ -347,7 +347,7 @@ def analysed_simulated_run(tmp_path_factory) -> Path:  # type: ignore[no-untyped
         cached_toxicity_scores(run, scorer)
         store = RunStore(run)
         analysis = {"toxicity": {"scorer": scorer}, "n_permutations": 200, "n_bootstrap": 200}
-        store.update_manifest(probe={**store.manifest()["probe"], "analysis": analysis})
+        store.update_manifest(probe={**store.manifest().to_json()["probe"], "analysis": analysis})
         analyze_run(run)
         _SIMULATED["run"] = run
     return _SIMULATED["run"]

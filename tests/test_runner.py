@@ -100,7 +100,7 @@ def test_run_stores_every_table_with_its_schema(
         assert row["correct"] == (row["prediction"] == row["target"])
         assert all(row[f"n_tokens_{value}"] >= 1 for value in scores)
     assert_one_row_per_key(run_dir)
-    manifest = RunStore.open(run_dir).manifest()
+    manifest = RunStore.open(run_dir).manifest().to_json()
     assert manifest["status"] == "complete"
     assert manifest["rows"] == {"generations": 24, "classifications": 24, "errors": 0}
     assert manifest["model"]["model_type"] == family
@@ -134,7 +134,7 @@ def test_resume_after_an_exception_loses_and_duplicates_nothing(
         run_probe_file(probe, RunOptions(out=run_dir, progress=False, flush_rows=1))
     kept = len(stored(run_dir, "generations")) + len(stored(run_dir, "classifications"))
     assert 0 < kept < 48
-    assert RunStore.open(run_dir).manifest()["status"] == "partial"
+    assert RunStore.open(run_dir).manifest().to_json()["status"] == "partial"
 
     monkeypatch.setattr(execution.BatchExecutor, "run", original)
     result = run_probe_file(probe, RunOptions(out=run_dir, progress=False))
@@ -200,7 +200,7 @@ def test_two_shards_equal_one_run(models: dict[str, Path], tmp_path: Path) -> No
         a = stored(whole, table).sort_values(keys).reset_index(drop=True)
         b = stored(sharded, table).sort_values(keys).reset_index(drop=True)
         pd.testing.assert_frame_equal(a[b.columns], b, check_dtype=False)
-    assert RunStore.open(sharded).manifest()["status"] == "complete"
+    assert RunStore.open(sharded).manifest().to_json()["status"] == "complete"
     code, status = run_cli("status", str(sharded))
     assert code == 0 and "shard 1-of-2" in status and "shard 2-of-2" in status
 

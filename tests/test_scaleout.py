@@ -47,7 +47,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         assert len(raw) == len(want), f"{table}: parts hold duplicates after the run completed"
     thumbnails = store.read("thumbnails")
     assert sorted(thumbnails["sample_id"]) == sorted(expected.read("thumbnails")["sample_id"])
-    manifest = store.manifest()
+    manifest = store.manifest().to_json()
     assert manifest["status"] == "complete"
     assert manifest["rows"] == {"generations": 24, "classifications": 24, "errors": 0}
 

@@ -80,7 +80,7 @@ def write_run(root: Path, rows: pd.DataFrame, scorer: str, **toxicity: Any) -> R
 
 def run_toxicity(store: RunStore) -> pd.DataFrame:
     manifest = store.manifest()
-    settings = AnalysisSpec.model_validate(manifest["probe"]["analysis"])
+    settings = AnalysisSpec.model_validate(manifest.probe["analysis"])
     return analysis("toxicity").run(AnalysisContext(store, manifest, settings))
 
 

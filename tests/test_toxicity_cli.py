@@ -42,7 +42,7 @@ def imported_run(tmp_path: Path) -> RunStore:
 
 
 def use_scorer(store: RunStore, scorer: str) -> None:
-    probe = store.manifest()["probe"]
+    probe = store.manifest().to_json()["probe"]
     toxicity = {**probe["analysis"]["toxicity"], "scorer": scorer}
     analysis = {**probe["analysis"], "toxicity": toxicity}
     store.update_manifest(probe={**probe, "analysis": {**analysis, "n_bootstrap": 200}})

@@ -11,12 +11,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from audit.errors import RunDirError
+from audit.store.schema import Manifest
 from audit.store.tables import error_mask
 
 INTERSECTION = " x "
@@ -79,10 +79,10 @@ def discover_axes(
     return axes
 
 
-def prompt_ids(manifest: dict[str, Any], frame: pd.DataFrame) -> list[str]:
+def prompt_ids(manifest: Manifest, frame: pd.DataFrame) -> list[str]:
     """The manifest's prompts in probe order, then any other prompt found in the table (a
     listed prompt with no rows still gets its rows marked ``insufficient data``)."""
-    listed = [str(p["id"]) for p in manifest.get("prompts") or [] if "id" in p]
+    listed = manifest.prompt_ids()
     found = sorted(set(frame["prompt_id"].astype(str))) if "prompt_id" in frame else []
     return list(dict.fromkeys(listed + found))
 

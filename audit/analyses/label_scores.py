@@ -10,10 +10,11 @@ the per-token mean). Without score columns (an import), ``sum`` falls back to th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from audit.store.schema import Manifest
 
 SCORINGS = ("sum", "mean")
 #: Metric name suffix per scoring: ``accuracy`` is the card's summed log-likelihood.
@@ -29,13 +30,12 @@ class Task:
     values: tuple[str, ...]
 
 
-def tasks_of(manifest: dict[str, Any], frame: pd.DataFrame) -> list[Task]:
+def tasks_of(manifest: Manifest, frame: pd.DataFrame) -> list[Task]:
     """Tasks named in the manifest, then any other task found in the table."""
     tasks: dict[str, Task] = {}
-    for item in manifest.get("tasks") or []:
-        labels = item.get("labels") or {}
-        values = tuple(dict.fromkeys(str(v) for v in labels.values()))
-        tasks[str(item["id"])] = Task(str(item["id"]), item.get("target"), values)
+    for item in manifest.tasks:
+        values = tuple(dict.fromkeys(str(v) for v in item.labels.values()))
+        tasks[item.id] = Task(item.id, item.target or None, values)
     if "task_id" in frame:
         for task_id in sorted(set(frame["task_id"].astype(str)) - set(tasks)):
             rows = frame[frame["task_id"].astype(str) == task_id]

@@ -21,6 +21,7 @@ from audit.analyses.findings import Finding, findings_for
 from audit.analyses.registry import Analysis, AnalysisContext, analyses
 from audit.errors import AuditError, ProbeError, RunDirError
 from audit.spec import AnalysisSpec, format_validation_error
+from audit.store.schema import Manifest
 from audit.store.tables import RunStore, error_mask
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -48,9 +49,11 @@ class AnalysisResult:
         lines = [
             f"analyzed {terminal_safe(str(self.run_dir))} (run status: {s.get('run_status')}; "
             f"analysis status: {s.get('status')})",
-            "  rows: " + ", ".join(
+            "  rows: "
+            + ", ".join(
                 f"{t} {c.get('stored', 0)}/{c.get('expected') or '?'}"
-                f" ({c.get('errors', 0)} error rows excluded)" for t, c in counts.items()
+                f" ({c.get('errors', 0)} error rows excluded)"
+                for t, c in counts.items()
             ),
         ]
         if s.get("status") == "partial":
@@ -70,12 +73,11 @@ class AnalysisResult:
 
 
 def analysis_settings(
-    manifest: dict[str, Any], manifest_path: Path, overrides: Sequence[str] = ()
+    manifest: Manifest, manifest_path: Path, overrides: Sequence[str] = ()
 ) -> AnalysisSpec:
     """The probe's ``analysis`` section from the manifest (defaults when absent), with
     ``KEY=VALUE`` overrides (``audit analyze --set``) applied on top."""
-    probe = manifest.get("probe") or {}
-    data = probe.get("analysis") if isinstance(probe, dict) else None
+    data = manifest.probe.get("analysis")
     data = dict(data) if isinstance(data, dict) else {}
     origin = str(manifest_path)
     try:
@@ -129,19 +131,23 @@ def _selected(only: Sequence[str] | None) -> list[Analysis]:
 
 
 def _counts(context: AnalysisContext) -> dict[str, dict[str, Any]]:
-    expected = context.manifest.get("expected") or {}
+    expected = context.manifest.expected.model_dump()
     counts = {}
     for table in ("generations", "classifications"):
         frame = context.generations if table == "generations" else context.classifications
-        counts[table] = {"stored": len(frame), "errors": int(error_mask(frame).sum()),
-                         "expected": expected.get(table)}
+        counts[table] = {
+            "stored": len(frame),
+            "errors": int(error_mask(frame).sum()),
+            "expected": expected.get(table),
+        }
     return counts
 
 
-def _status(manifest: dict[str, Any], counts: dict[str, dict[str, Any]]) -> tuple[str, str]:
-    run_status = str(manifest.get("status") or "unknown")
+def _status(manifest: Manifest, counts: dict[str, dict[str, Any]]) -> tuple[str, str]:
+    run_status = manifest.status.value
     missing = [
-        f"{c['stored']} of {c['expected']} {t} stored" for t, c in counts.items()
+        f"{c['stored']} of {c['expected']} {t} stored"
+        for t, c in counts.items()
         if isinstance(c["expected"], int) and c["stored"] < c["expected"]
     ]
     if run_status in {"running", "partial", "failed"} or missing:
@@ -218,7 +224,7 @@ def analyze_run(
 
 def _summary(
     store: RunStore,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     counts: dict[str, dict[str, Any]],
     entries: dict[str, dict[str, Any]],
     findings: list[Finding],
@@ -228,9 +234,10 @@ def _summary(
     kept = {k: v for k, v in (previous.get("analyses") or {}).items() if k not in entries}
     kept_findings = [f for f in previous.get("findings") or [] if f.get("analysis") in kept]
     return {
-        "status": status, "status_detail": detail,
-        "run_status": str(manifest.get("status") or "unknown"),
-        "simulated": bool(manifest.get("simulated", False)),
+        "status": status,
+        "status_detail": detail,
+        "run_status": manifest.status.value,
+        "simulated": manifest.simulated,
         "counts": counts,
         "excluded_error_rows": {t: c["errors"] for t, c in counts.items()},
         "analyses": {**kept, **entries},

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from audit.spec import AnalysisSpec
+from audit.store.schema import Manifest
 from audit.store.tables import RunStore
 
 #: The analysis modules, in the order they run and are shown.
@@ -36,12 +37,12 @@ class AnalysisContext:
     """What an analysis may read: the run's tables, its manifest and the probe's settings."""
 
     store: RunStore
-    manifest: dict[str, Any]
+    manifest: Manifest
     settings: AnalysisSpec = field(default_factory=AnalysisSpec)
 
     @property
     def group_axes(self) -> list[str]:
-        return list(self.manifest.get("group_axes", []))
+        return list(self.manifest.group_axes)
 
     @cached_property
     def generations(self) -> pd.DataFrame:

@@ -137,8 +137,8 @@ def _score_into_cache(
 def _probe_location(context: AnalysisContext) -> tuple[Path, str]:
     """Where relative scorer paths resolve from, and which file to name in errors."""
     manifest = context.manifest
-    probe_path = manifest.get("probe_path")
-    probe_dir = (manifest.get("probe") or {}).get("probe_dir")
+    probe_path = manifest.probe_path
+    probe_dir = manifest.probe.get("probe_dir")
     if probe_path:
         return Path(probe_dir or Path(probe_path).parent), str(probe_path)
     origin = f"{context.store.manifest_path} (probe)"

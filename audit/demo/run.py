@@ -51,7 +51,7 @@ def _write_simulation(run_dir: Path, analysis: dict[str, object]) -> None:
     from audit.store.tables import RunStore
 
     store = RunStore(write_simulated_run(run_dir, seed=0))
-    store.update_manifest(probe={**store.manifest()["probe"], "analysis": analysis})
+    store.update_manifest(probe={**store.manifest().probe, "analysis": analysis})
 
 
 def run_demo(out: Path) -> None:

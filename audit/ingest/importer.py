@@ -31,6 +31,7 @@ from audit.errors import AuditError, DatasetError
 from audit.ingest.source import SourceTable, read_source
 from audit.spec import AnalysisSpec, parse_probe
 from audit.store.provenance import hardware, now_iso, package_versions
+from audit.store.schema import Expected, Manifest, ModelInfo, Producer, RunStatus
 from audit.store.tables import RunStore
 
 ROLES = ("sample_id", "prompt_id", "prompt", "generation", "model_id", "image")
@@ -302,10 +303,10 @@ def open_target(run_dir: Path, run: ImportedRun) -> RunStore:
     store = RunStore(run_dir)
     if store.exists():
         manifest = RunStore.open(run_dir).manifest()
-        if manifest.get("status") != "imported" or manifest.get("group_axes") != list(run.axes):
+        if manifest.producer != Producer.IMPORT or manifest.group_axes != list(run.axes):
             raise AuditError(
-                f"{run_dir}: holds another run (status {manifest.get('status')!r}, group axes "
-                f"{manifest.get('group_axes')}); import into another --out folder"
+                f"{run_dir}: holds another run (status {manifest.status.value!r}, group axes "
+                f"{manifest.group_axes}); import into another --out folder"
             )
     return store
 
@@ -336,12 +337,10 @@ def write_run(
 
 def _manifest(
     store: RunStore, run: ImportedRun, source: SourceTable, options: ImportOptions
-) -> dict[str, Any]:
-    previous = store.manifest() if store.exists() else {}
+) -> Manifest:
+    previous = store.manifest() if store.exists() else Manifest(started_at=now_iso())
     # Analysis settings edited in an earlier import's manifest survive a re-import.
-    analysis = (previous.get("probe") or {}).get("analysis") or AnalysisSpec().model_dump(
-        mode="json"
-    )
+    analysis = previous.probe.get("analysis") or AnalysisSpec().model_dump(mode="json")
     probe = parse_probe(
         {
             "name": run.run_id,
@@ -360,38 +359,29 @@ def _manifest(
         f"{source.origin} (import)",
         Path.cwd(),
     ).model_dump(mode="json", exclude={"probe_dir"})
-    return {
-        "run_id": run.run_id,
-        "probe": probe,
-        "model": {
-            "id": run.model_id,
-            "revision": None,
-            "backend": "imported",
-            "model_type": None,
-            "dtype": None,
-            "device": None,
-            "image_processor": None,
-        },
-        "dataset": {**source.provenance, "n_samples": int(run.generations["sample_id"].nunique())},
-        "group_axes": list(run.axes),
-        "prompts": run.prompts,
-        "tasks": [],
-        "expected": {"generations": len(run.generations), "classifications": 0},
-        "rows": store.row_counts(),
-        "status": "imported",
-        "provenance": {
+    return Manifest(
+        run_id=run.run_id,
+        producer=Producer.IMPORT,
+        status=RunStatus.IMPORTED,
+        probe=probe,
+        model=ModelInfo(id=run.model_id, backend="imported"),
+        dataset={**source.provenance, "n_samples": int(run.generations["sample_id"].nunique())},
+        group_axes=list(run.axes),
+        prompts=run.prompts,
+        expected=Expected(generations=len(run.generations)),
+        rows=store.row_counts(),
+        provenance={
             "source": options.source,
             "preset": options.preset,
             "mapping": options.mapping,
             "groups": run.axes,
             "imported_at": now_iso(),
         },
-        "versions": package_versions(),
-        "hardware": hardware(),
-        "seed": None,
-        "started_at": previous.get("started_at", now_iso()),
-        "finished_at": now_iso(),
-    }
+        versions=package_versions(),
+        hardware=hardware(),
+        started_at=previous.started_at or now_iso(),
+        finished_at=now_iso(),
+    )
 
 
 # -- small conversions ----------------------------------------------------------------------

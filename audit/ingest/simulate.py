@@ -20,18 +20,23 @@ import itertools
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from audit.store.schema import Expected, Manifest, ModelInfo, Producer, RunStatus
 from audit.store.tables import RunStore
 
 FAIRFACE_AXES: dict[str, tuple[str, ...]] = {
     "gender": ("Male", "Female"),
     "race": (
-        "East Asian", "Indian", "Black", "White", "Middle Eastern", "Latino_Hispanic",
+        "East Asian",
+        "Indian",
+        "Black",
+        "White",
+        "Middle Eastern",
+        "Latino_Hispanic",
         "Southeast Asian",
     ),
 }
@@ -121,8 +126,9 @@ def _group_rates(
     return rates
 
 
-def _texts(simulation: Simulation, images: pd.DataFrame, prompt_id: str,
-           rng: np.random.Generator) -> list[str]:
+def _texts(
+    simulation: Simulation, images: pd.DataFrame, prompt_id: str, rng: np.random.Generator
+) -> list[str]:
     planted = {p.term for p in simulation.planted_terms}
     vocabulary = np.array(simulated_vocabulary(simulation.vocabulary_size, planted))
     weights = 1.0 / (np.arange(vocabulary.size) + 2.7) ** 1.1  # Zipf–Mandelbrot
@@ -163,8 +169,9 @@ def simulate_generations(simulation: Simulation) -> pd.DataFrame:
         texts[refuse] = REFUSAL_TEXT
         n_tokens = np.array([round(1.3 * len(t.split())) + 1 for t in texts])
         reason = np.where(rng.random(len(images)) < simulation.length_rate, "length", "eos")
-        n_tokens = np.where(reason == "length", MAX_NEW_TOKENS,
-                            np.minimum(n_tokens, MAX_NEW_TOKENS))
+        n_tokens = np.where(
+            reason == "length", MAX_NEW_TOKENS, np.minimum(n_tokens, MAX_NEW_TOKENS)
+        )
         failed = rng.random(len(images)) < simulation.error_rate
         frame["generation"] = np.where(failed, None, texts)
         frame["n_new_tokens"] = np.where(failed, 0, n_tokens).astype(int)
@@ -173,8 +180,17 @@ def simulate_generations(simulation: Simulation) -> pd.DataFrame:
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table["model_id"] = SIMULATED_MODEL
-    columns = ["sample_id", "prompt_id", "model_id", *simulation.axes, "prompt", "generation",
-               "n_new_tokens", "finish_reason", "error"]
+    columns = [
+        "sample_id",
+        "prompt_id",
+        "model_id",
+        *simulation.axes,
+        "prompt",
+        "generation",
+        "n_new_tokens",
+        "finish_reason",
+        "error",
+    ]
     return table[columns]
 
 
@@ -220,8 +236,7 @@ def demo_simulation(seed: int = 0) -> Simulation:
         planted_terms=(
             PlantedTerm("umbrella", "gender", "Female", rate=0.30, base_rate=0.08),
             PlantedTerm("bicycle", "race", "East Asian", rate=0.35, base_rate=0.06),
-            PlantedTerm("lantern", "race", "Black", rate=0.30, base_rate=0.05,
-                        prompt_id="story"),
+            PlantedTerm("lantern", "race", "Black", rate=0.30, base_rate=0.05, prompt_id="story"),
         ),
         refusal_rate=0.05,
         planted_refusals=(PlantedRate("race", "Indian", 0.25),),
@@ -233,37 +248,59 @@ def demo_simulation(seed: int = 0) -> Simulation:
     )
 
 
-def _manifest(simulation: Simulation, run_dir: Path, counts: dict[str, int]) -> dict[str, Any]:
+def _manifest(simulation: Simulation, run_dir: Path, counts: dict[str, int]) -> Manifest:
     prompts = [{"id": p, "text": f"(simulated prompt '{p}')"} for p in simulation.prompts]
     tasks = [
-        {"id": axis, "target": axis,
-         "labels": {v.lower().replace("_", " "): v for v in simulation.axes[axis]}}
+        {
+            "id": axis,
+            "target": axis,
+            "labels": {v.lower().replace("_", " "): v for v in simulation.axes[axis]},
+        }
         for axis in simulation.classification_axes
     ]
     probe = {
-        "version": 1, "name": f"simulated-{simulation.seed}",
+        "version": 1,
+        "name": f"simulated-{simulation.seed}",
         "description": "SIMULATED generations with planted associations (no model was run)",
-        "dataset": {"source": "synthetic", "groups": {a: a for a in simulation.axes},
-                    "n": simulation.n_images, "seed": simulation.seed},
+        "dataset": {
+            "source": "synthetic",
+            "groups": {a: a for a in simulation.axes},
+            "n": simulation.n_images,
+            "seed": simulation.seed,
+        },
         "model": {"id": SIMULATED_MODEL},
         "prompts": prompts or None,
         "classification": [
-            {"id": t["id"], "target": t["target"], "template": "a photo of a {label} person.",
-             "labels": t["labels"]} for t in tasks
-        ] or None,
+            {
+                "id": t["id"],
+                "target": t["target"],
+                "template": "a photo of a {label} person.",
+                "labels": t["labels"],
+            }
+            for t in tasks
+        ]
+        or None,
     }
     probe = {k: v for k, v in probe.items() if v is not None}
-    return {
-        "run_id": run_dir.name, "probe": probe, "simulated": True,
-        "simulation": {**asdict(simulation),
-                       "axes": {k: list(v) for k, v in simulation.axes.items()}},
-        "model": {"id": SIMULATED_MODEL, "revision": None, "backend": "simulation"},
-        "dataset": {"source": "simulated", "n_samples": simulation.n_images},
-        "group_axes": list(simulation.axes), "prompts": prompts, "tasks": tasks,
-        "expected": {"generations": simulation.n_images * len(simulation.prompts),
-                     "classifications": simulation.n_images * len(simulation.classification_axes)},
-        "rows": counts, "status": "complete", "seed": simulation.seed,
-    }
+    return Manifest(
+        run_id=run_dir.name,
+        producer=Producer.SIMULATION,
+        status=RunStatus.COMPLETE,
+        probe=probe,
+        simulated=True,
+        simulation={**asdict(simulation), "axes": {k: list(v) for k, v in simulation.axes.items()}},
+        model=ModelInfo(id=SIMULATED_MODEL, backend="simulation"),
+        dataset={"source": "simulated", "n_samples": simulation.n_images},
+        group_axes=list(simulation.axes),
+        prompts=prompts,
+        tasks=tasks,
+        expected=Expected(
+            generations=simulation.n_images * len(simulation.prompts),
+            classifications=simulation.n_images * len(simulation.classification_axes),
+        ),
+        rows=counts,
+        seed=simulation.seed,
+    )
 
 
 def write_simulated_run(

@@ -28,6 +28,7 @@ from audit.report.provenance_table import analysis_settings, provenance_block
 from audit.report.run_data import RunData, load_runs
 from audit.report.sections import build_sections
 from audit.report.simulation_section import simulation_section
+from audit.store.schema import Producer
 from audit.store.tables import REPORT_HTML, REPORT_MD, write_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -101,11 +102,8 @@ def _setting_text(value: Any) -> str:
 
 def _is_simulated(run: RunData) -> bool:
     manifest = run.manifest
-    sources = {
-        str((manifest.get("dataset") or {}).get("source", "")),
-        str((manifest.get("model") or {}).get("backend", "")),
-    }
-    return bool(manifest.get("simulated")) or "simulated" in sources
+    sources = {str(manifest.dataset.get("source", "")), str(manifest.model.backend or "")}
+    return manifest.producer == Producer.SIMULATION or "simulated" in sources
 
 
 def report_context(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:

@@ -33,38 +33,32 @@ def _text(value: Any) -> str:
 def provenance(run: RunData) -> dict[str, str]:
     """Ordered facts from the manifest (all values from the run directory, to be escaped)."""
     manifest = run.manifest
-    model = manifest.get("model") or {}
-    dataset = manifest.get("dataset") or {}
-    versions = manifest.get("versions") or {}
+    model = manifest.model
+    dataset = manifest.dataset
+    versions = manifest.versions
     summary = run.summary or {}
     facts = {
         "run": run.run_id,
         "status": run.status,
-        "model": _text(model.get("id")),
-        "revision": _text(model.get("revision")),
-        "backend": _text(model.get("backend")),
-        "model type": _text(model.get("model_type")),
-        "dtype / device": f"{_text(model.get('dtype'))} / {_text(model.get('device'))}",
-        "image processor": _text(model.get("image_processor")),
+        "model": _text(model.id),
+        "revision": _text(model.revision),
+        "backend": _text(model.backend),
+        "model type": _text(model.model_type),
+        "dtype / device": f"{_text(model.dtype)} / {_text(model.device)}",
+        "image processor": _text(model.image_processor),
         "dataset": _text(dataset.get("path") or dataset.get("source")),
         "dataset config / split": f"{_text(dataset.get('config'))} / {_text(dataset.get('split'))}",
         "samples": _text(dataset.get("n_samples")),
         "group axes": _text(run.group_axes),
-        "prompts": _text([p.get("id") for p in manifest.get("prompts") or []]),
-        "classification tasks": _text([t.get("id") for t in manifest.get("tasks") or []]),
+        "prompts": _text(manifest.prompt_ids()),
+        "classification tasks": _text(manifest.task_ids()),
         "rows stored / expected": (
-            f"{_text(manifest.get('rows'))} / {_text(manifest.get('expected'))}"
+            f"{_text(manifest.rows.model_dump())} / {_text(manifest.expected.model_dump())}"
         ),
-        "seed": _text(manifest.get("seed")),
-        "started / finished": (
-            f"{_text(manifest.get('started_at'))} / {_text(manifest.get('finished_at'))}"
-        ),
+        "seed": _text(manifest.seed),
+        "started / finished": f"{_text(manifest.started_at)} / {_text(manifest.finished_at)}",
         "hardware": _text(
-            {
-                k: v
-                for k, v in (manifest.get("hardware") or {}).items()
-                if not isinstance(v, (dict, list))
-            }
+            {k: v for k, v in manifest.hardware.items() if not isinstance(v, (dict, list))}
         ),
         "versions": _text({k: versions[k] for k in _VERSION_KEYS if k in versions}),
         "analysis status": _text(summary.get("status")) if summary else "not analysed",
@@ -83,5 +77,4 @@ def provenance_block(runs: Sequence[RunData]) -> Block:
 
 def analysis_settings(run: RunData) -> dict[str, Any]:
     """The probe's analysis settings as recorded in the manifest (empty when not recorded)."""
-    probe = run.manifest.get("probe") or {}
-    return dict(probe.get("analysis") or {})
+    return dict(run.manifest.probe.get("analysis") or {})

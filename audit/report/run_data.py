@@ -15,6 +15,7 @@ import pandas as pd
 
 from audit.analyses.registry import analysis_tables
 from audit.errors import RunDirError
+from audit.store.schema import Manifest
 from audit.store.tables import RunStore
 
 #: Cached raw scores beside the analysis tables; read on demand, not as an analysis.
@@ -26,17 +27,17 @@ class RunData:
     """A loaded run directory. ``tables`` holds every analysis table that exists."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     summary: dict[str, Any] | None
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
-        return str(self.manifest.get("run_id") or self.root.name)
+        return self.manifest.run_id or self.root.name
 
     @property
     def model_id(self) -> str:
-        return str((self.manifest.get("model") or {}).get("id") or "unknown model")
+        return self.manifest.model.id
 
     @property
     def label(self) -> str:
@@ -45,11 +46,11 @@ class RunData:
 
     @property
     def group_axes(self) -> list[str]:
-        return [str(axis) for axis in self.manifest.get("group_axes") or []]
+        return list(self.manifest.group_axes)
 
     @property
     def status(self) -> str:
-        return str(self.manifest.get("status") or "unknown")
+        return self.manifest.status.value
 
     def table(self, name: str) -> pd.DataFrame | None:
         """The analysis table ``name``, or None when it was not analysed."""

@@ -86,7 +86,7 @@ def simulation_section(runs: Sequence[RunData]) -> Section | None:
     """None unless a run is simulated."""
     rows = []
     for run in runs:
-        simulation = run.manifest.get("simulation") if run.manifest.get("simulated") else None
+        simulation = run.manifest.simulation if run.manifest.simulated else None
         if not simulation:
             continue
         prompts = [str(p) for p in simulation.get("prompts", [])]

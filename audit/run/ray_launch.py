@@ -22,6 +22,7 @@ from typing import Any
 from audit.errors import AuditError, MissingDependencyError
 from audit.run.runner import RunOptions, run_probe_file
 from audit.spec import load_probe
+from audit.store.schema import Manifest
 from audit.store.shard import Shard
 from audit.store.shard_record import read_shard_records
 from audit.store.tables import RunStore
@@ -81,18 +82,15 @@ class RayRunResult:
 
     run_dir: Path
     outcomes: list[ShardOutcome]
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def failed(self) -> list[ShardOutcome]:
         return [o for o in self.outcomes if o.error is not None]
 
     def describe(self) -> str:
-        rows, expected = self.manifest.get("rows", {}), self.manifest.get("expected", {})
-        lines = [f"run: {self.run_dir}  status: {self.manifest.get('status', '?')}"]
-        for table in ("generations", "classifications"):
-            if expected.get(table):
-                lines.append(f"{table}: {rows.get(table, 0)} / {expected[table]} stored")
+        lines = [f"run: {self.run_dir}  status: {self.manifest.status.value}"]
+        lines += self.manifest.stored_lines()
         for outcome in self.failed:
             lines.append(f"shard {outcome.shard.label} failed: {outcome.error}")
         if self.failed:

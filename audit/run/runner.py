@@ -30,6 +30,7 @@ from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store.lock import run_lock
 from audit.store.manifest import check_same_probe, finalize_manifest, start_manifest
 from audit.store.provenance import now_iso
+from audit.store.schema import Manifest
 from audit.store.shard import WHOLE, Shard
 from audit.store.shard_record import write_shard_record
 from audit.store.tables import RunStore, is_error_row
@@ -116,19 +117,15 @@ class RunResult:
     rows_written: int
     errors_written: int
     elapsed_s: float
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: Manifest = field(default_factory=Manifest)
 
     def describe(self) -> str:
-        rows = self.manifest.get("rows", {})
-        expected = self.manifest.get("expected", {})
         lines = [
             f"run: {self.run_dir}  status: {self.status}",
             f"this process: {self.rows_written} rows ({self.errors_written} errors) "
             f"in {self.elapsed_s:.1f} s",
+            *self.manifest.stored_lines(),
         ]
-        for table in ("generations", "classifications"):
-            if expected.get(table):
-                lines.append(f"{table}: {rows.get(table, 0)} / {expected[table]} stored")
         if self.status == "running":  # this shard is done, others are still writing
             lines.append(f"other shards are still running: audit status {self.run_dir}")
         else:
@@ -198,7 +195,12 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
             store, shard, process_status=status, elapsed_s=time.perf_counter() - started
         )
     return RunResult(
-        store.root, manifest["status"], written, errors, time.perf_counter() - started, manifest
+        store.root,
+        manifest.status.value,
+        written,
+        errors,
+        time.perf_counter() - started,
+        manifest,
     )
 
 

@@ -12,6 +12,15 @@ from audit.errors import RunDirError
 from audit.spec import ProbeSpec
 from audit.store.lock import run_lock
 from audit.store.provenance import hardware, now_iso, package_versions
+from audit.store.schema import (
+    Expected,
+    Manifest,
+    ModelInfo,
+    Producer,
+    PromptEntry,
+    RunStatus,
+    TaskEntry,
+)
 from audit.store.shard import Shard
 from audit.store.shard_record import read_shard_records, start_shard_record, write_shard_record
 from audit.store.tables import RunStore, write_parquet_atomic
@@ -44,7 +53,7 @@ def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
 
 def check_same_probe(store: RunStore, spec: ProbeSpec) -> None:
     """``RunDirError`` when the run directory holds a run of another probe."""
-    stored = store.manifest().get("fingerprint", {})
+    stored = store.manifest().fingerprint
     differs = [k for k, v in probe_fingerprint(spec).items() if stored.get(k) != v]
     if differs:
         raise RunDirError(
@@ -61,7 +70,7 @@ def start_manifest(
     shard: Shard,
     probe_path: Any,
     launcher: str | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Create the manifest, or mark an existing run as running again after checking it matches.
 
     Held under the run directory's lock: the processes of a sharded run start side by side, and
@@ -81,7 +90,7 @@ def _sample_ids(source: Any) -> pd.DataFrame:
 
 def _start_manifest(
     store: RunStore, spec: ProbeSpec, source: Any, backend: Any, probe_path: Any
-) -> dict[str, Any]:
+) -> Manifest:
     n_samples = len(source)
     expected = {
         "generations": n_samples * len(spec.prompts),
@@ -108,34 +117,35 @@ def _start_manifest(
             dataset={**source.describe(), "n_samples": n_samples},
         )
     else:
-        manifest = {
-            "run_id": store.root.name,
-            "probe": spec.model_dump(mode="json"),
-            "probe_path": str(probe_path) if probe_path else None,
-            "fingerprint": probe_fingerprint(spec),
-            "model": model,
-            "dataset": {**source.describe(), "n_samples": n_samples},
-            "group_axes": list(spec.dataset.groups),
-            "prompts": [{"id": p.id, "text": p.text} for p in spec.prompts],
-            "tasks": [
-                {"id": t.id, "target": t.target, "labels": dict(t.labels)}
-                for t in spec.classification
-            ],
-            "expected": expected,
-            "rows": {"generations": 0, "classifications": 0, "errors": 0},
-            "status": "running",
-            "seed": spec.generation.seed,
-            "versions": package_versions(),
-            "hardware": hardware(),
-            "started_at": now_iso(),
-        }
-        store.write_manifest(manifest)
+        manifest = store.write_manifest(
+            Manifest(
+                run_id=store.root.name,
+                producer=Producer.RUN,
+                status=RunStatus.RUNNING,
+                probe=spec.model_dump(mode="json"),
+                probe_path=str(probe_path) if probe_path else None,
+                fingerprint=probe_fingerprint(spec),
+                model=ModelInfo(**model),
+                dataset={**source.describe(), "n_samples": n_samples},
+                group_axes=list(spec.dataset.groups),
+                prompts=[PromptEntry(id=p.id, text=p.text) for p in spec.prompts],
+                tasks=[
+                    TaskEntry(id=t.id, target=t.target, labels=dict(t.labels))
+                    for t in spec.classification
+                ],
+                expected=Expected(**expected),
+                seed=spec.generation.seed,
+                versions=package_versions(),
+                hardware=hardware(),
+                started_at=now_iso(),
+            )
+        )
     return manifest
 
 
 def finalize_manifest(
     store: RunStore, shard: Shard, *, process_status: str, elapsed_s: float
-) -> dict[str, Any]:
+) -> Manifest:
     """Record this process's end and the run's status as the store now shows it.
 
     Every process of a sharded run finalises under the run directory's lock, so counts and
@@ -154,16 +164,15 @@ def finalize_manifest(
     )
     with run_lock(store.root):
         rows = store.row_counts()
-        manifest = store.manifest()
-        expected = manifest.get("expected", {})
+        expected = store.manifest().expected.model_dump()
         complete = all(rows.get(t, 0) >= n for t, n in expected.items())
         if complete:
             for table in ("generations", "classifications", "thumbnails"):
                 store.compact(table)
-            status = "complete"
+            status = RunStatus.COMPLETE
         else:
             others = [r for r in read_shard_records(store.root) if r.shard != shard]
-            status = "running" if any(r.is_live() for r in others) else "partial"
+            status = RunStatus.RUNNING if any(r.is_live() for r in others) else RunStatus.PARTIAL
         return store.update_manifest(
             rows=rows, status=status, finished_at=now_iso(), elapsed_s=round(elapsed_s, 3)
         )

@@ -93,9 +93,19 @@ def start_shard_record(root: Path, shard: Shard, launcher: str | None) -> None:
     """A new attempt: this process, from now, with nothing written yet."""
     stamp = now_iso()
     write_shard_record(
-        root, shard, status="running", host=socket.gethostname(), pid=os.getpid(),
-        launcher=launcher, started_at=stamp, updated_at=stamp, finished_at=None, elapsed_s=None,
-        rows_written=0, errors_written=0, fast_paths=None,
+        root,
+        shard,
+        status="running",
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        launcher=launcher,
+        started_at=stamp,
+        updated_at=stamp,
+        finished_at=None,
+        elapsed_s=None,
+        rows_written=0,
+        errors_written=0,
+        fast_paths=None,
     )
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from audit.store.manifest import SAMPLES_FILE
+from audit.store.schema import Manifest, RunStatus
 from audit.store.shard import Shard
 from audit.store.shard_record import ShardRecord, read_shard_records
 from audit.store.tables import RunStore, error_mask
@@ -47,7 +48,7 @@ class RunProgress:
     """Where a run stands: one row per expected key and its state, and each shard's share."""
 
     run_dir: Path
-    manifest: dict
+    manifest: Manifest
     states: pd.DataFrame  # table, sample_id, item, state, error
     samples_known: bool
     shards: list[ShardProgress]
@@ -79,8 +80,8 @@ def measure_progress(run_dir: str | Path) -> RunProgress:
     return RunProgress(store.root, manifest, states, known, shards)
 
 
-def _ids(manifest: dict, section: str) -> list[str]:
-    return [str(entry["id"]) for entry in manifest.get(section, [])]
+def _ids(manifest: Manifest, section: str) -> list[str]:
+    return manifest.prompt_ids() if section == "prompts" else manifest.task_ids()
 
 
 def _key_states(
@@ -140,22 +141,22 @@ def describe_status(run_dir: str | Path) -> str:
     manifest = progress.manifest
     lines = [
         f"run: {progress.run_dir}",
-        f"probe: {manifest.get('probe', {}).get('name', '?')}  model: "
-        f"{manifest.get('model', {}).get('id', '?')}  status: {manifest.get('status', '?')}",
+        f"probe: {manifest.probe_name}  model: {manifest.model.id}  "
+        f"status: {manifest.status.value}",
     ]
     for table, _, _ in _ITEMS:
         done, errors = progress.count(table, "done"), progress.count(table, "error")
         total = done + errors + progress.count(table, "missing")
         if not progress.samples_known:
-            total = manifest.get("expected", {}).get(table, total)
+            total = manifest.expected.model_dump().get(table, total)
         if total or done + errors:
             missing = max(total - done - errors, 0)
             lines.append(f"{table}: {done} / {total} done, {errors} errors, {missing} missing")
     lines += [_describe_shard(p) for p in progress.shards]
-    lines += _describe_fast_paths(manifest.get("fast_paths"))
+    lines += _describe_fast_paths(manifest.fast_paths)
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
-    if manifest.get("status") != "complete" and manifest.get("probe_path"):
-        command = f"audit run {manifest['probe_path']} --out {progress.run_dir}"
+    if manifest.status != RunStatus.COMPLETE and manifest.probe_path:
+        command = f"audit run {manifest.probe_path} --out {progress.run_dir}"
         lines += _describe_resume(progress, command)
     return "\n".join(lines)
 
@@ -182,7 +183,8 @@ def _describe_resume(progress: RunProgress, command: str) -> list[str]:
     if len(counts) != 1 or counts == {1} or not progress.samples_known:
         return [f"resume with: {command}"]
     unfinished = [
-        p for p in progress.shards
+        p
+        for p in progress.shards
         if (p.missing or p.errors) and not (p.record and p.record.is_live())
     ]
     return [

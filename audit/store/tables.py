@@ -30,11 +30,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from audit.errors import RunDirError
-
-# Bump when a stored column changes meaning; readers check it before trusting a run.
-SCHEMA_VERSION = 1
+from audit.spec import format_validation_error
+from audit.store.schema import SCHEMA_VERSION, Manifest
 
 TABLE_KEYS: dict[str, tuple[str, ...]] = {
     "generations": ("sample_id", "prompt_id"),
@@ -147,12 +147,7 @@ class RunStore:
                 f"{store.root}: not a run directory (no {MANIFEST}); "
                 "create one with 'audit run PROBE.yaml' or 'audit import'"
             )
-        version = store.manifest().get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise RunDirError(
-                f"{store.root / MANIFEST}: schema_version {version!r} is not supported "
-                f"(this version of audit reads {SCHEMA_VERSION})"
-            )
+        store.manifest()  # checks it
         return store
 
     def clear(self) -> None:
@@ -169,22 +164,38 @@ class RunStore:
     def exists(self) -> bool:
         return (self.root / MANIFEST).is_file()
 
-    def manifest(self) -> dict[str, Any]:
+    def manifest(self) -> Manifest:
+        """The manifest, checked (``RunDirError`` naming the file and the key if it is not)."""
         path = self.root / MANIFEST
         try:
-            return json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise RunDirError(f"{self.root}: not a run directory (no {MANIFEST})") from None
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RunDirError(f"{path}: not valid JSON ({error})") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path}: expected a JSON object of keys, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise RunDirError(
+                f"{path}: schema_version {version!r} is not supported "
+                f"(this version of audit reads {SCHEMA_VERSION})"
+            )
+        try:
+            return Manifest.model_validate(data)
+        except ValidationError as error:
+            raise RunDirError(format_validation_error(str(path), error)) from None
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomic(self.root / MANIFEST, {"schema_version": SCHEMA_VERSION, **manifest})
-
-    def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        manifest = {**self.manifest(), **fields}
-        self.write_manifest(manifest)
+    def write_manifest(self, manifest: Manifest | dict[str, Any]) -> Manifest:
+        """Write the manifest (a mapping is checked against ``Manifest`` first)."""
+        if not isinstance(manifest, Manifest):
+            manifest = Manifest.model_validate(manifest)
+        write_json_atomic(self.root / MANIFEST, manifest.to_json())
         return manifest
+
+    def update_manifest(self, **fields: Any) -> Manifest:
+        """The stored manifest with ``fields`` changed, written back."""
+        return self.write_manifest({**self.manifest().to_json(), **fields})
 
     # -- tables ----------------------------------------------------------------------------
     def parts(self, table: str) -> list[Path]:

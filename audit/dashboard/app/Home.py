@@ -37,9 +37,9 @@ def show_run(run: RunData) -> None:
     columns = st.columns(4)
     columns[0].metric("Status", facts["status"])
     columns[1].metric("Samples", facts["samples"])
-    columns[2].metric("Prompts", len(run.manifest.get("prompts") or []))
-    columns[3].metric("Tasks", len(run.manifest.get("tasks") or []))
-    if run.manifest.get("simulated"):
+    columns[2].metric("Prompts", len(run.manifest.prompts))
+    columns[3].metric("Tasks", len(run.manifest.tasks))
+    if run.manifest.simulated:
         st.warning("SIMULATED run: generated with planted associations; it describes no model.")
         planted = simulation_section([run])
         if planted is not None:

@@ -1,0 +1,141 @@
+"""What a run directory's manifest holds, declared once and checked when it is read or written.
+
+Runs, imports and simulations write a ``Manifest``; every reader gets one back from
+``RunStore.manifest()``, or a ``RunDirError`` naming the file and the key that is wrong. Keys
+this version does not know are kept, so a manifest written by another version survives a
+round trip.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# Bump when a stored column or manifest key changes meaning; readers check it first.
+SCHEMA_VERSION = 1
+
+
+class Producer(StrEnum):
+    """What filled the run directory."""
+
+    RUN = "run"  # audit run: a model
+    IMPORT = "import"  # audit import: generations made elsewhere
+    SIMULATION = "simulation"  # planted effects, no model
+
+
+class RunStatus(StrEnum):
+    """How far the run got."""
+
+    RUNNING = "running"  # a process is (or was, if it died) writing it
+    PARTIAL = "partial"  # stopped before every row was stored
+    COMPLETE = "complete"  # every expected row is stored
+    FAILED = "failed"
+    IMPORTED = "imported"  # what an import held (complete by definition)
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class PromptEntry(_Entry):
+    id: str
+    text: str = ""
+
+
+class TaskEntry(_Entry):
+    id: str
+    target: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ModelInfo(_Entry):
+    """The model that produced the run, as its backend described it."""
+
+    id: str = "unknown model"
+    revision: str | None = None
+    backend: str | None = None
+    model_type: str | None = None
+    dtype: str | None = None
+    device: str | None = None
+    image_processor: str | None = None
+
+
+class Expected(_Entry):
+    generations: int = 0
+    classifications: int = 0
+
+
+class Stored(Expected):
+    errors: int = 0
+
+
+class Manifest(BaseModel):
+    """``manifest.json``: what a run is and how far it got (docs/run_directory.md)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str = ""
+    producer: Producer = Producer.RUN
+    status: RunStatus = RunStatus.RUNNING
+    #: The resolved probe (every default filled in), as JSON.
+    probe: dict[str, Any] = Field(default_factory=dict)
+    probe_path: str | None = None
+    #: A short hash per probe section, to refuse resuming into a run of another probe.
+    fingerprint: dict[str, str] = Field(default_factory=dict)
+    model: ModelInfo = Field(default_factory=ModelInfo)
+    dataset: dict[str, Any] = Field(default_factory=dict)
+    group_axes: list[str] = Field(default_factory=list)
+    prompts: list[PromptEntry] = Field(default_factory=list)
+    tasks: list[TaskEntry] = Field(default_factory=list)
+    expected: Expected = Field(default_factory=Expected)
+    rows: Stored = Field(default_factory=Stored)
+    seed: int | None = None
+    versions: dict[str, Any] = Field(default_factory=dict)
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    started_at: str | None = None
+    resumed_at: str | None = None
+    finished_at: str | None = None
+    elapsed_s: float | None = None
+    #: Which speedups the run used after its self-check (``backends.hf.fast.policy``).
+    fast_paths: dict[str, Any] | None = None
+    #: A simulated run, and what was planted in it.
+    simulated: bool = False
+    simulation: dict[str, Any] | None = None
+    #: An imported run: where from, and how its columns were mapped.
+    provenance: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _producer_of_older_manifests(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "producer" not in data:
+            if data.get("simulated"):
+                data = {**data, "producer": Producer.SIMULATION}
+            elif data.get("status") == RunStatus.IMPORTED:
+                data = {**data, "producer": Producer.IMPORT}
+        return data
+
+    @property
+    def probe_name(self) -> str:
+        return str(self.probe.get("name") or "?")
+
+    def task_ids(self) -> list[str]:
+        return [task.id for task in self.tasks]
+
+    def prompt_ids(self) -> list[str]:
+        return [prompt.id for prompt in self.prompts]
+
+    def stored_lines(self) -> list[str]:
+        """``generations: 48 / 48 stored`` for each table the run expects rows in."""
+        rows, expected = self.rows.model_dump(), self.expected.model_dump()
+        return [
+            f"{table}: {rows.get(table, 0)} / {expected[table]} stored"
+            for table in ("generations", "classifications")
+            if expected.get(table)
+        ]
+
+    def to_json(self) -> dict[str, Any]:
+        """As stored: plain JSON types, ``schema_version`` first."""
+        return self.model_dump(mode="json")
