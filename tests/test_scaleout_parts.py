@@ -128,13 +128,15 @@ def test_reads_see_every_row_while_another_process_compacts(tmp_path: Path) -> N
     stop = threading.Event()
 
     def write_and_compact() -> None:
-        for i in range(150):
-            store.append("generations", pd.DataFrame({"sample_id": [f"s{i}"], "prompt_id": ["p"],
-                                                      "finish_reason": ["eos"]}))
-            stored.append(f"s{i}")
-            if i % 3 == 2:
-                store.compact("generations")
-        stop.set()
+        try:
+            for i in range(150):
+                row = {"sample_id": [f"s{i}"], "prompt_id": ["p"], "finish_reason": ["eos"]}
+                store.append("generations", pd.DataFrame(row))
+                stored.append(f"s{i}")
+                if i % 3 == 2:
+                    store.compact("generations")
+        finally:
+            stop.set()  # a writer that failed must not leave the reader looping
 
     writer = threading.Thread(target=write_and_compact)
     writer.start()

@@ -31,7 +31,14 @@ from audit.errors import AuditError, DatasetError
 from audit.ingest.source import SourceTable, read_source
 from audit.spec import AnalysisSpec, parse_probe
 from audit.store.provenance import hardware, now_iso, package_versions
-from audit.store.schema import Expected, Manifest, ModelInfo, Producer, RunStatus
+from audit.store.schema import (
+    GENERATIONS,
+    Expected,
+    Manifest,
+    ModelInfo,
+    Producer,
+    RunStatus,
+)
 from audit.store.tables import RunStore
 
 ROLES = ("sample_id", "prompt_id", "prompt", "generation", "model_id", "image")
@@ -251,18 +258,7 @@ def _run(
         if model_id == _UNKNOWN_MODEL
         else f"{source.stem}-{model_id.rsplit('/', 1)[-1]}"
     )
-    columns = [
-        "sample_id",
-        "prompt_id",
-        "model_id",
-        *axes,
-        "prompt",
-        "generation",
-        "n_new_tokens",
-        "finish_reason",
-        "error",
-        "image_row",
-    ]
+    columns = [*GENERATIONS.columns(axes), "image_row"]
     return ImportedRun(run_id, model_id, rows[columns].reset_index(drop=True), prompts, axes)
 
 

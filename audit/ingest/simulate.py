@@ -25,7 +25,14 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-from audit.store.schema import Expected, Manifest, ModelInfo, Producer, RunStatus
+from audit.store.schema import (
+    GENERATIONS,
+    Expected,
+    Manifest,
+    ModelInfo,
+    Producer,
+    RunStatus,
+)
 from audit.store.tables import RunStore
 
 FAIRFACE_AXES: dict[str, tuple[str, ...]] = {
@@ -180,18 +187,7 @@ def simulate_generations(simulation: Simulation) -> pd.DataFrame:
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table["model_id"] = SIMULATED_MODEL
-    columns = [
-        "sample_id",
-        "prompt_id",
-        "model_id",
-        *simulation.axes,
-        "prompt",
-        "generation",
-        "n_new_tokens",
-        "finish_reason",
-        "error",
-    ]
-    return table[columns]
+    return table[GENERATIONS.columns(simulation.axes)]
 
 
 def _n_tokens(value: str) -> int:

@@ -1,13 +1,15 @@
-"""What a run directory's manifest holds, declared once and checked when it is read or written.
+"""What a run directory holds, declared once: its tables' columns and keys, and its manifest.
 
-Runs, imports and simulations write a ``Manifest``; every reader gets one back from
-``RunStore.manifest()``, or a ``RunDirError`` naming the file and the key that is wrong. Keys
-this version does not know are kept, so a manifest written by another version survives a
-round trip.
+Runs, imports and simulations write rows in the ``TableSchema`` layouts and a ``Manifest``;
+every reader gets a manifest back from ``RunStore.manifest()``, or a ``RunDirError`` naming the
+file and the key that is wrong. Keys this version does not know are kept, so a manifest
+written by another version survives a round trip.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -15,6 +17,44 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bump when a stored column or manifest key changes meaning; readers check it first.
 SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TableSchema:
+    """A stored table: its columns around the probe's group columns, and its key."""
+
+    name: str
+    #: One row per key, whoever wrote it.
+    keys: tuple[str, ...]
+    #: Columns before the group columns.
+    leading: tuple[str, ...]
+    #: Columns after the group columns.
+    trailing: tuple[str, ...] = ()
+    #: Prefixes of the columns a row holds per candidate value (``score_Male``).
+    per_value: tuple[str, ...] = ()
+
+    def columns(self, group_axes: Iterable[str] = ()) -> list[str]:
+        """The table's columns, in order, for a run with these group columns."""
+        return [*self.leading, *group_axes, *self.trailing]
+
+
+GENERATIONS = TableSchema(
+    "generations",
+    keys=("sample_id", "prompt_id"),
+    leading=("sample_id", "prompt_id", "model_id"),
+    trailing=("prompt", "generation", "n_new_tokens", "finish_reason", "error"),
+)
+#: ``score_<value>``: summed log-likelihood of the value's label; ``n_tokens_<value>``: its
+#: token count (docs/run_directory.md).
+CLASSIFICATIONS = TableSchema(
+    "classifications",
+    keys=("sample_id", "task_id"),
+    leading=("sample_id", "task_id", "model_id"),
+    trailing=("target", "prediction", "correct", "error"),
+    per_value=("score_", "n_tokens_"),
+)
+THUMBNAILS = TableSchema("thumbnails", keys=("sample_id",), leading=("sample_id", "jpeg"))
+TABLES: dict[str, TableSchema] = {t.name: t for t in (GENERATIONS, CLASSIFICATIONS, THUMBNAILS)}
 
 
 class Producer(StrEnum):

@@ -34,13 +34,9 @@ from pydantic import ValidationError
 
 from audit.errors import RunDirError
 from audit.spec import format_validation_error
-from audit.store.schema import SCHEMA_VERSION, Manifest
+from audit.store.schema import SCHEMA_VERSION, TABLES, Manifest
 
-TABLE_KEYS: dict[str, tuple[str, ...]] = {
-    "generations": ("sample_id", "prompt_id"),
-    "classifications": ("sample_id", "task_id"),
-    "thumbnails": ("sample_id",),
-}
+TABLE_KEYS: dict[str, tuple[str, ...]] = {name: schema.keys for name, schema in TABLES.items()}
 
 MANIFEST = "manifest.json"
 ANALYSIS_FOLDER = "analysis"
@@ -205,9 +201,16 @@ class RunStore:
         return sorted(folder.glob("part-*.parquet"))
 
     def append(self, table: str, frame: pd.DataFrame) -> Path | None:
-        """Store rows as a new part; returns its path (None for an empty frame)."""
+        """Store rows as a new part; returns its path (None for an empty frame).
+
+        Rows of a declared table (``schema.TABLES``) must hold its key: a writer that leaves it
+        out is a bug, refused before anything is written."""
         if frame.empty:
             return None
+        schema = TABLES.get(table)
+        missing = [c for c in schema.keys if c not in frame.columns] if schema else []
+        if missing:
+            raise ValueError(f"{table} rows without their key column(s) {missing}")
         # Time first so parts sort in write order; the uuid keeps concurrent writers apart.
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
         path = self.root / table / name
