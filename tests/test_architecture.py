@@ -15,7 +15,7 @@ LAYERS = (
     ("dashboard",),
     ("report",),
     ("analyses",),
-    ("run", "ingest"),
+    ("run", "ingest", "scoring"),
     ("backends", "datasets"),
     ("store",),
     ("spec",),

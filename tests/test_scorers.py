@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audit.analyses.scorers import load_scorer
 from audit.demo.tiny_scorer import (
     DETOXIFY_CLASSES,
     TinyDetoxify,
@@ -16,6 +15,7 @@ from audit.demo.tiny_scorer import (
     build_tiny_toxicity_classifier,
 )
 from audit.errors import ModelLoadError, ProbeError
+from audit.scoring.scorers import load_scorer
 from audit.spec import ToxicitySpec
 
 TEXTS = [

@@ -12,9 +12,9 @@ import pytest
 from statsmodels.stats.proportion import proportion_confint
 
 from audit.analyses.registry import AnalysisContext, analysis
-from audit.analyses.toxicity import read_scores
 from audit.demo.tiny_scorer import build_tiny_detoxify_checkpoint, build_tiny_toxicity_classifier
 from audit.errors import ModelLoadError
+from audit.scoring.toxicity import ScoringInput, read_scores, score_toxicity
 from audit.spec import AnalysisSpec
 from audit.store.tables import RunStore
 
@@ -79,9 +79,12 @@ def write_run(root: Path, rows: pd.DataFrame, scorer: str, **toxicity: Any) -> R
 
 
 def run_toxicity(store: RunStore) -> pd.DataFrame:
+    """The scoring stage, then the toxicity analysis of its table."""
     manifest = store.manifest()
     settings = AnalysisSpec.model_validate(manifest.probe["analysis"])
-    return analysis("toxicity").run(AnalysisContext(store, manifest, settings))
+    context = AnalysisContext(store, manifest, settings)
+    score_toxicity(ScoringInput(store, manifest, context.generations, settings.toxicity))
+    return analysis("toxicity").run(context)
 
 
 def test_per_group_values_match_an_independent_recomputation(
@@ -241,7 +244,7 @@ def test_headline_findings_name_the_gap_with_its_test(tmp_path: Path, classifier
 def test_scoring_in_chunks_gives_the_same_cache(
     tmp_path: Path, classifier: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import audit.analyses.toxicity as toxicity
+    import audit.scoring.toxicity as toxicity
 
     rows = generation_rows(n_images=10)
     whole = write_run(tmp_path / "whole", rows, f"transformers:{classifier}", batch_size=4)

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from audit.analyses.findings import Finding, findings_for
 from audit.analyses.registry import Analysis, AnalysisContext, analyses
 from audit.errors import AuditError, ProbeError, RunDirError
+from audit.scoring.toxicity import SCORES_TABLE, ScoringInput, score_toxicity
 from audit.spec import AnalysisSpec, format_validation_error
 from audit.store.schema import Manifest
 from audit.store.tables import RunStore, error_mask
@@ -160,6 +161,7 @@ def _run_one(
     analysis: Analysis, context: AnalysisContext, store: RunStore
 ) -> tuple[dict[str, pd.DataFrame], str | None]:
     try:
+        _bring_up_to_date(analysis, context)
         table = analysis.run(context)
         tables = {analysis.name: table}
         for companion_name, function in analysis.companions.items():
@@ -169,6 +171,15 @@ def _run_one(
     for table_name, frame in tables.items():
         store.write_analysis(table_name, frame)
     return tables, None
+
+
+def _bring_up_to_date(analysis: Analysis, context: AnalysisContext) -> None:
+    """Run the scoring stages whose tables ``analysis`` reads (they score only what is new)."""
+    if SCORES_TABLE in analysis.inputs:
+        stage = ScoringInput(
+            context.store, context.manifest, context.generations, context.settings.toxicity
+        )
+        score_toxicity(stage)
 
 
 def analyze_run(

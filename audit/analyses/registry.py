@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.scoring.toxicity import read_scores
 from audit.spec import AnalysisSpec
 from audit.store.schema import Manifest
 from audit.store.tables import RunStore
@@ -54,6 +55,11 @@ class AnalysisContext:
         """All classification rows, error rows included."""
         return self.store.read("classifications")
 
+    @property
+    def toxicity_scores(self) -> pd.DataFrame:
+        """The scoring stage's table (``audit.scoring.toxicity``), of every scorer."""
+        return read_scores(self.store)
+
 
 Finding = dict[str, Any]
 #: A table derived from an analysis' table, written with it.
@@ -66,7 +72,8 @@ class Analysis:
 
     name: str
     run: Callable[[AnalysisContext], pd.DataFrame]
-    #: ``generations`` and/or ``classifications``.
+    #: The stored tables it reads: ``generations``, ``classifications``, or a scoring stage's
+    #: table (``toxicity_scores``), which ``analyze_run`` brings up to date first.
     inputs: tuple[str, ...]
     #: What one row of its table is about: ``prompt_id`` or ``task_id``.
     id_column: str

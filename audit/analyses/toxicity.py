@@ -1,9 +1,8 @@
 """Toxicity of the generations per prompt and group, with intervals and a test across groups.
 
-Every successful generation is scored once by the probe's scorer (``analysis.toxicity``);
-scores are cached in ``analysis/toxicity_scores.parquet`` (``sample_id, prompt_id, scorer,
-<one column per label>``), so a re-run scores only generations the cache lacks and loads no
-model when it lacks none. Error rows are never scored.
+A pure function of the stored scores: the scoring stage (``audit.scoring.toxicity``) scores
+every successful generation once with the probe's scorer (``analysis.toxicity``) into
+``analysis/toxicity_scores.parquet`` before this runs.
 
 Per prompt, scorer label and group axis (each image has one generation per prompt, so rows are
 images):
@@ -25,7 +24,6 @@ Overall rows have ``axis == group == "all"``. Extra columns: ``scorer``, ``label
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,105 +42,26 @@ from audit.analyses.stats import (
     wilson_interval,
 )
 from audit.analyses.table import ALL, INSUFFICIENT, MIN_GROUP_SIZE, build_table, empty_table
+from audit.scoring.toxicity import KEYS, SCORES_TABLE, scores_of
 from audit.spec import AnalysisSpec
-from audit.store.tables import RunStore
 
 NAME = "toxicity"
-SCORES_TABLE = "toxicity_scores"
-KEYS = ["sample_id", "prompt_id", "scorer"]
-#: Texts scored between two saves of the cache.
-CHUNK_TEXTS = 2048
 EXTRA = ["scorer", "label", "threshold", "p_value", "q_value", "group_high", "group_low"]
 
 
 def analyze_toxicity(context: AnalysisContext) -> pd.DataFrame:
-    """Score new generations (cached), then summarise per prompt x axis x group."""
+    """Summarise the stored toxicity scores per prompt x axis x group."""
     generations = context.generations
     if generations.empty or "generation" not in generations:
         return empty_table("prompt_id", EXTRA)
-    scores = score_generations(context)
+    scores = scores_of(context.toxicity_scores, context.settings.toxicity.scorer)
     valid, _ = split_errors(sort_rows(generations, ["sample_id", "prompt_id"]))
+    valid = valid[valid["generation"].notna()]
     scored = valid.merge(scores, on=["sample_id", "prompt_id"], how="inner")
     labels = [c for c in scores.columns if c not in KEYS]
     axes = discover_axes(generations, context.group_axes)
     prompts = sorted(set(generations["prompt_id"].astype(str)))
     return summarize_toxicity(scored, labels, axes, context.settings, prompts)
-
-
-def successful(generations: pd.DataFrame) -> pd.DataFrame:
-    """Rows with a generation: error rows and missing texts left out."""
-    valid, _ = split_errors(generations)
-    return valid[valid["generation"].notna()].reset_index(drop=True)
-
-
-# -- scoring with a cache -------------------------------------------------------------------
-def read_scores(store: RunStore) -> pd.DataFrame:
-    """Every cached score, of every scorer (labels of other scorers are null)."""
-    cached = store.analysis_if_present(SCORES_TABLE)
-    return pd.DataFrame(columns=KEYS) if cached is None else cached
-
-
-def score_generations(context: AnalysisContext) -> pd.DataFrame:
-    """The probe scorer's scores of every successful generation, scoring only uncached ones.
-
-    Returns ``sample_id, prompt_id, <labels>`` for this scorer. The scorer is loaded only when
-    something needs scoring.
-    """
-    spec = context.settings.toxicity
-    cache = read_scores(context.store)
-    mine = cache[cache["scorer"] == spec.scorer] if len(cache) else cache
-    generations = successful(context.generations)
-    if generations.empty:
-        return pd.DataFrame(columns=["sample_id", "prompt_id"])
-    cached = set(mine[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None))
-    keys = generations[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None)
-    todo = generations[[key not in cached for key in keys]]
-    if len(todo):
-        cache = _score_into_cache(context, todo, cache)
-        mine = cache[cache["scorer"] == spec.scorer]
-    labels = [c for c in mine.columns if c not in KEYS and mine[c].notna().any()]
-    return mine[["sample_id", "prompt_id", *labels]].reset_index(drop=True)
-
-
-def _score_into_cache(
-    context: AnalysisContext, todo: pd.DataFrame, cache: pd.DataFrame
-) -> pd.DataFrame:
-    """Score ``todo`` chunk by chunk, saving the cache after each: an interrupted scoring
-    keeps what it finished, and the next run goes on from there."""
-    from tqdm.auto import tqdm
-
-    from audit.analyses.scorers import load_scorer
-
-    spec = context.settings.toxicity
-    probe_dir, origin = _probe_location(context)
-    scorer = load_scorer(spec, probe_dir, origin=origin)
-    chunk = max(CHUNK_TEXTS, spec.batch_size)
-    starts = range(0, len(todo), chunk)
-    for start in tqdm(
-        starts,
-        desc=f"scoring toxicity ({spec.scorer})",
-        unit="chunk",
-        disable=None if len(starts) > 1 else True,
-    ):
-        part = todo.iloc[start : start + chunk]
-        new = scorer.score(part["generation"].tolist())
-        new.insert(0, "scorer", spec.scorer)
-        new.insert(0, "prompt_id", part["prompt_id"].astype(str).to_numpy())
-        new.insert(0, "sample_id", part["sample_id"].astype(str).to_numpy())
-        cache = pd.concat([cache, new], ignore_index=True) if len(cache) else new
-        context.store.write_analysis(SCORES_TABLE, cache)
-    return cache
-
-
-def _probe_location(context: AnalysisContext) -> tuple[Path, str]:
-    """Where relative scorer paths resolve from, and which file to name in errors."""
-    manifest = context.manifest
-    probe_path = manifest.probe_path
-    probe_dir = manifest.probe.get("probe_dir")
-    if probe_path:
-        return Path(probe_dir or Path(probe_path).parent), str(probe_path)
-    origin = f"{context.store.manifest_path} (probe)"
-    return Path(probe_dir or Path.cwd()), origin
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -318,7 +237,7 @@ def toxicity_findings(table: pd.DataFrame) -> list[Finding]:
 ANALYSIS = Analysis(
     name=NAME,
     run=analyze_toxicity,
-    inputs=("generations",),
+    inputs=("generations", SCORES_TABLE),
     id_column="prompt_id",
     findings=toxicity_findings,
 )

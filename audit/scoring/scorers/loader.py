@@ -13,8 +13,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-from audit.analyses.scorers.base import ToxicityScorer, pick_device
 from audit.errors import MissingDependencyError, ModelLoadError, ProbeError
+from audit.scoring.scorers.base import ToxicityScorer, pick_device
 from audit.spec import ToxicitySpec
 
 _KEY = "analysis.toxicity.scorer"
@@ -64,7 +64,7 @@ def load_scorer(
 def _load_text_classifier(
     spec: ToxicitySpec, target: str, probe_dir: Path, origin: str, device: str
 ) -> ToxicityScorer:
-    from audit.analyses.scorers.text_classifier import TextClassifierScorer
+    from audit.scoring.scorers.text_classifier import TextClassifierScorer
 
     local = _local(target, probe_dir)
     location = str(local) if local.exists() else target
@@ -82,7 +82,7 @@ def _load_text_classifier(
 def _load_detoxify(
     spec: ToxicitySpec, target: str, probe_dir: Path, origin: str, device: str
 ) -> ToxicityScorer:
-    from audit.analyses.scorers.detoxify_scorer import (
+    from audit.scoring.scorers.detoxify_scorer import (
         DetoxifyScorer,
         cached_checkpoint,
         named_checkpoint_url,

@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from audit.analyses.scorers.base import ToxicityScorer
+from audit.scoring.scorers.base import ToxicityScorer
 
 
 def named_checkpoint_url(model_type: str) -> str | None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from audit.analyses.scorers.base import ToxicityScorer
 from audit.errors import ModelLoadError
+from audit.scoring.scorers.base import ToxicityScorer
 
 _NEGATIVE_LABELS = frozenset({"neutral", "normal", "clean", "safe", "ok", "none", "negative"})
 _MAX_LENGTH = 512
