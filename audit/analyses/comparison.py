@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binomtest, false_discovery_control
+from scipy.stats import binomtest
+
+from audit.analyses.stats import benjamini_hochberg
 
 #: Below this many paired images a per-group comparison is reported as insufficient data.
 MIN_PAIRS = 5
@@ -262,13 +264,8 @@ def compare_scores(
 
 def _finish(rows: list[dict[str, object]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    tested = frame["p_value"].notna()
-    frame["q_value"] = np.nan
-    if tested.any():
-        # Benjamini-Hochberg over every group and item of one test, so a scan over many groups
-        # does not turn noise into a "significant" difference.
-        frame.loc[tested, "q_value"] = false_discovery_control(
-            frame.loc[tested, "p_value"].astype(float).to_numpy(), method="bh"
-        )
+    # Benjamini-Hochberg over every group and item of one test, so a scan over many groups
+    # does not turn noise into a "significant" difference.
+    frame["q_value"] = benjamini_hochberg(frame["p_value"].astype(float).to_numpy())
     frame["note"] = frame["note"].fillna("")
     return frame
