@@ -188,12 +188,25 @@ def analyze(
             ),
         ),
     ] = None,
+    trust_checkpoint: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help=(
+                "A toxicity-scorer checkpoint you trust to run its own code when loaded (one "
+                "that holds more than weights); never taken from a probe or run directory "
+                "(repeatable)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Term variance, toxicity, refusal, accuracy, leakage: tidy tables with intervals."""
     from audit.analyses import analyze_run
 
     try:
-        typer.echo(analyze_run(run_dir, only=only, overrides=set_ or []).describe())
+        result = analyze_run(
+            run_dir, only=only, overrides=set_ or [], trusted_checkpoints=trust_checkpoint or []
+        )
+        typer.echo(result.describe())
     except AuditError as error:
         _fail(error)
 

@@ -158,10 +158,10 @@ def _status(manifest: Manifest, counts: dict[str, dict[str, Any]]) -> tuple[str,
 
 
 def _run_one(
-    analysis: Analysis, context: AnalysisContext, store: RunStore
+    analysis: Analysis, context: AnalysisContext, trusted: Sequence[Path]
 ) -> tuple[dict[str, pd.DataFrame], str | None]:
     try:
-        _bring_up_to_date(analysis, context)
+        _bring_up_to_date(analysis, context, trusted)
         table = analysis.run(context)
         tables = {analysis.name: table}
         for companion_name, function in analysis.companions.items():
@@ -169,26 +169,37 @@ def _run_one(
     except AuditError as error:
         return {}, str(error)
     for table_name, frame in tables.items():
-        store.write_analysis(table_name, frame)
+        context.store.write_analysis(table_name, frame)
     return tables, None
 
 
-def _bring_up_to_date(analysis: Analysis, context: AnalysisContext) -> None:
+def _bring_up_to_date(
+    analysis: Analysis, context: AnalysisContext, trusted: Sequence[Path]
+) -> None:
     """Run the scoring stages whose tables ``analysis`` reads (they score only what is new)."""
     if SCORES_TABLE in analysis.inputs:
         stage = ScoringInput(
-            context.store, context.manifest, context.generations, context.settings.toxicity
+            context.store,
+            context.manifest,
+            context.generations,
+            context.settings.toxicity,
+            tuple(trusted),
         )
         score_toxicity(stage)
 
 
 def analyze_run(
-    run_dir: str | Path, only: list[str] | None = None, overrides: Sequence[str] = ()
+    run_dir: str | Path,
+    only: list[str] | None = None,
+    overrides: Sequence[str] = (),
+    trusted_checkpoints: Sequence[Path] = (),
 ) -> AnalysisResult:
     """Run the registered analyses (or ``only`` these) and write their tables and the summary.
 
     ``overrides`` (``KEY=VALUE``, ``audit analyze --set``) change the probe's analysis settings
     for this analysis without editing the manifest; the summary records them.
+    ``trusted_checkpoints``: scorer checkpoints the user vouches for (``--trust-checkpoint``),
+    the only ones loaded when they hold more than weights.
 
     Raises ``RunDirError`` for a folder that is not a run directory or holds no rows, and
     ``AuditError`` for an unknown analysis name or when an analysis cannot run (after writing
@@ -211,7 +222,7 @@ def analyze_run(
     failures: dict[str, str] = {}
     for analysis in selected:
         name = analysis.name
-        tables, failure = _run_one(analysis, context, store)
+        tables, failure = _run_one(analysis, context, trusted_checkpoints)
         if failure is not None:
             failures[name] = failure
             entries[name] = {"rows": 0, "note": f"failed: {failure}"}

@@ -31,6 +31,8 @@ class ScoringInput:
     manifest: Manifest
     generations: pd.DataFrame
     spec: ToxicitySpec
+    #: Checkpoint files the user vouched for on the command line (``--trust-checkpoint``).
+    trusted: tuple[Path, ...] = ()
 
 
 def successful(generations: pd.DataFrame) -> pd.DataFrame:
@@ -76,7 +78,7 @@ def _score_into(stage: ScoringInput, todo: pd.DataFrame, table: pd.DataFrame) ->
 
     spec = stage.spec
     probe_dir, origin = _probe_location(stage)
-    scorer = load_scorer(spec, probe_dir, origin=origin)
+    scorer = load_scorer(spec, probe_dir, origin=origin, trusted=stage.trusted)
     chunk = max(CHUNK_TEXTS, spec.batch_size)
     starts = range(0, len(todo), chunk)
     for start in tqdm(

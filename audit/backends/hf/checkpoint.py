@@ -7,6 +7,7 @@ unsupported family, remote code not allowed) becomes a ``ModelLoadError`` that s
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,12 @@ def load_checkpoint(checkpoint: Checkpoint) -> LoadedModel:
             model = AutoModelForImageTextToText.from_pretrained(
                 checkpoint.location, dtype=dtype, **kwargs
             ).to(device)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(
+            f"model {checkpoint.location}: its pickled weights hold Python objects besides "
+            "weights; they were not loaded, since loading them could run code from the files "
+            "(save the model with safetensors instead)"
+        ) from None
     except (OSError, ValueError) as error:
         if "Unrecognized" in str(error) or "model type" in str(error):
             raise ModelLoadError(

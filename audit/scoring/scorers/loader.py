@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 from audit.errors import MissingDependencyError, ModelLoadError, ProbeError
@@ -50,15 +52,26 @@ def _offline() -> bool:
 
 
 def load_scorer(
-    spec: ToxicitySpec, probe_dir: str | Path, *, origin: str = "probe", device: str | None = None
+    spec: ToxicitySpec,
+    probe_dir: str | Path,
+    *,
+    origin: str = "probe",
+    device: str | None = None,
+    trusted: Sequence[Path] = (),
 ) -> ToxicityScorer:
-    """The scorer the probe names, loaded and ready (on the GPU when there is one)."""
+    """The scorer the probe names, loaded and ready (on the GPU when there is one).
+
+    ``trusted``: checkpoint files the user vouched for on the command line; a detoxify
+    checkpoint holding more than weights loads only from one of these (or detoxify's own
+    download), never because a probe or manifest names it.
+    """
     kind, target = parse_scorer(spec.scorer, origin)
     _require(kind)
     device = device or pick_device()
     if kind == "transformers":
         return _load_text_classifier(spec, target, Path(probe_dir), origin, device)
-    return _load_detoxify(spec, target, Path(probe_dir), origin, device)
+    vouched = {Path(p).resolve() for p in trusted}
+    return _load_detoxify(spec, target, Path(probe_dir), origin, device, vouched)
 
 
 def _load_text_classifier(
@@ -70,6 +83,12 @@ def _load_text_classifier(
     location = str(local) if local.exists() else target
     try:
         return TextClassifierScorer.load(spec.scorer, location, device, spec.batch_size)
+    except pickle.UnpicklingError:
+        raise ModelLoadError(
+            f"{origin}: {_KEY}: '{target}' holds pickled weights with Python objects besides "
+            "weights; they were not loaded, since loading them could run code from the files "
+            "(save the model with safetensors instead)"
+        ) from None
     except (OSError, ValueError) as error:
         raise ModelLoadError(
             f"{origin}: {_KEY}: cannot load the text-classification model '{target}' "
@@ -80,11 +99,18 @@ def _load_text_classifier(
 
 
 def _load_detoxify(
-    spec: ToxicitySpec, target: str, probe_dir: Path, origin: str, device: str
+    spec: ToxicitySpec,
+    target: str,
+    probe_dir: Path,
+    origin: str,
+    device: str,
+    vouched: set[Path],
 ) -> ToxicityScorer:
     from audit.scoring.scorers.detoxify_scorer import (
         DetoxifyScorer,
+        UntrustedCheckpoint,
         cached_checkpoint,
+        download_checkpoint,
         named_checkpoint_url,
     )
 
@@ -95,15 +121,20 @@ def _load_detoxify(
         raise ModelLoadError(f"{origin}: {_KEY}: no such detoxify checkpoint: {checkpoint}")
     if url is not None and not checkpoint.is_file() and _offline():
         raise ModelLoadError(_detoxify_download_hint(origin, target, url, checkpoint))
+    # detoxify's own downloads come from its fixed addresses; any other file needs the user.
+    trusted = url is not None or checkpoint.resolve() in vouched
     try:
+        if url is not None:
+            checkpoint = download_checkpoint(url)
         return DetoxifyScorer.load(
-            spec.scorer,
-            checkpoint if checkpoint.is_file() else None,
-            config_path,
-            device,
-            spec.batch_size,
-            model_type=target,
+            spec.scorer, checkpoint, config_path, device, spec.batch_size, trusted=trusted
         )
+    except UntrustedCheckpoint as error:
+        raise ModelLoadError(
+            f"{origin}: {_KEY}: {checkpoint} holds Python objects besides weights "
+            f"(a weights-only load refused it: {error}); loading it could run code from the "
+            f"file. If you trust it, pass --trust-checkpoint {checkpoint} to audit analyze"
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError) as error:
         hint = (
             _detoxify_download_hint(origin, target, url, checkpoint)
