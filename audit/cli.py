@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from audit.errors import AuditError
+from audit.terminal import terminal_text
 
 if TYPE_CHECKING:
     from audit.run.runner import RunOptions
@@ -26,11 +27,16 @@ app = typer.Typer(
 )
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """Print for the user: text from data is made inert first (``terminal.terminal_text``)."""
+    typer.echo(terminal_text(text), err=err)
+
+
 class _StderrLines(logging.Handler):
     """The library's warnings as plain lines on the current stderr, where the user reads them."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        sys.stderr.write(f"{record.getMessage()}\n")
+        sys.stderr.write(f"{terminal_text(record.getMessage())}\n")
 
 
 @app.callback()
@@ -41,7 +47,7 @@ def _show_library_warnings() -> None:
 
 
 def _fail(error: AuditError) -> None:
-    typer.echo(f"error: {error}", err=True)
+    _echo(f"error: {error}", err=True)
     raise typer.Exit(code=2)
 
 
@@ -57,7 +63,7 @@ def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) ->
     except AuditError as error:
         _fail(error)
     n_labels = sum(len(t.labels) for t in spec.classification)
-    typer.echo(
+    _echo(
         f"{probe}: ok: probe '{spec.name}', dataset {spec.dataset.source}:"
         f"{spec.dataset.path or 'synthetic'}, model {spec.model.id}, "
         f"{len(spec.prompts)} prompt(s), {len(spec.classification)} classification task(s) "
@@ -133,14 +139,14 @@ def run(
         result = run_probe_file(probe, options)
     except AuditError as error:
         _fail(error)
-    typer.echo(result.describe())
+    _echo(result.describe())
 
 
 def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: int | None) -> None:
     from audit.run.ray_launch import RayPlan, run_on_ray
 
-    result = run_on_ray(probe, options, RayPlan(address=address, n_shards=n_shards), typer.echo)
-    typer.echo(result.describe())
+    result = run_on_ray(probe, options, RayPlan(address=address, n_shards=n_shards), _echo)
+    _echo(result.describe())
     if result.failed:
         raise typer.Exit(code=1)
 
@@ -166,7 +172,7 @@ def status(run_dir: Annotated[Path, typer.Argument(help="Run directory.")]) -> N
     from audit.store.status import describe_status
 
     try:
-        typer.echo(describe_status(run_dir))
+        _echo(describe_status(run_dir))
     except AuditError as error:
         _fail(error)
 
@@ -206,7 +212,7 @@ def analyze(
         result = analyze_run(
             run_dir, only=only, overrides=set_ or [], trusted_checkpoints=trust_checkpoint or []
         )
-        typer.echo(result.describe())
+        _echo(result.describe())
     except AuditError as error:
         _fail(error)
 
@@ -250,7 +256,7 @@ def import_(
             config=config,
         )
         for run_dir in import_generations(options):
-            typer.echo(f"imported: {run_dir}")
+            _echo(f"imported: {run_dir}")
     except AuditError as error:
         _fail(error)
 
@@ -269,7 +275,7 @@ def report(
         html_path, md_path = build_report(run_dirs, out)
     except AuditError as error:
         _fail(error)
-    typer.echo(f"wrote {html_path}\nwrote {md_path}")
+    _echo(f"wrote {html_path}\nwrote {md_path}")
 
 
 @app.command()
@@ -290,7 +296,7 @@ def main() -> None:
     try:
         app()
     except AuditError as error:  # raised outside a command body
-        typer.echo(f"error: {error}", err=True)
+        _echo(f"error: {error}", err=True)
         sys.exit(2)
 
 

@@ -317,6 +317,10 @@ def load_probe(path: str | Path) -> ProbeSpec:
         raise ProbeError(f"{path}: no such probe file")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ProbeError(
+            f"{path}: byte {error.start}: not UTF-8 text; a probe is a YAML text file in UTF-8"
+        ) from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(unknown position)"

@@ -19,7 +19,7 @@ LAYERS = (
     ("backends", "datasets"),
     ("store",),
     ("spec",),
-    ("errors", ""),  # "": the package itself (its version)
+    ("errors", "terminal", ""),  # "": the package itself (its version)
 )
 RANK = {stage: rank for rank, line in enumerate(LAYERS) for stage in line}
 

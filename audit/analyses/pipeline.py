@@ -7,7 +7,6 @@ Seeds come from ``probe.analysis.seed``, so running it twice writes the same tab
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +23,7 @@ from audit.scoring.toxicity import SCORES_TABLE, ScoringInput, score_toxicity
 from audit.spec import AnalysisSpec, format_validation_error
 from audit.store.schema import Manifest
 from audit.store.tables import RunStore, error_mask
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def terminal_safe(text: str) -> str:
-    """Model or dataset text for a terminal: control characters (ANSI escapes) made visible."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+from audit.terminal import terminal_text
 
 
 @dataclass(frozen=True)
@@ -48,7 +41,7 @@ class AnalysisResult:
         s = self.summary
         counts = s.get("counts", {})
         lines = [
-            f"analyzed {terminal_safe(str(self.run_dir))} (run status: {s.get('run_status')}; "
+            f"analyzed {terminal_text(str(self.run_dir))} (run status: {s.get('run_status')}; "
             f"analysis status: {s.get('status')})",
             "  rows: "
             + ", ".join(
@@ -62,11 +55,11 @@ class AnalysisResult:
         for name, path in self.tables.items():
             lines.append(f"  {name:<18} {self.rows.get(name, 0):>7} rows  {path}")
         for name, message in self.failures.items():
-            lines.append(f"  {name:<18} FAILED: {terminal_safe(message)}")
+            lines.append(f"  {name:<18} FAILED: {terminal_text(message)}")
         findings: list[Finding] = s.get("findings", [])
         lines.append(f"findings ({len(findings)}):" if findings else "findings: none")
         shown = findings[:max_findings]
-        lines += [f"  - [{f['analysis']}] {terminal_safe(f['headline'])}" for f in shown]
+        lines += [f"  - [{f['analysis']}] {terminal_text(f['headline'])}" for f in shown]
         if len(findings) > len(shown):
             lines.append(f"  ... {len(findings) - len(shown)} more in the summary")
         lines.append(f"summary: {RunStore(self.run_dir).summary_path}")

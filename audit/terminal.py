@@ -1,0 +1,26 @@
+"""Text for a terminal: what the user reads, with anything from data made inert.
+
+Model ids, probe names, sample ids, generations and error texts come from files other people
+made. Printed raw, an escape sequence among them can rewrite the terminal's title or hide
+lines, and a direction override can make text read backwards. Every line the command prints
+goes through ``terminal_text``: control characters (but newline and tab) and Unicode
+direction controls are shown as escapes instead of acted on.
+"""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 controls but tab and newline; DEL; bidirectional embeddings, overrides, isolates
+# and marks (U+061C, U+200E/F, U+202A-U+202E, U+2066-U+2069).
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with every unsafe character written as ``\\xNN`` or ``\\uNNNN``."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
