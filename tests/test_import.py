@@ -305,3 +305,43 @@ def test_imported_runs_leave_unknown_lengths_and_finish_reasons_out_of_the_stati
     assert set(table["metric"]) == {"error_rate"}
     overall = table[(table["axis"] == "all") & (table["prompt_id"] == "resume")]
     assert overall["value"].tolist() == [0.0] and overall["n"].tolist() == [20]
+
+
+def test_image_paths_stay_inside_the_source_folder(tmp_path: Path) -> None:
+    from PIL import Image
+
+    outside = tmp_path / "private"
+    outside.mkdir()
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(outside / "secret.png")
+    source = tmp_path / "shared"
+    (source / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), (0, 0, 200)).save(source / "images" / "ok.png")
+    (source / "images" / "link.png").symlink_to(outside / "secret.png")
+    paths = [
+        "images/ok.png",
+        "../private/secret.png",
+        str(outside / "secret.png"),
+        "images/link.png",
+        "http://example.com/secret.png",
+        "file:///etc/passwd",
+    ]
+    frame = pd.DataFrame(
+        {
+            "id": [f"s{i}" for i in range(len(paths))],
+            "text": [f"text {i}" for i in range(len(paths))],
+            "sex": ["a", "b"] * 3,
+            "image": paths,
+        }
+    )
+    frame.to_parquet(source / "rows.parquet")
+    result = invoke(
+        str(source / "rows.parquet"), "--out", str(tmp_path / "runs"), "--prompt-id", "p",
+        "--group", "gender=sex", "--map", "generation=text", "--map", "sample_id=id",
+        "--map", "image=image",
+    )
+    assert result.exit_code == 0, result.output
+    assert "5 image path(s) in" in result.output and "lead out of its folder" in result.output
+    store = RunStore.open(next((tmp_path / "runs").iterdir()))
+    thumbnails = store.read("thumbnails")
+    assert thumbnails["sample_id"].tolist() == ["s0"]  # the private image was never read
+    assert len(store.read("generations")) == len(paths)  # the rows themselves are kept

@@ -18,6 +18,7 @@ error row. Re-importing into the same run directory adds only keys it does not h
 from __future__ import annotations
 
 import io
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ import pandas as pd
 
 from audit.datasets.columns import group_text
 from audit.errors import AuditError, DatasetError
-from audit.ingest.source import SourceTable, read_source
+from audit.ingest.source import ImageOutsideSource, SourceTable, read_source
 from audit.spec import AnalysisSpec, parse_probe
 from audit.store.provenance import hardware, now_iso, package_versions
 from audit.store.schema import (
@@ -57,6 +58,8 @@ M4_MODELS = {"9B": "HuggingFaceM4/idefics-9b-instruct", "80B": "HuggingFaceM4/id
 M4_AXES = {"gender": "gender_phrase", "ethnicity": "ethnicity_phrase", "age": "age_range"}
 _UNKNOWN_MODEL = "unknown"
 _NO_PROMPT_TEXT = "(prompt text not recorded in the imported source)"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,6 +278,7 @@ def build_thumbnails(
     if column is None or column not in source.frame.columns:
         return pd.DataFrame(columns=["sample_id", "jpeg"])
     seen: set[str] = set()
+    refused = 0
     for run in runs:
         for sample_id, image_row in run.generations[["sample_id", "image_row"]].itertuples(
             index=False
@@ -282,7 +286,11 @@ def build_thumbnails(
             if sample_id in seen or sample_id not in wanted:
                 continue
             seen.add(sample_id)
-            data = source.image_bytes(int(image_row), column)
+            try:
+                data = source.image_bytes(int(image_row), column)
+            except ImageOutsideSource:
+                refused += 1
+                continue
             if data is None:
                 continue
             try:
@@ -290,6 +298,13 @@ def build_thumbnails(
             except OSError:  # an unreadable image costs its thumbnail, not the import
                 continue
             rows.append({"sample_id": sample_id, "jpeg": thumbnail_jpeg(image)})
+    if refused:
+        logger.warning(
+            "warning: %d image path(s) in %s lead out of its folder (an absolute path, '..', "
+            "a link out or a URL) and were not read; those samples have no thumbnail",
+            refused,
+            source.origin,
+        )
     return pd.DataFrame(rows, columns=["sample_id", "jpeg"])
 
 

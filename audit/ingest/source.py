@@ -67,17 +67,38 @@ class SourceTable:
         ]
 
     def image_bytes(self, row: int, column: str) -> bytes | None:
-        """The encoded image of a row (datasets' ``{bytes, path}``, raw bytes, or a path)."""
+        """The encoded image of a row (datasets' ``{bytes, path}``, raw bytes, or a path
+        inside the source's folder); ``None`` when there is none.
+
+        Raises ``ImageOutsideSource`` for a path that leads out of the source's folder (an
+        absolute path, ``..``, a link out, a URL): a shared dataset must not make the import
+        read other files of this machine."""
         cell = self.frame[column].iat[row]
         if isinstance(cell, dict):
             cell = cell.get("bytes") or cell.get("path")
         if isinstance(cell, (bytes, bytearray)):
             return bytes(cell)
         if isinstance(cell, str) and cell:
-            folder = self.image_folder
-            path = Path(cell) if Path(cell).is_absolute() or folder is None else folder / cell
+            path = inside_folder(self.image_folder, cell)
             return path.read_bytes() if path.is_file() else None
         return None
+
+
+class ImageOutsideSource(ValueError):
+    """An image path that leads out of the imported source's folder."""
+
+
+def inside_folder(folder: Path | None, cell: str) -> Path:
+    """The file ``cell`` names inside ``folder`` (``ImageOutsideSource`` if it leads out)."""
+    if folder is None or "://" in cell or cell.startswith(("//", "\\\\")):
+        raise ImageOutsideSource(cell)
+    candidate = Path(cell)
+    if candidate.is_absolute():
+        raise ImageOutsideSource(cell)
+    resolved = (folder / candidate).resolve()  # follows links, so a link out is caught too
+    if not resolved.is_relative_to(folder.resolve()):
+        raise ImageOutsideSource(cell)
+    return resolved
 
 
 def read_source(source: str, split: str, config: str | None) -> SourceTable:
