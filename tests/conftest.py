@@ -67,7 +67,10 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 # What the benchmark scripts set for themselves and their child processes.
 _BENCHMARK_ENV = (
-    "HF_DATASETS_CACHE", "HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "OMP_NUM_THREADS",
+    "HF_DATASETS_CACHE",
+    "HF_DATASETS_OFFLINE",
+    "HF_HUB_OFFLINE",
+    "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
 

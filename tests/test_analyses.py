@@ -47,18 +47,22 @@ def write_run(
             for piece in np.array_split(np.arange(len(frame)), parts):
                 store.append(table, frame.iloc[piece])
     prompts = [] if generations is None else sorted(generations["prompt_id"].unique())
-    counts = {"generations": 0 if generations is None else len(generations),
-              "classifications": 0 if classifications is None else len(classifications)}
-    store.write_manifest({
-        "run_id": root.name,
-        "probe": {"name": "test", "analysis": {**FAST, **(analysis or {})}},
-        "group_axes": list(axes),
-        "prompts": [{"id": p, "text": f"prompt {p}"} for p in prompts],
-        "tasks": tasks or [],
-        "status": status,
-        "expected": expected or counts,
-        "rows": counts,
-    })
+    counts = {
+        "generations": 0 if generations is None else len(generations),
+        "classifications": 0 if classifications is None else len(classifications),
+    }
+    store.write_manifest(
+        {
+            "run_id": root.name,
+            "probe": {"name": "test", "analysis": {**FAST, **(analysis or {})}},
+            "group_axes": list(axes),
+            "prompts": [{"id": p, "text": f"prompt {p}"} for p in prompts],
+            "tasks": tasks or [],
+            "status": status,
+            "expected": expected or counts,
+            "rows": counts,
+        }
+    )
     return store.root
 
 
@@ -67,11 +71,18 @@ def small_generations(seed: int = 0, n_images: int = 90, **options: Any) -> pd.D
     defaults: dict[str, Any] = {
         "planted_terms": (PlantedTerm("umbrella", "gender", "Female", 0.6, 0.1),),
         "planted_refusals": (PlantedRate("race", "B", 0.4),),
-        "refusal_rate": 0.05, "error_rate": 0.05,
+        "refusal_rate": 0.05,
+        "error_rate": 0.05,
     }
-    simulation = Simulation(n_images=n_images, axes=AXES, prompts=("p1", "p2"),
-                            vocabulary_size=200, words_per_generation=15, seed=seed,
-                            **{**defaults, **options})
+    simulation = Simulation(
+        n_images=n_images,
+        axes=AXES,
+        prompts=("p1", "p2"),
+        vocabulary_size=200,
+        words_per_generation=15,
+        seed=seed,
+        **{**defaults, **options},
+    )
     return simulate_generations(simulation)
 
 
@@ -109,8 +120,9 @@ def test_results_do_not_depend_on_row_order_or_parts(tmp_path, generations):
 
 def test_relabelling_groups_relabels_the_results_and_nothing_else(tmp_path, generations):
     names = {"Male": "man", "Female": "woman", "A": "x", "B": "y", "C": "z"}
-    relabelled = generations.assign(gender=generations["gender"].map(names),
-                                    race=generations["race"].map(names))
+    relabelled = generations.assign(
+        gender=generations["gender"].map(names), race=generations["race"].map(names)
+    )
     first = write_run(tmp_path / "original", generations)
     second = write_run(tmp_path / "relabelled", relabelled)
     analyze_run(first, only=GENERATION_ANALYSES)
@@ -139,8 +151,11 @@ def test_error_rows_are_counted_and_never_mixed_in(tmp_path, generations):
         overall = refusal[(refusal["prompt_id"] == prompt_id) & (refusal["axis"] == "all")]
         assert overall["observations"].iloc[0] == len(valid)
         stats = table(run_dir, "generation_stats")
-        errors = stats[(stats["prompt_id"] == prompt_id) & (stats["axis"] == "all")
-                       & (stats["metric"] == "error_rate")]
+        errors = stats[
+            (stats["prompt_id"] == prompt_id)
+            & (stats["axis"] == "all")
+            & (stats["metric"] == "error_rate")
+        ]
         assert errors["value"].iloc[0] == pytest.approx(rows["finish_reason"].eq("error").mean())
         assert errors["n"].iloc[0] == len(rows)
 
@@ -156,10 +171,16 @@ def test_groups_with_zero_or_few_rows_are_insufficient_data_never_nan(tmp_path, 
     assert "nan" not in text.lower()
     for name in GENERATION_ANALYSES:
         result = table(run_dir, name)
-        zero = result[(result["prompt_id"] == "p1") & (result["group"] == "C")
-                      & (result["metric"] != "error_rate")]
-        small = result[(result["prompt_id"] == "p2") & (result["group"] == "Female")
-                       & (result["metric"] != "error_rate")]
+        zero = result[
+            (result["prompt_id"] == "p1")
+            & (result["group"] == "C")
+            & (result["metric"] != "error_rate")
+        ]
+        small = result[
+            (result["prompt_id"] == "p2")
+            & (result["group"] == "Female")
+            & (result["metric"] != "error_rate")
+        ]
         for rows in (zero, small):
             assert len(rows), name
             assert rows["value"].isna().all() and (rows["note"] == "insufficient data").all()
@@ -169,8 +190,12 @@ def test_groups_with_zero_or_few_rows_are_insufficient_data_never_nan(tmp_path, 
 
 
 def test_a_partial_run_is_analysed_as_far_as_it_goes(tmp_path, generations):
-    run_dir = write_run(tmp_path / "run", generations.iloc[:150], status="partial",
-                        expected={"generations": len(generations), "classifications": 0})
+    run_dir = write_run(
+        tmp_path / "run",
+        generations.iloc[:150],
+        status="partial",
+        expected={"generations": len(generations), "classifications": 0},
+    )
     result = analyze_run(run_dir, only=["refusal", "generation_stats"])
     assert result.summary["status"] == "partial"
     assert f"150 of {len(generations)} generations" in result.summary["status_detail"]
@@ -273,8 +298,16 @@ def test_settings_can_be_changed_for_one_analysis_without_editing_the_manifest(
     result = CliRunner().invoke(
         app,
         [
-            "analyze", str(run_dir), "--only", "term_variance", "--only", "refusal",
-            "--set", "tfidf.top_k=3", "--set", "refusal_patterns=[umbrella]",
+            "analyze",
+            str(run_dir),
+            "--only",
+            "term_variance",
+            "--only",
+            "refusal",
+            "--set",
+            "tfidf.top_k=3",
+            "--set",
+            "refusal_patterns=[umbrella]",
         ],
     )
     assert result.exit_code == 0, result.output

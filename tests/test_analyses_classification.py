@@ -22,15 +22,21 @@ LENGTHS = {"Male": 1, "Female": 4, "A": 1, "B": 2, "C": 5, "D": 3}
 
 
 def _classifications(seed: int = 0) -> pd.DataFrame:
-    simulation = Simulation(n_images=180, axes=AXES, classification_axes=("gender", "race"),
-                            accuracy=0.8, planted_accuracy=(PlantedRate("race", "B", 0.45),),
-                            seed=seed)
+    simulation = Simulation(
+        n_images=180,
+        axes=AXES,
+        classification_axes=("gender", "race"),
+        accuracy=0.8,
+        planted_accuracy=(PlantedRate("race", "B", 0.45),),
+        seed=seed,
+    )
     frame = simulate_classifications(simulation)
     # Labels of different lengths: per-token means then rank labels differently from sums.
     for value, length in LENGTHS.items():
         if f"n_tokens_{value}" in frame:
             frame[f"n_tokens_{value}"] = frame[f"n_tokens_{value}"].where(
-                frame[f"score_{value}"].isna(), length)
+                frame[f"score_{value}"].isna(), length
+            )
     failed = frame.index[::37]
     frame["correct"] = frame["correct"].astype(object)
     frame.loc[failed, "error"] = "PIL.UnidentifiedImageError: cannot identify image"
@@ -44,8 +50,10 @@ def analysed(tmp_path_factory):
     frame = _classifications()
     run_dir = write_run(tmp_path_factory.mktemp("cls") / "run", classifications=frame, tasks=TASKS)
     result = analyze_run(run_dir, only=["classification", "confusion"])
-    tables = {name: pd.read_parquet(run_dir / "analysis" / f"{name}.parquet")
-              for name in ("classification", "confusion")}
+    tables = {
+        name: pd.read_parquet(run_dir / "analysis" / f"{name}.parquet")
+        for name in ("classification", "confusion")
+    }
     return frame, tables, result
 
 
@@ -71,8 +79,12 @@ def test_accuracy_by_group_equals_fairlearn_metricframe(analysed, per_token):
         predicted = _predictions(rows, values, per_token)
         mine = result[(result["task_id"] == task["id"]) & (result["metric"] == metric)]
         for features in (["gender"], ["race"], ["gender", "race"]):
-            metric_frame = MetricFrame(metrics=accuracy_score, y_true=rows["target"],
-                                       y_pred=predicted, sensitive_features=rows[features])
+            metric_frame = MetricFrame(
+                metrics=accuracy_score,
+                y_true=rows["target"],
+                y_pred=predicted,
+                sensitive_features=rows[features],
+            )
             axis = " x ".join(features)
             for key, expected in metric_frame.by_group.items():
                 group = " x ".join(key) if isinstance(key, tuple) else key
@@ -98,8 +110,11 @@ def test_gap_worst_group_and_minimum_detectable_gap(analysed):
     result = tables["classification"]
     rows = _valid(frame, "race")
     by_race = (rows["prediction"] == rows["target"]).groupby(rows["race"]).agg(["mean", "size"])
-    gap = result[(result["task_id"] == "race") & (result["metric"] == "accuracy_gap")
-                 & (result["axis"] == "race")].iloc[0]
+    gap = result[
+        (result["task_id"] == "race")
+        & (result["metric"] == "accuracy_gap")
+        & (result["axis"] == "race")
+    ].iloc[0]
     assert gap["worst_group"] == "B" == by_race["mean"].idxmin()
     assert gap["value"] == pytest.approx(by_race["mean"].max() - by_race["mean"].min())
     assert gap["ci_low"] <= gap["value"] <= gap["ci_high"]
@@ -108,8 +123,11 @@ def test_gap_worst_group_and_minimum_detectable_gap(analysed):
     best, worst = by_race.loc[gap["best_group"], "size"], by_race.loc["B", "size"]
     expected = (norm.ppf(0.975) + norm.ppf(0.8)) * np.sqrt(p * (1 - p) * (1 / best + 1 / worst))
     assert gap["min_detectable_gap"] == pytest.approx(expected)
-    gender_gap = result[(result["task_id"] == "gender") & (result["metric"] == "accuracy_gap")
-                        & (result["axis"] == "gender")].iloc[0]
+    gender_gap = result[
+        (result["task_id"] == "gender")
+        & (result["metric"] == "accuracy_gap")
+        & (result["axis"] == "gender")
+    ].iloc[0]
     assert gender_gap["p_value"] > 0.05  # nothing planted between genders
 
 
@@ -122,8 +140,9 @@ def test_card_std_and_the_std_noise_alone_gives(analysed):
         cells = correct.groupby([rows["gender"], rows["race"]]).agg(["mean", "size"])
         std = result[(result["task_id"] == task) & (result["metric"] == "cell_accuracy_std")]
         assert std["value"].iloc[0] == pytest.approx(np.std(cells["mean"], ddof=0))
-        noise = result[(result["task_id"] == task)
-                       & (result["metric"] == "cell_accuracy_std_noise")].iloc[0]
+        noise = result[
+            (result["task_id"] == task) & (result["metric"] == "cell_accuracy_std_noise")
+        ].iloc[0]
         p = correct.mean()
         k = len(cells)
         analytic = np.sqrt((k - 1) / k * np.mean(p * (1 - p) / cells["size"]))
@@ -137,8 +156,9 @@ def test_error_rows_and_zero_row_groups(analysed):
     frame, tables, result = analysed
     table = tables["classification"]
     assert result.summary["excluded_error_rows"]["classifications"] == frame["error"].notna().sum()
-    overall = table[(table["task_id"] == "race") & (table["axis"] == "all")
-                    & (table["metric"] == "accuracy")]
+    overall = table[
+        (table["task_id"] == "race") & (table["axis"] == "all") & (table["metric"] == "accuracy")
+    ]
     assert overall["n"].iloc[0] == len(_valid(frame, "race"))
     empty = table[(table["task_id"] == "race") & (table["group"] == "D")]
     assert len(empty) == 2  # both scorings: a label value no image has
@@ -159,9 +179,12 @@ def test_confusion_matrices_equal_crosstabs(analysed):
                 for group in groups:
                     members = np.ones(len(rows), bool) if axis == "all" else rows[axis] == group
                     crosstab = pd.crosstab(rows["target"][members], predicted[members])
-                    mine = confusion[(confusion["task_id"] == task["id"])
-                                     & (confusion["scoring"] == scoring)
-                                     & (confusion["axis"] == axis) & (confusion["group"] == group)]
+                    mine = confusion[
+                        (confusion["task_id"] == task["id"])
+                        & (confusion["scoring"] == scoring)
+                        & (confusion["axis"] == axis)
+                        & (confusion["group"] == group)
+                    ]
                     counts = mine.pivot(index="target", columns="prediction", values="count")
                     counts = counts.loc[crosstab.index, crosstab.columns]
                     np.testing.assert_array_equal(counts.to_numpy(), crosstab.to_numpy())

@@ -49,8 +49,11 @@ def test_refusal_rates_per_group_with_wilson_intervals(tmp_path, generations):
     valid = _valid(generations)
     refused = valid["generation"].map(lambda t: bool(pattern.search(t)))
     for (prompt_id, race), hits in refused.groupby([valid["prompt_id"], valid["race"]]):
-        row = result[(result["prompt_id"] == prompt_id) & (result["axis"] == "race")
-                     & (result["group"] == race)].iloc[0]
+        row = result[
+            (result["prompt_id"] == prompt_id)
+            & (result["axis"] == "race")
+            & (result["group"] == race)
+        ].iloc[0]
         assert row["successes"] == hits.sum() and row["n"] == len(hits)
         assert row["value"] == pytest.approx(hits.mean())
         low, high = proportion_confint(hits.sum(), len(hits), method="wilson")
@@ -69,8 +72,9 @@ def test_pooled_refusal_rate_counts_images_and_resamples_them(tmp_path, generati
     valid = _valid(generations)
     refused = valid["generation"].map(lambda t: bool(pattern.search(t)))
     for race, hits in refused.groupby(valid["race"]):
-        row = result[(result["prompt_id"] == "all") & (result["axis"] == "race")
-                     & (result["group"] == race)].iloc[0]
+        row = result[
+            (result["prompt_id"] == "all") & (result["axis"] == "race") & (result["group"] == race)
+        ].iloc[0]
         assert row["value"] == pytest.approx(hits.mean())
         assert row["observations"] == len(hits)
         assert row["n"] == valid.loc[valid["race"] == race, "sample_id"].nunique()
@@ -96,8 +100,11 @@ def test_generation_statistics_per_group(tmp_path, generations):
     result = table(run_dir, "generation_stats")
     valid = _valid(generations)
     for (prompt_id, gender), rows in valid.groupby(["prompt_id", "gender"]):
-        part = result[(result["prompt_id"] == prompt_id) & (result["axis"] == "gender")
-                      & (result["group"] == gender)].set_index("metric")
+        part = result[
+            (result["prompt_id"] == prompt_id)
+            & (result["axis"] == "gender")
+            & (result["group"] == gender)
+        ].set_index("metric")
         assert part.loc["mean_new_tokens", "value"] == pytest.approx(rows["n_new_tokens"].mean())
         assert part.loc["mean_new_tokens", "n"] == len(rows)
         assert part.loc["mean_new_tokens", "ci_low"] < part.loc["mean_new_tokens", "value"]
@@ -105,8 +112,12 @@ def test_generation_statistics_per_group(tmp_path, generations):
         assert part.loc["share_length", "value"] == pytest.approx(share)
         assert part.loc["share_eos", "value"] == pytest.approx(1 - share)
     for (prompt_id, race), rows in generations.groupby(["prompt_id", "race"]):
-        row = result[(result["prompt_id"] == prompt_id) & (result["axis"] == "race")
-                     & (result["group"] == race) & (result["metric"] == "error_rate")].iloc[0]
+        row = result[
+            (result["prompt_id"] == prompt_id)
+            & (result["axis"] == "race")
+            & (result["group"] == race)
+            & (result["metric"] == "error_rate")
+        ].iloc[0]
         assert row["value"] == pytest.approx(rows["finish_reason"].eq("error").mean())
         assert row["n"] == len(rows)
     assert np.isfinite(result.loc[result["note"] == "", ["value", "ci_low", "ci_high"]]).all().all()

@@ -18,8 +18,11 @@ from tests.test_analyses import small_generations, table, write_run
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory):
     generations = small_generations(seed=1, n_images=120)
-    run_dir = write_run(tmp_path_factory.mktemp("terms") / "run", generations,
-                        analysis={"exclude_terms": ["Middle Eastern"], "tfidf": {"top_k": 8}})
+    run_dir = write_run(
+        tmp_path_factory.mktemp("terms") / "run",
+        generations,
+        analysis={"exclude_terms": ["Middle Eastern"], "tfidf": {"top_k": 8}},
+    )
     analyze_run(run_dir, only=["term_variance", "leakage"])
     return generations, run_dir
 
@@ -43,8 +46,12 @@ def test_group_means_match_an_independent_tfidf(analysed):
                 assert row["ci_low"] <= row["value"] <= row["ci_high"]
                 checked += 1
             for term, rows_of_term in part.groupby("term"):
-                means = np.array([matrix[(rows[axis] == g).to_numpy(), vocabulary[term]].mean()
-                                  for g in sorted(rows[axis].unique())])
+                means = np.array(
+                    [
+                        matrix[(rows[axis] == g).to_numpy(), vocabulary[term]].mean()
+                        for g in sorted(rows[axis].unique())
+                    ]
+                )
                 assert rows_of_term["variance"].iloc[0] == pytest.approx(means.var(), abs=1e-15)
                 card = np.sqrt(((means - means.sum()) ** 2).sum())
                 assert rows_of_term["card_score"].iloc[0] == pytest.approx(card, abs=1e-12)
@@ -85,9 +92,19 @@ def _documents(seed: int) -> pd.DataFrame:
         words = list(rng.choice(filler, size=6)) + ["common"] * 3
         if group == "A" and rng.random() < 0.3:
             words.append("rare")
-        rows.append({"sample_id": f"s{i:03d}", "prompt_id": "p", "model_id": "m", "gender": group,
-                     "prompt": "p", "generation": " ".join(words), "n_new_tokens": len(words),
-                     "finish_reason": "eos", "error": None})
+        rows.append(
+            {
+                "sample_id": f"s{i:03d}",
+                "prompt_id": "p",
+                "model_id": "m",
+                "gender": group,
+                "prompt": "p",
+                "generation": " ".join(words),
+                "n_new_tokens": len(words),
+                "finish_reason": "eos",
+                "error": None,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -95,8 +112,12 @@ def test_card_ranking_differs_from_variance_ranking(tmp_path):
     documents = _documents(0)
     ranks = {}
     for mode in ("variance", "card"):
-        run_dir = write_run(tmp_path / mode, documents, axes=("gender",),
-                            analysis={"tfidf": {"ranking": mode, "max_df": 1.0, "top_k": 40}})
+        run_dir = write_run(
+            tmp_path / mode,
+            documents,
+            axes=("gender",),
+            analysis={"tfidf": {"ranking": mode, "max_df": 1.0, "top_k": 40}},
+        )
         analyze_run(run_dir, only=["term_variance"])
         result = table(run_dir, "term_variance").drop_duplicates("term").set_index("term")
         ranks[mode] = result["rank"]
@@ -115,8 +136,9 @@ def test_ridge_closed_form_equals_scikit_learn_ridge_classifier():
         labels = pd.factorize(rows[axis])[0]
         folds = list(StratifiedKFold(5, shuffle=True, random_state=0).split(labels, labels))
         kernel = (matrix @ matrix.T).toarray()
-        ours = out_of_fold_predictions(fold_operators(kernel, folds), folds, labels[None, :],
-                                       int(labels.max()) + 1)[0]
+        ours = out_of_fold_predictions(
+            fold_operators(kernel, folds), folds, labels[None, :], int(labels.max()) + 1
+        )[0]
         expected = np.empty_like(labels)
         for train, test in folds:
             model = RidgeClassifier(alpha=1.0, solver="cholesky")
@@ -126,8 +148,12 @@ def test_ridge_closed_form_equals_scikit_learn_ridge_classifier():
 
 
 def test_leakage_detects_a_planted_term_and_not_its_absence(tmp_path):
-    planted = small_generations(seed=4, n_images=150, planted_terms=(
-        PlantedTerm("umbrella", "gender", "Female", 0.9, 0.0),), planted_refusals=())
+    planted = small_generations(
+        seed=4,
+        n_images=150,
+        planted_terms=(PlantedTerm("umbrella", "gender", "Female", 0.9, 0.0),),
+        planted_refusals=(),
+    )
     null = small_generations(seed=4, n_images=150, planted_terms=(), planted_refusals=())
     results = {}
     for name, frame in (("planted", planted), ("null", null)):

@@ -335,9 +335,19 @@ def test_image_paths_stay_inside_the_source_folder(tmp_path: Path) -> None:
     )
     frame.to_parquet(source / "rows.parquet")
     result = invoke(
-        str(source / "rows.parquet"), "--out", str(tmp_path / "runs"), "--prompt-id", "p",
-        "--group", "gender=sex", "--map", "generation=text", "--map", "sample_id=id",
-        "--map", "image=image",
+        str(source / "rows.parquet"),
+        "--out",
+        str(tmp_path / "runs"),
+        "--prompt-id",
+        "p",
+        "--group",
+        "gender=sex",
+        "--map",
+        "generation=text",
+        "--map",
+        "sample_id=id",
+        "--map",
+        "image=image",
     )
     assert result.exit_code == 0, result.output
     assert "5 image path(s) in" in result.output and "lead out of its folder" in result.output

@@ -54,7 +54,8 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
 
 def clean_env(**variables: str) -> dict[str, str]:
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in LAUNCHER_VARIABLES and not k.startswith("SLURM_")
     }
     return {**env, **variables}
@@ -63,8 +64,16 @@ def clean_env(**variables: str) -> dict[str, str]:
 def audit_command(probe: Path, run_dir: Path) -> list[str]:
     """``audit run`` flushing every row, so the processes' writes interleave as much as they can."""
     return [
-        sys.executable, "-m", "audit.cli", "run", str(probe), "--out", str(run_dir),
-        "--no-progress", "--flush-every", "1",
+        sys.executable,
+        "-m",
+        "audit.cli",
+        "run",
+        str(probe),
+        "--out",
+        str(run_dir),
+        "--no-progress",
+        "--flush-every",
+        "1",
     ]
 
 
@@ -92,8 +101,13 @@ def test_torchrun_ranks_fill_one_run(case: tuple[Path, Path], tmp_path: Path) ->
     launch_side_by_side(
         audit_command(probe, run_dir),
         [
-            clean_env(RANK=str(r), WORLD_SIZE="2", LOCAL_RANK=str(r), LOCAL_WORLD_SIZE="2",
-                      TORCHELASTIC_RUN_ID="test")
+            clean_env(
+                RANK=str(r),
+                WORLD_SIZE="2",
+                LOCAL_RANK=str(r),
+                LOCAL_WORLD_SIZE="2",
+                TORCHELASTIC_RUN_ID="test",
+            )
             for r in (0, 1)
         ],
     )
@@ -118,10 +132,17 @@ def test_slurm_array_tasks_fill_one_run(case: tuple[Path, Path], tmp_path: Path)
     launch_side_by_side(
         ["bash", str(EXAMPLES / "slurm_fairface.sbatch")],
         [
-            clean_env(SLURM_ARRAY_TASK_ID=str(task), SLURM_ARRAY_TASK_COUNT="2",
-                      SLURM_ARRAY_TASK_MIN="3", SLURM_ARRAY_TASK_MAX="4", SLURM_JOB_ID="77",
-                      PROBE=str(probe), RUN_DIR=str(run_dir), AUDIT=audit,
-                      PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+            clean_env(
+                SLURM_ARRAY_TASK_ID=str(task),
+                SLURM_ARRAY_TASK_COUNT="2",
+                SLURM_ARRAY_TASK_MIN="3",
+                SLURM_ARRAY_TASK_MAX="4",
+                SLURM_JOB_ID="77",
+                PROBE=str(probe),
+                RUN_DIR=str(run_dir),
+                AUDIT=audit,
+                PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            )
             for task in (3, 4)
         ],
     )
@@ -143,8 +164,12 @@ def test_slurm_script_submits_the_array_then_a_dependent_report(tmp_path: Path) 
     (bin_dir / "sbatch").chmod(0o755)
     env = clean_env(RUN_DIR="runs/ff", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     done = subprocess.run(
-        ["bash", str(EXAMPLES / "slurm_fairface.sbatch")], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=30,
+        ["bash", str(EXAMPLES / "slurm_fairface.sbatch")],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert done.returncode == 0, done.stderr
     array, report = calls.read_text().split("\n---\n")[:2]
@@ -164,7 +189,13 @@ def invoke(*args: str) -> tuple[int, str]:
 def test_fresh_is_refused_for_one_shard_of_many(case: tuple[Path, Path], tmp_path: Path) -> None:
     probe, _ = case
     code, output = invoke(
-        "run", str(probe), "--out", str(tmp_path / "run"), "--shard", "2/4", "--fresh",
+        "run",
+        str(probe),
+        "--out",
+        str(tmp_path / "run"),
+        "--shard",
+        "2/4",
+        "--fresh",
         "--no-progress",
     )
     assert code == 2

@@ -26,15 +26,35 @@ IDS = [f"img-{i}" for i in range(200)]
     [
         ({"RANK": "1", "WORLD_SIZE": "2"}, Shard(1, 2)),
         ({"RANK": "0", "WORLD_SIZE": "1"}, None),
-        ({"SLURM_ARRAY_TASK_ID": "4", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_ARRAY_TASK_MIN": "3"},
-         Shard(1, 2)),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "4",
+                "SLURM_ARRAY_TASK_COUNT": "2",
+                "SLURM_ARRAY_TASK_MIN": "3",
+            },
+            Shard(1, 2),
+        ),
         ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "3"}, Shard(0, 3)),
         # --array=10-30:10 gives ids 10, 20, 30
-        ({"SLURM_ARRAY_TASK_ID": "20", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "10",
-          "SLURM_ARRAY_TASK_STEP": "10"}, Shard(1, 3)),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "20",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "SLURM_ARRAY_TASK_MIN": "10",
+                "SLURM_ARRAY_TASK_STEP": "10",
+            },
+            Shard(1, 3),
+        ),
         # array task 2 of 3, each task a torchrun of 4 ranks: rank 1 there is shard 2*4+1 of 12
-        ({"SLURM_ARRAY_TASK_ID": "2", "SLURM_ARRAY_TASK_COUNT": "3", "RANK": "1",
-          "WORLD_SIZE": "4"}, Shard(9, 12)),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "2",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "RANK": "1",
+                "WORLD_SIZE": "4",
+            },
+            Shard(9, 12),
+        ),
         ({}, None),
     ],
 )
@@ -46,8 +66,12 @@ def test_composed_shards_partition_the_samples() -> None:
     owners: dict[str, list[Shard]] = {sid: [] for sid in IDS}
     for task in range(3):
         for rank in range(4):
-            env = {"SLURM_ARRAY_TASK_ID": str(task), "SLURM_ARRAY_TASK_COUNT": "3",
-                   "RANK": str(rank), "WORLD_SIZE": "4"}
+            env = {
+                "SLURM_ARRAY_TASK_ID": str(task),
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "RANK": str(rank),
+                "WORLD_SIZE": "4",
+            }
             shard = Shard.from_env(env)
             assert shard is not None
             for sid in IDS:
@@ -62,8 +86,15 @@ def test_composed_shards_partition_the_samples() -> None:
         ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK: expected an integer"),
         ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK 2 is outside WORLD_SIZE 2"),
         ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "2"}, "sbatch --array=0-1"),
-        ({"SLURM_ARRAY_TASK_ID": "15", "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "10",
-          "SLURM_ARRAY_TASK_STEP": "10"}, "SLURM_ARRAY_TASK_ID 15"),
+        (
+            {
+                "SLURM_ARRAY_TASK_ID": "15",
+                "SLURM_ARRAY_TASK_COUNT": "3",
+                "SLURM_ARRAY_TASK_MIN": "10",
+                "SLURM_ARRAY_TASK_STEP": "10",
+            },
+            "SLURM_ARRAY_TASK_ID 15",
+        ),
     ],
 )
 def test_bad_launcher_environment_is_a_user_error(env: dict[str, str], message: str) -> None:

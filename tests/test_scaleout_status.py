@@ -44,12 +44,22 @@ def faces_probe(tmp_path: Path, model: Path) -> Path:
             Image.new("RGB", (40, 40), (20 * i, 90, 200 - 15 * i)).save(root / name)
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     return write_probe(
-        tmp_path, model,
-        dataset={"source": "fairface_csv", "path": str(root),
-                 "labels_csv": str(root / "labels.csv"), "groups": ["gender", "race"]},
-        classification=[{"id": "gender", "target": "gender",
-                         "template": "a photo of a {label} person.",
-                         "labels": {"male": "Male", "female": "Female"}}],
+        tmp_path,
+        model,
+        dataset={
+            "source": "fairface_csv",
+            "path": str(root),
+            "labels_csv": str(root / "labels.csv"),
+            "groups": ["gender", "race"],
+        },
+        classification=[
+            {
+                "id": "gender",
+                "target": "gender",
+                "template": "a photo of a {label} person.",
+                "labels": {"male": "Male", "female": "Female"},
+            }
+        ],
     )
 
 

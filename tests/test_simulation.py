@@ -44,8 +44,14 @@ def _flags(simulation: Simulation, axis: str, permutations: int = 1000) -> tuple
 def test_null_world_false_discoveries_at_most_five_percent():
     proportions = []
     for seed in range(40):
-        simulation = Simulation(n_images=120, axes=AXES, prompts=("p",), vocabulary_size=250,
-                                words_per_generation=20, seed=seed)
+        simulation = Simulation(
+            n_images=120,
+            axes=AXES,
+            prompts=("p",),
+            vocabulary_size=250,
+            words_per_generation=20,
+            seed=seed,
+        )
         for axis in AXES:
             flagged, tested = _flags(simulation, axis)
             assert len(tested) >= 50
@@ -62,8 +68,15 @@ def test_planted_terms_are_found_and_few_others_flagged():
     )
     found, false_share = [], []
     for seed in range(8):
-        simulation = Simulation(n_images=480, axes=AXES, prompts=("p",), vocabulary_size=300,
-                                words_per_generation=20, planted_terms=planted, seed=seed)
+        simulation = Simulation(
+            n_images=480,
+            axes=AXES,
+            prompts=("p",),
+            vocabulary_size=300,
+            words_per_generation=20,
+            planted_terms=planted,
+            seed=seed,
+        )
         for axis in AXES:
             flagged, _ = _flags(simulation, axis)
             truth = {p.term for p in planted if p.axis == axis}
@@ -92,13 +105,15 @@ def test_cluster_bootstrap_covers_where_row_bootstrap_does_not():
         propensity = rng.beta(0.6, 1.4, size=n_images)  # mean 0.3, strong image effect
         outcomes = rng.random((n_images, prompts)) < propensity[:, None]
         per_image = outcomes.sum(axis=1).astype(float)
-        replicates = bootstrap_ratios(per_image, np.full(n_images, prompts),
-                                      np.zeros(n_images, int), 400, rng)[:, 0, :]
+        replicates = bootstrap_ratios(
+            per_image, np.full(n_images, prompts), np.zeros(n_images, int), 400, rng
+        )[:, 0, :]
         low, high = percentile_interval(replicates)
         covered_images.append(low[0] <= true_rate <= high[0])
         rows = outcomes.ravel().astype(float)
-        naive = bootstrap_ratios(rows, np.ones(rows.size), np.zeros(rows.size, int), 400,
-                                 rng)[:, 0, :]
+        naive = bootstrap_ratios(rows, np.ones(rows.size), np.zeros(rows.size, int), 400, rng)[
+            :, 0, :
+        ]
         low, high = percentile_interval(naive)
         covered_rows.append(low[0] <= true_rate <= high[0])
     assert 0.90 <= np.mean(covered_images) <= 0.99
@@ -106,12 +121,20 @@ def test_cluster_bootstrap_covers_where_row_bootstrap_does_not():
 
 
 def test_simulated_tables_follow_the_contract_and_are_balanced():
-    simulation = Simulation(n_images=140, error_rate=0.1, refusal_rate=0.2,
-                            classification_axes=("gender",), seed=3)
+    simulation = Simulation(
+        n_images=140, error_rate=0.1, refusal_rate=0.2, classification_axes=("gender",), seed=3
+    )
     generations = simulate_generations(simulation)
     assert list(generations.columns[:3]) == ["sample_id", "prompt_id", "model_id"]
-    assert {"gender", "race", "prompt", "generation", "n_new_tokens", "finish_reason",
-            "error"} <= set(generations.columns)
+    assert {
+        "gender",
+        "race",
+        "prompt",
+        "generation",
+        "n_new_tokens",
+        "finish_reason",
+        "error",
+    } <= set(generations.columns)
     assert len(generations) == 140 * 3
     failed = generations["finish_reason"].eq("error")
     assert failed.any() and generations.loc[failed, "error"].notna().all()
@@ -137,8 +160,11 @@ def test_simulated_run_is_labelled_and_recovers_exactly_what_was_planted(tmp_pat
     for item in demo_simulation(0).planted_terms:
         prompts = [item.prompt_id] if item.prompt_id else ["describe", "occupation", "story"]
         for prompt_id in prompts:
-            rows = flagged[(flagged["prompt_id"] == prompt_id) & (flagged["axis"] == item.axis)
-                           & (flagged["term"] == item.term)]
+            rows = flagged[
+                (flagged["prompt_id"] == prompt_id)
+                & (flagged["axis"] == item.axis)
+                & (flagged["term"] == item.term)
+            ]
             assert not rows.empty, (item, prompt_id)
             assert rows.loc[rows["value"].idxmax(), "group"] == item.group
     # Planted refusals are real associations too: their words are more frequent for that group.

@@ -75,8 +75,9 @@ def test_bootstrap_is_reproducible_and_discrete_shortcut_matches_unit_resampling
 def test_cluster_bootstrap_ratio_resamples_whole_images():
     # Two images: one with 3 observations all successes, one with 1 failure. Resampling images
     # (not rows) gives only the ratios 3/4 (both), 1 (first twice) and 0 (second twice).
-    replicates = bootstrap_ratios(np.array([3.0, 0.0]), np.array([3.0, 1.0]), np.array([0, 0]),
-                                  2000, np.random.default_rng(0))
+    replicates = bootstrap_ratios(
+        np.array([3.0, 0.0]), np.array([3.0, 1.0]), np.array([0, 0]), 2000, np.random.default_rng(0)
+    )
     assert set(np.round(np.unique(replicates), 6)) == {0.0, 0.75, 1.0}
 
 
@@ -155,8 +156,9 @@ def test_sequential_p_values_agree_with_full_permutation_where_small():
     statistic_for = _mean_gap_statistic(values)
     observed = statistic_for(np.arange(40))[1](codes[None, :])[0]
     settings = SequentialPermutations(max_permutations=2000, batch=200)
-    result = sequential_permutation_test(codes, observed, statistic_for, settings,
-                                         np.random.default_rng(1))
+    result = sequential_permutation_test(
+        codes, observed, statistic_for, settings, np.random.default_rng(1)
+    )
     null = statistic_for(np.arange(40))[1](permuted_labels(codes, 2000, np.random.default_rng(2)))
     full = permutation_p_values(observed, null)
     small = full < 0.05
@@ -172,8 +174,9 @@ def test_fdr_extension_gives_resolution_where_no_permutation_reached():
     statistic_for = _mean_gap_statistic(values)
     observed = statistic_for(np.arange(40))[1](codes[None, :])[0]
     settings = SequentialPermutations(max_permutations=100, fdr_level=0.05)
-    result = sequential_permutation_test(codes, observed, statistic_for, settings,
-                                         np.random.default_rng(4))
+    result = sequential_permutation_test(
+        codes, observed, statistic_for, settings, np.random.default_rng(4)
+    )
     strong = result.at_floor
     assert strong[:3].all()
     q = benjamini_hochberg(result.p_values)

@@ -48,8 +48,15 @@ from audit.analyses.stats import (
 from audit.analyses.table import ALL, empty_table, estimate, insufficient, records_table
 
 NAME = "classification"
-EXTRA = ("scoring", "successes", "observations", "p_value", "min_detectable_gap",
-         "worst_group", "best_group")
+EXTRA = (
+    "scoring",
+    "successes",
+    "observations",
+    "p_value",
+    "min_detectable_gap",
+    "worst_group",
+    "best_group",
+)
 
 
 def task_axes(context: AnalysisContext, frame: pd.DataFrame, tasks: list[Task]) -> list[GroupAxis]:
@@ -98,8 +105,14 @@ def classification(context: AnalysisContext) -> pd.DataFrame:
     return records_table(records, "task_id", EXTRA)
 
 
-def _task_records(context: AnalysisContext, task_id: str, scoring: str, rows: pd.DataFrame,
-                  correct: np.ndarray, axes: list[GroupAxis]) -> list[dict[str, Any]]:
+def _task_records(
+    context: AnalysisContext,
+    task_id: str,
+    scoring: str,
+    rows: pd.DataFrame,
+    correct: np.ndarray,
+    axes: list[GroupAxis],
+) -> list[dict[str, Any]]:
     settings = context.settings
     suffix = SUFFIX[scoring]
     metric = f"accuracy{suffix}"
@@ -110,8 +123,9 @@ def _task_records(context: AnalysisContext, task_id: str, scoring: str, rows: pd
     for axis in axes:
         rng = seeded_rng(settings.seed, NAME, task_id, scoring, axis.name)
         rates = UnitRates(correct, np.ones(len(rows)), axis.codes(rows), axis.groups)
-        groups = group_rows(task_id, axis.name, metric, rates, settings.n_bootstrap, rng,
-                            scoring=scoring)
+        groups = group_rows(
+            task_id, axis.name, metric, rates, settings.n_bootstrap, rng, scoring=scoring
+        )
         records += groups
         records.append(_gap_row(task_id, axis.name, suffix, rates, groups, accuracy, settings, rng))
         if " x " in axis.name:
@@ -121,9 +135,16 @@ def _task_records(context: AnalysisContext, task_id: str, scoring: str, rows: pd
     return records
 
 
-def _gap_row(task_id: str, axis: str, suffix: str, rates: UnitRates,
-             groups: list[dict[str, Any]], accuracy: float, settings: Any,
-             rng: np.random.Generator) -> dict[str, Any]:
+def _gap_row(
+    task_id: str,
+    axis: str,
+    suffix: str,
+    rates: UnitRates,
+    groups: list[dict[str, Any]],
+    accuracy: float,
+    settings: Any,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     metric = f"accuracy_gap{suffix}"
     usable = [g for g in groups if g["value"] is not None]
     n = int(sum(g["n"] for g in usable))
@@ -132,29 +153,48 @@ def _gap_row(task_id: str, axis: str, suffix: str, rates: UnitRates,
     worst = min(usable, key=lambda g: (g["value"], g["group"]))
     best = max(usable, key=lambda g: (g["value"], g["group"]))
     _, p_value = permutation_test(rates, rate_range, settings.n_permutations, rng)
-    interval = difference_interval(rates, best["group"], worst["group"], settings.n_bootstrap,
-                                   rng)
+    interval = difference_interval(rates, best["group"], worst["group"], settings.n_bootstrap, rng)
     detectable = minimum_detectable_difference(accuracy, best["n"], worst["n"])
-    return estimate(task_id, axis, ALL, metric, best["value"] - worst["value"], interval, n,
-                    p_value=p_value, min_detectable_gap=detectable, worst_group=worst["group"],
-                    best_group=best["group"])
+    return estimate(
+        task_id,
+        axis,
+        ALL,
+        metric,
+        best["value"] - worst["value"],
+        interval,
+        n,
+        p_value=p_value,
+        min_detectable_gap=detectable,
+        worst_group=worst["group"],
+        best_group=best["group"],
+    )
 
 
-def _std_rows(task_id: str, axis: str, suffix: str, rates: UnitRates, accuracy: float,
-              settings: Any, rng: np.random.Generator) -> list[dict[str, Any]]:
+def _std_rows(
+    task_id: str,
+    axis: str,
+    suffix: str,
+    rates: UnitRates,
+    accuracy: float,
+    settings: Any,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
     """The card's std over intersection cells, and the std binomial noise alone would give."""
     metric, noise_metric = f"cell_accuracy_std{suffix}", f"cell_accuracy_std_noise{suffix}"
     keep, local = rates.restricted()
     n = int(keep.size)
     cells = int(local.max()) + 1 if local.size else 0
     if cells < 2:
-        return [insufficient(task_id, axis, ALL, metric, n),
-                insufficient(task_id, axis, ALL, noise_metric, n)]
+        return [
+            insufficient(task_id, axis, ALL, metric, n),
+            insufficient(task_id, axis, ALL, noise_metric, n),
+        ]
     sizes = np.bincount(local, minlength=cells)
     observed = np.bincount(local, weights=rates.successes[keep], minlength=cells) / sizes
     std = float(observed.std())
-    replicates = bootstrap_ratios(rates.successes[keep], rates.totals[keep], local,
-                                  settings.n_bootstrap, rng)[:, :, 0]
+    replicates = bootstrap_ratios(
+        rates.successes[keep], rates.totals[keep], local, settings.n_bootstrap, rng
+    )[:, :, 0]
     low, high = percentile_interval(replicates.std(axis=1)[:, None])
     noise = (rng.binomial(sizes, accuracy, size=(settings.n_bootstrap, cells)) / sizes).std(axis=1)
     noise_low, noise_high = np.percentile(noise, [2.5, 97.5])
@@ -179,22 +219,34 @@ def classification_findings(table: pd.DataFrame) -> list[Finding]:
             if not stds.empty:
                 cell = stds.iloc[0]
                 expected = noise[noise["axis"] == cell["axis"]]
-                std_text = (f"; std over {cell['axis']} cells {_points(cell['value'])} points "
-                            f"(noise alone: {_points(expected['value'].iloc[0])})"
-                            if not expected.empty else "")
-            found.append(finding(NAME, row, f"task '{task_id}': accuracy "
-                                            f"{interval_text(row, True)} (n={int(row['n'])})"
-                                            f"{std_text}"))
+                std_text = (
+                    f"; std over {cell['axis']} cells {_points(cell['value'])} points "
+                    f"(noise alone: {_points(expected['value'].iloc[0])})"
+                    if not expected.empty
+                    else ""
+                )
+            found.append(
+                finding(
+                    NAME,
+                    row,
+                    f"task '{task_id}': accuracy "
+                    f"{interval_text(row, True)} (n={int(row['n'])})"
+                    f"{std_text}",
+                )
+            )
         gaps = part[(part["metric"] == "accuracy_gap") & part["value"].notna()]
         for _, gap in gaps[~gaps["axis"].str.contains(" x ")].iterrows():
-            found.append(finding(
-                NAME, gap,
-                f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']}, "
-                f"{_points(gap['value'])} points below {gap['best_group']} "
-                f"[{_points(gap['ci_low'])}, {_points(gap['ci_high'])}], "
-                f"{p_text(gap['p_value'])}; smallest gap detectable at this n: "
-                f"{_points(gap['min_detectable_gap'])} points",
-            ))
+            found.append(
+                finding(
+                    NAME,
+                    gap,
+                    f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']}, "
+                    f"{_points(gap['value'])} points below {gap['best_group']} "
+                    f"[{_points(gap['ci_low'])}, {_points(gap['ci_high'])}], "
+                    f"{p_text(gap['p_value'])}; smallest gap detectable at this n: "
+                    f"{_points(gap['min_detectable_gap'])} points",
+                )
+            )
     return found
 
 

@@ -47,8 +47,14 @@ def confusion(context: AnalysisContext) -> pd.DataFrame:
     return build_table(pd.concat(parts, ignore_index=True), "task_id", EXTRA)
 
 
-def _matrices(task_id: str, scoring: str, rows: pd.DataFrame, predicted: np.ndarray,
-              values: list[str], axis: GroupAxis | None) -> pd.DataFrame:
+def _matrices(
+    task_id: str,
+    scoring: str,
+    rows: pd.DataFrame,
+    predicted: np.ndarray,
+    values: list[str],
+    axis: GroupAxis | None,
+) -> pd.DataFrame:
     groups = (ALL,) if axis is None else axis.groups
     codes = np.zeros(len(rows), dtype=int) if axis is None else axis.codes(rows)
     index = {v: i for i, v in enumerate(values)}
@@ -68,12 +74,19 @@ def _matrices(task_id: str, scoring: str, rows: pd.DataFrame, predicted: np.ndar
         share = counts / totals[:, :, None]
     g_i, t_i, p_i = np.meshgrid(np.arange(g), np.arange(k), np.arange(c), indexing="ij")
     record: dict[str, Any] = {
-        "task_id": task_id, "axis": ALL if axis is None else axis.name,
-        "group": np.array(groups, dtype=object)[g_i.ravel()], "metric": "share",
-        "value": share.ravel(), "ci_low": low.ravel(), "ci_high": high.ravel(),
-        "n": np.repeat(totals.ravel(), c), "note": "", "scoring": scoring,
+        "task_id": task_id,
+        "axis": ALL if axis is None else axis.name,
+        "group": np.array(groups, dtype=object)[g_i.ravel()],
+        "metric": "share",
+        "value": share.ravel(),
+        "ci_low": low.ravel(),
+        "ci_high": high.ravel(),
+        "n": np.repeat(totals.ravel(), c),
+        "note": "",
+        "scoring": scoring,
         "target": np.array(values, dtype=object)[t_i.ravel()],
-        "prediction": np.array(columns, dtype=object)[p_i.ravel()], "count": counts.ravel(),
+        "prediction": np.array(columns, dtype=object)[p_i.ravel()],
+        "count": counts.ravel(),
     }
     return pd.DataFrame(record)
 

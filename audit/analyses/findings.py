@@ -38,13 +38,20 @@ def finding(analysis: str, row: pd.Series | dict[str, Any], headline: str, **ext
     for key in ("prompt_id", "task_id"):
         if get(key) is not None and not pd.isna(get(key)):
             result[key] = str(get(key))
-    result.update({
-        "axis": str(get("axis", ALL)), "group": str(get("group", ALL)),
-        "metric": str(get("metric", "")), "headline": headline,
-        "value": number(get("value")), "ci_low": number(get("ci_low")),
-        "ci_high": number(get("ci_high")), "n": int(number(get("n")) or 0),
-        "p_value": number(get("p_value")), "q_value": number(get("q_value")),
-    })
+    result.update(
+        {
+            "axis": str(get("axis", ALL)),
+            "group": str(get("group", ALL)),
+            "metric": str(get("metric", "")),
+            "headline": headline,
+            "value": number(get("value")),
+            "ci_low": number(get("ci_low")),
+            "ci_high": number(get("ci_high")),
+            "n": int(number(get("n")) or 0),
+            "p_value": number(get("p_value")),
+            "q_value": number(get("q_value")),
+        }
+    )
     result.update({k: number(v) if isinstance(v, float) else v for k, v in extra.items()})
     return result
 
@@ -58,8 +65,10 @@ def fmt(value: Any, percent: bool = False) -> str:
 
 
 def interval_text(row: pd.Series | dict[str, Any], percent: bool = False) -> str:
-    return f"{fmt(row.get('value'), percent)} [{fmt(row.get('ci_low'), percent)}, " \
-           f"{fmt(row.get('ci_high'), percent)}]"
+    return (
+        f"{fmt(row.get('value'), percent)} [{fmt(row.get('ci_low'), percent)}, "
+        f"{fmt(row.get('ci_high'), percent)}]"
+    )
 
 
 def p_text(value: Any) -> str:
@@ -79,11 +88,14 @@ def generic_findings(name: str, table: pd.DataFrame) -> list[Finding]:
     for (item, axis, metric), rows in usable.groupby([id_column, "axis", "metric"], sort=True):
         top = rows.loc[rows["value"].astype(float).idxmax()]
         percent = any(w in str(metric) for w in ("rate", "share", "accuracy"))
-        found.append(finding(
-            name, top,
-            f"{item}, {axis}: highest {metric} for {top['group']}: "
-            f"{interval_text(top, percent)} (n={int(top['n'])})",
-        ))
+        found.append(
+            finding(
+                name,
+                top,
+                f"{item}, {axis}: highest {metric} for {top['group']}: "
+                f"{interval_text(top, percent)} (n={int(top['n'])})",
+            )
+        )
     return found[:12]
 
 

@@ -39,8 +39,11 @@ def tasks_of(manifest: Manifest, frame: pd.DataFrame) -> list[Task]:
     if "task_id" in frame:
         for task_id in sorted(set(frame["task_id"].astype(str)) - set(tasks)):
             rows = frame[frame["task_id"].astype(str) == task_id]
-            scored = [c[len("score_"):] for c in rows.columns
-                      if c.startswith("score_") and rows[c].notna().any()]
+            scored = [
+                c[len("score_") :]
+                for c in rows.columns
+                if c.startswith("score_") and rows[c].notna().any()
+            ]
             targets = rows["target"].dropna().astype(str).unique() if "target" in rows else []
             tasks[task_id] = Task(task_id, None, tuple(dict.fromkeys([*scored, *sorted(targets)])))
     return list(tasks.values())

@@ -54,27 +54,39 @@ RIDGE_ALPHA = 1.0
 EXTRA = ("chance", "p_value", "n_permutations", "n_groups")
 
 
-def fold_operators(kernel: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                   alpha: float = RIDGE_ALPHA) -> list[np.ndarray]:
+def fold_operators(
+    kernel: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]], alpha: float = RIDGE_ALPHA
+) -> list[np.ndarray]:
     """Per fold, ``M`` with test predictions ``ȳ_train + M @ Y_train`` of ridge regression with
     an unpenalised intercept (the kernel, centred on the training rows, makes ``M @ 1 = 0``)."""
     operators = []
     for train, test in folds:
         row_means = kernel[:, train].mean(axis=1)
         grand = row_means[train].mean()
-        k_train = kernel[np.ix_(train, train)] - row_means[train][:, None] \
-            - row_means[train][None, :] + grand
-        k_test = kernel[np.ix_(test, train)] - row_means[test][:, None] \
-            - row_means[train][None, :] + grand
+        k_train = (
+            kernel[np.ix_(train, train)]
+            - row_means[train][:, None]
+            - row_means[train][None, :]
+            + grand
+        )
+        k_test = (
+            kernel[np.ix_(test, train)]
+            - row_means[test][:, None]
+            - row_means[train][None, :]
+            + grand
+        )
         k_train[np.diag_indices_from(k_train)] += alpha
         factor = scipy.linalg.cho_factor(k_train, overwrite_a=True, check_finite=False)
         operators.append(scipy.linalg.cho_solve(factor, k_test.T, check_finite=False).T)
     return operators
 
 
-def out_of_fold_predictions(operators: list[np.ndarray],
-                            folds: list[tuple[np.ndarray, np.ndarray]],
-                            labels: np.ndarray, n_groups: int) -> np.ndarray:
+def out_of_fold_predictions(
+    operators: list[np.ndarray],
+    folds: list[tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    n_groups: int,
+) -> np.ndarray:
     """Out-of-fold predicted codes ``(b, n)`` for each row of labels ``(b, n)``: one-vs-rest
     targets in {-1, +1}, prediction = the group with the largest decision value."""
     b, n = labels.shape
@@ -116,13 +128,21 @@ def leakage(context: AnalysisContext) -> pd.DataFrame:
     return records_table(records, "prompt_id", EXTRA)
 
 
-def _axis_records(context: AnalysisContext, prompt_id: str, subset: pd.DataFrame,
-                  axis: GroupAxis, rng: np.random.Generator) -> list[dict[str, Any]]:
+def _axis_records(
+    context: AnalysisContext,
+    prompt_id: str,
+    subset: pd.DataFrame,
+    axis: GroupAxis,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
     codes = axis.codes(subset)
     sizes = np.bincount(codes[codes >= 0], minlength=len(axis.groups))
     included = np.flatnonzero(sizes >= max(MIN_GROUP_SIZE, N_FOLDS))
-    short = [insufficient(prompt_id, axis.name, axis.groups[g], "recall", int(sizes[g]))
-             for g in range(len(axis.groups)) if g not in set(included.tolist())]
+    short = [
+        insufficient(prompt_id, axis.name, axis.groups[g], "recall", int(sizes[g]))
+        for g in range(len(axis.groups))
+        if g not in set(included.tolist())
+    ]
     rows = np.flatnonzero(np.isin(codes, included))
     if rows.size > MAX_IMAGES:
         rows = np.sort(rng.choice(rows, size=MAX_IMAGES, replace=False))
@@ -137,14 +157,27 @@ def _axis_records(context: AnalysisContext, prompt_id: str, subset: pd.DataFrame
         matrix, _ = vectorize(texts, context.settings.tfidf, list(context.settings.exclude_terms))
     except NoTerms:
         overall = insufficient(prompt_id, axis.name, ALL, "balanced_accuracy", int(rows.size))
-        return [overall, *short, *(insufficient(prompt_id, axis.name, axis.groups[g], "recall",
-                                                int(sizes[g])) for g in included)]
+        return [
+            overall,
+            *short,
+            *(
+                insufficient(prompt_id, axis.name, axis.groups[g], "recall", int(sizes[g]))
+                for g in included
+            ),
+        ]
     groups = [axis.groups[g] for g in included]
     return [*_scored(context, prompt_id, axis.name, groups, matrix, local, rng), *short]
 
 
-def _scored(context: AnalysisContext, prompt_id: str, axis: str, groups: list[str],
-            matrix: Any, local: np.ndarray, rng: np.random.Generator) -> list[dict[str, Any]]:
+def _scored(
+    context: AnalysisContext,
+    prompt_id: str,
+    axis: str,
+    groups: list[str],
+    matrix: Any,
+    local: np.ndarray,
+    rng: np.random.Generator,
+) -> list[dict[str, Any]]:
     k = len(groups)
     kernel = (matrix @ matrix.T).toarray()
     splitter = StratifiedKFold(N_FOLDS, shuffle=True, random_state=int(rng.integers(2**31)))
@@ -160,18 +193,41 @@ def _scored(context: AnalysisContext, prompt_id: str, axis: str, groups: list[st
     null = balanced_accuracy(permuted, null_predictions, k)
     p_value = (1 + np.sum(null >= observed - 1e-12)) / (1 + N_PERMUTATIONS)
     hits = (predicted == local).astype(float)
-    replicates = bootstrap_ratios(hits, np.ones(local.size), local, context.settings.n_bootstrap,
-                                  rng)[:, :, 0]
+    replicates = bootstrap_ratios(
+        hits, np.ones(local.size), local, context.settings.n_bootstrap, rng
+    )[:, :, 0]
     low, high = percentile_interval(replicates.mean(axis=1)[:, None])
     extra = {"chance": 1 / k, "n_groups": k}
-    records = [estimate(prompt_id, axis, ALL, "balanced_accuracy", observed, (low[0], high[0]),
-                        local.size, p_value=p_value, n_permutations=N_PERMUTATIONS, **extra)]
+    records = [
+        estimate(
+            prompt_id,
+            axis,
+            ALL,
+            "balanced_accuracy",
+            observed,
+            (low[0], high[0]),
+            local.size,
+            p_value=p_value,
+            n_permutations=N_PERMUTATIONS,
+            **extra,
+        )
+    ]
     successes = np.bincount(local, weights=hits, minlength=k)
     totals = np.bincount(local, minlength=k)
     recall_low, recall_high = wilson_interval(successes, totals)
     for j, group in enumerate(groups):
-        records.append(estimate(prompt_id, axis, group, "recall", successes[j] / totals[j],
-                                (recall_low[j], recall_high[j]), int(totals[j]), **extra))
+        records.append(
+            estimate(
+                prompt_id,
+                axis,
+                group,
+                "recall",
+                successes[j] / totals[j],
+                (recall_low[j], recall_high[j]),
+                int(totals[j]),
+                **extra,
+            )
+        )
     return records
 
 
@@ -180,12 +236,15 @@ def leakage_findings(table: pd.DataFrame) -> list[Finding]:
     found = []
     rows = table[(table["metric"] == "balanced_accuracy") & table["value"].notna()]
     for _, row in rows.iterrows():
-        found.append(finding(
-            NAME, row,
-            f"prompt '{row['prompt_id']}', {row['axis']}: group predicted from the text with "
-            f"balanced accuracy {interval_text(row, True)} vs chance {fmt(row['chance'], True)} "
-            f"(n={int(row['n'])}, {p_text(row['p_value'])})",
-        ))
+        found.append(
+            finding(
+                NAME,
+                row,
+                f"prompt '{row['prompt_id']}', {row['axis']}: group predicted from the text with "
+                f"balanced accuracy {interval_text(row, True)} vs chance {fmt(row['chance'], True)} "
+                f"(n={int(row['n'])}, {p_text(row['p_value'])})",
+            )
+        )
     return found
 
 

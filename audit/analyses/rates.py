@@ -55,8 +55,9 @@ class UnitRates:
         return keep, recode[self.codes[keep]]
 
 
-def _intervals(rates: UnitRates, keep: np.ndarray, local: np.ndarray, n_boot: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _intervals(
+    rates: UnitRates, keep: np.ndarray, local: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     k = int(local.max()) + 1 if local.size else 0
     successes = np.bincount(local, weights=rates.successes[keep], minlength=k)
     totals = np.bincount(local, weights=rates.totals[keep], minlength=k)
@@ -66,8 +67,14 @@ def _intervals(rates: UnitRates, keep: np.ndarray, local: np.ndarray, n_boot: in
     return percentile_interval(replicates[:, :, 0])
 
 
-def overall_row(id_value: str, metric: str, rates: UnitRates, n_boot: int,
-                rng: np.random.Generator, **extra: Any) -> dict[str, Any]:
+def overall_row(
+    id_value: str,
+    metric: str,
+    rates: UnitRates,
+    n_boot: int,
+    rng: np.random.Generator,
+    **extra: Any,
+) -> dict[str, Any]:
     """The rate over all images (axis and group ``all``)."""
     n = len(rates.successes)
     if n == 0:
@@ -75,13 +82,29 @@ def overall_row(id_value: str, metric: str, rates: UnitRates, n_boot: int,
     zeros = np.zeros(n, dtype=int)
     low, high = _intervals(rates, np.arange(n), zeros, n_boot, rng)
     value = rates.successes.sum() / rates.totals.sum()
-    return estimate(id_value, ALL, ALL, metric, value, (low[0], high[0]), n,
-                    successes=int(rates.successes.sum()), observations=int(rates.totals.sum()),
-                    **extra)
+    return estimate(
+        id_value,
+        ALL,
+        ALL,
+        metric,
+        value,
+        (low[0], high[0]),
+        n,
+        successes=int(rates.successes.sum()),
+        observations=int(rates.totals.sum()),
+        **extra,
+    )
 
 
-def group_rows(id_value: str, axis: str, metric: str, rates: UnitRates, n_boot: int,
-               rng: np.random.Generator, **extra: Any) -> list[dict[str, Any]]:
+def group_rows(
+    id_value: str,
+    axis: str,
+    metric: str,
+    rates: UnitRates,
+    n_boot: int,
+    rng: np.random.Generator,
+    **extra: Any,
+) -> list[dict[str, Any]]:
     """One row per group: the rate with its interval, or ``insufficient data``."""
     sizes = rates.sizes()
     keep, local = rates.restricted()
@@ -95,9 +118,20 @@ def group_rows(id_value: str, axis: str, metric: str, rates: UnitRates, n_boot: 
         j = int(np.flatnonzero(included == code)[0])
         members = keep[local == j]
         successes, totals = rates.successes[members].sum(), rates.totals[members].sum()
-        rows.append(estimate(id_value, axis, group, metric, successes / totals,
-                             (low[j], high[j]), int(sizes[code]), successes=int(successes),
-                             observations=int(totals), **extra))
+        rows.append(
+            estimate(
+                id_value,
+                axis,
+                group,
+                metric,
+                successes / totals,
+                (low[j], high[j]),
+                int(sizes[code]),
+                successes=int(successes),
+                observations=int(totals),
+                **extra,
+            )
+        )
     return rows
 
 
@@ -122,8 +156,9 @@ def rate_range(successes: np.ndarray, totals: np.ndarray) -> np.ndarray:
 Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
-def permutation_test(rates: UnitRates, statistic: Statistic, n_perm: int,
-                     rng: np.random.Generator) -> tuple[float, float]:
+def permutation_test(
+    rates: UnitRates, statistic: Statistic, n_perm: int, rng: np.random.Generator
+) -> tuple[float, float]:
     """Observed statistic over the included groups and its permutation p-value (labels
     permuted over images). NaN p-value with fewer than two groups."""
     keep, local = rates.restricted()
@@ -131,15 +166,18 @@ def permutation_test(rates: UnitRates, statistic: Statistic, n_perm: int,
     if k < 2:
         return float("nan"), float("nan")
     successes, totals = rates.successes[keep], rates.totals[keep]
-    observed = statistic(np.bincount(local, weights=successes, minlength=k)[None, :],
-                         np.bincount(local, weights=totals, minlength=k)[None, :])
+    observed = statistic(
+        np.bincount(local, weights=successes, minlength=k)[None, :],
+        np.bincount(local, weights=totals, minlength=k)[None, :],
+    )
     sums = permuted_group_sums(np.column_stack([successes, totals]), local, n_perm, rng)
     null = statistic(sums[:, :, 0], sums[:, :, 1])
     return float(observed[0]), float(permutation_p_values(observed, null[:, None])[0])
 
 
-def difference_interval(rates: UnitRates, high: str, low: str, n_boot: int,
-                        rng: np.random.Generator) -> tuple[float, float]:
+def difference_interval(
+    rates: UnitRates, high: str, low: str, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float]:
     """Bootstrap interval of the rate of group ``high`` minus that of group ``low`` (images
     resampled within each group, so each group keeps its size).
 

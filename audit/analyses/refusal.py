@@ -68,8 +68,9 @@ def refusal_pattern(patterns: list[str] | None, origin: str) -> re.Pattern[str]:
 
 
 def _unit_rates(frame: pd.DataFrame, refused: pd.Series, axis: GroupAxis | None) -> UnitRates:
-    by_image = pd.DataFrame({"sample_id": frame["sample_id"].astype(str),
-                             "refused": refused.to_numpy(dtype=float)})
+    by_image = pd.DataFrame(
+        {"sample_id": frame["sample_id"].astype(str), "refused": refused.to_numpy(dtype=float)}
+    )
     grouped = by_image.groupby("sample_id", sort=True)["refused"].agg(["sum", "count"])
     if axis is None:
         codes = np.zeros(len(grouped), dtype=int)
@@ -79,8 +80,12 @@ def _unit_rates(frame: pd.DataFrame, refused: pd.Series, axis: GroupAxis | None)
         lookup = pd.Series(axis.codes(first), index=first["sample_id"].to_numpy())
         codes = lookup.reindex(grouped.index).fillna(-1).to_numpy(dtype=int)
         groups = axis.groups
-    return UnitRates(successes=grouped["sum"].to_numpy(), totals=grouped["count"].to_numpy(),
-                     codes=codes, groups=groups)
+    return UnitRates(
+        successes=grouped["sum"].to_numpy(),
+        totals=grouped["count"].to_numpy(),
+        codes=codes,
+        groups=groups,
+    )
 
 
 def refusal(context: AnalysisContext) -> pd.DataFrame:
@@ -89,9 +94,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
     if generations.empty or "generation" not in generations:
         return empty_table("prompt_id", EXTRA)
     generations = sort_rows(generations, ["sample_id", "prompt_id"])
-    pattern = refusal_pattern(
-        context.settings.refusal_patterns, str(context.store.manifest_path)
-    )
+    pattern = refusal_pattern(context.settings.refusal_patterns, str(context.store.manifest_path))
     valid, _ = split_errors(generations)
     refused = valid["generation"].fillna("").astype(str).map(lambda t: bool(pattern.search(t)))
     axes = discover_axes(generations, context.group_axes)
@@ -101,8 +104,11 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
         mask = valid["prompt_id"].astype(str).eq(prompt_id) | (prompt_id == ALL)
         frame, hits = valid[mask], refused[mask]
         rng = seeded_rng(context.settings.seed, NAME, prompt_id)
-        records.append(overall_row(prompt_id, METRIC, _unit_rates(frame, hits, None),
-                                   context.settings.n_bootstrap, rng))
+        records.append(
+            overall_row(
+                prompt_id, METRIC, _unit_rates(frame, hits, None), context.settings.n_bootstrap, rng
+            )
+        )
         for axis in axes:
             rates = _unit_rates(frame, hits, axis)
             rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name)
@@ -110,8 +116,14 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
                 rates, chi_square_statistic, context.settings.n_permutations, rng
             )
             records += group_rows(
-                prompt_id, axis.name, METRIC, rates, context.settings.n_bootstrap, rng,
-                p_value=p_value, statistic=statistic,
+                prompt_id,
+                axis.name,
+                METRIC,
+                rates,
+                context.settings.n_bootstrap,
+                rng,
+                p_value=p_value,
+                statistic=statistic,
                 n_permutations=context.settings.n_permutations if np.isfinite(p_value) else None,
             )
     return records_table(records, "prompt_id", EXTRA)
@@ -125,16 +137,25 @@ def refusal_findings(table: pd.DataFrame) -> list[Finding]:
         overall = part[part["axis"] == ALL]
         if not overall.empty:
             row = overall.iloc[0]
-            found.append(finding(NAME, row, f"prompt '{prompt_id}': {interval_text(row, True)} of "
-                                            f"generations are refusals (n={int(row['n'])} images)"))
+            found.append(
+                finding(
+                    NAME,
+                    row,
+                    f"prompt '{prompt_id}': {interval_text(row, True)} of "
+                    f"generations are refusals (n={int(row['n'])} images)",
+                )
+            )
         for axis, rows in part[part["axis"] != ALL].groupby("axis", sort=False):
             top = rows.loc[rows["value"].astype(float).idxmax()]
-            found.append(finding(
-                NAME, top,
-                f"prompt '{prompt_id}', {axis}: most refusals for {top['group']}: "
-                f"{interval_text(top, True)} (n={int(top['n'])}); difference across groups "
-                f"{p_text(top['p_value'])}",
-            ))
+            found.append(
+                finding(
+                    NAME,
+                    top,
+                    f"prompt '{prompt_id}', {axis}: most refusals for {top['group']}: "
+                    f"{interval_text(top, True)} (n={int(top['n'])}); difference across groups "
+                    f"{p_text(top['p_value'])}",
+                )
+            )
     return found
 
 

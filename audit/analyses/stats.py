@@ -88,8 +88,9 @@ def bootstrap_ratios(
     return out
 
 
-def _resampled_ratios(values: np.ndarray, sizes: np.ndarray, n_boot: int,
-                      rng: np.random.Generator) -> np.ndarray:
+def _resampled_ratios(
+    values: np.ndarray, sizes: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
     n = len(values)
     distinct, frequency = np.unique(np.column_stack([values, sizes]), axis=0, return_counts=True)
     with np.errstate(invalid="ignore", divide="ignore"):

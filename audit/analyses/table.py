@@ -47,24 +47,53 @@ def empty_table(id_column: str, extra: Sequence[str] = ()) -> pd.DataFrame:
     return build_table([], id_column, extra)
 
 
-def insufficient(id_value: str, axis: str, group: str, metric: str, n: int,
-                 **extra: Any) -> dict[str, Any]:
+def insufficient(
+    id_value: str, axis: str, group: str, metric: str, n: int, **extra: Any
+) -> dict[str, Any]:
     """A row that says the estimate was not made: too few images."""
-    return {"axis": axis, "group": group, "metric": metric, "value": None, "ci_low": None,
-            "ci_high": None, "n": n, "note": INSUFFICIENT, **extra, "_id": id_value}
+    return {
+        "axis": axis,
+        "group": group,
+        "metric": metric,
+        "value": None,
+        "ci_low": None,
+        "ci_high": None,
+        "n": n,
+        "note": INSUFFICIENT,
+        **extra,
+        "_id": id_value,
+    }
 
 
-def estimate(id_value: str, axis: str, group: str, metric: str, value: float,
-             interval: tuple[float, float], n: int, **extra: Any) -> dict[str, Any]:
+def estimate(
+    id_value: str,
+    axis: str,
+    group: str,
+    metric: str,
+    value: float,
+    interval: tuple[float, float],
+    n: int,
+    **extra: Any,
+) -> dict[str, Any]:
     """A row with an estimate and its 95% interval."""
     low, high = interval
-    return {"axis": axis, "group": group, "metric": metric, "value": float(value),
-            "ci_low": float(low), "ci_high": float(high), "n": int(n), "note": "", **extra,
-            "_id": id_value}
+    return {
+        "axis": axis,
+        "group": group,
+        "metric": metric,
+        "value": float(value),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "n": int(n),
+        "note": "",
+        **extra,
+        "_id": id_value,
+    }
 
 
-def records_table(records: list[dict[str, Any]], id_column: str,
-                  extra: Sequence[str] = ()) -> pd.DataFrame:
+def records_table(
+    records: list[dict[str, Any]], id_column: str, extra: Sequence[str] = ()
+) -> pd.DataFrame:
     """``build_table`` for rows made with ``estimate``/``insufficient`` (id under ``_id``)."""
     renamed = [{**{k: v for k, v in r.items() if k != "_id"}, id_column: r["_id"]} for r in records]
     return build_table(renamed, id_column, extra)

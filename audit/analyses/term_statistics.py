@@ -127,9 +127,9 @@ def _group_sums(transposed: sp.csr_matrix, labels: np.ndarray, n_groups: int) ->
     )
     n_terms = transposed.shape[0]
     sums = np.empty((n_terms, b, n_groups))
-    sums[:, :, :last] = (transposed @ indicator).toarray().reshape(n_terms, b, max(last, 1))[
-        :, :, :last
-    ]
+    sums[:, :, :last] = (
+        (transposed @ indicator).toarray().reshape(n_terms, b, max(last, 1))[:, :, :last]
+    )
     totals = np.asarray(transposed.sum(axis=1)).reshape(n_terms, 1)
     sums[:, :, last] = totals - sums[:, :, :last].sum(axis=2)
     return sums.transpose(1, 2, 0)
@@ -162,8 +162,12 @@ def testable(
     total = sizes.sum()
     d = document_counts.astype(float)
     smallest = sizes.min()
-    log_bound = (gammaln(smallest + 1) - gammaln(np.maximum(smallest - d, 0) + 1)
-                 - gammaln(total + 1) + gammaln(total - d + 1))
+    log_bound = (
+        gammaln(smallest + 1)
+        - gammaln(np.maximum(smallest - d, 0) + 1)
+        - gammaln(total + 1)
+        + gammaln(total - d + 1)
+    )
     return (d <= smallest) & (log_bound <= np.log(alpha)) | (d > smallest)
 
 
@@ -212,10 +216,12 @@ def weighted_chi_square_tail(value: float, weights: np.ndarray) -> float:
     # sin(phase - x u / 2): near 0 integrate directly; beyond 1 split it into Fourier integrals
     # (QAWF), which handle the oscillation of frequency x / 2 out to infinity.
     head, _ = quad(lambda u: np.sin(phase(u) - 0.5 * x * u) / damping(u), 0, 1, limit=200)
-    cosine, _ = quad(lambda u: np.sin(phase(u)) / damping(u), 1, np.inf, weight="cos",
-                     wvar=0.5 * x, limlst=200)
-    sine, _ = quad(lambda u: np.cos(phase(u)) / damping(u), 1, np.inf, weight="sin",
-                   wvar=0.5 * x, limlst=200)
+    cosine, _ = quad(
+        lambda u: np.sin(phase(u)) / damping(u), 1, np.inf, weight="cos", wvar=0.5 * x, limlst=200
+    )
+    sine, _ = quad(
+        lambda u: np.cos(phase(u)) / damping(u), 1, np.inf, weight="sin", wvar=0.5 * x, limlst=200
+    )
     tail = 0.5 + (head + cosine - sine) / np.pi
     return bound if tail < 1e-8 else float(min(tail, bound))
 
@@ -246,18 +252,30 @@ def score_terms(
     card = np.sqrt(((means - means.sum(axis=0)) ** 2).sum(axis=0))
     document_counts = np.diff(columns.indptr)
     tested = np.flatnonzero(testable(document_counts, sizes))
-    p_values, used, method = _test_terms(columns, tested, codes, sizes, variance, n_permutations,
-                                         rng)
+    p_values, used, method = _test_terms(
+        columns, tested, codes, sizes, variance, n_permutations, rng
+    )
     return TermScores(
-        terms=np.asarray(terms, dtype=object), group_means=means, group_sizes=sizes,
-        variance=variance, card=card, p_values=p_values, q_values=benjamini_hochberg(p_values),
-        permutations=used, p_method=method,
+        terms=np.asarray(terms, dtype=object),
+        group_means=means,
+        group_sizes=sizes,
+        variance=variance,
+        card=card,
+        p_values=p_values,
+        q_values=benjamini_hochberg(p_values),
+        permutations=used,
+        p_method=method,
     )
 
 
 def _test_terms(
-    columns: sp.csc_matrix, tested: np.ndarray, codes: np.ndarray, sizes: np.ndarray,
-    variance: np.ndarray, n_permutations: int, rng: np.random.Generator,
+    columns: sp.csc_matrix,
+    tested: np.ndarray,
+    codes: np.ndarray,
+    sizes: np.ndarray,
+    variance: np.ndarray,
+    n_permutations: int,
+    rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """p-values, permutations used and method per term (NaN, 0 and "" where untested)."""
     n_terms = columns.shape[1]

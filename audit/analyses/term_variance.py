@@ -48,8 +48,20 @@ from audit.analyses.term_statistics import FDR_LEVEL, NoTerms, TermScores, score
 NAME = "term_variance"
 EXAMPLES_PER_GROUP = 3
 EXTRA = (
-    "term", "rank", "ranking", "score", "variance", "card_score", "deviation", "overall_mean",
-    "p_value", "q_value", "flagged", "n_permutations", "p_method", "example_ids",
+    "term",
+    "rank",
+    "ranking",
+    "score",
+    "variance",
+    "card_score",
+    "deviation",
+    "overall_mean",
+    "p_value",
+    "q_value",
+    "flagged",
+    "n_permutations",
+    "p_method",
+    "example_ids",
 )
 
 
@@ -108,19 +120,22 @@ def _prompt_tables(
             scored.append(_score_axis(context, matrix, terms, axis, codes, included, rng))
         short = [
             insufficient(prompt_id, axis.name, group, "mean_tfidf", int(sizes[g]))
-            for g, group in enumerate(axis.groups) if g not in set(included.tolist())
+            for g, group in enumerate(axis.groups)
+            if g not in set(included.tolist())
         ]
         if short:
             tables.append(pd.DataFrame.from_records(short).rename(columns={"_id": "prompt_id"}))
     if scored:
-        cells = np.unique(np.column_stack([a.codes(subset) for a in axes]), axis=0,
-                          return_inverse=True)[1].ravel()
+        cells = np.unique(
+            np.column_stack([a.codes(subset) for a in axes]), axis=0, return_inverse=True
+        )[1].ravel()
         rng = seeded_rng(settings.seed, NAME, prompt_id, "bootstrap")
         intervals = _group_intervals(matrix, cells, scored, settings.n_bootstrap, rng)
         ids = subset["sample_id"].astype(str).to_numpy()
         for item, interval in zip(scored, intervals, strict=True):
-            tables.append(_term_rows(prompt_id, item, matrix, ids, interval,
-                                     settings.tfidf.ranking))
+            tables.append(
+                _term_rows(prompt_id, item, matrix, ids, interval, settings.tfidf.ranking)
+            )
     return tables
 
 
@@ -148,7 +163,10 @@ def _score_axis(
 
 
 def _group_intervals(
-    matrix: sp.csr_matrix, cells: np.ndarray, scored: list[AxisTerms], n_boot: int,
+    matrix: sp.csr_matrix,
+    cells: np.ndarray,
+    scored: list[AxisTerms],
+    n_boot: int,
     rng: np.random.Generator,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Bootstrap intervals of each group's mean TF-IDF for each axis' reported terms.
@@ -222,23 +240,35 @@ def _term_rows(
     picked = chosen[term_index]
     score = scores.card if ranking == "card" else scores.variance
     tested = ~np.isnan(scores.p_values[picked])
-    frame = pd.DataFrame({
-        "prompt_id": prompt_id, "axis": item.axis.name, "group": groups[group_index],
-        "metric": "mean_tfidf", "value": means.ravel(),
-        "ci_low": interval[0].ravel(), "ci_high": interval[1].ravel(),
-        "n": scores.group_sizes[group_index].astype(int), "note": "",
-        "term": scores.terms[picked], "rank": item.rank[picked], "ranking": ranking,
-        "score": score[picked], "variance": scores.variance[picked],
-        "card_score": scores.card[picked],
-        "deviation": (means - means.mean(axis=0)).ravel(),
-        "overall_mean": values.mean(axis=0)[term_index],
-        "p_value": scores.p_values[picked], "q_value": scores.q_values[picked],
-        "flagged": scores.q_values[picked] < FDR_LEVEL,
-        "n_permutations": pd.array(np.where(tested, scores.permutations[picked], 0),
-                                   dtype="Int64"),
-        "p_method": scores.p_method[picked],
-        "example_ids": [examples[g][k] for g, k in zip(group_index, term_index, strict=True)],
-    })
+    frame = pd.DataFrame(
+        {
+            "prompt_id": prompt_id,
+            "axis": item.axis.name,
+            "group": groups[group_index],
+            "metric": "mean_tfidf",
+            "value": means.ravel(),
+            "ci_low": interval[0].ravel(),
+            "ci_high": interval[1].ravel(),
+            "n": scores.group_sizes[group_index].astype(int),
+            "note": "",
+            "term": scores.terms[picked],
+            "rank": item.rank[picked],
+            "ranking": ranking,
+            "score": score[picked],
+            "variance": scores.variance[picked],
+            "card_score": scores.card[picked],
+            "deviation": (means - means.mean(axis=0)).ravel(),
+            "overall_mean": values.mean(axis=0)[term_index],
+            "p_value": scores.p_values[picked],
+            "q_value": scores.q_values[picked],
+            "flagged": scores.q_values[picked] < FDR_LEVEL,
+            "n_permutations": pd.array(
+                np.where(tested, scores.permutations[picked], 0), dtype="Int64"
+            ),
+            "p_method": scores.p_method[picked],
+            "example_ids": [examples[g][k] for g, k in zip(group_index, term_index, strict=True)],
+        }
+    )
     frame.loc[~tested, "n_permutations"] = pd.NA
     return frame.sort_values(["rank", "group"], kind="stable")
 
@@ -253,9 +283,12 @@ def term_examples(table: pd.DataFrame, context: AnalysisContext) -> pd.DataFrame
     listed = table[table["term"].notna()] if "term" in table else table.iloc[:0]
     if listed.empty:
         return pd.DataFrame(columns=columns)
-    exploded = listed[["prompt_id", "axis", "group", "term", "rank", "example_ids"]].explode(
-        "example_ids"
-    ).dropna(subset=["example_ids"]).rename(columns={"example_ids": "sample_id"})
+    exploded = (
+        listed[["prompt_id", "axis", "group", "term", "rank", "example_ids"]]
+        .explode("example_ids")
+        .dropna(subset=["example_ids"])
+        .rename(columns={"example_ids": "sample_id"})
+    )
     exploded["example"] = exploded.groupby(["prompt_id", "axis", "group", "term"]).cumcount() + 1
     texts = context.generations[["sample_id", "prompt_id", "generation"]].astype(
         {"sample_id": str, "prompt_id": str}
@@ -273,22 +306,28 @@ def term_findings(table: pd.DataFrame) -> list[Finding]:
         tested = part.drop_duplicates("term")
         if flagged.empty:
             best = part.loc[part["rank"].idxmin()]
-            found.append(finding(
-                NAME, best,
-                f"prompt '{prompt_id}', {axis}: no term differs between groups at q<{FDR_LEVEL} "
-                f"(top-ranked '{best['term']}', {p_text(best['p_value'])})",
-            ))
+            found.append(
+                finding(
+                    NAME,
+                    best,
+                    f"prompt '{prompt_id}', {axis}: no term differs between groups at q<{FDR_LEVEL} "
+                    f"(top-ranked '{best['term']}', {p_text(best['p_value'])})",
+                )
+            )
             continue
         terms = flagged.drop_duplicates("term").sort_values("q_value", kind="stable")
         for term in terms["term"].head(3):
             top = flagged[flagged["term"] == term].sort_values("value", ascending=False).iloc[0]
-            found.append(finding(
-                NAME, top,
-                f"prompt '{prompt_id}', {axis}: '{term}' used most for {top['group']}: mean TF-IDF "
-                f"{interval_text(top)} (n={int(top['n'])}), q={fmt(top['q_value'])}; "
-                f"{terms['term'].nunique()} of {tested['term'].nunique()} reported terms flagged",
-                term=str(term),
-            ))
+            found.append(
+                finding(
+                    NAME,
+                    top,
+                    f"prompt '{prompt_id}', {axis}: '{term}' used most for {top['group']}: mean TF-IDF "
+                    f"{interval_text(top)} (n={int(top['n'])}), q={fmt(top['q_value'])}; "
+                    f"{terms['term'].nunique()} of {tested['term'].nunique()} reported terms flagged",
+                    term=str(term),
+                )
+            )
     return found
 
 

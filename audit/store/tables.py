@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -92,20 +93,84 @@ def is_error_row(row: Mapping[str, Any]) -> bool:
     return row.get("finish_reason") == "error" or (error is not None and str(error).strip() != "")
 
 
+def damaged(path: Path, problem: str) -> RunDirError:
+    """The error for a part of a run that cannot be used, with what to do about it."""
+    return RunDirError(
+        f"{path}: {problem}. The run's other files are not affected: delete this one and run "
+        "'audit run' again to make its rows anew ('audit status' shows what is missing), or "
+        "start the run over with --fresh, which deletes every stored row"
+    )
+
+
+def _part_schema(path: Path) -> pa.Schema:
+    """A part's schema from its footer; ``RunDirError`` for anything that is not a parquet file
+    (a folder, a link that leads nowhere, a truncated or foreign file)."""
+    try:
+        mode = path.stat().st_mode  # one stat: a part compacted away meanwhile is simply gone
+    except FileNotFoundError:
+        if path.is_symlink():
+            raise damaged(path, "is a link that leads nowhere") from None
+        raise  # compacted away meanwhile: the caller lists the parts again
+    except OSError as error:
+        raise damaged(path, f"cannot be opened ({_first_line(error)})") from None
+    if not stat.S_ISREG(mode):
+        raise damaged(path, "is not a file")
+    try:
+        return pq.read_schema(path)
+    except FileNotFoundError:
+        raise  # compacted away meanwhile: the caller lists the parts again
+    except (OSError, pa.ArrowException) as error:
+        raise damaged(path, f"cannot be read as parquet ({_first_line(error)})") from None
+
+
+def _read_part(path: Path, table: str, columns: list[str] | None) -> pa.Table:
+    """One part's rows (``columns``: those of them it has), its key columns as text. A part
+    without its table's key, or without a declared column asked for, is ``damaged``: read
+    on, it would be analysed as if the column held nothing."""
+    names = _part_schema(path).names
+    schema = TABLES.get(table)
+    asked = set(names if columns is None else columns)
+    required = set(schema.keys) | (asked & {*schema.leading, *schema.trailing}) if schema else set()
+    missing = sorted(required - set(names))
+    if missing:
+        raise damaged(path, f"has no column(s) {missing}, which every {table} part holds")
+    present = None if columns is None else [c for c in columns if c in names]
+    try:
+        part = pq.read_table(path, columns=present)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as error:
+        raise damaged(path, f"cannot be read as parquet ({_first_line(error)})") from None
+    return _keys_as_text(part, schema.keys if schema else ())
+
+
+def _keys_as_text(part: pa.Table, keys: tuple[str, ...]) -> pa.Table:
+    """Key columns as strings, whatever type a writer gave them (ids are text)."""
+    for key in keys:
+        if key in part.column_names and not pa.types.is_string(part.schema.field(key).type):
+            index = part.column_names.index(key)
+            part = part.set_column(index, key, part.column(key).cast(pa.string()))
+    return part
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def _status_columns(parts: list[Path]) -> list[str]:
     """The columns ``error_mask`` reads that every part has (read from the footers only)."""
-    names = [set(pq.read_schema(p).names) for p in parts]
+    names = [set(_part_schema(p).names) for p in parts]
     return [c for c in STATUS_COLUMNS if names and all(c in n for n in names)]
 
 
-def _rows_to_keep(parts: list[Path], keys: list[str]) -> list[np.ndarray]:
+def _rows_to_keep(parts: list[Path], table: str, keys: list[str]) -> list[np.ndarray]:
     """Per part, the row numbers ``read`` keeps: one per key, a successful row over an error."""
     if not keys:
-        return [np.arange(pq.read_metadata(p).num_rows) for p in parts]
+        return [np.arange(_read_part(p, table, None).num_rows) for p in parts]
     columns = keys + _status_columns(parts)
     frames = []
     for index, part in enumerate(parts):
-        frame = pq.read_table(part, columns=columns).to_pandas()
+        frame = _read_part(part, table, columns).to_pandas()
         frames.append(frame.assign(_part=index, _row=np.arange(len(frame))))
     frame = pd.concat(frames, ignore_index=True)
     frame["_error"] = error_mask(frame).to_numpy()
@@ -224,7 +289,14 @@ class RunStore:
             return pd.DataFrame(columns=list(TABLE_KEYS.get(table, ())))
         # Permissive: a part whose rows are all scored stores token counts as integers, one with
         # an error row as floats (null); parts written by different shards must still combine.
-        frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        try:
+            frame = pa.concat_tables(tables, promote_options="permissive").to_pandas()
+        except pa.ArrowException as error:
+            raise RunDirError(
+                f"{self.root / table}: its parts disagree on a column's type "
+                f"({_first_line(error)}); find the odd part with 'audit status' and delete it, "
+                "or start the run over with --fresh, which deletes every stored row"
+            ) from None
         keys = list(TABLE_KEYS.get(table, ()))
         if not keys or not set(keys) <= set(frame.columns):
             return frame
@@ -240,10 +312,8 @@ class RunStore:
         # the parts again finds them.
         for attempt in range(_READ_ATTEMPTS):
             try:
-                return [
-                    pq.read_table(p, columns=list(columns) if columns else None)
-                    for p in self.parts(table)
-                ]
+                wanted = list(columns) if columns else None
+                return [_read_part(p, table, wanted) for p in self.parts(table)]
             except FileNotFoundError:
                 if attempt == _READ_ATTEMPTS - 1:
                     raise
@@ -268,17 +338,17 @@ class RunStore:
         parts = self.parts(table)
         if len(parts) < 2:
             return
-        kept = _rows_to_keep(parts, list(TABLE_KEYS.get(table, ())))
-        schema = pa.unify_schemas(
-            [pq.read_schema(p) for p in parts], promote_options="permissive"
-        ).remove_metadata()
+        kept = _rows_to_keep(parts, table, list(TABLE_KEYS.get(table, ())))
+        keys = TABLE_KEYS.get(table, ())
+        schemas = [_keys_as_text(_part_schema(p).empty_table(), keys).schema for p in parts]
+        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.parquet"
         path = self.root / table / name
         tmp = path.parent / f".{name}.{uuid.uuid4().hex}.tmp"
         with pq.ParquetWriter(tmp, schema) as writer:
             for part, rows in zip(parts, kept, strict=True):
                 if len(rows):
-                    writer.write_table(_conform(pq.read_table(part).take(rows), schema))
+                    writer.write_table(_conform(_read_part(part, table, None).take(rows), schema))
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -371,7 +441,7 @@ class RunStore:
     def columns(self, table: str) -> list[str]:
         """The columns of a table as its first part stores them (none when it has no part)."""
         parts = self.parts(table)
-        return list(pq.read_schema(parts[0]).names) if parts else []
+        return list(_part_schema(parts[0]).names) if parts else []
 
     def read_thumbnails(self, sample_ids: Iterable[str]) -> dict[str, bytes]:
         """JPEG bytes of the given samples' thumbnails (those that exist)."""
@@ -380,10 +450,14 @@ class RunStore:
         if not wanted:
             return found
         for part in self.parts("thumbnails"):
+            _part_schema(part)  # a damaged part is a RunDirError naming it
             # A filter pushed into the reader keeps a large run from loading every JPEG.
-            table = pq.read_table(
-                part, columns=["sample_id", "jpeg"], filters=[("sample_id", "in", wanted)]
-            )
+            try:
+                table = pq.read_table(
+                    part, columns=["sample_id", "jpeg"], filters=[("sample_id", "in", wanted)]
+                )
+            except (OSError, pa.ArrowException) as error:
+                raise damaged(part, f"cannot be read as parquet ({_first_line(error)})") from None
             ids, jpegs = table.column("sample_id").to_pylist(), table.column("jpeg").to_pylist()
             for sample_id, jpeg in zip(ids, jpegs, strict=True):
                 found.setdefault(str(sample_id), jpeg)
