@@ -181,6 +181,8 @@ def _term_tables(generations: pd.DataFrame, payload: bool) -> tuple[pd.DataFrame
                         "axis": "gender",
                         "term": term,
                         "group": group,
+                        "rank": len(rows),
+                        "example": 1,
                         "sample_id": sample["sample_id"],
                         "generation": sample["generation"] + (f" {SCRIPT}" if payload else ""),
                     }
@@ -257,12 +259,19 @@ def write_analyses(
 ) -> None:
     classification = pd.DataFrame(rate_rows(classifications, "correct", "task_id", "accuracy"))
     store.write_analysis("classification", classification)
-    confusion = (
-        classifications.groupby(["task_id", "target", "prediction"])
-        .size()
-        .rename("count")
-        .reset_index()
-        .assign(axis="all", group="all")
+    counts = classifications.groupby(["task_id", "target", "prediction"]).size()
+    totals = counts.groupby(level=["task_id", "target"]).transform("sum")
+    confusion = pd.DataFrame({"count": counts, "n": totals}).reset_index()
+    bounds = [wilson(int(k), int(n)) for k, n in zip(confusion["count"], confusion["n"])]
+    confusion = confusion.assign(
+        axis="all",
+        group="all",
+        metric="share",
+        value=confusion["count"] / confusion["n"],
+        ci_low=[low for low, _ in bounds],
+        ci_high=[high for _, high in bounds],
+        note="",
+        scoring="sum",
     )
     store.write_analysis("confusion", confusion)
     refused = generations.assign(refused=generations["generation"].str.contains("nurse"))

@@ -161,7 +161,12 @@ def test_reads_see_every_row_while_another_process_compacts(tmp_path: Path) -> N
     def write_and_compact() -> None:
         try:
             for i in range(150):
-                row = {"sample_id": [f"s{i}"], "prompt_id": ["p"], "finish_reason": ["eos"]}
+                row = {
+                    "sample_id": [f"s{i}"],
+                    "prompt_id": ["p"],
+                    "generation": ["text"],
+                    "finish_reason": ["eos"],
+                }
                 store.append("generations", pd.DataFrame(row))
                 stored.append(f"s{i}")
                 if i % 3 == 2:

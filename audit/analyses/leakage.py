@@ -240,8 +240,9 @@ def leakage_findings(table: pd.DataFrame) -> list[Finding]:
             finding(
                 NAME,
                 row,
-                f"prompt '{row['prompt_id']}', {row['axis']}: group predicted from the text with "
-                f"balanced accuracy {interval_text(row, True)} vs chance {fmt(row['chance'], True)} "
+                f"prompt '{row['prompt_id']}', {row['axis']}: group predicted from the text "
+                f"with balanced accuracy {interval_text(row, True)} "
+                f"vs chance {fmt(row['chance'], True)} "
                 f"(n={int(row['n'])}, {p_text(row['p_value'])})",
             )
         )

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.analyses.table import COMMON_COLUMNS
 from audit.scoring.toxicity import read_scores
 from audit.spec import AnalysisSpec
 from audit.store.schema import Manifest
@@ -81,11 +82,20 @@ class Analysis:
     findings: Callable[[pd.DataFrame], list[Finding]] | None = None
     #: Tables computed from its table and written with it, by name.
     companions: dict[str, Companion] = field(default_factory=dict)
+    #: The columns of each companion table.
+    companion_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def tables(self) -> tuple[str, ...]:
         """Every table it writes under ``analysis/``, its own first."""
         return (self.name, *self.companions)
+
+    def columns(self, table: str) -> tuple[str, ...]:
+        """The columns every copy of ``table`` (one of ``tables``) holds, whoever wrote it:
+        for its own table the common ones (its own columns are read where present)."""
+        if table == self.name:
+            return (self.id_column, *COMMON_COLUMNS)
+        return self.companion_columns[table]
 
 
 @cache
@@ -104,6 +114,14 @@ def analysis(name: str) -> Analysis:
         if candidate.name == name:
             return candidate
     raise KeyError(name)
+
+
+def table_columns(table: str) -> tuple[str, ...]:
+    """The columns of the analysis table ``table`` (``KeyError`` for an unknown table)."""
+    for candidate in analyses():
+        if table in candidate.tables:
+            return candidate.columns(table)
+    raise KeyError(table)
 
 
 def analysis_tables() -> tuple[str, ...]:

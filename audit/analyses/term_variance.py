@@ -273,13 +273,25 @@ def _term_rows(
     return frame.sort_values(["rank", "group"], kind="stable")
 
 
+EXAMPLE_COLUMNS = (
+    "prompt_id",
+    "axis",
+    "group",
+    "term",
+    "rank",
+    "example",
+    "sample_id",
+    "generation",
+)
+
+
 def term_examples(table: pd.DataFrame, context: AnalysisContext) -> pd.DataFrame:
     """Companion table: the text of each reported term's example generations.
 
     Columns: ``prompt_id, axis, group, term, rank, example, sample_id, generation`` (``example``
     is 1..3, the term weighing most first). Generations are model output: escape on display.
     """
-    columns = ["prompt_id", "axis", "group", "term", "rank", "example", "sample_id", "generation"]
+    columns = list(EXAMPLE_COLUMNS)
     listed = table[table["term"].notna()] if "term" in table else table.iloc[:0]
     if listed.empty:
         return pd.DataFrame(columns=columns)
@@ -310,7 +322,8 @@ def term_findings(table: pd.DataFrame) -> list[Finding]:
                 finding(
                     NAME,
                     best,
-                    f"prompt '{prompt_id}', {axis}: no term differs between groups at q<{FDR_LEVEL} "
+                    f"prompt '{prompt_id}', {axis}: no term differs between groups "
+                    f"at q<{FDR_LEVEL} "
                     f"(top-ranked '{best['term']}', {p_text(best['p_value'])})",
                 )
             )
@@ -322,9 +335,10 @@ def term_findings(table: pd.DataFrame) -> list[Finding]:
                 finding(
                     NAME,
                     top,
-                    f"prompt '{prompt_id}', {axis}: '{term}' used most for {top['group']}: mean TF-IDF "
-                    f"{interval_text(top)} (n={int(top['n'])}), q={fmt(top['q_value'])}; "
-                    f"{terms['term'].nunique()} of {tested['term'].nunique()} reported terms flagged",
+                    f"prompt '{prompt_id}', {axis}: '{term}' used most for {top['group']}: "
+                    f"mean TF-IDF {interval_text(top)} (n={int(top['n'])}), "
+                    f"q={fmt(top['q_value'])}; {terms['term'].nunique()} of "
+                    f"{tested['term'].nunique()} reported terms flagged",
                     term=str(term),
                 )
             )
@@ -338,4 +352,5 @@ ANALYSIS = Analysis(
     id_column="prompt_id",
     findings=term_findings,
     companions={"term_examples": term_examples},
+    companion_columns={"term_examples": EXAMPLE_COLUMNS},
 )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from audit.analyses.registry import analysis_tables
+from audit.analyses.registry import analysis_tables, table_columns
 from audit.errors import RunDirError
 from audit.store.schema import Manifest
 from audit.store.tables import RunStore
@@ -68,7 +68,7 @@ def load_run(run_dir: str | Path, analyses: Iterable[str] | None = None) -> RunD
     analyses = analysis_tables() if analyses is None else analyses
     tables = {}
     for name in analyses:
-        frame = store.analysis_if_present(name)
+        frame = store.analysis_if_present(name, table_columns(name))
         if frame is not None:
             tables[name] = frame
     return RunData(

@@ -8,14 +8,18 @@ The toxicity analysis is a pure function of this table.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from audit.errors import RunDirError
 from audit.spec import ToxicitySpec
 from audit.store.schema import Manifest
 from audit.store.tables import RunStore, error_mask
+
+logger = logging.getLogger(__name__)
 
 SCORES_TABLE = "toxicity_scores"
 KEYS = ["sample_id", "prompt_id", "scorer"]
@@ -43,7 +47,7 @@ def successful(generations: pd.DataFrame) -> pd.DataFrame:
 
 def read_scores(store: RunStore) -> pd.DataFrame:
     """Every stored score, of every scorer (labels of other scorers are null)."""
-    stored = store.analysis_if_present(SCORES_TABLE)
+    stored = store.analysis_if_present(SCORES_TABLE, KEYS)
     return pd.DataFrame(columns=KEYS) if stored is None else stored
 
 
@@ -58,7 +62,11 @@ def score_toxicity(stage: ScoringInput) -> pd.DataFrame:
     """Score every successful generation the table lacks for ``stage.spec.scorer``, store the
     table, and return all of it. The scorer loads only when something needs scoring."""
     spec = stage.spec
-    table = read_scores(stage.store)
+    try:
+        table = read_scores(stage.store)
+    except RunDirError as error:  # the stage's own table: everything in it can be made anew
+        logger.warning("%s; scoring every generation anew", error)
+        table = pd.DataFrame(columns=KEYS)
     generations = successful(stage.generations)
     if generations.empty:
         return table

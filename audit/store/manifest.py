@@ -83,6 +83,30 @@ def start_manifest(
     return manifest
 
 
+def read_sample_ids(store: RunStore) -> list[str] | None:
+    """The samples a complete run covers (``None`` for runs without the list: imports, older
+    runs). A list that cannot be read is a ``RunDirError``: it is written anew whenever the
+    run is resumed."""
+    path = store.root / SAMPLES_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    problem = None
+    try:
+        frame = pd.read_parquet(path) if path.is_file() else None
+    except (OSError, ValueError) as error:  # pyarrow's errors derive from these
+        frame, problem = None, f"cannot be read as parquet ({error})"
+    if frame is not None and "sample_id" not in frame.columns:
+        problem = "has no 'sample_id' column"
+    elif frame is None and problem is None:
+        problem = "is not a file"
+    if problem:
+        raise RunDirError(
+            f"{path}: {problem}; it only lists the samples the run should cover, and resuming "
+            "the run ('audit run') writes it anew"
+        )
+    return frame["sample_id"].astype(str).tolist()
+
+
 def _sample_ids(source: Any) -> pd.DataFrame:
     """Every sample a complete run covers (images are not decoded), for ``audit status``."""
     return pd.DataFrame({"sample_id": [s.sample_id for s in source.samples()]}, dtype="string")

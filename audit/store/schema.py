@@ -32,6 +32,11 @@ class TableSchema:
     trailing: tuple[str, ...] = ()
     #: Prefixes of the columns a row holds per candidate value (``score_Male``).
     per_value: tuple[str, ...] = ()
+    #: Columns every part holds, whoever wrote it: without them a part would be analysed as if
+    #: they held nothing.
+    required: tuple[str, ...] = ()
+    #: Columns that hold text (or nothing, in a part of error rows).
+    text: tuple[str, ...] = ()
 
     def columns(self, group_axes: Iterable[str] = ()) -> list[str]:
         """The table's columns, in order, for a run with these group columns."""
@@ -43,6 +48,8 @@ GENERATIONS = TableSchema(
     keys=("sample_id", "prompt_id"),
     leading=("sample_id", "prompt_id", "model_id"),
     trailing=("prompt", "generation", "n_new_tokens", "finish_reason", "error"),
+    required=("sample_id", "prompt_id", "generation"),
+    text=("model_id", "prompt", "generation", "finish_reason", "error"),
 )
 #: ``score_<value>``: summed log-likelihood of the value's label; ``n_tokens_<value>``: its
 #: token count (docs/run_directory.md).
@@ -52,8 +59,12 @@ CLASSIFICATIONS = TableSchema(
     leading=("sample_id", "task_id", "model_id"),
     trailing=("target", "prediction", "correct", "error"),
     per_value=("score_", "n_tokens_"),
+    required=("sample_id", "task_id", "target", "prediction"),
+    text=("model_id", "target", "prediction", "error"),
 )
-THUMBNAILS = TableSchema("thumbnails", keys=("sample_id",), leading=("sample_id", "jpeg"))
+THUMBNAILS = TableSchema(
+    "thumbnails", keys=("sample_id",), leading=("sample_id", "jpeg"), required=("sample_id", "jpeg")
+)
 TABLES: dict[str, TableSchema] = {t.name: t for t in (GENERATIONS, CLASSIFICATIONS, THUMBNAILS)}
 
 

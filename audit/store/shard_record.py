@@ -46,10 +46,25 @@ class ShardRecord:
     fast_paths: dict[str, Any] | None = None
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ShardRecord:
-        k, n = (int(x) for x in str(data["shard"]).split("-of-"))
+    def from_json(cls, data: Any) -> ShardRecord:
+        """A record as stored; ``ValueError`` naming the field for one that does not fit."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        k, n = (int(x) for x in str(data.get("shard")).split("-of-"))
         fields = {name: data.get(name) for name in cls.__dataclass_fields__ if name != "shard"}
-        return cls(shard=Shard(k - 1, n), **{**fields, "status": data.get("status") or "?"})
+        for name, value in fields.items():
+            expected = _FIELD_TYPES[name]
+            if value is not None and (
+                isinstance(value, bool) is not (bool in expected) or not isinstance(value, expected)
+            ):
+                raise ValueError(f"{name}: expected {expected[0].__name__}, got {value!r:.40}")
+        for name in ("started_at", "updated_at", "finished_at"):
+            if fields[name] is not None:
+                try:
+                    datetime.fromisoformat(fields[name])
+                except ValueError:
+                    raise ValueError(f"{name}: not a time ({fields[name]!r:.40})") from None
+        return cls(shard=Shard(k - 1, n), **{**fields, "status": fields["status"] or "?"})
 
     def age_s(self, now: datetime | None = None) -> float | None:
         """Seconds since the last heartbeat (or start)."""
@@ -57,7 +72,10 @@ class ShardRecord:
         if not stamp:
             return None
         now = now or datetime.now(UTC)
-        return (now - datetime.fromisoformat(stamp)).total_seconds()
+        then = datetime.fromisoformat(stamp)
+        if then.tzinfo is None:
+            then = then.replace(tzinfo=UTC)
+        return (now - then).total_seconds()
 
     def throughput(self) -> float | None:
         """Rows per second this process wrote in its latest attempt (so far, while running)."""
@@ -73,6 +91,21 @@ class ShardRecord:
             return _pid_alive(self.pid)
         age = self.age_s()
         return age is not None and age < STALE_AFTER_S
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "status": (str,),
+    "host": (str,),
+    "pid": (int,),
+    "launcher": (str,),
+    "started_at": (str,),
+    "updated_at": (str,),
+    "finished_at": (str,),
+    "elapsed_s": (float, int),
+    "rows_written": (int,),
+    "errors_written": (int,),
+    "fast_paths": (dict,),
+}
 
 
 def record_path(root: Path, shard: Shard) -> Path:
@@ -110,14 +143,23 @@ def start_shard_record(root: Path, shard: Shard, launcher: str | None) -> None:
 
 
 def read_shard_records(root: Path) -> list[ShardRecord]:
-    """Every record of the run, in shard order (unreadable ones are skipped)."""
-    records = []
-    for path in (root / SHARDS_FOLDER).glob("*-of-*.json"):
+    """Every readable record of the run, in shard order."""
+    return load_shard_records(root)[0]
+
+
+def load_shard_records(root: Path) -> tuple[list[ShardRecord], list[str]]:
+    """Every readable record of the run, in shard order, and what was wrong with the others
+    (records are progress only: one that cannot be read loses no row)."""
+    records, problems = [], []
+    for path in sorted((root / SHARDS_FOLDER).glob("*-of-*.json")):
         try:
-            records.append(ShardRecord.from_json(json.loads(path.read_text())))
-        except (AuditError, ValueError, KeyError, TypeError):
-            continue  # a record from an older layout or a torn copy: progress only
-    return sorted(records, key=lambda r: (r.shard.count, r.shard.index))
+            records.append(ShardRecord.from_json(json.loads(path.read_text(encoding="utf-8"))))
+        except (AuditError, OSError, ValueError) as error:
+            problems.append(
+                f"{path}: this progress record cannot be read ({error}); the rows are not "
+                "affected, and the shard's next run writes it anew"
+            )
+    return sorted(records, key=lambda r: (r.shard.count, r.shard.index)), problems
 
 
 def _pid_alive(pid: int) -> bool:

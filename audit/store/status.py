@@ -14,10 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from audit.store.manifest import SAMPLES_FILE
+from audit.errors import RunDirError
+from audit.store.manifest import read_sample_ids
 from audit.store.schema import Manifest, RunStatus
 from audit.store.shard import Shard
-from audit.store.shard_record import ShardRecord, read_shard_records
+from audit.store.shard_record import ShardRecord, load_shard_records
 from audit.store.tables import RunStore, error_mask
 
 _ITEMS = (("generations", "prompt_id", "prompts"), ("classifications", "task_id", "tasks"))
@@ -52,6 +53,7 @@ class RunProgress:
     states: pd.DataFrame  # table, sample_id, item, state, error
     samples_known: bool
     shards: list[ShardProgress]
+    notes: list[str]  # progress records that could not be read (the rows are unaffected)
 
     def count(self, table: str, state: str) -> int:
         frame = self.states
@@ -62,13 +64,16 @@ def measure_progress(run_dir: str | Path) -> RunProgress:
     """Read a run directory and count done, failed and missing rows, in total and per shard."""
     store = RunStore.open(run_dir)
     manifest = store.manifest()
-    samples_path = store.root / SAMPLES_FILE
-    known = samples_path.is_file()
     frames = {table: store.read(table, columns=_COLUMNS[table]) for table, _, _ in _ITEMS}
-    if known:
-        sample_ids = pd.read_parquet(samples_path)["sample_id"].astype(str).tolist()
-    else:
-        sample_ids = sorted(set().union(*(set(f.get("sample_id", [])) for f in frames.values())))
+    notes = []
+    try:
+        listed = read_sample_ids(store)
+    except RunDirError as error:  # a progress aid, not data: say so and count what is stored
+        listed, notes = None, [f"note: {error}"]
+    known = listed is not None
+    if listed is None:
+        listed = sorted(set().union(*(set(f.get("sample_id", [])) for f in frames.values())))
+    sample_ids = listed
     states = pd.concat(
         [
             _key_states(table, frames[table], key, sample_ids, _ids(manifest, section))
@@ -76,8 +81,10 @@ def measure_progress(run_dir: str | Path) -> RunProgress:
         ],
         ignore_index=True,
     )
-    shards = _shard_progress(store.root, states, sample_ids, known)
-    return RunProgress(store.root, manifest, states, known, shards)
+    records, unreadable = load_shard_records(store.root)
+    notes += [f"note: {problem}" for problem in unreadable]
+    shards = _shard_progress(records, states, sample_ids, known)
+    return RunProgress(store.root, manifest, states, known, shards, notes)
 
 
 def _ids(manifest: Manifest, section: str) -> list[str]:
@@ -109,9 +116,9 @@ def _key_states(
 
 
 def _shard_progress(
-    root: Path, states: pd.DataFrame, sample_ids: list[str], known: bool
+    found: list[ShardRecord], states: pd.DataFrame, sample_ids: list[str], known: bool
 ) -> list[ShardProgress]:
-    records = {r.shard: r for r in read_shard_records(root)}
+    records = {r.shard: r for r in found}
     # Every shard of each split the run was started with, so an array task that never ran shows.
     shards = sorted(
         {Shard(k, r.count) for r in records for k in range(r.count)},
@@ -152,7 +159,7 @@ def describe_status(run_dir: str | Path) -> str:
         if total or done + errors:
             missing = max(total - done - errors, 0)
             lines.append(f"{table}: {done} / {total} done, {errors} errors, {missing} missing")
-    lines += [_describe_shard(p) for p in progress.shards]
+    lines += [_describe_shard(p) for p in progress.shards] + progress.notes
     lines += _describe_fast_paths(manifest.fast_paths)
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
     if manifest.status != RunStatus.COMPLETE and manifest.probe_path:

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from audit.errors import RunDirError
 from audit.spec import format_validation_error
-from audit.store.schema import SCHEMA_VERSION, TABLES, Manifest
+from audit.store.schema import SCHEMA_VERSION, TABLES, Manifest, TableSchema
 
 TABLE_KEYS: dict[str, tuple[str, ...]] = {name: schema.keys for name, schema in TABLES.items()}
 
@@ -125,16 +125,13 @@ def _part_schema(path: Path) -> pa.Schema:
 
 def _read_part(path: Path, table: str, columns: list[str] | None) -> pa.Table:
     """One part's rows (``columns``: those of them it has), its key columns as text. A part
-    without its table's key, or without a declared column asked for, is ``damaged``: read
-    on, it would be analysed as if the column held nothing."""
-    names = _part_schema(path).names
+    that lacks a column its table requires (or one asked for), or holds a text column of
+    another type, is ``damaged``: read on, it would be analysed as if the column held nothing."""
+    part_schema = _part_schema(path)
     schema = TABLES.get(table)
-    asked = set(names if columns is None else columns)
-    required = set(schema.keys) | (asked & {*schema.leading, *schema.trailing}) if schema else set()
-    missing = sorted(required - set(names))
-    if missing:
-        raise damaged(path, f"has no column(s) {missing}, which every {table} part holds")
-    present = None if columns is None else [c for c in columns if c in names]
+    if schema is not None:
+        _check_part(path, part_schema, schema, columns)
+    present = None if columns is None else [c for c in columns if c in part_schema.names]
     try:
         part = pq.read_table(path, columns=present)
     except FileNotFoundError:
@@ -142,6 +139,23 @@ def _read_part(path: Path, table: str, columns: list[str] | None) -> pa.Table:
     except (OSError, pa.ArrowException) as error:
         raise damaged(path, f"cannot be read as parquet ({_first_line(error)})") from None
     return _keys_as_text(part, schema.keys if schema else ())
+
+
+def _check_part(
+    path: Path, part: pa.Schema, schema: TableSchema, columns: list[str] | None
+) -> None:
+    declared = {*schema.leading, *schema.trailing}
+    asked = set(schema.required) | (set(columns or ()) & declared)
+    missing = sorted(asked - set(part.names))
+    if missing:
+        raise damaged(path, f"has no column(s) {missing}, which every {schema.name} part holds")
+    for name in schema.text:
+        if name in part.names:
+            kind = part.field(name).type
+            if not (
+                pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
+            ):
+                raise damaged(path, f"its column '{name}' holds {kind}, where text is expected")
 
 
 def _keys_as_text(part: pa.Table, keys: tuple[str, ...]) -> pa.Table:
@@ -392,18 +406,28 @@ class RunStore:
             )
         return frame
 
-    def analysis_if_present(self, name: str) -> pd.DataFrame | None:
+    def analysis_if_present(self, name: str, required: Iterable[str] = ()) -> pd.DataFrame | None:
         """The analysis table ``name``, or ``None`` when it was not written (``RunDirError``
-        when it cannot be read)."""
+        when it cannot be read or lacks a ``required`` column)."""
         path = self.analysis_path(name)
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return None
         try:
-            return pq.read_table(path).to_pandas()
+            if not path.is_file():
+                raise OSError("not a file")
+            frame = pq.read_table(path).to_pandas()
         except (OSError, pa.ArrowException) as error:
             raise RunDirError(
-                f"{path}: cannot be read as parquet ({error}); re-run 'audit analyze'"
+                f"{path}: cannot be read as parquet ({_first_line(error)}); "
+                f"re-run 'audit analyze {self.root}'"
             ) from None
+        missing = [c for c in required if c not in frame.columns]
+        if missing:
+            raise RunDirError(
+                f"{path}: has no column(s) {missing}, which every {name} table holds; "
+                f"re-run 'audit analyze {self.root}'"
+            )
+        return frame
 
     def has_analysis(self, name: str) -> bool:
         return self.analysis_path(name).is_file()
@@ -434,7 +458,10 @@ class RunStore:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise RunDirError(f"{path}: not valid JSON ({error}); re-run 'audit analyze'") from None
         if not isinstance(summary, dict):
-            raise RunDirError(f"{path}: expected a JSON object with 'findings'")
+            raise RunDirError(
+                f"{path}: expected a JSON object with 'findings'; "
+                f"re-run 'audit analyze {self.root}'"
+            )
         return summary
 
     # -- what readers outside the store need -------------------------------------------------
