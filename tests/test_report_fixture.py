@@ -262,7 +262,9 @@ def write_analyses(
     counts = classifications.groupby(["task_id", "target", "prediction"]).size()
     totals = counts.groupby(level=["task_id", "target"]).transform("sum")
     confusion = pd.DataFrame({"count": counts, "n": totals}).reset_index()
-    bounds = [wilson(int(k), int(n)) for k, n in zip(confusion["count"], confusion["n"])]
+    bounds = [
+        wilson(int(k), int(n)) for k, n in zip(confusion["count"], confusion["n"], strict=True)
+    ]
     confusion = confusion.assign(
         axis="all",
         group="all",
