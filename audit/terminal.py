@@ -4,7 +4,8 @@ Model ids, probe names, sample ids, generations and error texts come from files 
 made. Printed raw, an escape sequence among them can rewrite the terminal's title or hide
 lines, and a direction override can make text read backwards. Every line the command prints
 goes through ``terminal_text``: control characters (but newline and tab) and Unicode
-direction controls are shown as escapes instead of acted on.
+direction controls are shown as escapes instead of acted on. The report and the dashboard show
+data through the same ``escape_controls``.
 """
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ import re
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def terminal_text(text: str) -> str:
-    """``text`` with every unsafe character written as ``\\xNN`` or ``\\uNNNN``."""
+def escape_controls(text: str) -> str:
+    """``text`` with every control and direction character written as ``\\xNN``/``\\uNNNN``."""
     return _UNSAFE.sub(_escape, text)
+
+
+def terminal_text(text: str) -> str:
+    """A line for the terminal: ``escape_controls``."""
+    return escape_controls(text)
 
 
 def _escape(match: re.Match[str]) -> str:

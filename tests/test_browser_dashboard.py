@@ -51,6 +51,21 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _use_every_chart(driver) -> None:  # type: ignore[no-untyped-def]
+    """Hover each chart's plot area, toggle its first legend entry and zoom in on it."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    for chart in driver.find_elements("css selector", ".plotly-graph-div"):
+        driver.execute_script("arguments[0].scrollIntoView()", chart)
+        ActionChains(driver).move_to_element(chart).pause(0.05).perform()
+        legend = chart.find_elements("css selector", ".legendtoggle")
+        if legend:
+            driver.execute_script(
+                "arguments[0].dispatchEvent(new MouseEvent('mouseup'))", legend[0]
+            )
+        driver.execute_script("Plotly.relayout(arguments[0], {'xaxis.range[0]': 0})", chart)
+
+
 def _browser(tmp_path: Path):  # type: ignore[no-untyped-def]
     from selenium.webdriver.chrome.service import Service
 
@@ -162,6 +177,14 @@ def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
     html_path, _ = build_report(runs, tmp_path / "report")
     driver = _browser(tmp_path)
     try:
+        # Registered before the page loads (outside its policy): every refusal the policy makes.
+        driver.execute_cdp_cmd(
+            "Page.addScriptToEvaluateOnNewDocument",
+            {
+                "source": "window.__refused = []; document.addEventListener("
+                "'securitypolicyviolation', e => window.__refused.push(e.violatedDirective));"
+            },
+        )
         url = html_path.resolve().as_uri()
         driver.get(url)
         deadline = time.monotonic() + 30
@@ -173,6 +196,9 @@ def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
             time.sleep(0.25)
         driver.save_screenshot(str(tmp_path / "report.png"))
         assert count > 0, "plotly drew no chart"
+        _use_every_chart(driver)
+        # Plotly draws, hovers, zooms and toggles traces under a policy without 'unsafe-eval'.
+        assert driver.execute_script("return window.__refused") == []
         assert driver.execute_script("return window.__pwned") is None, "injected script ran"
         requests = [
             json.loads(entry["message"])["message"]["params"]

@@ -18,7 +18,7 @@ import pandas as pd
 from PIL import Image
 
 from audit.report.run_data import load_run
-from audit.store.tables import RunStore
+from audit.store.tables import RunStore, error_mask
 
 PAYLOADS = (
     "<script>window.__pwned=1</script>",
@@ -326,7 +326,7 @@ def cached_toxicity_scores(run: Path, scorer: str) -> None:
     """Scores for every successful generation, written where ``audit analyze`` caches them, so
     its toxicity analysis runs for real without loading a model. Planted: refusals score high."""
     generations = RunStore(run).read("generations")
-    ok = generations[generations["finish_reason"] != "error"]
+    ok = generations[~error_mask(generations)]
     rng = np.random.default_rng(0)
     toxic = np.clip(rng.beta(1, 12, len(ok)) + 0.5 * ok["generation"].str.contains("sorry"), 0, 1)
     scores = pd.DataFrame(

@@ -14,7 +14,13 @@ import streamlit as st
 from audit.dashboard.launch import run_dirs_from_env
 from audit.errors import AuditError
 from audit.report.formatting import NOT_ANALYSED, escape_markdown
-from audit.report.run_data import RunData, load_run, read_generations, read_thumbnails
+from audit.report.run_data import (
+    RunData,
+    load_run,
+    read_generations,
+    read_thumbnails,
+    with_distinct_labels,
+)
 from audit.store.tables import RunStore
 
 _EXTRA_RUNS = "extra_run_dirs"
@@ -56,14 +62,24 @@ def cached_thumbnails(run_dir: str, token: str, sample_ids: tuple[str, ...]) -> 
 
 
 def generations(run: RunData) -> pd.DataFrame:
-    """The run's generations (cached), group columns as strings."""
+    """The run's generations (cached), group columns as strings; a damaged table is a message
+    naming the file and a stop."""
     key = str(run.root)
-    return cached_generations(key, run_token(key), tuple(run.group_axes))
+    try:
+        return cached_generations(key, run_token(key), tuple(run.group_axes))
+    except AuditError as error:
+        st.error(escape_markdown(str(error)))
+        st.stop()
 
 
 def thumbnails(run: RunData, sample_ids: list[str]) -> dict[str, bytes]:
+    """The samples' thumbnails (cached); none, with a warning, when they cannot be read."""
     key = str(run.root)
-    return cached_thumbnails(key, run_token(key), tuple(sorted(set(sample_ids))))
+    try:
+        return cached_thumbnails(key, run_token(key), tuple(sorted(set(sample_ids))))
+    except AuditError as error:
+        st.warning(escape_markdown(str(error)))
+        return {}
 
 
 def _add_run_box() -> None:
@@ -85,7 +101,7 @@ def loaded_runs() -> list[RunData]:
         except AuditError as error:
             st.sidebar.error(escape_markdown(str(error)))  # paths are user text
     _add_run_box()
-    return runs
+    return with_distinct_labels(runs)
 
 
 def require_runs() -> list[RunData]:
@@ -105,6 +121,9 @@ def require_table(run: RunData, name: str) -> pd.DataFrame:
     table = run.table(name)
     if table is None:
         st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
+        st.stop()
+    if table.empty:  # analysed, with nothing to analyse (an import holds no classification)
+        st.info(f"The run holds nothing for the {name.replace('_', ' ')} analysis.")
         st.stop()
     return table
 

@@ -103,6 +103,10 @@ def import_generations(options: ImportOptions) -> list[Path]:
         mapping = resolve_mapping(source, options)
         runs, image_column = mapped_runs(source, options, mapping), mapping.get("image")
     stores = [open_target(Path(options.out) / run.run_id, run) for run in runs]
+    # Every run's probe is checked before anything is written: a bad one leaves no partial run.
+    probes = [
+        imported_probe(store, run, source, options) for run, store in zip(runs, stores, strict=True)
+    ]
     # Thumbnails only for images a run lacks: a re-import decodes nothing it already has.
     missing = {
         sample_id
@@ -111,8 +115,8 @@ def import_generations(options: ImportOptions) -> list[Path]:
     }
     thumbnails = build_thumbnails(source, runs, image_column, missing)
     return [
-        write_run(store, run, source, options, thumbnails)
-        for run, store in zip(runs, stores, strict=True)
+        write_run(store, run, source, options, thumbnails, probe)
+        for run, store, probe in zip(runs, stores, probes, strict=True)
     ]
 
 
@@ -332,6 +336,7 @@ def write_run(
     source: SourceTable,
     options: ImportOptions,
     thumbnails: pd.DataFrame,
+    probe: dict[str, Any],
 ) -> Path:
     """Store one imported run; rows whose key the directory already holds are left out."""
     stored = store.read("generations", columns=["sample_id", "prompt_id"])
@@ -342,17 +347,18 @@ def write_run(
     have = _thumbnail_ids(store)
     store.append("thumbnails", own[~own["sample_id"].isin(have)].reset_index(drop=True))
     store.append("generations", new.reset_index(drop=True))
-    store.write_manifest(_manifest(store, run, source, options))
+    store.write_manifest(_manifest(store, run, source, options, probe))
     return store.root
 
 
-def _manifest(
+def imported_probe(
     store: RunStore, run: ImportedRun, source: SourceTable, options: ImportOptions
-) -> Manifest:
-    previous = store.manifest() if store.exists() else Manifest(started_at=now_iso())
+) -> dict[str, Any]:
+    """The probe an imported run records, validated (``ProbeError`` naming the source)."""
+    previous = store.manifest() if store.exists() else Manifest()
     # Analysis settings edited in an earlier import's manifest survive a re-import.
     analysis = previous.probe.get("analysis") or AnalysisSpec().model_dump(mode="json")
-    probe = parse_probe(
+    return parse_probe(
         {
             "name": run.run_id,
             "description": f"imported from {source.origin}",
@@ -370,6 +376,16 @@ def _manifest(
         f"{source.origin} (import)",
         Path.cwd(),
     ).model_dump(mode="json", exclude={"probe_dir"})
+
+
+def _manifest(
+    store: RunStore,
+    run: ImportedRun,
+    source: SourceTable,
+    options: ImportOptions,
+    probe: dict[str, Any],
+) -> Manifest:
+    previous = store.manifest() if store.exists() else Manifest(started_at=now_iso())
     return Manifest(
         run_id=run.run_id,
         producer=Producer.IMPORT,

@@ -272,7 +272,7 @@ def axis_test_block(runs: RunTables) -> Block | None:
             frame["p_value"].notna()
             & frame["axis"].astype(str).ne("all")
             & frame["group"].astype(str).ne("all")
-            & ~frame["metric"].astype(str).map(is_summary_metric)
+            & ~frame["metric"].astype(str).map(is_summary_metric).astype(bool)
         ]
         for key, part in tested.groupby([item, "metric", "axis"], sort=True):
             rows.append([label, *map(str, key), p_cell(part["p_value"].iloc[0])])

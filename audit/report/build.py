@@ -23,7 +23,12 @@ from audit.errors import AuditError
 from audit.report.blocks import Block, Section
 from audit.report.comparison_section import comparison_section
 from audit.report.figures import figure_html
-from audit.report.formatting import NOT_ANALYSED, MarkdownText, markdown_finalize
+from audit.report.formatting import (
+    NOT_ANALYSED,
+    MarkdownText,
+    html_finalize,
+    markdown_finalize,
+)
 from audit.report.provenance_table import analysis_settings, provenance_block
 from audit.report.run_data import RunData, load_runs
 from audit.report.sections import build_sections
@@ -69,7 +74,7 @@ def _environment(markdown: bool) -> jinja2.Environment:
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=not markdown,
-        finalize=markdown_finalize if markdown else None,
+        finalize=markdown_finalize if markdown else html_finalize,
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
     )

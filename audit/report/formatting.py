@@ -12,6 +12,10 @@ import math
 import re
 from typing import Any
 
+from markupsafe import Markup
+
+from audit.terminal import escape_controls
+
 INSUFFICIENT = "insufficient data"
 NOT_ANALYSED = "not analysed"
 
@@ -84,21 +88,48 @@ def _get(row: Any, key: str) -> Any:
     return row.get(key) if hasattr(row, "get") else getattr(row, key, None)
 
 
-# Markdown punctuation that can start markup (links, emphasis, code, tables, raw HTML, headings).
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|~&$])")
+# Markdown punctuation that can start markup (links, emphasis, code, tables, raw HTML, headings),
+# and ``:``, which GFM's autolinks look back from for a scheme (``https:``, ``mailto:``).
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#!|~&$:])")
+# The dot GFM's ``www.`` autolink looks for: escaped, the raw text no longer reads ``www.``.
+_WWW = re.compile(r"(?i)\b(www)\.")
+# GFM links e-mail addresses after escapes are resolved, so a backslash cannot stop it: a word
+# joiner (invisible, zero-width) after ``@`` leaves no address to find.
+_AT = "@\u2060"
 _WHITESPACE = re.compile(r"\s+")
+# What starts a block at the beginning of a line: a list item (``-``, ``+``, ``1.``; ``1)`` has
+# its parenthesis escaped already) or a setext heading's underline (``=``).
+_LINE_START = re.compile(r"^([-+=]|\d+(?=\.))")
 
 
 def escape_markdown(text: Any) -> str:
-    """Untrusted text made inert in Markdown: one line, every markup character backslashed.
+    """Untrusted text made inert in Markdown as GitHub renders it: one line, every markup
+    character backslashed, no autolink, control characters shown as escapes.
 
     CommonMark and GitHub render a backslash-escaped ASCII punctuation character as itself, so
-    ``<script>`` stays text, ``[x](javascript:...)`` is no link and ``|`` cannot end a table cell.
+    ``<script>`` stays text, ``[x](javascript:...)`` is no link and ``|`` cannot end a table cell;
+    ``https\\://``, ``www\\.`` and ``a@`` + U+2060 + ``b.org`` are no autolinks (tested with
+    cmark-gfm). Control and direction characters are shown as escapes (``escape_controls``).
     """
     if is_missing(text):
         return ""
-    flat = _WHITESPACE.sub(" ", str(text)).strip()
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    flat = escape_controls(_WHITESPACE.sub(" ", str(text)).strip())
+    escaped = _MARKDOWN_SPECIAL.sub(r"\\\1", flat)
+    escaped = _LINE_START.sub(_escape_line_start, escaped, count=1)
+    return _WWW.sub(r"\1\\.", escaped).replace("@", _AT)
+
+
+def _escape_line_start(match: re.Match[str]) -> str:
+    start = match.group()
+    return f"{start}\\" if start[0].isdigit() else f"\\{start}"
+
+
+def html_finalize(value: Any) -> Any:
+    """Jinja ``finalize`` for HTML templates (autoescape follows): text from data with its
+    control and direction characters shown as escapes; the report's own markup as it is."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return escape_controls(value)
+    return value
 
 
 def markdown_finalize(value: Any) -> str:

@@ -6,8 +6,9 @@ absent (its section then says "not analysed"), a damaged one is a ``RunDirError`
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ class RunData:
     manifest: Manifest
     summary: dict[str, Any] | None
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    #: Shown instead of the run id when several runs loaded together share one (copies).
+    name: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -41,8 +44,8 @@ class RunData:
 
     @property
     def label(self) -> str:
-        """Short name for tables and legends: the run id (unique per folder)."""
-        return self.run_id
+        """Short name for tables and legends: the run id, or ``name`` where that is set."""
+        return self.name or self.run_id
 
     @property
     def group_axes(self) -> list[str]:
@@ -90,7 +93,16 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
         if resolved in seen:
             raise RunDirError(f"{path}: given twice (also as {seen[resolved]})")
         seen[resolved] = Path(path)
-    return runs
+    return with_distinct_labels(runs)
+
+
+def with_distinct_labels(runs: list[RunData]) -> list[RunData]:
+    """The runs, those sharing a run id (copies of one run) labelled with their folder too."""
+    counts = Counter(run.run_id for run in runs)
+    return [
+        replace(run, name=f"{run.run_id} ({run.root})") if counts[run.run_id] > 1 else run
+        for run in runs
+    ]
 
 
 def read_generations(run: RunData, columns: Sequence[str] | None = None) -> pd.DataFrame:

@@ -45,6 +45,9 @@ def show_confusion(run: RunData, task_id: str) -> None:
         st.info("No confusion matrix stored for this run.")
         return
     pairs = confusion_groups(confusion, task_id)
+    if not pairs:
+        st.info("No confusion matrix stored for this task.")
+        return
     labels = ["all images" if axis == "all" else f"{axis}: {group}" for axis, group in pairs]
     chosen = st.selectbox("Confusion matrix of", labels, key="confusion_group")
     axis, group = pairs[labels.index(chosen)]

@@ -77,10 +77,13 @@ def side_by_side_view(a: RunData, b: RunData, selection: Selection) -> None:
         for label, rows in both
     ]
     if name == "term_variance":
-        term = st.selectbox(
-            "Term", sorted(set(selected[0][1]["term"]) & set(selected[1][1]["term"]))
-        )
-        selected = [(label, rows[rows["term"] == term]) for label, rows in selected]
+        # Rows about a whole (prompt, axis) hold no term.
+        terms = [set(rows["term"].dropna().astype(str)) for _, rows in selected]
+        term = st.selectbox("Term", sorted(terms[0] & terms[1]))
+        if term is None:
+            st.info("No term in common.")
+            return
+        selected = [(label, rows[rows["term"].astype(str) == term]) for label, rows in selected]
     st.plotly_chart(group_bars(selected, f"{chosen} · {metric}", metric, is_percent(metric)))
     columns, rows = side_by_side(selected, metric, a.group_axes)
     st.dataframe(pd.DataFrame(rows, columns=columns), hide_index=True)
