@@ -7,6 +7,7 @@ Run directories are written directly with ``RunStore``; the helpers here are sha
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +275,18 @@ def test_a_failing_analysis_is_reported_and_the_others_are_written(tmp_path, gen
     assert summary["analyses"]["refusal"]["note"].startswith("failed:")
     result = CliRunner().invoke(app, ["analyze", str(run_dir), "--only", "refusal"])
     assert result.exit_code == 2 and "not a valid regular expression" in result.output
+
+
+def test_a_pattern_that_backtracks_without_end_is_stopped(tmp_path, generations):
+    # '(a|a)*$' on 40 a's and a 'b' takes 2**40 steps in a backtracking engine.
+    texts = generations["generation"].astype(str).tolist()
+    generations = generations.assign(generation=["a" * 40 + "b " + str(t) for t in texts])
+    run_dir = write_run(tmp_path / "run", generations, analysis={"refusal_patterns": ["(a|a)*$"]})
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["analyze", str(run_dir), "--only", "refusal"])
+    assert time.monotonic() - started < 30
+    assert result.exit_code == 2 and "nested repetition" in result.output, result.output
+    assert "refusal_patterns" in result.output and "Traceback" not in result.output
 
 
 def test_invalid_analysis_settings_name_the_manifest_key(tmp_path, generations):

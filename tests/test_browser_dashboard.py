@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from payloads import AUTOLINKS, HTML, payload_run
 from test_report_fixture import analysed_simulated_run, write_handmade_run
 
 from audit.dashboard.launch import RUN_DIRS_ENV, run_dirs_env, streamlit_command
@@ -175,6 +176,21 @@ def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
         write_handmade_run(tmp_path / "run-b", n=30, payload=True, seed=1),
     ]
     html_path, _ = build_report(runs, tmp_path / "report")
+    _open_inert(html_path, tmp_path)
+
+
+def test_report_of_the_injection_corpus_is_inert_and_shows_it_as_text(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    run, _ = payload_run(tmp_path_factory)
+    text = _open_inert(run / "report.html", tmp_path)
+    for payload in (HTML[0], HTML[1], AUTOLINKS[7]):  # in the model id and group values
+        assert payload in text, payload
+
+
+def _open_inert(html_path: Path, tmp_path: Path) -> str:
+    """Open a report offline: charts drawn and used, no script of data run, nothing fetched,
+    nothing refused by its policy; returns the page's visible text."""
     driver = _browser(tmp_path)
     try:
         # Registered before the page loads (outside its policy): every refusal the policy makes.
@@ -211,5 +227,6 @@ def test_report_opens_offline_inert_and_draws_charts(tmp_path: Path) -> None:
         assert not outside, f"the report fetched {outside}"
         severe = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
+        return str(driver.execute_script("return document.body.innerText"))
     finally:
         driver.quit()

@@ -156,3 +156,14 @@ def test_compare_runs_with_term_variance_rows_without_a_term(
     # 'plain-2' has too few images per group: its rows hold no term.
     next(s for s in app.selectbox if s.label == "Prompt / task").set_value("plain-2").run()
     assert_clean(page, app)
+
+
+def test_html_report_shows_control_characters_as_escapes(corpus) -> None:  # type: ignore[no-untyped-def]
+    run, _ = corpus
+    page = (run / "report.html").read_text(encoding="utf-8")
+    # plotly.js, embedded once, holds binary signatures in its own code: not data.
+    library = max(re.findall(r"<script[^>]*>.*?</script>", page, flags=re.S), key=len)
+    page = page.replace(library, "")
+    found = sorted({repr(c) for c in UNSAFE_FOR_TERMINAL if c in page})
+    assert not found, f"report.html holds {found}"
+    assert "\\x1b]0;pwned title\\x07" in html.unescape(page)

@@ -14,10 +14,9 @@ axis' groups; on every row of that prompt and axis), ``statistic`` (Pearson's), 
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pandas as pd
+import regex
 
 from audit.analyses.findings import Finding, finding, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
@@ -51,20 +50,37 @@ DEFAULT_PATTERNS = (
 )
 
 
-def refusal_pattern(patterns: list[str] | None, origin: str) -> re.Pattern[str]:
+#: Seconds one generation may take to match. Patterns come from probe files and manifests
+#: other people wrote: one with nested repetition (``(a|a)*$``) can backtrack for hours.
+MATCH_TIME_LIMIT_S = 1.0
+
+
+def refusal_pattern(patterns: list[str] | None, origin: str) -> regex.Pattern[str]:
     """One case-insensitive expression matching any pattern; ``ProbeError`` naming a bad one."""
     chosen = list(DEFAULT_PATTERNS) if patterns is None else patterns
     for index, pattern in enumerate(chosen):
         try:
-            re.compile(pattern)
-        except re.error as error:
+            regex.compile(pattern)
+        except regex.error as error:
             raise ProbeError(
                 f"{origin}: probe.analysis.refusal_patterns[{index}]: {pattern!r} is not a valid "
                 f"regular expression ({error})"
             ) from None
     if not chosen:
-        return re.compile(r"(?!x)x")  # matches nothing: the user turned detection off
-    return re.compile("|".join(f"(?:{p})" for p in chosen), re.IGNORECASE)
+        return regex.compile(r"(?!x)x")  # matches nothing: the user turned detection off
+    return regex.compile("|".join(f"(?:{p})" for p in chosen), regex.IGNORECASE)
+
+
+def is_refusal(pattern: regex.Pattern[str], text: str, origin: str) -> bool:
+    """Whether ``text`` matches, within ``MATCH_TIME_LIMIT_S`` (``ProbeError`` beyond it)."""
+    try:
+        return pattern.search(text, timeout=MATCH_TIME_LIMIT_S) is not None
+    except TimeoutError:
+        raise ProbeError(
+            f"{origin}: probe.analysis.refusal_patterns: matching one generation took more than "
+            f"{MATCH_TIME_LIMIT_S:g} s; a pattern with nested repetition (such as '(a|a)*$') "
+            "backtracks without end: simplify it"
+        ) from None
 
 
 def _unit_rates(frame: pd.DataFrame, refused: pd.Series, axis: GroupAxis | None) -> UnitRates:
@@ -94,9 +110,12 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
     if generations.empty or "generation" not in generations:
         return empty_table("prompt_id", EXTRA)
     generations = sort_rows(generations, ["sample_id", "prompt_id"])
-    pattern = refusal_pattern(context.settings.refusal_patterns, str(context.store.manifest_path))
+    origin = str(context.store.manifest_path)
+    pattern = refusal_pattern(context.settings.refusal_patterns, origin)
     valid, _ = split_errors(generations)
-    refused = valid["generation"].fillna("").astype(str).map(lambda t: bool(pattern.search(t)))
+    refused = (
+        valid["generation"].fillna("").astype(str).map(lambda t: is_refusal(pattern, t, origin))
+    )
     axes = discover_axes(generations, context.group_axes)
     prompts = prompt_ids(context.manifest, generations)
     records = []
