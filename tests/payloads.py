@@ -3,11 +3,10 @@ links, scripts or terminal commands if shown raw. Imported by the injection test
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image
+from runs import jpeg_bytes
 
 # Sets ``window.__pwned`` wherever it would run, so a browser test can tell.
 PWN = "window.__pwned=1"
@@ -95,12 +94,6 @@ UNSAFE_FOR_TERMINAL = [chr(c) for c in (*range(0x00, 0x09), *range(0x0B, 0x20), 
 ]
 
 
-def _jpeg(i: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (i * 7 % 255, 80, 160)).save(buffer, format="JPEG")
-    return buffer.getvalue()
-
-
 def write_payload_source(path: Path, n_images: int = 24) -> Path:
     """A generations file to ``audit import``: every payload as a generation, and payloads in the
     sample ids, the prompt ids and prompts, the group values and the model id."""
@@ -118,7 +111,7 @@ def write_payload_source(path: Path, n_images: int = 24) -> Path:
             rows.append(
                 {
                     "sample_id": sample_id,
-                    "image": _jpeg(i),
+                    "image": jpeg_bytes(i),
                     "prompt_id": prompt_id,
                     "prompt": prompt,
                     "generation": f"{payload} nurse engineer {payload}",

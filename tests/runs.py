@@ -64,6 +64,28 @@ def write_probe(folder: Path, model: Path | str, **sections: Any) -> Path:
     return path
 
 
+def write_fairface_probe(folder: Path, model: Path | str, images: Path) -> Path:
+    """``write_probe`` over a FairFace-layout folder (``images``/labels.csv), one gender task."""
+    return write_probe(
+        folder,
+        model,
+        dataset={
+            "source": "fairface_csv",
+            "path": str(images),
+            "labels_csv": str(images / "labels.csv"),
+            "groups": ["gender", "race"],
+        },
+        classification=[
+            {
+                "id": "gender",
+                "target": "gender",
+                "template": "a photo of a {label} person.",
+                "labels": {"male": "Male", "female": "Female"},
+            }
+        ],
+    )
+
+
 def assert_generations_agree(backend: Any, requests: Any, got: Any, expected: Any) -> None:
     """Each pair has the same tokens, or the same up to their first difference where the plain
     path's two choices are a float32 near-tie (``self_check.TIE_TOLERANCE``): batch
@@ -74,3 +96,14 @@ def assert_generations_agree(backend: Any, requests: Any, got: Any, expected: An
     for i, (request, a, b) in enumerate(zip(requests, got, expected, strict=True)):
         difference = generation_difference(backend, request, a, b, TIE_TOLERANCE["float32"])
         assert difference is None, f"request {i}: {difference}"
+
+
+def jpeg_bytes(i: int, size: tuple[int, int] = (40, 48)) -> bytes:
+    """A small JPEG whose colour depends on ``i`` (distinct images for distinct samples)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (i * 37 % 256, 90, 200 - i * 11 % 200)).save(buffer, "JPEG")
+    return buffer.getvalue()

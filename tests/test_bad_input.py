@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.store.tables import RunStore
-from tests.runs import write_probe
+from tests.runs import write_fairface_probe, write_probe
 
 
 def invoke(*args: str) -> tuple[int, str]:
@@ -118,24 +118,7 @@ def test_corrupt_and_missing_images_become_error_rows(model: Path, tmp_path: Pat
         elif i != 4:  # image 4 is missing on disk
             Image.new("RGB", (40, 40), (40 * i, 90, 200 - 20 * i)).save(root / name)
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    probe = write_probe(
-        tmp_path,
-        model,
-        dataset={
-            "source": "fairface_csv",
-            "path": str(root),
-            "labels_csv": str(root / "labels.csv"),
-            "groups": ["gender", "race"],
-        },
-        classification=[
-            {
-                "id": "gender",
-                "target": "gender",
-                "template": "a photo of a {label} person.",
-                "labels": {"male": "Male", "female": "Female"},
-            }
-        ],
-    )
+    probe = write_fairface_probe(tmp_path, model, root)
     code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"), "--no-progress")
     assert code == 0, output
     generations = RunStore.open(tmp_path / "run").read("generations")

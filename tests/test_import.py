@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
+from runs import jpeg_bytes
 from typer.testing import CliRunner
 
 from audit.cli import app
@@ -29,16 +30,10 @@ GENERATION_COLUMNS = [
 ]
 
 
-def _jpeg(i: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (40, 48), (i * 37 % 256, 90, 200 - i * 11 % 200)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
 def m4_rows(n: int = 12, with_age: bool = True) -> dict[str, list]:
     """Rows laid out as HuggingFaceM4/m4-bias-eval-*: one per image, a column per model x prompt."""
     rows: dict[str, list] = {
-        "image": [{"bytes": _jpeg(i), "path": None} for i in range(n)],
+        "image": [{"bytes": jpeg_bytes(i), "path": None} for i in range(n)],
         "gender_phrase": [GENDERS[i % 2] for i in range(n)],
         "ethnicity_phrase": [ETHNICITIES[i % 3] for i in range(n)],
     }

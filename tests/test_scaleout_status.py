@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
+from runs import write_fairface_probe
 from typer.testing import CliRunner
 
 from audit.cli import app
 from audit.store.shard import Shard
 from audit.store.status import measure_progress
-from tests.runs import write_probe
 
 CORRUPT = "val/1.jpg"
 N_IMAGES = 10
@@ -43,24 +43,7 @@ def faces_probe(tmp_path: Path, model: Path) -> Path:
         else:
             Image.new("RGB", (40, 40), (20 * i, 90, 200 - 15 * i)).save(root / name)
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
-    return write_probe(
-        tmp_path,
-        model,
-        dataset={
-            "source": "fairface_csv",
-            "path": str(root),
-            "labels_csv": str(root / "labels.csv"),
-            "groups": ["gender", "race"],
-        },
-        classification=[
-            {
-                "id": "gender",
-                "target": "gender",
-                "template": "a photo of a {label} person.",
-                "labels": {"male": "Male", "female": "Female"},
-            }
-        ],
-    )
+    return write_fairface_probe(tmp_path, model, root)
 
 
 @pytest.fixture(scope="module")
