@@ -96,9 +96,9 @@ def is_error_row(row: Mapping[str, Any]) -> bool:
 def damaged(path: Path, problem: str) -> RunDirError:
     """The error for a part of a run that cannot be used, with what to do about it."""
     return RunDirError(
-        f"{path}: {problem}. The run's other files are not affected: delete this one and run "
-        "'audit run' again to make its rows anew ('audit status' shows what is missing), or "
-        "start the run over with --fresh, which deletes every stored row"
+        f"{path}: {problem}. The run's other files are not affected: delete this one and make "
+        "its rows again (the same 'audit run' or 'audit import'; 'audit status' shows what is "
+        "missing), or start the run over with --fresh, which deletes every stored row"
     )
 
 
