@@ -204,15 +204,35 @@ def analyze(
             ),
         ),
     ] = None,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help=(
+                "Another run of the same samples (A): store the paired comparison of this run "
+                "(B) with it, B − A, which the report and the dashboard then read (repeatable)."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Term variance, toxicity, refusal, accuracy, leakage: tidy tables with intervals."""
     from audit.analyses import analyze_run
+    from audit.analyses.cross_run import store_comparison
+    from audit.store import RunStore
 
     try:
+        bases = [RunStore.open(path) for path in against or []]
+        if any(base.root.resolve() == run_dir.resolve() for base in bases):
+            raise AuditError(f"--against {run_dir}: a run is compared with another run")
         result = analyze_run(
             run_dir, only=only, overrides=set_ or [], trusted_checkpoints=trust_checkpoint or []
         )
         _echo(result.describe())
+        for base in bases:
+            comparison = store_comparison(RunStore.open(run_dir), base)
+            _echo(
+                f"paired comparison with {base.root}: {len(comparison.table)} rows "
+                f"({comparison.n_resamples} resamples, seed {comparison.seed})"
+            )
     except AuditError as error:
         _fail(error)
 

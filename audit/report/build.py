@@ -111,10 +111,10 @@ def _is_simulated(run: RunData) -> bool:
     return manifest.producer == Producer.SIMULATION or "simulated" in sources
 
 
-def report_context(runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+def report_context(runs: Sequence[RunData]) -> dict[str, Any]:
     """Everything both templates show, as plain data."""
     sections: list[Section] = build_sections(runs)
-    extra = [simulation_section(runs), comparison_section(runs, n_boot=n_boot, seed=seed)]
+    extra = [simulation_section(runs), comparison_section(runs)]
     sections[1:1] = [section for section in extra if section is not None]
     return {
         "runs": runs,

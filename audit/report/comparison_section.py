@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from audit.analyses.cross_run import Comparison, compare_runs
 from audit.report.blocks import Block, Section, is_percent, p_cell
 from audit.report.formatting import (
     INSUFFICIENT,
@@ -15,7 +16,6 @@ from audit.report.formatting import (
     format_number,
     is_missing,
 )
-from audit.report.pairing import paired_comparison
 from audit.report.run_data import RunData
 
 TITLE = "Paired comparison of runs on the same samples"
@@ -74,14 +74,30 @@ def comparison_rows(table: pd.DataFrame) -> list[list[str]]:
     return rows
 
 
-def comparison_section(
-    runs: Sequence[RunData], n_boot: int = 2000, seed: int = 0
-) -> Section | None:
+def labelled(comparison: Comparison, base: RunData, other: RunData) -> pd.DataFrame:
+    """A comparison's table with the two runs' labels."""
+    return comparison.table.assign(run_a=base.label, run_b=other.label)
+
+
+def how_made(comparisons: Sequence[Comparison]) -> str:
+    """One sentence: resamples, seed, and whether the results were stored or computed now."""
+    first = comparisons[0]
+    stored = sum(c.stored for c in comparisons)
+    where = (
+        "stored by 'audit analyze B --against A'"
+        if stored == len(comparisons)
+        else "computed now ('audit analyze B --against A' stores them)"
+    )
+    return f"{first.n_resamples} bootstrap resamples over images, seed {first.seed}; {where}."
+
+
+def comparison_section(runs: Sequence[RunData]) -> Section | None:
     """None for a single run; otherwise overall rows, then groups that differ (q < 0.05)."""
     if len(runs) < 2:
         return None
     base = runs[0]
-    tables = [paired_comparison(base, other, n_boot=n_boot, seed=seed) for other in runs[1:]]
+    comparisons = [compare_runs(base.store(), other.store()) for other in runs[1:]]
+    tables = [labelled(c, base, o) for c, o in zip(comparisons, runs[1:], strict=True)]
     table = pd.concat(tables, ignore_index=True)
     blocks = []
     if table.empty:
@@ -110,4 +126,5 @@ def comparison_section(
         blocks.append(
             Block(title="Every group", columns=COLUMNS, rows=comparison_rows(table), html_only=True)
         )
-    return Section(key="comparison", title=TITLE, blocks=blocks, intro=INTRO)
+    intro = f"{INTRO} {how_made(comparisons)}"
+    return Section(key="comparison", title=TITLE, blocks=blocks, intro=intro)

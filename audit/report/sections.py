@@ -7,6 +7,7 @@ from collections.abc import Collection, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
+from audit.analyses.cross_run import TOXICITY_COLUMNS
 from audit.report.blocks import (
     Block,
     RunTables,
@@ -22,7 +23,6 @@ from audit.report.card_table import SCORINGS, card_cells
 from audit.report.confusion_matrix import confusion_counts
 from audit.report.figures import confusion_heatmap, group_bars
 from audit.report.formatting import MarkdownText, format_number, format_p, is_missing
-from audit.report.pairing import TOXICITY_COLUMNS
 from audit.report.run_data import RunData
 from audit.report.term_sections import terms_section
 

@@ -42,6 +42,8 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {name: schema.keys for name, schema in 
 MANIFEST = "manifest.json"
 ANALYSIS_FOLDER = "analysis"
 SUMMARY = "summary.json"
+#: Comparisons of this run against others (``audit analyze RUN --against OTHER``).
+COMPARISONS_FOLDER = "comparisons"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
 _READ_ATTEMPTS = 5
 
@@ -428,6 +430,24 @@ class RunStore:
                 f"re-run 'audit analyze {self.root}'"
             )
         return frame
+
+    def write_comparison(self, name: str, frame: pd.DataFrame, meta: dict[str, Any]) -> Path:
+        """Store a comparison of this run against another, and how it was made."""
+        path = self.root / ANALYSIS_FOLDER / COMPARISONS_FOLDER / f"{name}.parquet"
+        write_json_atomic(path.with_suffix(".json"), meta)
+        write_parquet_atomic(path, frame)
+        return path
+
+    def read_comparison(self, name: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
+        """A stored comparison and how it was made; ``None`` when absent or unreadable (it can
+        always be computed again)."""
+        path = self.root / ANALYSIS_FOLDER / COMPARISONS_FOLDER / f"{name}.parquet"
+        try:
+            meta = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            frame = pq.read_table(path).to_pandas()
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        return (frame, meta) if isinstance(meta, dict) else None
 
     def has_analysis(self, name: str) -> bool:
         return self.analysis_path(name).is_file()

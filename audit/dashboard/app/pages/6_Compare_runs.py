@@ -5,20 +5,21 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.cross_run import Comparison, compare_runs
 from audit.analyses.registry import analysis_tables
 from audit.dashboard.state import (
     Selection,
-    cached_run,
     filter_groups,
     group_selection,
     require_runs,
     run_token,
 )
 from audit.report.blocks import is_percent, item_column, side_by_side
+from audit.report.comparison_section import how_made
 from audit.report.figures import group_bars
 from audit.report.formatting import format_count, format_interval, format_number, format_p
-from audit.report.pairing import paired_comparison
 from audit.report.run_data import RunData
+from audit.store.tables import RunStore
 
 st.set_page_config(page_title="Compare runs", layout="wide")
 st.title("Compare runs")
@@ -27,8 +28,9 @@ COMPARABLE = [name for name in analysis_tables() if name not in {"confusion", "t
 
 
 @st.cache_data(show_spinner="Running paired tests…", max_entries=16)
-def cached_pairs(path_a: str, token_a: str, path_b: str, token_b: str) -> pd.DataFrame:
-    return paired_comparison(cached_run(path_a, token_a), cached_run(path_b, token_b), n_boot=1000)
+def cached_pairs(path_a: str, token_a: str, path_b: str, token_b: str) -> Comparison:
+    del token_a, token_b  # part of the cache key only
+    return compare_runs(RunStore(path_a), RunStore(path_b))
 
 
 def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
@@ -105,13 +107,15 @@ st.subheader("Side by side")
 selection = group_selection(run_a)
 side_by_side_view(run_a, run_b, selection)
 st.subheader("Paired tests on shared samples (B − A)")
-st.caption(
-    "Classification: McNemar's exact test; scores: paired bootstrap over images with a "
-    "sign-flip permutation p-value; q: Benjamini-Hochberg within each test."
-)
-pairs = cached_pairs(
+comparison = cached_pairs(
     str(run_a.root), run_token(str(run_a.root)), str(run_b.root), run_token(str(run_b.root))
 )
+st.caption(
+    "Classification: McNemar's exact test; scores: paired bootstrap over images with a "
+    f"sign-flip permutation p-value; q: Benjamini-Hochberg within each test. "
+    f"{how_made([comparison])}"
+)
+pairs = comparison.table
 if pairs.empty:
     st.info("No paired test possible: the runs share no samples with stored rows.")
 else:
