@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import norm
+from scipy.stats import beta, norm
 
 CONFIDENCE = 0.95
 # Floating sums taken in a different order differ in the last bits; a permuted statistic
@@ -173,10 +173,13 @@ class SequentialPermutations:
     stop_after: int = 10
     """A statistic stops once this many permuted statistics reached the observed one."""
     fdr_level: float | None = None
-    """If set, statistics that no permutation reached get more permutations until their p-value
-    floor ``1/(1+L)`` is low enough for Benjamini–Hochberg at this level over the whole family."""
-    resolution: float = 2.0
-    """Extend until a never-reached statistic's BH q-value is ``fdr_level / resolution``."""
+    """If set, statistics whose Benjamini–Hochberg decision at this level (over the whole
+    family) more permutations could still change get more, until it cannot (``confidence``)."""
+    confidence: float = 0.99
+    """A decision is settled once this Clopper–Pearson interval of the p-value lies on one side
+    of the BH threshold."""
+    growth: int = 4
+    """Each extension multiplies the permutations of the unsettled statistics by this."""
     permutation_cap: int = 200_000
     """Most permutations any statistic gets when extending for ``fdr_level``."""
     max_elements: int = 4_000_000
@@ -215,9 +218,11 @@ def sequential_permutation_test(
     ``(b, len(active))`` statistics. A statistic whose permuted values have reached the observed
     one ``stop_after`` times after ``l`` permutations stops with ``p = stop_after / l``
     (valid, Besag & Clifford 1991); the others run all ``L = max_permutations`` and get
-    ``(1 + e) / (1 + L)``. With ``fdr_level``, statistics no permutation reached (and marked
-    ``extendable``) continue until their floor allows a BH q-value of ``fdr_level / resolution``;
-    stopping the rest at ``L`` keeps their p-values valid.
+    ``(1 + e) / (1 + L)``. With ``fdr_level``, statistics (marked ``extendable``) whose
+    Benjamini–Hochberg decision is not settled (``unsettled``) continue, ``growth`` times as many
+    permutations at a time, up to ``permutation_cap``: a term reached once in the first 1,000
+    permutations is not left at p = 0.002 when its decision turns on a smaller p. Every
+    statistic's p-value stays a valid one of the permutations it got.
     """
     k = observed.size
     exceed = np.zeros(k, dtype=int)
@@ -240,17 +245,51 @@ def sequential_permutation_test(
             used[active] += np.where(stops, hit.argmax(axis=0) + 1, size)
             active = active[~stops]
             done += size
-        floor = np.flatnonzero(exceed == 0)
-        if settings.fdr_level is None or floor.size == 0 or limit >= settings.permutation_cap:
+        if settings.fdr_level is None or limit >= settings.permutation_cap:
             break
-        needed = int(np.ceil(settings.resolution * k / (settings.fdr_level * floor.size)))
-        active = floor if extendable is None else floor[extendable[floor]]
-        if needed <= limit or active.size == 0:
+        open_ = unsettled(exceed, used, settings)
+        if extendable is not None:
+            open_ &= extendable
+        active = np.flatnonzero(open_)
+        if active.size == 0:
             break
-        limit = min(needed, settings.permutation_cap)
+        limit = min(limit * settings.growth, settings.permutation_cap)
+    return PermutationResult(_sequential_p(exceed, used, settings), used, exceed)
+
+
+def _sequential_p(
+    exceed: np.ndarray, used: np.ndarray, settings: SequentialPermutations
+) -> np.ndarray:
     stopped = exceed >= settings.stop_after
     p_values = np.where(stopped, exceed / np.maximum(used, 1), (1 + exceed) / (1 + used))
-    return PermutationResult(np.minimum(p_values, 1.0), used, exceed)
+    return np.minimum(p_values, 1.0)
+
+
+def unsettled(exceed: np.ndarray, used: np.ndarray, settings: SequentialPermutations) -> np.ndarray:
+    """Statistics that ran every permutation and whose Clopper–Pearson interval of the p-value
+    (at ``settings.confidence``) holds the BH threshold of the family at ``fdr_level``: more
+    permutations could change whether they are rejected."""
+    assert settings.fdr_level is not None
+    stopped = exceed >= settings.stop_after
+    threshold = bh_threshold(_sequential_p(exceed, used, settings), settings.fdr_level)
+    tail = (1 - settings.confidence) / 2
+    n = np.maximum(used, 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(exceed > 0, beta.ppf(tail, exceed, n - exceed + 1), 0.0)
+        high = beta.ppf(1 - tail, exceed + 1, np.maximum(n - exceed, 1))
+    return ~stopped & (low <= threshold) & (threshold < high)
+
+
+def bh_threshold(p_values: np.ndarray, level: float) -> float:
+    """The p-value at or below which Benjamini–Hochberg at ``level`` rejects (``level / m``, the
+    first step, where it rejects nothing)."""
+    p = np.sort(p_values[np.isfinite(p_values)])
+    m = p.size
+    if m == 0:
+        return 0.0
+    steps = level * np.arange(1, m + 1) / m
+    below = np.flatnonzero(p <= steps)
+    return float(steps[below[-1]] if below.size else steps[0])
 
 
 def benjamini_hochberg(p_values: np.ndarray) -> np.ndarray:

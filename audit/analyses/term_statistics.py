@@ -12,13 +12,15 @@ The card's ranking cannot tell a noisy small group from a real association, so e
 also tested: its variance of group means against the same statistic under random permutations of
 the group labels over images (sequential Monte Carlo, Besag & Clifford 1991: at least
 ``n_permutations``, fewer only for terms whose p-value is clearly large). A p-value from L
-permutations cannot go below 1/(1+L), while Benjamini–Hochberg over thousands of terms needs
-smaller ones, so terms that no permutation reached get more permutations until the resolution
-suffices; for terms in many documents (where that would cost millions of permutations) the p-value
-comes instead from the normal approximation of the same permutation distribution, whose exact
-moments are known (``p_method`` says which). Terms so rare that no
-arrangement of their documents could reach p < 0.05 are not tested (their document frequency does
-not depend on the labels, so leaving them out keeps the FDR guarantee and gains power).
+permutations is known only to within its Monte Carlo error, and cannot go below 1/(1+L), while
+Benjamini–Hochberg over thousands of terms turns on small ones: every term whose BH decision more
+permutations could still change gets more, four times as many at a time, until it cannot
+(``stats.unsettled``, up to 200,000); for terms in many documents (where that would cost millions
+of permutations) a p-value no permutation reached comes instead from the normal approximation
+of the same permutation distribution, whose exact moments are known (``p_method`` says which).
+Terms so rare that no arrangement of their documents could reach p < 0.05 are not tested (their
+document frequency does not depend on the labels, so leaving them out keeps the FDR guarantee
+and gains power).
 """
 
 from __future__ import annotations
