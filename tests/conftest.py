@@ -88,3 +88,36 @@ def restored_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]) -> Path:
+    """A real run of the tiny Idefics2 in two shards, analysed and reported (copy it to change
+    it)."""
+    import yaml
+    from runs import write_probe
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+    from audit.demo.tiny_scorer import build_tiny_toxicity_classifier
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    scorer = build_tiny_toxicity_classifier(root / "scorer")
+    probe = write_probe(root, model_dirs["idefics2"])
+    data = yaml.safe_load(probe.read_text())
+    data["analysis"] = {
+        "toxicity": {"scorer": f"transformers:{scorer}"},
+        "n_permutations": 100,
+        "n_bootstrap": 100,
+    }
+    probe.write_text(yaml.safe_dump(data))
+    run = root / "run"
+    for args in (
+        ["run", str(probe), "--out", str(run), "--shard", "1/2"],
+        ["run", str(probe), "--out", str(run), "--shard", "2/2"],
+        ["analyze", str(run)],
+        ["report", str(run)],
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    return run

@@ -18,40 +18,12 @@ from typing import Any
 
 import pandas as pd
 import pytest
-import yaml
-from runs import write_probe
 from typer.testing import CliRunner
 
 from audit.cli import app
 
 COMMANDS = ("status", "report", "analyze", "report")
 DATA_FOLDERS = ("generations", "classifications", "thumbnails", "shards")
-
-
-@pytest.fixture(scope="module")
-def base_run(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]) -> Path:
-    from audit.demo.tiny_scorer import build_tiny_toxicity_classifier
-
-    root = tmp_path_factory.mktemp("damaged")
-    scorer = build_tiny_toxicity_classifier(root / "scorer")
-    probe = write_probe(root, model_dirs["idefics2"])
-    data = yaml.safe_load(probe.read_text())
-    data["analysis"] = {
-        "toxicity": {"scorer": f"transformers:{scorer}"},
-        "n_permutations": 100,
-        "n_bootstrap": 100,
-    }
-    probe.write_text(yaml.safe_dump(data))
-    run = root / "run"
-    for args in (
-        ["run", str(probe), "--out", str(run), "--shard", "1/2"],
-        ["run", str(probe), "--out", str(run), "--shard", "2/2"],
-        ["analyze", str(run)],
-        ["report", str(run)],
-    ):
-        result = CliRunner().invoke(app, args)
-        assert result.exit_code == 0, result.output
-    return run
 
 
 # -- ways to damage a run ---------------------------------------------------------------------
@@ -242,11 +214,11 @@ def _digest(run: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_damaged_run_gives_an_error_paragraph_or_works_and_loses_nothing(
-    base_run: Path, tmp_path: Path, case: str
+    tiny_run: Path, tmp_path: Path, case: str
 ) -> None:
     damage, refusing, named = CASES[case]
     run = tmp_path / "run"
-    shutil.copytree(base_run, run, symlinks=True)
+    shutil.copytree(tiny_run, run, symlinks=True)
     damage(run)
     before = _digest(run)
     failures = set()
@@ -274,10 +246,10 @@ def test_a_run_directory_that_is_not_one(tmp_path: Path, kind: str) -> None:
 
 
 def test_status_says_which_progress_records_it_could_not_read(
-    base_run: Path, tmp_path: Path
+    tiny_run: Path, tmp_path: Path
 ) -> None:
     run = tmp_path / "run"
-    shutil.copytree(base_run, run)
+    shutil.copytree(tiny_run, run)
     _edit_json("shards/1-of-2.json", _with(updated_at="yesterday"))(run)
     _write("samples.parquet", b"PAR1garbage")(run)
     result = CliRunner().invoke(app, ["status", str(run)])
@@ -289,9 +261,9 @@ def test_status_says_which_progress_records_it_could_not_read(
     assert "generations: 24 / 24 done" in result.output  # counted from the rows themselves
 
 
-def test_unreadable_toxicity_scores_are_made_anew(base_run: Path, tmp_path: Path) -> None:
+def test_unreadable_toxicity_scores_are_made_anew(tiny_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    shutil.copytree(base_run, run)
+    shutil.copytree(tiny_run, run)
     scores = run / "analysis" / "toxicity_scores.parquet"
     expected = pd.read_parquet(scores)
     scores.write_bytes(b"junk")

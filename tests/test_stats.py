@@ -207,3 +207,26 @@ def test_permutation_p_values_are_uniform_under_the_null(n_groups):
     p_values = np.array(p_values)
     assert 0.02 <= (p_values <= 0.05).mean() <= 0.09
     assert 0.4 <= (p_values <= 0.5).mean() <= 0.6
+
+
+def test_clustered_wilson_at_zero_counts_one_observation_per_image():
+    from audit.analyses.stats import clustered_wilson_interval
+
+    # 8 images x 3 prompts, no refusal: the interval is Wilson's for 8 observations, not [0, 0].
+    low, high = clustered_wilson_interval(np.zeros(8), np.full(8, 3.0), np.zeros(8, int), 1)
+    expected = wilson_interval(0, 8)
+    assert low[0] == 0 and high[0] == pytest.approx(expected[1])
+
+
+def test_clustered_wilson_covers_a_correlated_rate():
+    from audit.analyses.stats import clustered_wilson_interval
+
+    rng = np.random.default_rng(0)
+    covered = 0
+    for _ in range(400):
+        # 60 images x 3 prompts; each image's own rate varies around 0.2 (correlated prompts).
+        own = rng.beta(1, 4, 60)
+        successes = rng.binomial(3, own).astype(float)
+        low, high = clustered_wilson_interval(successes, np.full(60, 3.0), np.zeros(60, int), 1)
+        covered += low[0] <= 0.2 <= high[0]
+    assert 0.92 <= covered / 400 <= 0.99

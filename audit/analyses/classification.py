@@ -118,14 +118,12 @@ def _task_records(
     metric = f"accuracy{suffix}"
     rng = seeded_rng(settings.seed, NAME, task_id, scoring)
     overall = UnitRates(correct, np.ones(len(rows)), np.zeros(len(rows), dtype=int), (ALL,))
-    records = [overall_row(task_id, metric, overall, settings.n_bootstrap, rng, scoring=scoring)]
+    records = [overall_row(task_id, metric, overall, scoring=scoring)]
     accuracy = float(correct.mean()) if len(rows) else float("nan")
     for axis in axes:
         rng = seeded_rng(settings.seed, NAME, task_id, scoring, axis.name)
         rates = UnitRates(correct, np.ones(len(rows)), axis.codes(rows), axis.groups)
-        groups = group_rows(
-            task_id, axis.name, metric, rates, settings.n_bootstrap, rng, scoring=scoring
-        )
+        groups = group_rows(task_id, axis.name, metric, rates, scoring=scoring)
         records += groups
         records.append(_gap_row(task_id, axis.name, suffix, rates, groups, accuracy, settings, rng))
         if " x " in axis.name:

@@ -92,16 +92,14 @@ def _share_rows(
     hits: np.ndarray,
     metric: str,
     axis: GroupAxis | None,
-    n_boot: int,
-    rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
     codes, groups = _codes(frame, axis)
     rates = UnitRates(
         successes=hits.astype(float), totals=np.ones(len(frame)), codes=codes, groups=groups
     )
     if axis is None:
-        return [overall_row(prompt_id, metric, rates, n_boot, rng)]
-    return group_rows(prompt_id, axis.name, metric, rates, n_boot, rng)
+        return [overall_row(prompt_id, metric, rates)]
+    return group_rows(prompt_id, axis.name, metric, rates)
 
 
 def generation_stats(context: AnalysisContext) -> pd.DataFrame:
@@ -133,8 +131,8 @@ def generation_stats(context: AnalysisContext) -> pd.DataFrame:
                     ("share_eos", reason == "eos"),
                     ("share_length", reason == "length"),
                 ):
-                    records += _share_rows(prompt_id, ended, hits, metric, axis, n_boot, rng)
-            records += _share_rows(prompt_id, every, failed, "error_rate", axis, n_boot, rng)
+                    records += _share_rows(prompt_id, ended, hits, metric, axis)
+            records += _share_rows(prompt_id, every, failed, "error_rate", axis)
     return records_table(records, "prompt_id", EXTRA)
 
 

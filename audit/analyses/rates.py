@@ -2,8 +2,9 @@
 
 Inputs are per *image* (unit): successes and observations. When every image contributes one
 observation (one prompt or task), a group's rate gets a Wilson interval; when images carry
-several (rates pooled over prompts), the interval is a cluster bootstrap over images, because
-one image's observations are not independent. Tests permute group labels over images.
+several (rates pooled over prompts), a Wilson interval at the effective sample size
+(``stats.clustered_wilson_interval``), because one image's observations are not independent.
+Tests permute group labels over images.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from audit.analyses.stats import (
     bootstrap_ratios,
+    clustered_wilson_interval,
     percentile_interval,
     permutation_p_values,
     permuted_group_sums,
@@ -56,23 +58,20 @@ class UnitRates:
 
 
 def _intervals(
-    rates: UnitRates, keep: np.ndarray, local: np.ndarray, n_boot: int, rng: np.random.Generator
+    rates: UnitRates, keep: np.ndarray, local: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     k = int(local.max()) + 1 if local.size else 0
     successes = np.bincount(local, weights=rates.successes[keep], minlength=k)
     totals = np.bincount(local, weights=rates.totals[keep], minlength=k)
     if not rates.clustered:
         return wilson_interval(successes, totals)
-    replicates = bootstrap_ratios(rates.successes[keep], rates.totals[keep], local, n_boot, rng)
-    return percentile_interval(replicates[:, :, 0])
+    return clustered_wilson_interval(rates.successes[keep], rates.totals[keep], local, k)
 
 
 def overall_row(
     id_value: str,
     metric: str,
     rates: UnitRates,
-    n_boot: int,
-    rng: np.random.Generator,
     **extra: Any,
 ) -> dict[str, Any]:
     """The rate over all images (axis and group ``all``)."""
@@ -80,7 +79,7 @@ def overall_row(
     if n == 0:
         return insufficient(id_value, ALL, ALL, metric, 0, **extra)
     zeros = np.zeros(n, dtype=int)
-    low, high = _intervals(rates, np.arange(n), zeros, n_boot, rng)
+    low, high = _intervals(rates, np.arange(n), zeros)
     value = rates.successes.sum() / rates.totals.sum()
     return estimate(
         id_value,
@@ -101,15 +100,13 @@ def group_rows(
     axis: str,
     metric: str,
     rates: UnitRates,
-    n_boot: int,
-    rng: np.random.Generator,
     **extra: Any,
 ) -> list[dict[str, Any]]:
     """One row per group: the rate with its interval, or ``insufficient data``."""
     sizes = rates.sizes()
     keep, local = rates.restricted()
     included = rates.included()
-    low, high = _intervals(rates, keep, local, n_boot, rng) if keep.size else ([], [])
+    low, high = _intervals(rates, keep, local) if keep.size else ([], [])
     rows = []
     for code, group in enumerate(rates.groups):
         if code not in set(included.tolist()):

@@ -122,12 +122,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
     for prompt_id in [*prompts, ALL] if len(prompts) > 1 else prompts:
         mask = valid["prompt_id"].astype(str).eq(prompt_id) | (prompt_id == ALL)
         frame, hits = valid[mask], refused[mask]
-        rng = seeded_rng(context.settings.seed, NAME, prompt_id)
-        records.append(
-            overall_row(
-                prompt_id, METRIC, _unit_rates(frame, hits, None), context.settings.n_bootstrap, rng
-            )
-        )
+        records.append(overall_row(prompt_id, METRIC, _unit_rates(frame, hits, None)))
         for axis in axes:
             rates = _unit_rates(frame, hits, axis)
             rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name)
@@ -139,8 +134,6 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
                 axis.name,
                 METRIC,
                 rates,
-                context.settings.n_bootstrap,
-                rng,
                 p_value=p_value,
                 statistic=statistic,
                 n_permutations=context.settings.n_permutations if np.isfinite(p_value) else None,

@@ -38,6 +38,32 @@ def wilson_interval(
     return low, high
 
 
+def clustered_wilson_interval(
+    successes: np.ndarray, totals: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson intervals of each group's pooled rate when units (images) carry several
+    observations: Wilson at the effective sample size ``N / deff`` (Kish), the design effect from
+    the cluster-robust variance of the ratio, kept between 1 and the largest cluster (observations
+    of one image fully alike). Where the rate is 0 or 1 the variance says nothing and the largest
+    cluster is used: about one observation per image."""
+    k = np.bincount(groups, weights=successes, minlength=n_groups)
+    n = np.bincount(groups, weights=totals, minlength=n_groups)
+    units = np.bincount(groups, minlength=n_groups).astype(float)
+    largest = np.zeros(n_groups)
+    np.maximum.at(largest, groups, totals)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = k / n
+        residual = np.bincount(
+            groups, weights=(successes - p[groups] * totals) ** 2, minlength=n_groups
+        )
+        robust = units / np.maximum(units - 1, 1) * residual / n**2
+        binomial = p * (1 - p) / n
+        deff = np.where(binomial > 0, robust / binomial, largest)
+    deff = np.clip(np.nan_to_num(deff, nan=1.0), 1.0, np.maximum(largest, 1.0))
+    effective = n / deff
+    return wilson_interval(p * effective, effective)
+
+
 def bootstrap_weights(n_units: int, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """``(n_boot, n_units)`` resampling counts: how often each unit is drawn in each resample."""
     draws = rng.integers(0, n_units, size=(n_boot, n_units), dtype=np.int32).astype(np.intp)

@@ -3,8 +3,8 @@
 Method (term_statistics.py): TF-IDF fit on all successful generations of a prompt, group means
 per axis, ranking by ``variance`` (default) or ``card`` (``probe.analysis.tfidf.ranking``), a
 permutation test per term with Benjamini–Hochberg q-values over all tested terms of that prompt
-and axis, and a stratified bootstrap (images resampled within each group) of each group's mean for
-the reported terms. Reported terms: the ``top_k`` best ranked plus every flagged term.
+and axis, and a bootstrap of each group's mean for the reported terms (images resampled within
+each group of the axis). Reported terms: the ``top_k`` best ranked plus every flagged term.
 
 Columns besides the common ones (one row per prompt, axis, term and group;
 ``metric = "mean_tfidf"``, ``value`` the group's mean TF-IDF weight, ``n`` its images):
@@ -125,17 +125,11 @@ def _prompt_tables(
         ]
         if short:
             tables.append(pd.DataFrame.from_records(short).rename(columns={"_id": "prompt_id"}))
-    if scored:
-        cells = np.unique(
-            np.column_stack([a.codes(subset) for a in axes]), axis=0, return_inverse=True
-        )[1].ravel()
-        rng = seeded_rng(settings.seed, NAME, prompt_id, "bootstrap")
-        intervals = _group_intervals(matrix, cells, scored, settings.n_bootstrap, rng)
-        ids = subset["sample_id"].astype(str).to_numpy()
-        for item, interval in zip(scored, intervals, strict=True):
-            tables.append(
-                _term_rows(prompt_id, item, matrix, ids, interval, settings.tfidf.ranking)
-            )
+    ids = subset["sample_id"].astype(str).to_numpy()
+    for item in scored:
+        rng = seeded_rng(settings.seed, NAME, prompt_id, item.axis.name, "bootstrap")
+        interval = _group_intervals(matrix, item, settings.n_bootstrap, rng)
+        tables.append(_term_rows(prompt_id, item, matrix, ids, interval, settings.tfidf.ranking))
     return tables
 
 
@@ -163,45 +157,26 @@ def _score_axis(
 
 
 def _group_intervals(
-    matrix: sp.csr_matrix,
-    cells: np.ndarray,
-    scored: list[AxisTerms],
-    n_boot: int,
-    rng: np.random.Generator,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Bootstrap intervals of each group's mean TF-IDF for each axis' reported terms.
+    matrix: sp.csr_matrix, item: AxisTerms, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bootstrap intervals of each group's mean TF-IDF for the axis' reported terms.
 
-    Images are resampled within the cells of all axes crossed (``gender x race``), which keeps
-    every group of every axis at its size, so one set of resamples serves all axes.
+    Images are resampled within the groups of this axis only: strata finer than the analysed
+    groups (gender x race x age cells of about one image each) would leave nothing to resample.
     """
-    union = np.unique(np.concatenate([item.chosen for item in scored]))
-    # Documents sorted by cell, so each cell's resampling weights are a contiguous slice.
-    order = np.argsort(cells, kind="stable")
-    values = matrix[order][:, union].toarray()
-    bounds = np.searchsorted(cells[order], np.arange(int(cells.max()) + 2))
-    replicates = [np.empty((n_boot, item.included.size, item.chosen.size)) for item in scored]
-    chunk = max(1, min(n_boot, 4_000_000 // max(cells.size, 1)))
+    order = np.argsort(item.local, kind="stable")
+    local = item.local[order]
+    values = matrix[item.rows[order]][:, item.chosen].toarray()
+    bounds = np.searchsorted(local, np.arange(item.included.size + 1))
+    sizes = np.diff(bounds)
+    replicates = np.empty((n_boot, item.included.size, item.chosen.size))
+    chunk = max(1, min(n_boot, 4_000_000 // max(local.size, 1)))
     for start in range(0, n_boot, chunk):
-        weights = stratified_bootstrap_weights(cells[order], min(chunk, n_boot - start), rng)
-        slices = zip(bounds[:-1], bounds[1:], strict=True)
-        cell_sums = np.stack([weights[:, a:b] @ values[a:b] for a, b in slices], axis=1)
-        for item, out in zip(scored, replicates, strict=True):
-            columns = np.searchsorted(union, item.chosen)
-            cell_group = _cell_groups(cells, item)
-            for j in range(item.included.size):
-                in_group = np.flatnonzero(cell_group == j)
-                size = np.count_nonzero(item.local == j)
-                out[start : start + chunk, j, :] = (
-                    cell_sums[:, in_group][:, :, columns].sum(axis=1) / size
-                )
-    return [percentile_interval(r) for r in replicates]
-
-
-def _cell_groups(cells: np.ndarray, item: AxisTerms) -> np.ndarray:
-    """The (renumbered) group of each cell on this axis; ``-1`` for cells outside it."""
-    groups = np.full(int(cells.max()) + 1, -1)
-    groups[cells[item.rows]] = item.local
-    return groups
+        count = min(chunk, n_boot - start)
+        weights = stratified_bootstrap_weights(local, count, rng)
+        for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
+            replicates[start : start + count, j, :] = weights[:, a:b] @ values[a:b] / sizes[j]
+    return percentile_interval(replicates)
 
 
 def _example_ids(

@@ -40,12 +40,14 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 
 METHODS = (
     "Observations cluster by image (each image carries several prompts), so every bootstrap "
-    "and permutation resamples images, stratified by group, never rows.",
-    "Rates and accuracies: Wilson score intervals. Means: percentile bootstrap intervals over "
-    "images. Seeds are fixed, so re-running the analysis gives the same numbers.",
+    "and permutation resamples images, within the groups of the analysed axis, never rows.",
+    "Rates and accuracies: Wilson score intervals; a rate pooled over prompts uses Wilson at "
+    "its effective sample size (Kish's design effect over images). Means: percentile bootstrap "
+    "intervals over images. Seeds are fixed, so re-running the analysis gives the same numbers.",
     "TF-IDF term variance: IDF fitted on all generations of a prompt; per-group mean TF-IDF "
-    "vectors; terms ranked by the spread of the group means; permutation p-values with "
-    "Benjamini-Hochberg q-values; a term is flagged only at q < 0.05.",
+    "vectors; terms ranked by the spread of the group means; permutation p-values, refined "
+    "until more permutations could not change a term's decision, with Benjamini-Hochberg "
+    "q-values over the terms of one prompt and axis; a term is flagged only at q < 0.05.",
     "Error rows (failed generations, unreadable images) are counted in the generation "
     "statistics and excluded from every other analysis.",
     "A value marked 'insufficient data' had too few observations for an estimate.",
