@@ -5,19 +5,20 @@ as below; ``mean``: per-token mean, the same metric names with ``_per_token`` ap
 
 - ``accuracy`` overall (axis ``all``), per group of every axis and per group of every pairwise
   intersection (``gender x race``), Wilson intervals (one row per image and task);
-- ``accuracy_gap`` per axis/intersection (group ``all``): best minus worst group accuracy, bootstrap
-  interval of that contrast (images resampled within groups), permutation p-value of the largest
-  minus smallest group accuracy (group labels permuted over images, so it accounts for having
-  picked the extreme pair), ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall
-  accuracy and the two groups' sizes), ``worst_group`` / ``best_group``;
+- ``accuracy_gap`` per axis/intersection (group ``all``): best minus worst group accuracy; its
+  interval and p-value come from one procedure, simultaneous over every pair of groups (so both
+  account for having picked the extreme pair; ``rates.largest_gap``): the interval excludes 0
+  exactly when p < 0.05. ``n`` is the two groups' images, ``n_best`` / ``n_worst`` each side's;
+  ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall accuracy and the two
+  groups' sizes), ``worst_group`` / ``best_group``;
 - ``cell_accuracy_std`` per intersection: the card's "std", the population std (ddof=0) of the
   cells' accuracies, bootstrap interval; its ``p_value`` is the share of noise-only stds at least as
   large. ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
   the overall accuracy (mean over simulations; interval: 2.5–97.5 percentiles).
 
 Extra columns: ``scoring``, ``successes``, ``observations``, ``p_value``, ``min_detectable_gap``,
-``worst_group``, ``best_group``. Groups with fewer than ``MIN_GROUP_SIZE`` images are reported as
-``insufficient data`` and left out of gaps and stds.
+``worst_group``, ``best_group``, ``n_worst``, ``n_best``. Groups with fewer than
+``MIN_GROUP_SIZE`` images are reported as ``insufficient data`` and left out of gaps and stds.
 """
 
 from __future__ import annotations
@@ -30,14 +31,7 @@ import pandas as pd
 from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, intersections, sort_rows, split_errors
 from audit.analyses.label_scores import SCORINGS, SUFFIX, Task, predictions, tasks_of
-from audit.analyses.rates import (
-    UnitRates,
-    difference_interval,
-    group_rows,
-    overall_row,
-    permutation_test,
-    rate_range,
-)
+from audit.analyses.rates import UnitRates, group_rows, largest_gap, overall_row
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     bootstrap_ratios,
@@ -56,6 +50,8 @@ EXTRA = (
     "min_detectable_gap",
     "worst_group",
     "best_group",
+    "n_worst",
+    "n_best",
 )
 
 
@@ -145,26 +141,26 @@ def _gap_row(
 ) -> dict[str, Any]:
     metric = f"accuracy_gap{suffix}"
     usable = [g for g in groups if g["value"] is not None]
-    n = int(sum(g["n"] for g in usable))
-    if len(usable) < 2:
-        return insufficient(task_id, axis, ALL, metric, n)
-    worst = min(usable, key=lambda g: (g["value"], g["group"]))
-    best = max(usable, key=lambda g: (g["value"], g["group"]))
-    _, p_value = permutation_test(rates, rate_range, settings.n_permutations, rng)
-    interval = difference_interval(rates, best["group"], worst["group"], settings.n_bootstrap, rng)
-    detectable = minimum_detectable_difference(accuracy, best["n"], worst["n"])
+    gap = largest_gap(rates, settings.n_bootstrap, rng) if len(usable) >= 2 else None
+    if gap is None:
+        return insufficient(task_id, axis, ALL, metric, int(sum(g["n"] for g in usable)))
+    best, worst = rates.groups[gap.high], rates.groups[gap.low]
+    n_best, n_worst = (next(g["n"] for g in usable if g["group"] == name) for name in (best, worst))
+    detectable = minimum_detectable_difference(accuracy, n_best, n_worst)
     return estimate(
         task_id,
         axis,
         ALL,
         metric,
-        best["value"] - worst["value"],
-        interval,
-        n,
-        p_value=p_value,
+        gap.difference,
+        gap.interval,
+        int(n_best + n_worst),
+        p_value=gap.p_value,
         min_detectable_gap=detectable,
-        worst_group=worst["group"],
-        best_group=best["group"],
+        worst_group=worst,
+        best_group=best,
+        n_worst=int(n_worst),
+        n_best=int(n_best),
     )
 
 
@@ -238,14 +234,19 @@ def classification_findings(table: pd.DataFrame) -> list[Finding]:
                 finding(
                     NAME,
                     gap,
-                    f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']}, "
-                    f"{_points(gap['value'])} points below {gap['best_group']} "
+                    f"task '{task_id}', {gap['axis']}: worst group {gap['worst_group']} "
+                    f"(n={_count(gap.get('n_worst'))}), {_points(gap['value'])} points below "
+                    f"{gap['best_group']} (n={_count(gap.get('n_best'))}) "
                     f"[{_points(gap['ci_low'])}, {_points(gap['ci_high'])}], "
-                    f"{p_text(gap['p_value'])}; smallest gap detectable at this n: "
-                    f"{_points(gap['min_detectable_gap'])} points",
+                    f"{p_text(gap['p_value'])} over every pair of groups; smallest gap "
+                    f"detectable at these n: {_points(gap['min_detectable_gap'])} points",
                 )
             )
     return found
+
+
+def _count(value: Any) -> str:
+    return "?" if value is None or pd.isna(value) else str(int(value))
 
 
 def _points(value: Any) -> str:

@@ -18,7 +18,6 @@ import numpy as np
 from audit.analyses.stats import (
     bootstrap_ratios,
     clustered_wilson_interval,
-    percentile_interval,
     permutation_p_values,
     permuted_group_sums,
     wilson_interval,
@@ -143,13 +142,6 @@ def chi_square_statistic(successes: np.ndarray, totals: np.ndarray) -> np.ndarra
     return np.where(spread[..., 0] > 0, value, 0.0)
 
 
-def rate_range(successes: np.ndarray, totals: np.ndarray) -> np.ndarray:
-    """Largest minus smallest group rate, per row of ``(b, G)`` arrays."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rates = successes / totals
-    return np.nanmax(rates, axis=-1) - np.nanmin(rates, axis=-1)
-
-
 Statistic = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
@@ -172,22 +164,61 @@ def permutation_test(
     return float(observed[0]), float(permutation_p_values(observed, null[:, None])[0])
 
 
-def difference_interval(
-    rates: UnitRates, high: str, low: str, n_boot: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Bootstrap interval of the rate of group ``high`` minus that of group ``low`` (images
-    resampled within each group, so each group keeps its size).
+@dataclass(frozen=True)
+class Gap:
+    """The largest difference between two groups' rates, with one procedure for its interval and
+    its test: simultaneous over every pair of groups (single-step max-T), so both account for the
+    pair being the one that differs most."""
 
-    The two groups are the observed best and worst; the interval is for that contrast. (The
-    bootstrap of "largest minus smallest" itself is biased upwards with many small groups and
-    can exclude its own estimate; the selection of the pair is what the permutation test of the
-    range accounts for.)
-    """
-    members = [np.flatnonzero(rates.codes == rates.groups.index(g)) for g in (high, low)]
-    if any(m.size == 0 for m in members):
-        return float("nan"), float("nan")
-    keep = np.concatenate(members)
-    strata = np.repeat([0, 1], [m.size for m in members])
-    replicates = bootstrap_ratios(rates.successes[keep], rates.totals[keep], strata, n_boot, rng)
-    lower, upper = percentile_interval(replicates[:, 0, :] - replicates[:, 1, :])
-    return float(lower[0]), float(upper[0])
+    high: int
+    low: int
+    difference: float
+    interval: tuple[float, float]
+    p_value: float
+
+
+def largest_gap(
+    rates: UnitRates, n_boot: int, rng: np.random.Generator, level: float = 0.05
+) -> Gap | None:
+    """Best minus worst of the included groups (codes into ``rates.groups``).
+
+    Each pair's difference is studentized with the Agresti–Caffo standard error (never zero, even
+    at 0% or 100%). The bootstrap (images resampled within groups) gives the distribution of the
+    largest centred |T| over all pairs; the pair's p-value is the share of it at or above its
+    observed |T|, and its interval ``d ± c·se`` uses the order statistic ``c`` that makes the
+    interval exclude 0 exactly when the p-value is below ``level``."""
+    keep, local = rates.restricted()
+    included = rates.included()
+    k = included.size
+    if k < 2:
+        return None
+    successes = np.bincount(local, weights=rates.successes[keep], minlength=k)
+    totals = np.bincount(local, weights=rates.totals[keep], minlength=k)
+    observed = successes / totals
+    high, low = int(np.argmax(observed)), int(np.argmin(observed))
+    adjusted = (successes + 1) / (totals + 2)  # Agresti–Caffo: one success, one failure added
+    variance = adjusted * (1 - adjusted) / (totals + 2)
+    se = np.sqrt(variance[:, None] + variance[None, :])
+    replicates = bootstrap_ratios(rates.successes[keep], rates.totals[keep], local, n_boot, rng)
+    centred = replicates[:, :, 0] - observed[None, :]
+    maxima = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // (k * k))
+    for start in range(0, n_boot, chunk):
+        part = centred[start : start + chunk]
+        pairs = np.abs(part[:, :, None] - part[:, None, :]) / se[None]
+        maxima[start : start + chunk] = pairs.reshape(len(part), -1).max(axis=1)
+    maxima.sort()
+    t_observed = (observed[high] - observed[low]) / se[high, low]
+    p_value = (1 + np.count_nonzero(maxima >= t_observed - 1e-12)) / (1 + n_boot)
+    # The k-th largest maximum with k / (n_boot + 1) < level <= (k + 1) / (n_boot + 1).
+    rank = int(np.ceil(level * (n_boot + 1))) - 1
+    critical = maxima[n_boot - rank] if rank >= 1 else np.inf
+    difference = float(observed[high] - observed[low])
+    half = float(critical * se[high, low])
+    return Gap(
+        int(included[high]),
+        int(included[low]),
+        difference,
+        (difference - half, difference + half),
+        float(p_value),
+    )
