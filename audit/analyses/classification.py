@@ -141,7 +141,7 @@ def _gap_row(
 ) -> dict[str, Any]:
     metric = f"accuracy_gap{suffix}"
     usable = [g for g in groups if g["value"] is not None]
-    gap = largest_gap(rates, settings.n_bootstrap, rng) if len(usable) >= 2 else None
+    gap = largest_gap(rates, settings.n_permutations, rng) if len(usable) >= 2 else None
     if gap is None:
         return insufficient(task_id, axis, ALL, metric, int(sum(g["n"] for g in usable)))
     best, worst = rates.groups[gap.high], rates.groups[gap.low]

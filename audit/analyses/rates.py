@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from audit.analyses.stats import (
-    bootstrap_ratios,
     clustered_wilson_interval,
     permutation_p_values,
     permuted_group_sums,
@@ -177,44 +176,52 @@ class Gap:
     p_value: float
 
 
+def _studentized_pairs(successes: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``(b, G)`` group sums: every pair's |difference| / Agresti–Caffo standard error
+    (never zero, even at 0% or 100%), ``(b, G, G)``, and the standard errors."""
+    rates = successes / totals
+    adjusted = (successes + 1) / (totals + 2)  # one success and one failure added per group
+    variance = adjusted * (1 - adjusted) / (totals + 2)
+    se = np.sqrt(variance[:, :, None] + variance[:, None, :])
+    return np.abs(rates[:, :, None] - rates[:, None, :]) / se, se
+
+
 def largest_gap(
-    rates: UnitRates, n_boot: int, rng: np.random.Generator, level: float = 0.05
+    rates: UnitRates, n_perm: int, rng: np.random.Generator, level: float = 0.05
 ) -> Gap | None:
     """Best minus worst of the included groups (codes into ``rates.groups``).
 
-    Each pair's difference is studentized with the Agresti–Caffo standard error (never zero, even
-    at 0% or 100%). The bootstrap (images resampled within groups) gives the distribution of the
-    largest centred |T| over all pairs; the pair's p-value is the share of it at or above its
-    observed |T|, and its interval ``d ± c·se`` uses the order statistic ``c`` that makes the
-    interval exclude 0 exactly when the p-value is below ``level``."""
+    Every pair's difference is studentized; the largest |T| over all pairs is the statistic. Its
+    permutation distribution (group labels permuted over images) gives the p-value, exact under
+    no difference between groups, and the critical value ``c`` of the interval
+    ``d ± c·se``: the order statistic that makes it exclude 0 exactly when p < ``level``."""
     keep, local = rates.restricted()
     included = rates.included()
     k = included.size
     if k < 2:
         return None
-    successes = np.bincount(local, weights=rates.successes[keep], minlength=k)
-    totals = np.bincount(local, weights=rates.totals[keep], minlength=k)
-    observed = successes / totals
+    units = np.column_stack([rates.successes[keep], rates.totals[keep]])
+    observed_sums = np.stack(
+        [np.bincount(local, weights=units[:, c], minlength=k) for c in range(2)], axis=-1
+    )[None]
+    t_pairs, se = _studentized_pairs(observed_sums[..., 0], observed_sums[..., 1])
+    observed = observed_sums[0, :, 0] / observed_sums[0, :, 1]
     high, low = int(np.argmax(observed)), int(np.argmin(observed))
-    adjusted = (successes + 1) / (totals + 2)  # Agresti–Caffo: one success, one failure added
-    variance = adjusted * (1 - adjusted) / (totals + 2)
-    se = np.sqrt(variance[:, None] + variance[None, :])
-    replicates = bootstrap_ratios(rates.successes[keep], rates.totals[keep], local, n_boot, rng)
-    centred = replicates[:, :, 0] - observed[None, :]
-    maxima = np.empty(n_boot)
+    maxima = np.empty(n_perm)
     chunk = max(1, 4_000_000 // (k * k))
-    for start in range(0, n_boot, chunk):
-        part = centred[start : start + chunk]
-        pairs = np.abs(part[:, :, None] - part[:, None, :]) / se[None]
-        maxima[start : start + chunk] = pairs.reshape(len(part), -1).max(axis=1)
+    for start in range(0, n_perm, chunk):
+        count = min(chunk, n_perm - start)
+        sums = permuted_group_sums(units, local, count, rng)
+        permuted, _ = _studentized_pairs(sums[..., 0], sums[..., 1])
+        maxima[start : start + count] = permuted.reshape(count, -1).max(axis=1)
     maxima.sort()
-    t_observed = (observed[high] - observed[low]) / se[high, low]
-    p_value = (1 + np.count_nonzero(maxima >= t_observed - 1e-12)) / (1 + n_boot)
-    # The k-th largest maximum with k / (n_boot + 1) < level <= (k + 1) / (n_boot + 1).
-    rank = int(np.ceil(level * (n_boot + 1))) - 1
-    critical = maxima[n_boot - rank] if rank >= 1 else np.inf
+    t_observed = float(t_pairs[0, high, low])
+    p_value = (1 + np.count_nonzero(maxima >= t_observed - 1e-12)) / (1 + n_perm)
+    # The r-th largest maximum with r / (n_perm + 1) < level <= (r + 1) / (n_perm + 1).
+    rank = int(np.ceil(level * (n_perm + 1))) - 1
+    critical = maxima[n_perm - rank] if rank >= 1 else np.inf
     difference = float(observed[high] - observed[low])
-    half = float(critical * se[high, low])
+    half = float(critical * se[0, high, low])
     return Gap(
         int(included[high]),
         int(included[low]),
