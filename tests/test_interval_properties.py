@@ -14,8 +14,7 @@ from test_report_fixture import analysed_simulated_run
 from audit.analyses.registry import analyses
 from audit.store.tables import RunStore
 
-# Still open: the bootstrap of a cell std is biased upward on small cells.
-OPEN = ("cell_accuracy_std",)
+OPEN: tuple[str, ...] = ()
 
 
 def _tables(run: Path) -> dict[str, pd.DataFrame]:

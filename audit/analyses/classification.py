@@ -12,7 +12,8 @@ as below; ``mean``: per-token mean, the same metric names with ``_per_token`` ap
   ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall accuracy and the two
   groups' sizes), ``worst_group`` / ``best_group``;
 - ``cell_accuracy_std`` per intersection: the card's "std", the population std (ddof=0) of the
-  cells' accuracies, bootstrap interval; its ``p_value`` is the share of noise-only stds at least as
+  cells' accuracies, bias-corrected bootstrap interval (replicates shifted by their mean's
+  bias); its ``p_value`` is the share of noise-only stds at least as
   large. ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
   the overall accuracy (mean over simulations; interval: 2.5–97.5 percentiles).
 
@@ -189,7 +190,12 @@ def _std_rows(
     replicates = bootstrap_ratios(
         rates.successes[keep], rates.totals[keep], local, settings.n_bootstrap, rng
     )[:, :, 0]
-    low, high = percentile_interval(replicates.std(axis=1)[:, None])
+    # The bootstrap std of a few small cells sits above the observed one (sampling noise adds
+    # spread), so a plain percentile interval can miss its own estimate: the replicates are
+    # shifted by their mean's bias first.
+    stds = replicates.std(axis=1)
+    low, high = percentile_interval((stds - (stds.mean() - std))[:, None])
+    low = np.maximum(low, 0.0)
     noise = (rng.binomial(sizes, accuracy, size=(settings.n_bootstrap, cells)) / sizes).std(axis=1)
     noise_low, noise_high = np.percentile(noise, [2.5, 97.5])
     p_value = (1 + np.sum(noise >= std - 1e-12)) / (1 + noise.size)
