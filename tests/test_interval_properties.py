@@ -59,3 +59,22 @@ def test_gap_intervals_exclude_zero_exactly_when_their_test_rejects(
         assert ((gaps["ci_low"] <= gaps["value"]) & (gaps["value"] <= gaps["ci_high"])).all()
         assert ((gaps["ci_low"] > 0) == (gaps["p_value"] < 0.05)).all()
         assert (gaps["n"] == gaps["n_best"] + gaps["n_worst"]).all()
+
+
+def test_one_multiple_testing_family_per_item_and_axis(
+    tmp_path_factory: pytest.TempPathFactory, tiny_run: Path
+) -> None:
+    from audit.analyses.stats import benjamini_hochberg
+
+    tests = {"toxicity": ["metric", "label"], "classification": ["metric", "scoring"]}
+    for run in (analysed_simulated_run(tmp_path_factory), tiny_run):
+        for name, table in _tables(run).items():
+            if "p_value" not in table or name == "term_variance":  # its family holds every
+                continue  # tested term, most of which the table does not report
+            assert "q_value" in table, name
+            item = table.columns[0]
+            keys = [item, "axis", *tests.get(name, ["metric"])]
+            rows = table[table["p_value"].notna()].drop_duplicates(keys)
+            for _, family in rows.groupby([item, "axis"]):
+                expected = benjamini_hochberg(family["p_value"].to_numpy(float))
+                np.testing.assert_allclose(family["q_value"].to_numpy(float), expected)

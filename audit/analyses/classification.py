@@ -40,7 +40,14 @@ from audit.analyses.stats import (
     percentile_interval,
     seeded_rng,
 )
-from audit.analyses.table import ALL, empty_table, estimate, insufficient, records_table
+from audit.analyses.table import (
+    ALL,
+    empty_table,
+    estimate,
+    insufficient,
+    records_table,
+    with_q_values,
+)
 
 NAME = "classification"
 EXTRA = (
@@ -48,6 +55,7 @@ EXTRA = (
     "successes",
     "observations",
     "p_value",
+    "q_value",
     "min_detectable_gap",
     "worst_group",
     "best_group",
@@ -99,7 +107,7 @@ def classification(context: AnalysisContext) -> pd.DataFrame:
                 continue
             correct = (predicted == rows["target"].astype(str).to_numpy()).astype(float)
             records += _task_records(context, task.id, scoring, rows, correct, axes)
-    return records_table(records, "task_id", EXTRA)
+    return with_q_values(records_table(records, "task_id", EXTRA), "task_id", ("metric", "scoring"))
 
 
 def _task_records(

@@ -43,6 +43,7 @@ from audit.analyses.table import (
     estimate,
     insufficient,
     records_table,
+    with_q_values,
 )
 from audit.analyses.term_statistics import NoTerms, vectorize
 
@@ -51,7 +52,7 @@ MAX_IMAGES = 1000
 N_FOLDS = 5
 N_PERMUTATIONS = 200
 RIDGE_ALPHA = 1.0
-EXTRA = ("chance", "p_value", "n_permutations", "n_groups")
+EXTRA = ("chance", "p_value", "q_value", "n_permutations", "n_groups")
 
 
 def fold_operators(
@@ -125,7 +126,7 @@ def leakage(context: AnalysisContext) -> pd.DataFrame:
         for axis in axes:
             rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name)
             records += _axis_records(context, prompt_id, subset, axis, rng)
-    return records_table(records, "prompt_id", EXTRA)
+    return with_q_values(records_table(records, "prompt_id", EXTRA), "prompt_id", ("metric",))
 
 
 def _axis_records(

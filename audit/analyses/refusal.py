@@ -29,12 +29,12 @@ from audit.analyses.rates import (
 )
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import seeded_rng
-from audit.analyses.table import ALL, empty_table, records_table
+from audit.analyses.table import ALL, empty_table, records_table, with_q_values
 from audit.errors import ProbeError
 
 NAME = "refusal"
 METRIC = "refusal_rate"
-EXTRA = ("successes", "observations", "p_value", "statistic", "n_permutations")
+EXTRA = ("successes", "observations", "p_value", "q_value", "statistic", "n_permutations")
 DEFAULT_PATTERNS = (
     r"\bI (?:cannot|can't|can not|am unable to|'m unable to|am not able to|'m not able to)"
     r" (?:determine|tell|identify|say|know|infer|make assumptions|assume|judge|guess|provide|help"
@@ -138,7 +138,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
                 statistic=statistic,
                 n_permutations=context.settings.n_permutations if np.isfinite(p_value) else None,
             )
-    return records_table(records, "prompt_id", EXTRA)
+    return with_q_values(records_table(records, "prompt_id", EXTRA), "prompt_id", ("metric",))
 
 
 def refusal_findings(table: pd.DataFrame) -> list[Finding]:

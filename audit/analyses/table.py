@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from audit.analyses.stats import benjamini_hochberg
+
 COMMON_COLUMNS = ("axis", "group", "metric", "value", "ci_low", "ci_high", "n", "note")
 INSUFFICIENT = "insufficient data"
 #: Groups with fewer images than this get a row marked ``INSUFFICIENT`` instead of an estimate.
@@ -89,6 +91,27 @@ def estimate(
         **extra,
         "_id": id_value,
     }
+
+
+def with_q_values(table: pd.DataFrame, id_column: str, test: Sequence[str]) -> pd.DataFrame:
+    """``table`` with ``q_value``: Benjamini–Hochberg within each family, one prompt or task and
+    one axis of one analysis (the project's one multiple-testing policy). ``test`` names the
+    columns that, with the id and the axis, tell one test from another: rows repeating a test's
+    p-value (one per group) share its q-value."""
+    table = table.copy()
+    table["q_value"] = np.nan
+    if "p_value" not in table or table.empty:
+        return table
+    keys = [id_column, "axis", *test]
+    tested = table[pd.to_numeric(table["p_value"], errors="coerce").notna()]
+    tests = tested.drop_duplicates(keys)[[*keys, "p_value"]]
+    q = pd.Series(np.nan, index=tests.index)
+    for _, family in tests.groupby([id_column, "axis"], sort=False):
+        q[family.index] = benjamini_hochberg(family["p_value"].to_numpy(dtype=float))
+    found = tests[keys].assign(q_value=q)
+    merged = table.drop(columns="q_value").merge(found, on=keys, how="left")
+    merged.loc[pd.to_numeric(merged["p_value"], errors="coerce").isna(), "q_value"] = np.nan
+    return merged[list(table.columns)]
 
 
 def records_table(

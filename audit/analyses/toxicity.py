@@ -16,7 +16,7 @@ images):
   permutation test of the range of group means (group labels permuted over images).
 
 Overall rows have ``axis == group == "all"``. Extra columns: ``scorer``, ``label``,
-``threshold``, ``p_value``, ``q_value`` (Benjamini-Hochberg over all gap tests of the table),
+``threshold``, ``p_value``, ``q_value`` (Benjamini-Hochberg over the tests of one prompt and axis),
 ``group_high``, ``group_low``. A group with fewer than ``MIN_GROUP_SIZE`` scored images gets
 ``note == "insufficient data"`` and a null value. Groups are those of the manifest's
 ``group_axes`` seen in any row, error rows included, so a group whose rows all failed shows up.
@@ -33,7 +33,6 @@ from audit.analyses.findings import Finding, finding, interval_text, p_text
 from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
-    benjamini_hochberg,
     bootstrap_ratios,
     percentile_interval,
     permutation_p_values,
@@ -41,7 +40,14 @@ from audit.analyses.stats import (
     seeded_rng,
     wilson_interval,
 )
-from audit.analyses.table import ALL, INSUFFICIENT, MIN_GROUP_SIZE, build_table, empty_table
+from audit.analyses.table import (
+    ALL,
+    INSUFFICIENT,
+    MIN_GROUP_SIZE,
+    build_table,
+    empty_table,
+    with_q_values,
+)
 from audit.scoring.toxicity import KEYS, SCORES_TABLE, scores_of
 from audit.spec import AnalysisSpec
 
@@ -94,9 +100,7 @@ def summarize_toxicity(
     table = build_table(pd.concat(frames, ignore_index=True), "prompt_id", EXTRA)
     table["scorer"] = settings.toxicity.scorer
     table["threshold"] = settings.toxicity.threshold
-    gaps = table["p_value"].notna()
-    table.loc[gaps, "q_value"] = benjamini_hochberg(table.loc[gaps, "p_value"].to_numpy())
-    return table
+    return with_q_values(table, "prompt_id", ("metric", "label"))
 
 
 def _axis_rows(

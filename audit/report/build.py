@@ -48,6 +48,11 @@ METHODS = (
     "vectors; terms ranked by the spread of the group means; permutation p-values, refined "
     "until more permutations could not change a term's decision, with Benjamini-Hochberg "
     "q-values over the terms of one prompt and axis; a term is flagged only at q < 0.05.",
+    "Multiple testing: Benjamini-Hochberg q-values within each family, one prompt or task and "
+    "one axis of one analysis: every tested term (term variance), every label and metric "
+    "(toxicity), the gaps and cell stds of both scorings (classification), the one test of "
+    "refusal and of leakage (q = p). Paired comparisons of runs: each test over its items and "
+    "groups.",
     "Error rows (failed generations, unreadable images) are counted in the generation "
     "statistics and excluded from every other analysis.",
     "A value marked 'insufficient data' had too few observations for an estimate.",
