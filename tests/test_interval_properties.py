@@ -78,3 +78,22 @@ def test_one_multiple_testing_family_per_item_and_axis(
             for _, family in rows.groupby([item, "axis"]):
                 expected = benjamini_hochberg(family["p_value"].to_numpy(float))
                 np.testing.assert_allclose(family["q_value"].to_numpy(float), expected)
+
+
+def test_headlines_lead_with_evidence_and_never_go_below_the_minimum(
+    tmp_path_factory: pytest.TempPathFactory, tiny_run: Path
+) -> None:
+    for run in (analysed_simulated_run(tmp_path_factory), tiny_run):
+        findings = RunStore(run).read_summary()["findings"]
+        evidence = [
+            f["q_value"] if f.get("q_value") is not None else f.get("p_value") for f in findings
+        ]
+        significant = [e is not None and e < 0.05 for e in evidence]
+        # Significant findings first, by q (or p), then the rest.
+        assert significant == sorted(significant, reverse=True)
+        strong = [e for e, s in zip(evidence, significant, strict=True) if s]
+        assert strong == sorted(strong)
+        for found in findings:
+            if found["analysis"] == "confusion":
+                assert found["n"] >= 5 and "predicted as" in found["headline"]
+        assert "p<0.001" not in " ".join(f["headline"] for f in findings)

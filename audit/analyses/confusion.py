@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.classification import rows_of_task, task_rows
+from audit.analyses.findings import Finding, finding, interval_text
 from audit.analyses.grouping import GroupAxis
 from audit.analyses.label_scores import SCORINGS, predictions
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import wilson_interval
-from audit.analyses.table import ALL, build_table, empty_table
+from audit.analyses.table import ALL, MIN_GROUP_SIZE, build_table, empty_table
 
 NAME = "confusion"
 EXTRA = ("scoring", "target", "prediction", "count")
@@ -91,9 +92,37 @@ def _matrices(
     return pd.DataFrame(record)
 
 
+def confusion_findings(table: pd.DataFrame) -> list[Finding]:
+    """Per task and axis (the card's scoring): the most frequent confusion, naming the group,
+    the true value and the prediction; cells below the minimum number of images are left out."""
+    if table.empty:
+        return []
+    rows = table[
+        table["scoring"].astype(str).eq("sum")
+        & table["target"].astype(str).ne(table["prediction"].astype(str))
+        & table["value"].notna()
+        & (table["n"] >= MIN_GROUP_SIZE)
+    ]
+    found = []
+    for (task_id, axis), part in rows.groupby(["task_id", "axis"], sort=False):
+        top = part.loc[part["value"].astype(float).idxmax()]
+        where = "" if axis == ALL else f", {axis} {top['group']}"
+        found.append(
+            finding(
+                NAME,
+                top,
+                f"task '{task_id}'{where}: true {top['target']} predicted as "
+                f"{top['prediction']} for {interval_text(top, True)} of its images "
+                f"(n={int(top['n'])})",
+            )
+        )
+    return found
+
+
 ANALYSIS = Analysis(
     name=NAME,
     run=confusion,
     inputs=("classifications",),
     id_column="task_id",
+    findings=confusion_findings,
 )

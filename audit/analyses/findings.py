@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from audit.analyses.table import ALL
+from audit.analyses.table import ALL, MIN_GROUP_SIZE
 
 if TYPE_CHECKING:
     from audit.analyses.registry import Analysis
@@ -56,6 +56,21 @@ def finding(analysis: str, row: pd.Series | dict[str, Any], headline: str, **ext
     return result
 
 
+def rank_findings(findings: list[Finding], level: float = 0.05) -> list[Finding]:
+    """Significant findings first (q, or p where a finding has no q, below ``level``), by q and
+    then by effect size; then the rest in the order their analyses gave them."""
+
+    def key(item: tuple[int, Finding]) -> tuple[int, float, float, int]:
+        index, found = item
+        evidence = found.get("q_value")
+        evidence = found.get("p_value") if evidence is None else evidence
+        if evidence is not None and evidence < level:
+            return (0, evidence, -abs(found.get("value") or 0.0), index)
+        return (1, 0.0, 0.0, index)
+
+    return [found for _, found in sorted(enumerate(findings), key=key)]
+
+
 def fmt(value: Any, percent: bool = False) -> str:
     """A value for a headline: ``12.3%`` or ``0.0521``; ``n/a`` when missing."""
     number_ = number(value)
@@ -75,7 +90,7 @@ def p_text(value: Any) -> str:
     p = number(value)
     if p is None:
         return "p n/a"
-    return "p<0.001" if p < 0.001 else f"p={p:.3f}"
+    return f"p={p:.2g}" if p < 0.001 else f"p={p:.3f}"
 
 
 def generic_findings(name: str, table: pd.DataFrame) -> list[Finding]:
@@ -84,6 +99,7 @@ def generic_findings(name: str, table: pd.DataFrame) -> list[Finding]:
     if table.empty or id_column not in table or "value" not in table:
         return []
     usable = table[table["value"].notna() & table["axis"].astype(str).ne(ALL)]
+    usable = usable[usable["n"] >= MIN_GROUP_SIZE]  # no headline below the minimum
     found = []
     for (item, axis, metric), rows in usable.groupby([id_column, "axis", "metric"], sort=True):
         top = rows.loc[rows["value"].astype(float).idxmax()]

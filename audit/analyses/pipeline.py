@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 from pydantic import ValidationError
 
-from audit.analyses.findings import Finding, findings_for
+from audit.analyses.findings import Finding, findings_for, rank_findings
 from audit.analyses.registry import Analysis, AnalysisContext, analyses
 from audit.errors import AuditError, ProbeError, RunDirError
 from audit.scoring.toxicity import SCORES_TABLE, ScoringInput, score_toxicity
@@ -256,7 +256,7 @@ def _summary(
         "counts": counts,
         "excluded_error_rows": {t: c["errors"] for t, c in counts.items()},
         "analyses": {**kept, **entries},
-        "findings": kept_findings + findings,
+        "findings": rank_findings(kept_findings + findings),
     }
 
 

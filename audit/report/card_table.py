@@ -49,6 +49,10 @@ class CardCell:
         std = "—" if self.cell_std is None else f"{100 * self.cell_std:.1f}"
         return f"{100 * self.accuracy:.1f} ({std})"
 
+    def noise_text(self) -> str:
+        """The noise-only std in the same unit as the card's std (points): ``1.0``."""
+        return "—" if self.noise_std is None else f"{100 * self.noise_std:.1f}"
+
 
 def _intersection(rows: pd.DataFrame) -> str:
     axes = [a for a in dict.fromkeys(rows["axis"].astype(str)) if " x " in a]

@@ -77,11 +77,12 @@ def format_estimate(row: Any, percent: bool = False) -> str:
 
 
 def format_p(value: Any) -> str:
-    """p- and q-values: ``0.012``, ``<0.001``, or ``—``."""
+    """p- and q-values: ``0.012``, ``0.00099`` (two significant digits below 0.001: a
+    permutation p-value is an estimate, not a bound), or ``—``."""
     if is_missing(value):
         return "—"
     number = float(value)
-    return "<0.001" if number < 0.001 else f"{number:.3f}"
+    return f"{number:.2g}" if number < 0.001 else f"{number:.3f}"
 
 
 def _get(row: Any, key: str) -> Any:

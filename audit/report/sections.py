@@ -107,14 +107,14 @@ def _card_block(tables: RunTables) -> Block:
         for task in tasks:
             cell = cells.get(task)
             row.append(MarkdownText(cell.text() if cell else "—"))
-            noise = "—" if cell is None else format_number(cell.noise_std, percent=True)
+            noise = "—" if cell is None else cell.noise_text()
             if cell is not None and cell.std_p_value is not None:
                 noise += f" (p {format_p(cell.std_p_value)})"
             row.append(MarkdownText(noise))
         rows.append(row)
     columns = ["run", "scoring"]
     for task in tasks:
-        columns += [f"{task}: acc. (std)", f"{task}: std from noise alone"]
+        columns += [f"{task}: acc. (std)", f"{task}: std from noise alone (points)"]
     return Block(
         title="Accuracy (std), in the model card's layout",
         columns=columns,

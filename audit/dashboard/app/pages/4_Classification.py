@@ -17,7 +17,7 @@ from audit.dashboard.views import show_gaps, show_metric
 from audit.report.card_table import card_cells
 from audit.report.confusion_matrix import confusion_counts, confusion_groups
 from audit.report.figures import confusion_heatmap
-from audit.report.formatting import format_interval, format_number
+from audit.report.formatting import format_interval
 from audit.report.run_data import RunData
 
 st.set_page_config(page_title="Classification", layout="wide")
@@ -33,7 +33,7 @@ def card_frame(table: pd.DataFrame) -> pd.DataFrame:
             "accuracy (std)": [c.text() for c in cells],
             "accuracy 95% CI": [format_interval(c.ci_low, c.ci_high, percent=True) for c in cells],
             "n": [c.n for c in cells],
-            "std from noise alone": [format_number(c.noise_std, percent=True) for c in cells],
+            "std from noise alone (points)": [c.noise_text() for c in cells],
             "cells": [f"{c.n_cells} ({c.intersection or '—'})" for c in cells],
         }
     )
