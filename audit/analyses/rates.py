@@ -226,6 +226,6 @@ def largest_gap(
         int(included[high]),
         int(included[low]),
         difference,
-        (difference - half, difference + half),
+        (max(difference - half, -1.0), min(difference + half, 1.0)),
         float(p_value),
     )

@@ -64,13 +64,21 @@ def is_percent(metric: str) -> bool:
     return any(word in metric.lower() for word in _PERCENT_WORDS)
 
 
+def is_points(metric: str) -> bool:
+    """Differences and spreads of proportions (accuracy gaps, cell stds): percentage points."""
+    lowered = metric.lower()
+    return is_percent(lowered) and ("gap" in lowered or "std" in lowered)
+
+
 def estimate_cell(row: Mapping[str, Any], percent: bool = False) -> MarkdownText:
-    """``value [low, high], n=N`` written by the report (a note from the data is escaped)."""
+    """``value [low, high], n=N`` written by the report (a note from the data is escaped);
+    differences and spreads of proportions in points."""
     clean = dict(row)
     note = clean.get("note")
     if not is_missing(note) and str(note) != INSUFFICIENT:
         clean["note"] = escape_markdown(note)
-    return MarkdownText(format_estimate(clean, percent))
+    points = percent and is_points(str(clean.get("metric", "")))
+    return MarkdownText(format_estimate(clean, percent, points=points))
 
 
 def count_cell(n: object) -> MarkdownText:

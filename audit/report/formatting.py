@@ -62,15 +62,30 @@ def format_count(n: Any) -> str:
     return f"n={int(n):,}"
 
 
-def format_estimate(row: Any, percent: bool = False) -> str:
-    """``0.523 [0.41, 0.63], n=120`` from a row with value/ci_low/ci_high/n/note."""
+def format_points(value: Any) -> str:
+    """A difference or spread of proportions in percentage points: ``12.3``."""
+    return "—" if is_missing(value) else f"{100 * float(value):.1f}"
+
+
+def format_estimate(row: Any, percent: bool = False, points: bool = False) -> str:
+    """``0.523 [0.41, 0.63], n=120`` from a row with value/ci_low/ci_high/n/note; with
+    ``points``, a difference of proportions: ``12.3 points [4.1, 20.5], n=120``."""
     note = str(_get(row, "note") or "").strip()
     value = _get(row, "value")
     count = format_count(_get(row, "n"))
     if note == INSUFFICIENT or is_missing(value):
         return f"{note or INSUFFICIENT} ({count})"
-    interval = format_interval(_get(row, "ci_low"), _get(row, "ci_high"), percent)
-    text = format_number(value, percent)
+    low, high = _get(row, "ci_low"), _get(row, "ci_high")
+    if points:
+        interval = (
+            ""
+            if is_missing(low) or is_missing(high)
+            else (f"[{format_points(low)}, {format_points(high)}]")
+        )
+        text = f"{format_points(value)} points"
+    else:
+        interval = format_interval(low, high, percent)
+        text = format_number(value, percent)
     text = f"{text} {interval}" if interval else text
     suffix = f"; {note}" if note else ""
     return f"{text}, {count}{suffix}"
