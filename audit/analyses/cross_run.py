@@ -129,15 +129,19 @@ def _present(axes: Sequence[str], frame: pd.DataFrame) -> list[str]:
     return [axis for axis in axes if axis in frame]
 
 
+def _paired(a: pd.DataFrame, b: pd.DataFrame, item: str, column: str) -> pd.DataFrame:
+    """A's rows with B's ``column`` on the same sample and item (``column_a``, ``column_b``)."""
+    keys = ["sample_id", item]
+    return a.merge(b[[*keys, column]], on=keys, suffixes=("_a", "_b"))
+
+
 def _pair_correctness(
     base: RunStore, other: RunStore, axes: Sequence[str], n_resamples: int, seed: int
 ) -> pd.DataFrame:
     a, b = _ok_classifications(base, axes), _ok_classifications(other, [])
     if a.empty or b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    pairs = a.merge(
-        b[["sample_id", "task_id", "correct"]], on=["sample_id", "task_id"], suffixes=("_a", "_b")
-    )
+    pairs = _paired(a, b, "task_id", "correct")
     return compare_correctness(pairs, _present(axes, pairs), n_boot=n_resamples, seed=seed)
 
 
@@ -147,11 +151,9 @@ def _pair_new_tokens(
     a, b = _ok_generations(base, axes), _ok_generations(other, [])
     if a.empty or b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    pairs = a.merge(
-        b[["sample_id", "prompt_id", "n_new_tokens"]],
-        on=["sample_id", "prompt_id"],
-        suffixes=("_a", "_b"),
-    ).rename(columns={"n_new_tokens_a": "score_a", "n_new_tokens_b": "score_b"})
+    pairs = _paired(a, b, "prompt_id", "n_new_tokens").rename(
+        columns={"n_new_tokens_a": "score_a", "n_new_tokens_b": "score_b"}
+    )
     present = _present(axes, pairs)
     return compare_scores(pairs, "new tokens", present, n_boot=n_resamples, seed=seed)
 
@@ -173,14 +175,8 @@ def _pair_toxicity(
         column = toxicity_column(a)
         if column is None or column not in b:
             continue
-        pairs = (
-            a[["sample_id", "prompt_id", column]]
-            .merge(
-                b[["sample_id", "prompt_id", column]],
-                on=["sample_id", "prompt_id"],
-                suffixes=("_a", "_b"),
-            )
-            .rename(columns={f"{column}_a": "score_a", f"{column}_b": "score_b"})
+        pairs = _paired(a[["sample_id", "prompt_id", column]], b, "prompt_id", column).rename(
+            columns={f"{column}_a": "score_a", f"{column}_b": "score_b"}
         )
         pairs = pairs.merge(groups, on=["sample_id", "prompt_id"], how="left")
         pairs = pairs.dropna(subset=["score_a", "score_b"])
