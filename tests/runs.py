@@ -57,7 +57,7 @@ def write_probe(folder: Path, model: Path | str, **sections: Any) -> Path:
         ],
     }
     for key, value in sections.items():
-        data[key] = {**data[key], **value} if isinstance(value, dict) else value
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "probe.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -95,59 +95,64 @@ def _remove(relative: str) -> Callable[[Path], None]:
 
 
 NEW_PART = "generations/part-5-x.parquet"
-# name: (damage, the commands that must refuse, naming this path)
+# name: (damage, the commands that must refuse, naming this path). A report refuses whatever
+# changed the rows since the analysis, and reads the parts to know.
 CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...], str]] = {
     "truncated part": (
         _rewrite_part("generations", lambda b: b[: len(b) // 2]),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "generations/part-",
     ),
     "garbage part": (
         _rewrite_part("generations", lambda b: os.urandom(len(b))),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "generations/part-",
     ),
-    "zero-byte part": (_rewrite_part("generations", lambda b: b""), ("status", "analyze"), ""),
+    "zero-byte part": (
+        _rewrite_part("generations", lambda b: b""),
+        ("status", "analyze", "report"),
+        "",
+    ),
     "JSON named .parquet": (
         _rewrite_part("classifications", lambda b: b'{"a": 1}'),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "classifications/part-",
     ),
-    "self-linked part": (_self_link, ("status", "analyze"), "generations/part-"),
+    "self-linked part": (_self_link, ("status", "analyze", "report"), "generations/part-"),
     "link to nowhere": (
         lambda run: os.symlink("nowhere.parquet", run / NEW_PART),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         NEW_PART,
     ),
-    "part that is a folder": (_into_folder(NEW_PART), ("status", "analyze"), NEW_PART),
+    "part that is a folder": (_into_folder(NEW_PART), ("status", "analyze", "report"), NEW_PART),
     "part without prompt_id": (
         _extra_part("generations", lambda f: f.drop(columns=["prompt_id"])),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "part-99999999999999999999-extra",
     ),
     "part without generation": (
         _extra_part("generations", lambda f: f.drop(columns=["generation"])),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "part-99999999999999999999-extra",
     ),
     "part without task_id": (
         _extra_part("classifications", lambda f: f.drop(columns=["task_id"])),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "part-99999999999999999999-extra",
     ),
     "generation of numbers": (
         _extra_part("generations", lambda f: f.assign(generation=[1, 2])),
-        ("status", "analyze"),
+        ("status", "analyze", "report"),
         "part-99999999999999999999-extra",
     ),
     "correct as text": (
         _extra_part("classifications", lambda f: f.assign(correct=["yes", "no"])),
-        ("analyze",),
+        ("analyze", "report"),
         "classifications",
     ),
     "integer sample ids": (
         _extra_part("generations", lambda f: f.assign(sample_id=[1, 2])),
-        (),
+        ("report",),  # stale until analysed again
         "",
     ),
     "garbage thumbnails": (_rewrite_part("thumbnails", lambda b: b[:100]), (), ""),

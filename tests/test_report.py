@@ -115,12 +115,14 @@ def test_insufficient_data_is_words_never_nan(tmp_path: Path) -> None:
         assert "None" not in text
 
 
-def test_run_without_any_analysis_still_reports(tmp_path: Path) -> None:
+def test_a_run_never_analysed_is_refused_with_what_to_run(tmp_path: Path) -> None:
     root = write_handmade_run(tmp_path / "bare", n=12, analyses=False)
-    _, md_path = build_report([root], None)
-    markdown = md_path.read_text(encoding="utf-8")
-    assert markdown.count("Not analysed") >= 7
-    assert "analysis status | not analysed" in markdown
+    result = CliRunner().invoke(app, ["report", str(root)])
+    assert result.exit_code == 2
+    assert result.output.strip() == (
+        f"error: {root}: not analysed yet; run 'audit analyze {root}' first"
+    )
+    assert not (root / "report.md").exists()
 
 
 def test_plotly_is_embedded_once_and_nothing_is_fetched(single: tuple[Path, str, str]) -> None:

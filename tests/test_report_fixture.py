@@ -289,6 +289,7 @@ def write_analyses(
     store.write_summary(
         {
             "status": "complete",
+            "rows_fingerprint": store.rows_fingerprint(),  # the rows these tables describe
             "analyses": {"classification": {"rows": len(classification), "note": ""}},
             "findings": [
                 {

@@ -228,6 +228,7 @@ def analyze_run(
     summary = _summary(store, manifest, _counts(context), entries, findings)
     summary["settings"] = settings.model_dump(mode="json")
     summary["settings_overrides"] = list(overrides)
+    summary["rows_fingerprint"] = store.rows_fingerprint()
     store.write_summary(summary)
     result = AnalysisResult(store.root, written, rows, summary, failures)
     if failures:

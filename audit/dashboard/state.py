@@ -61,6 +61,21 @@ def cached_thumbnails(run_dir: str, token: str, sample_ids: tuple[str, ...]) -> 
     return read_thumbnails(load_run(run_dir, analyses=()), sample_ids)
 
 
+@st.cache_data(max_entries=32)
+def cached_staleness(run_dir: str, token: str) -> str | None:
+    del token
+    try:
+        return RunStore(run_dir).analysis_staleness()
+    except AuditError as error:  # a damaged part: say which, like every page does
+        return str(error)
+
+
+def staleness(run: RunData) -> str | None:
+    """Why the run's analyses do not describe its rows now (``None`` when they do)."""
+    key = str(run.root)
+    return cached_staleness(key, run_token(key))
+
+
 def generations(run: RunData) -> pd.DataFrame:
     """The run's generations (cached), group columns as strings; a damaged table is a message
     naming the file and a stop."""

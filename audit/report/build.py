@@ -19,7 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 import audit
-from audit.errors import AuditError
+from audit.errors import AuditError, RunDirError
 from audit.report.blocks import Block, Section
 from audit.report.comparison_section import comparison_section
 from audit.report.figures import figure_html
@@ -159,9 +159,15 @@ def build_report(run_dirs: Sequence[Path], out: Path | None = None) -> tuple[Pat
     """Write ``report.html`` and ``report.md`` for one or more run directories.
 
     ``out`` is the folder to write to (default: the first run directory). Returns both paths.
-    Raises ``RunDirError`` for a path that is not a readable run directory.
+    Raises ``RunDirError`` for a path that is not a readable run directory, and for a run whose
+    analyses are missing or stale (``RunStore.analysis_staleness``): a report never shows
+    numbers of rows the run no longer holds as current.
     """
     runs = load_runs(list(run_dirs))
+    for run in runs:
+        stale = run.store().analysis_staleness()
+        if stale is not None:
+            raise RunDirError(stale)
     folder = Path(out) if out is not None else runs[0].root
     if folder.exists() and not folder.is_dir():
         raise AuditError(

@@ -17,6 +17,7 @@ stored twice (a retried error row, a shard re-run after a crash) resolves to its
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -381,6 +382,42 @@ class RunStore:
             counts[table] = len(frame)
             errors += int(error_mask(frame).sum())
         return {**counts, "errors": errors}
+
+    def rows_fingerprint(self) -> str:
+        """A digest of which rows the run holds and which of them are errors (keys and status,
+        not file times): analyses record it, and a run that changed since shows as stale."""
+        digest = hashlib.sha256()
+        for table in ("generations", "classifications"):
+            keys = list(TABLE_KEYS[table])
+            frame = self.read(table, columns=[*keys, *_status_columns(self.parts(table))])
+            if frame.empty:
+                continue
+            lines = frame[keys].astype(str).agg("\x1f".join, axis=1)
+            lines = table + "\x1f" + lines + "\x1f" + error_mask(frame).astype(int).astype(str)
+            for line in sorted(lines):
+                digest.update(line.encode() + b"\n")
+        return digest.hexdigest()[:16]
+
+    def analysis_staleness(self) -> str | None:
+        """Why the stored analyses do not describe the rows the run holds now (never analysed,
+        or analysed before rows were added or retried), as one instruction; ``None`` when they
+        do."""
+        summary = self.summary_if_present()
+        command = f"run 'audit analyze {self.root}'"
+        if summary is None:
+            return f"{self.root}: not analysed yet; {command} first"
+        analysed = summary.get("rows_fingerprint")
+        if analysed != self.rows_fingerprint():
+            counts = summary.get("counts") or {}
+            stored = {t: c.get("stored") for t, c in counts.items() if isinstance(c, dict)}
+            now = self.row_counts()
+            was = ", ".join(f"{stored.get(t, '?')} {t}" for t in ("generations", "classifications"))
+            holds = ", ".join(f"{now[t]} {t}" for t in ("generations", "classifications"))
+            return (
+                f"{self.root}: its analyses are stale (computed from {was}; the run now holds "
+                f"{holds}, {now['errors']} of them errors); {command} again"
+            )
+        return None
 
     def count(self, table: str) -> int:
         return len(self.read(table, columns=TABLE_KEYS.get(table)))

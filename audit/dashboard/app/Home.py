@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from audit.analyses.registry import analysis_tables
-from audit.dashboard.state import caption, require_runs
-from audit.report.blocks import is_percent
+from audit.dashboard.state import caption, require_runs, staleness
+from audit.report.blocks import is_percent, is_points
 from audit.report.formatting import escape_markdown, format_estimate, format_p
 from audit.report.provenance_table import provenance
 from audit.report.run_data import RunData
@@ -23,12 +23,17 @@ def findings_frame(run: RunData) -> pd.DataFrame:
             "analysis": [str(f.get("analysis", "")) for f in findings],
             "finding": [str(f.get("headline", "")) for f in findings],
             "estimate [95% CI], n": [
-                format_estimate(f, is_percent(str(f.get("metric", "")))) for f in findings
+                format_estimate(f, *_units(str(f.get("metric", "")))) for f in findings
             ],
             "p": [format_p(f.get("p_value")) for f in findings],
             "q": [format_p(f.get("q_value")) for f in findings],
         }
     )
+
+
+def _units(metric: str) -> tuple[bool, bool]:
+    """Percent, and points (differences of proportions), for a metric."""
+    return is_percent(metric), is_points(metric)
 
 
 def show_run(run: RunData) -> None:
@@ -51,6 +56,9 @@ def show_run(run: RunData) -> None:
     if run.summary is None:
         st.info("Not analysed yet: run `audit analyze` on this run directory.")
     else:
+        stale = staleness(run)
+        if stale is not None:
+            st.warning(escape_markdown(stale))
         st.markdown("**Headline findings**")
         frame = findings_frame(run)
         if frame.empty:

@@ -1,0 +1,41 @@
+"""Analyses record the rows they were computed from: a report of a run that grew (or was never
+analysed) refuses with one instruction instead of showing old numbers as current."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runs import write_probe
+from typer.testing import CliRunner
+
+from audit.cli import app
+
+
+def _invoke(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result.exit_code, result.output
+
+
+def test_a_report_refuses_analyses_of_fewer_rows_than_the_run_holds(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    probe = write_probe(tmp_path, model_dirs["idefics2"], analysis={"n_permutations": 100})
+    run = tmp_path / "run"
+    assert _invoke("run", str(probe), "--out", str(run), "--limit", "4")[0] == 0
+    code, output = _invoke("report", str(run))
+    assert code == 2 and "not analysed yet" in output and f"audit analyze {run}" in output
+    only = ["--only", "classification", "--only", "refusal"]
+    assert _invoke("analyze", str(run), *only)[0] == 0
+    assert _invoke("report", str(run))[0] == 0
+
+    assert _invoke("run", str(probe), "--out", str(run))[0] == 0  # grown to the whole probe
+    code, output = _invoke("report", str(run))
+    assert code == 2, output
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "stale" in lines[0]
+    assert "computed from 8 generations, 8 classifications" in lines[0]
+    assert "now holds 24 generations, 24 classifications" in lines[0]
+
+    assert _invoke("analyze", str(run), *only)[0] == 0
+    assert _invoke("report", str(run))[0] == 0
