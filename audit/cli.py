@@ -33,7 +33,8 @@ def _echo(text: str, err: bool = False) -> None:
 
 
 class _StderrLines(logging.Handler):
-    """The library's warnings as plain lines on the current stderr, where the user reads them."""
+    """The library's notes and warnings as plain lines on the current stderr, where the user
+    reads them."""
 
     def emit(self, record: logging.LogRecord) -> None:
         sys.stderr.write(f"{terminal_text(record.getMessage())}\n")
@@ -43,7 +44,8 @@ class _StderrLines(logging.Handler):
 def _show_library_warnings() -> None:
     logger = logging.getLogger("audit")
     if not any(isinstance(handler, _StderrLines) for handler in logger.handlers):
-        logger.addHandler(_StderrLines(logging.WARNING))
+        logger.addHandler(_StderrLines(logging.INFO))
+        logger.setLevel(logging.INFO)
 
 
 def _fail(error: AuditError) -> None:

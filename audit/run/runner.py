@@ -179,12 +179,21 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     executor = BatchExecutor(backend, spec, _settings(spec), plan, spec.model.id)
     stored = StoredKeys.read(store)
     total = sum(item.n_rows for item in _pending(stored, spec, source, shard))
+    expected = _shard_rows(spec, source, shard)
+    retried = _error_rows(store, source, shard)
+    if expected > total or retried:  # some of this shard's rows are stored already
+        logger.info(
+            "resuming: %d of %d rows stored, %d errors to retry",
+            expected - total,
+            expected,
+            retried,
+        )
     written = errors = 0
     status = "failed"
     try:
         pending = _pending(stored, spec, source, shard)
         written, errors = _execute(
-            store, spec, pending, shard, executor, total, options, batch_size
+            store, spec, pending, shard, executor, (expected - total, expected), options, batch_size
         )
         status = "done"
     except KeyboardInterrupt:
@@ -210,10 +219,12 @@ def _execute(
     pending: Iterator[WorkItem],
     shard: Shard,
     executor: BatchExecutor,
-    total: int,
+    progress: tuple[int, int],
     options: RunOptions,
     batch_size: int,
 ) -> tuple[int, int]:
+    """Run ``pending`` in batches, flushing as it goes; ``progress``: rows of this shard stored
+    before, and in all (the bar starts at the first)."""
     from tqdm.auto import tqdm
 
     buffer = BatchRows()
@@ -222,7 +233,8 @@ def _execute(
     checked = False
     work = batched(pending, batch_size)
     with tqdm(
-        total=total,
+        initial=progress[0],
+        total=progress[1],
         unit="row",
         disable=not options.progress,
         desc=f"{spec.name} {shard.label}",
@@ -321,6 +333,19 @@ class StoredKeys:
             store.done_keys("classifications"),
             {key[0] for key in store.done_keys("thumbnails")},
         )
+
+
+def _shard_rows(spec: ProbeSpec, source: Any, shard: Shard) -> int:
+    """Rows this shard's samples hold when complete."""
+    per_sample = len(spec.prompts) + len(spec.classification)
+    return per_sample * sum(1 for s in source.samples() if shard.owns(s.sample_id))
+
+
+def _error_rows(store: RunStore, source: Any, shard: Shard) -> int:
+    """Error rows stored for this shard's samples (a resumed run retries them)."""
+    owned = {s.sample_id for s in source.samples() if shard.owns(s.sample_id)}
+    failed = [*store.error_keys("generations"), *store.error_keys("classifications")]
+    return sum(1 for key in failed if key[0] in owned)
 
 
 def _pending(stored: StoredKeys, spec: ProbeSpec, source: Any, shard: Shard) -> Iterator[WorkItem]:

@@ -338,13 +338,20 @@ class RunStore:
 
     def done_keys(self, table: str) -> set[tuple[str, ...]]:
         """Keys stored without error: a resumed run skips these and retries error rows."""
+        return self._keys(table, errors=False)
+
+    def error_keys(self, table: str) -> set[tuple[str, ...]]:
+        """Keys stored as error rows (a resumed run retries them)."""
+        return self._keys(table, errors=True)
+
+    def _keys(self, table: str, errors: bool) -> set[tuple[str, ...]]:
         keys = list(TABLE_KEYS[table])
         # Keys and status only: the texts and thumbnails of a large run need not be in memory.
         frame = self.read(table, columns=keys + _status_columns(self.parts(table)))
         if frame.empty:
             return set()
-        ok = frame[~error_mask(frame)]
-        return set(ok[keys].astype(str).itertuples(index=False, name=None))
+        chosen = frame[error_mask(frame) == errors]
+        return set(chosen[keys].astype(str).itertuples(index=False, name=None))
 
     def compact(self, table: str) -> None:
         """Merge a table's parts into one, holding one part in memory at a time.
