@@ -155,10 +155,18 @@ def _check_part(
     for name in schema.text:
         if name in part.names:
             kind = part.field(name).type
-            if not (
-                pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_null(kind)
-            ):
+            if pa.types.is_dictionary(kind):  # a categorical column: its values are what count
+                kind = kind.value_type
+            if not any(check(kind) for check in _TEXT_TYPES):
                 raise damaged(path, f"its column '{name}' holds {kind}, where text is expected")
+
+
+_TEXT_TYPES = (
+    pa.types.is_string,
+    pa.types.is_large_string,
+    pa.types.is_string_view,
+    pa.types.is_null,
+)
 
 
 def _keys_as_text(part: pa.Table, keys: tuple[str, ...]) -> pa.Table:
