@@ -40,3 +40,25 @@ def test_a_report_refuses_analyses_of_fewer_rows_than_the_run_holds(
 
     assert _invoke("analyze", str(run), *only)[0] == 0
     assert _invoke("report", str(run))[0] == 0
+
+
+def test_the_resume_hint_repeats_the_options_the_run_was_started_with(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    import shlex
+
+    from audit.store.tables import RunStore
+
+    probe = write_probe(tmp_path, "not-this-model")  # the model comes from --model only
+    run = tmp_path / "run"
+    model = str(model_dirs["idefics2"])
+    args = ["run", str(probe), "--out", str(run), "--model", model, "--limit", "3"]
+    assert _invoke(*args, "--batch-size", "2")[0] == 0
+    RunStore(run).update_manifest(status="partial")  # as an interrupted run leaves it
+    code, output = _invoke("status", str(run))
+    hint = next(line for line in output.splitlines() if line.startswith("resume with: "))
+    words = shlex.split(hint.removeprefix("resume with: audit "))
+    assert words[words.index("--model") + 1] == model and "--limit" in words
+    code, output = _invoke(*words)
+    assert code == 0, output
+    assert "resuming: 12 of 12 rows stored" in output

@@ -78,6 +78,23 @@ class RunOptions:
         chosen = Shard.parse(shard) if shard else Shard.from_env()
         return cls(shard=chosen, batch_size=size, **kwargs)
 
+    def probe_arguments(self) -> list[str]:
+        """The command-line options that change the probe, as typed again to resume the run
+        (the model as resolved: a local folder by its absolute path)."""
+        arguments: list[str] = []
+        if self.model:
+            model = Path(self.model)
+            arguments += ["--model", str(model.resolve()) if model.exists() else self.model]
+        if self.limit:
+            arguments += ["--limit", str(self.limit)]
+        if self.batch_size is not None:
+            arguments += ["--batch-size", str(self.batch_size)]
+        if self.device:
+            arguments += ["--device", self.device]
+        if not self.fast_paths:
+            arguments.append("--no-fast-paths")
+        return arguments
+
     def apply(self, spec: ProbeSpec) -> ProbeSpec:
         """The probe with this run's overrides."""
         dataset = (
@@ -171,6 +188,7 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
         shard,
         probe_path,
         launcher=options.launcher or launcher_name(),
+        arguments=options.probe_arguments(),
     )
 
     started = time.perf_counter()

@@ -70,6 +70,7 @@ def start_manifest(
     shard: Shard,
     probe_path: Any,
     launcher: str | None = None,
+    arguments: list[str] | None = None,
 ) -> Manifest:
     """Create the manifest, or mark an existing run as running again after checking it matches.
 
@@ -77,7 +78,7 @@ def start_manifest(
     only one of them may create the manifest.
     """
     with run_lock(store.root):
-        manifest = _start_manifest(store, spec, source, backend, probe_path)
+        manifest = _start_manifest(store, spec, source, backend, probe_path, arguments or [])
         write_parquet_atomic(store.root / SAMPLES_FILE, _sample_ids(source))
     start_shard_record(store.root, shard, launcher)
     return manifest
@@ -113,7 +114,12 @@ def _sample_ids(source: Any) -> pd.DataFrame:
 
 
 def _start_manifest(
-    store: RunStore, spec: ProbeSpec, source: Any, backend: Any, probe_path: Any
+    store: RunStore,
+    spec: ProbeSpec,
+    source: Any,
+    backend: Any,
+    probe_path: Any,
+    arguments: list[str],
 ) -> Manifest:
     n_samples = len(source)
     expected = {
@@ -137,6 +143,7 @@ def _start_manifest(
             status="running",
             expected=expected,
             resumed_at=now_iso(),
+            run_arguments=arguments,
             model=model,
             dataset={**source.describe(), "n_samples": n_samples},
         )
@@ -148,6 +155,7 @@ def _start_manifest(
                 status=RunStatus.RUNNING,
                 probe=spec.model_dump(mode="json"),
                 probe_path=str(probe_path) if probe_path else None,
+                run_arguments=arguments,
                 fingerprint=probe_fingerprint(spec),
                 model=ModelInfo(**model),
                 dataset={**source.describe(), "n_samples": n_samples},

@@ -134,6 +134,9 @@ class Manifest(BaseModel):
     #: The resolved probe (every default filled in), as JSON.
     probe: dict[str, Any] = Field(default_factory=dict)
     probe_path: str | None = None
+    #: The command-line options that changed the probe (``--model``, ``--limit``, ...), latest
+    #: start: the resume command repeats them.
+    run_arguments: list[str] = Field(default_factory=list)
     #: A short hash per probe section, to refuse resuming into a run of another probe.
     fingerprint: dict[str, str] = Field(default_factory=dict)
     model: ModelInfo = Field(default_factory=ModelInfo)

@@ -8,6 +8,7 @@ are measured against the samples they hold and the manifest's expected counts.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,8 @@ def describe_status(run_dir: str | Path) -> str:
     lines += _describe_fast_paths(manifest.fast_paths)
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
     if manifest.status != RunStatus.COMPLETE and manifest.probe_path:
-        command = f"audit run {manifest.probe_path} --out {progress.run_dir}"
+        words = [manifest.probe_path, "--out", str(progress.run_dir), *manifest.run_arguments]
+        command = "audit run " + " ".join(shlex.quote(word) for word in words)
         lines += _describe_resume(progress, command)
     return "\n".join(lines)
 
