@@ -22,7 +22,7 @@ from audit.errors import AuditError, ProbeError, RunDirError
 from audit.scoring.toxicity import SCORES_TABLE, ScoringInput, score_toxicity
 from audit.spec import AnalysisSpec, format_validation_error
 from audit.store.schema import Manifest
-from audit.store.tables import RunStore, error_mask
+from audit.store.tables import RunStore, error_mask, rows_fingerprint
 from audit.terminal import terminal_text
 
 
@@ -228,7 +228,9 @@ def analyze_run(
     summary = _summary(store, manifest, _counts(context), entries, findings)
     summary["settings"] = settings.model_dump(mode="json")
     summary["settings_overrides"] = list(overrides)
-    summary["rows_fingerprint"] = store.rows_fingerprint()
+    summary["rows_fingerprint"] = rows_fingerprint(
+        {"generations": context.generations, "classifications": context.classifications}
+    )
     store.write_summary(summary)
     result = AnalysisResult(store.root, written, rows, summary, failures)
     if failures:

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
+from audit.datasets.face_drawing import GENDERS, RACES
 from audit.store.schema import (
     GENERATIONS,
     Expected,
@@ -35,18 +36,7 @@ from audit.store.schema import (
 )
 from audit.store.tables import RunStore
 
-FAIRFACE_AXES: dict[str, tuple[str, ...]] = {
-    "gender": ("Male", "Female"),
-    "race": (
-        "East Asian",
-        "Indian",
-        "Black",
-        "White",
-        "Middle Eastern",
-        "Latino_Hispanic",
-        "Southeast Asian",
-    ),
-}
+FAIRFACE_AXES: dict[str, tuple[str, ...]] = {"gender": GENDERS, "race": RACES}
 REFUSAL_TEXT = "I'm sorry, I cannot determine that from this image."
 MAX_NEW_TOKENS = 64
 SIMULATED_MODEL = "simulated (no model: planted associations)"

@@ -198,7 +198,7 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     stored = StoredKeys.read(store)
     total = sum(item.n_rows for item in _pending(stored, spec, source, shard))
     expected = _shard_rows(spec, source, shard)
-    retried = _error_rows(store, source, shard)
+    retried = _error_rows(stored, source, shard)
     if expected > total or retried:  # some of this shard's rows are stored already
         logger.info(
             "resuming: %d of %d rows stored, %d errors to retry",
@@ -338,18 +338,23 @@ def _flush(store: RunStore, buffer: BatchRows) -> None:
 
 @dataclass(frozen=True)
 class StoredKeys:
-    """What the store already holds, read once per run (error rows are not counted: retried)."""
+    """What the store already holds, read once per run: keys done (skipped), and keys stored as
+    error rows (retried)."""
 
     generations: set[tuple[str, ...]]
     classifications: set[tuple[str, ...]]
     thumbnails: set[str]
+    errors: set[tuple[str, ...]]
 
     @classmethod
     def read(cls, store: RunStore) -> StoredKeys:
+        generations, failed_generations = store.keys_by_status("generations")
+        classifications, failed_classifications = store.keys_by_status("classifications")
         return cls(
-            store.done_keys("generations"),
-            store.done_keys("classifications"),
+            generations,
+            classifications,
             {key[0] for key in store.done_keys("thumbnails")},
+            failed_generations | failed_classifications,
         )
 
 
@@ -359,11 +364,10 @@ def _shard_rows(spec: ProbeSpec, source: Any, shard: Shard) -> int:
     return per_sample * sum(1 for s in source.samples() if shard.owns(s.sample_id))
 
 
-def _error_rows(store: RunStore, source: Any, shard: Shard) -> int:
+def _error_rows(stored: StoredKeys, source: Any, shard: Shard) -> int:
     """Error rows stored for this shard's samples (a resumed run retries them)."""
     owned = {s.sample_id for s in source.samples() if shard.owns(s.sample_id)}
-    failed = [*store.error_keys("generations"), *store.error_keys("classifications")]
-    return sum(1 for key in failed if key[0] in owned)
+    return sum(1 for key in stored.errors if key[0] in owned)
 
 
 def _pending(stored: StoredKeys, spec: ProbeSpec, source: Any, shard: Shard) -> Iterator[WorkItem]:

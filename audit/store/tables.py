@@ -182,6 +182,21 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def rows_fingerprint(frames: Mapping[str, pd.DataFrame]) -> str:
+    """``RunStore.rows_fingerprint`` of generations and classifications already read."""
+    digest = hashlib.sha256()
+    for table in ("generations", "classifications"):
+        frame = frames.get(table)
+        if frame is None or frame.empty:
+            continue
+        keys = list(TABLE_KEYS[table])
+        lines = frame[keys].astype(str).agg("\x1f".join, axis=1)
+        lines = table + "\x1f" + lines + "\x1f" + error_mask(frame).astype(int).astype(str)
+        for line in sorted(lines):
+            digest.update(line.encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
 def _status_columns(parts: list[Path]) -> list[str]:
     """The columns ``error_mask`` reads that every part has (read from the footers only)."""
     names = [set(_part_schema(p).names) for p in parts]
@@ -346,20 +361,21 @@ class RunStore:
 
     def done_keys(self, table: str) -> set[tuple[str, ...]]:
         """Keys stored without error: a resumed run skips these and retries error rows."""
-        return self._keys(table, errors=False)
+        return self.keys_by_status(table)[0]
 
-    def error_keys(self, table: str) -> set[tuple[str, ...]]:
-        """Keys stored as error rows (a resumed run retries them)."""
-        return self._keys(table, errors=True)
-
-    def _keys(self, table: str, errors: bool) -> set[tuple[str, ...]]:
+    def keys_by_status(self, table: str) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]]]:
+        """Keys stored without error, and keys stored as error rows (retried on resume)."""
         keys = list(TABLE_KEYS[table])
         # Keys and status only: the texts and thumbnails of a large run need not be in memory.
         frame = self.read(table, columns=keys + _status_columns(self.parts(table)))
         if frame.empty:
-            return set()
-        chosen = frame[error_mask(frame) == errors]
-        return set(chosen[keys].astype(str).itertuples(index=False, name=None))
+            return set(), set()
+        failed = error_mask(frame).to_numpy()
+        as_keys = frame[keys].astype(str)
+        return (
+            set(as_keys[~failed].itertuples(index=False, name=None)),
+            set(as_keys[failed].itertuples(index=False, name=None)),
+        )
 
     def compact(self, table: str) -> None:
         """Merge a table's parts into one, holding one part in memory at a time.
@@ -401,17 +417,13 @@ class RunStore:
     def rows_fingerprint(self) -> str:
         """A digest of which rows the run holds and which of them are errors (keys and status,
         not file times): analyses record it, and a run that changed since shows as stale."""
-        digest = hashlib.sha256()
-        for table in ("generations", "classifications"):
-            keys = list(TABLE_KEYS[table])
-            frame = self.read(table, columns=[*keys, *_status_columns(self.parts(table))])
-            if frame.empty:
-                continue
-            lines = frame[keys].astype(str).agg("\x1f".join, axis=1)
-            lines = table + "\x1f" + lines + "\x1f" + error_mask(frame).astype(int).astype(str)
-            for line in sorted(lines):
-                digest.update(line.encode() + b"\n")
-        return digest.hexdigest()[:16]
+        frames = {
+            table: self.read(
+                table, columns=[*TABLE_KEYS[table], *_status_columns(self.parts(table))]
+            )
+            for table in ("generations", "classifications")
+        }
+        return rows_fingerprint(frames)
 
     def analysis_staleness(self) -> str | None:
         """Why the stored analyses do not describe the rows the run holds now (never analysed,
