@@ -354,3 +354,26 @@ def test_a_bad_setting_is_a_clear_error(tmp_path, generations, override, message
     result = CliRunner().invoke(app, ["analyze", str(run_dir), "--set", override])
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert message in result.output
+
+
+def test_every_analysis_table_names_its_prompt_or_task_in_one_column(tiny_run: Path) -> None:
+    from audit.analyses.registry import analysis_tables
+
+    store = RunStore(tiny_run)
+    manifest = store.manifest()
+    seen = set()
+    for name in analysis_tables():
+        frame = store.analysis_if_present(name)
+        if frame is None or frame.empty:
+            continue
+        seen.add(name)
+        assert "prompt_id" in frame.columns, name
+        assert not {"task_id", "item"} & set(frame.columns), name
+    assert {"classification", "confusion", "term_variance", "refusal"} <= seen
+    classification = store.read_analysis("classification")
+    assert set(classification["prompt_id"]) == set(manifest.task_ids())
+    findings = store.read_summary()["findings"]
+    assert findings and all("task_id" not in f for f in findings)
+    assert {f["prompt_id"] for f in findings if f["analysis"] == "classification"} <= set(
+        manifest.task_ids()
+    )

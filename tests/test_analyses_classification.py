@@ -77,7 +77,7 @@ def test_accuracy_by_group_equals_fairlearn_metricframe(analysed, per_token):
         rows = _valid(frame, task["id"])
         values = [v for v in task["labels"].values() if f"score_{v}" in rows]
         predicted = _predictions(rows, values, per_token)
-        mine = result[(result["task_id"] == task["id"]) & (result["metric"] == metric)]
+        mine = result[(result["prompt_id"] == task["id"]) & (result["metric"] == metric)]
         for features in (["gender"], ["race"], ["gender", "race"]):
             metric_frame = MetricFrame(
                 metrics=accuracy_score,
@@ -111,7 +111,7 @@ def test_gap_worst_group_and_minimum_detectable_gap(analysed):
     rows = _valid(frame, "race")
     by_race = (rows["prediction"] == rows["target"]).groupby(rows["race"]).agg(["mean", "size"])
     gap = result[
-        (result["task_id"] == "race")
+        (result["prompt_id"] == "race")
         & (result["metric"] == "accuracy_gap")
         & (result["axis"] == "race")
     ].iloc[0]
@@ -124,7 +124,7 @@ def test_gap_worst_group_and_minimum_detectable_gap(analysed):
     expected = (norm.ppf(0.975) + norm.ppf(0.8)) * np.sqrt(p * (1 - p) * (1 / best + 1 / worst))
     assert gap["min_detectable_gap"] == pytest.approx(expected)
     gender_gap = result[
-        (result["task_id"] == "gender")
+        (result["prompt_id"] == "gender")
         & (result["metric"] == "accuracy_gap")
         & (result["axis"] == "gender")
     ].iloc[0]
@@ -138,17 +138,17 @@ def test_card_std_and_the_std_noise_alone_gives(analysed):
         rows = _valid(frame, task)
         correct = rows["prediction"] == rows["target"]
         cells = correct.groupby([rows["gender"], rows["race"]]).agg(["mean", "size"])
-        std = result[(result["task_id"] == task) & (result["metric"] == "cell_accuracy_std")]
+        std = result[(result["prompt_id"] == task) & (result["metric"] == "cell_accuracy_std")]
         assert std["value"].iloc[0] == pytest.approx(np.std(cells["mean"], ddof=0))
         noise = result[
-            (result["task_id"] == task) & (result["metric"] == "cell_accuracy_std_noise")
+            (result["prompt_id"] == task) & (result["metric"] == "cell_accuracy_std_noise")
         ].iloc[0]
         p = correct.mean()
         k = len(cells)
         analytic = np.sqrt((k - 1) / k * np.mean(p * (1 - p) / cells["size"]))
         assert noise["value"] == pytest.approx(analytic, rel=0.15)
         assert noise["ci_low"] < noise["value"] < noise["ci_high"]
-    race_std = result[(result["task_id"] == "race") & (result["metric"] == "cell_accuracy_std")]
+    race_std = result[(result["prompt_id"] == "race") & (result["metric"] == "cell_accuracy_std")]
     assert race_std["p_value"].iloc[0] < 0.05  # the planted gap is more than noise
 
 
@@ -157,10 +157,10 @@ def test_error_rows_and_zero_row_groups(analysed):
     table = tables["classification"]
     assert result.summary["excluded_error_rows"]["classifications"] == frame["error"].notna().sum()
     overall = table[
-        (table["task_id"] == "race") & (table["axis"] == "all") & (table["metric"] == "accuracy")
+        (table["prompt_id"] == "race") & (table["axis"] == "all") & (table["metric"] == "accuracy")
     ]
     assert overall["n"].iloc[0] == len(_valid(frame, "race"))
-    empty = table[(table["task_id"] == "race") & (table["group"] == "D")]
+    empty = table[(table["prompt_id"] == "race") & (table["group"] == "D")]
     assert len(empty) == 2  # both scorings: a label value no image has
     assert empty["value"].isna().all() and (empty["note"] == "insufficient data").all()
     assert (empty["n"] == 0).all()
@@ -180,7 +180,7 @@ def test_confusion_matrices_equal_crosstabs(analysed):
                     members = np.ones(len(rows), bool) if axis == "all" else rows[axis] == group
                     crosstab = pd.crosstab(rows["target"][members], predicted[members])
                     mine = confusion[
-                        (confusion["task_id"] == task["id"])
+                        (confusion["prompt_id"] == task["id"])
                         & (confusion["scoring"] == scoring)
                         & (confusion["axis"] == axis)
                         & (confusion["group"] == group)

@@ -217,12 +217,12 @@ def test_report_on_a_run_analysed_by_audit_analyze(
     assert re.search(r"refusals \| race \| Indian \| .* \| found in [1-4] of 4", planted)
     classification = RunStore(run).read_analysis("classification")
     std = classification[
-        (classification["task_id"] == "race")
+        (classification["prompt_id"] == "race")
         & (classification["metric"] == "cell_accuracy_std")
         & (classification["axis"] == "gender x race")
     ]["value"].iloc[0]
     accuracy = classification[
-        (classification["task_id"] == "race")
+        (classification["prompt_id"] == "race")
         & (classification["metric"] == "accuracy")
         & (classification["axis"] == "all")
     ]["value"].iloc[0]

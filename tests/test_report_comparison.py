@@ -164,7 +164,7 @@ def test_compare_scores_invariant_to_row_order() -> None:
         pairs.sample(frac=1, random_state=2), "toxicity", ["race"], n_boot=200, seed=4
     )
     pd.testing.assert_frame_equal(first, second)
-    row = first[(first["item"] == "p1") & (first["group"] == "all")].iloc[0]
+    row = first[(first["prompt_id"] == "p1") & (first["group"] == "all")].iloc[0]
     subset = pairs[pairs["prompt_id"] == "p1"]
     assert row["difference"] == pytest.approx((subset["score_b"] - subset["score_a"]).mean())
 

@@ -114,7 +114,7 @@ def rate_rows(
                 n = len(rows_of_group)
                 k = int(rows_of_group[flag].sum())
                 base = {
-                    item: item_value,
+                    "prompt_id": item_value,
                     "axis": axis,
                     "group": str(group),
                     "metric": metric,
@@ -262,6 +262,7 @@ def write_analyses(
     counts = classifications.groupby(["task_id", "target", "prediction"]).size()
     totals = counts.groupby(level=["task_id", "target"]).transform("sum")
     confusion = pd.DataFrame({"count": counts, "n": totals}).reset_index()
+    confusion = confusion.rename(columns={"task_id": "prompt_id"})
     bounds = [
         wilson(int(k), int(n)) for k, n in zip(confusion["count"], confusion["n"], strict=True)
     ]
@@ -294,7 +295,7 @@ def write_analyses(
             "findings": [
                 {
                     "analysis": "classification",
-                    "task_id": "gender",
+                    "prompt_id": "gender",
                     "axis": "gender",
                     "metric": "accuracy",
                     "headline": f"accuracy lowest for Female{' ' + LINK if payload else ''}",

@@ -30,7 +30,14 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, intersections, sort_rows, split_errors
+from audit.analyses.grouping import (
+    GroupAxis,
+    ItemRows,
+    Split,
+    intersections,
+    sort_rows,
+    split_table,
+)
 from audit.analyses.label_scores import SCORINGS, SUFFIX, Task, predictions, tasks_of
 from audit.analyses.rates import UnitRates, group_rows, largest_gap, overall_row
 from audit.analyses.registry import Analysis, AnalysisContext
@@ -38,10 +45,10 @@ from audit.analyses.stats import (
     bootstrap_ratios,
     minimum_detectable_difference,
     percentile_interval,
-    seeded_rng,
 )
 from audit.analyses.table import (
     ALL,
+    ID,
     empty_table,
     estimate,
     insufficient,
@@ -64,50 +71,43 @@ EXTRA = (
 )
 
 
-def task_axes(context: AnalysisContext, frame: pd.DataFrame, tasks: list[Task]) -> list[GroupAxis]:
-    """Every group axis and pairwise intersection; a task's label values count as groups of its
-    target axis even when no row has them (a group with zero rows)."""
+def task_split(context: AnalysisContext) -> tuple[list[Task], Split] | None:
+    """The tasks, and the classifications per task and group axis (every axis and pairwise
+    intersection; a task's label values count as groups of its target axis even when no row has
+    them); None when the run has none. Shared by the accuracy and confusion analyses."""
+    frame = context.classifications
+    if frame.empty or "task_id" not in frame or "target" not in frame:
+        return None
+    tasks = tasks_of(context.manifest, sort_rows(frame, ["sample_id", "task_id"]))
     extra: dict[str, list[str]] = {}
     for task in tasks:
         if task.target:
             extra.setdefault(task.target, []).extend(task.values)
     names = [*context.group_axes, *intersections(context.group_axes)]
-    return discover_axes(frame, names, extra)
+    return tasks, split_table(frame, "task_id", [t.id for t in tasks], names, extra)
 
 
-def task_rows(context: AnalysisContext) -> tuple[list[Task], list[GroupAxis], pd.DataFrame] | None:
-    """The tasks, their group axes and intersections, and the successful rows (None when the run
-    has no classifications). Shared by the accuracy and confusion analyses."""
-    frame = context.classifications
-    if frame.empty or "task_id" not in frame or "target" not in frame:
-        return None
-    frame = sort_rows(frame, ["sample_id", "task_id"])
-    tasks = tasks_of(context.manifest, frame)
-    valid, _ = split_errors(frame)
-    return tasks, task_axes(context, frame, tasks), valid
-
-
-def rows_of_task(valid: pd.DataFrame, task_id: str) -> pd.DataFrame:
-    rows = valid[(valid["task_id"].astype(str) == task_id) & valid["target"].notna()]
-    return rows.reset_index(drop=True)
+def labelled(item: ItemRows) -> pd.DataFrame:
+    """A task's successful rows that have a true value."""
+    return item.valid[item.valid["target"].notna()].reset_index(drop=True)
 
 
 def classification(context: AnalysisContext) -> pd.DataFrame:
     """Accuracy per task x group and intersection, gaps with tests, and the card's std."""
-    prepared = task_rows(context)
+    prepared = task_split(context)
     if prepared is None:
-        return empty_table("task_id", EXTRA)
-    tasks, axes, valid = prepared
+        return empty_table(EXTRA)
+    tasks, split = prepared
     records: list[dict[str, Any]] = []
-    for task in tasks:
-        rows = rows_of_task(valid, task.id)
+    for task, item in zip(tasks, split.items, strict=True):
+        rows = labelled(item)
         for scoring in SCORINGS:
             predicted = predictions(rows, task, scoring)
             if predicted is None:
                 continue
             correct = (predicted == rows["target"].astype(str).to_numpy()).astype(float)
-            records += _task_records(context, task.id, scoring, rows, correct, axes)
-    return with_q_values(records_table(records, "task_id", EXTRA), "task_id", ("metric", "scoring"))
+            records += _task_records(context, task.id, scoring, rows, correct, split.axes)
+    return with_q_values(records_table(records, EXTRA), ("metric", "scoring"))
 
 
 def _task_records(
@@ -121,12 +121,11 @@ def _task_records(
     settings = context.settings
     suffix = SUFFIX[scoring]
     metric = f"accuracy{suffix}"
-    rng = seeded_rng(settings.seed, NAME, task_id, scoring)
     overall = UnitRates(correct, np.ones(len(rows)), np.zeros(len(rows), dtype=int), (ALL,))
     records = [overall_row(task_id, metric, overall, scoring=scoring)]
     accuracy = float(correct.mean()) if len(rows) else float("nan")
     for axis in axes:
-        rng = seeded_rng(settings.seed, NAME, task_id, scoring, axis.name)
+        rng = context.rng(NAME, task_id, scoring, axis.name)
         rates = UnitRates(correct, np.ones(len(rows)), axis.codes(rows), axis.groups)
         groups = group_rows(task_id, axis.name, metric, rates, scoring=scoring)
         records += groups
@@ -217,7 +216,7 @@ def classification_findings(table: pd.DataFrame) -> list[Finding]:
     """Per task (card's scoring): accuracy (std), and per axis the largest gap with its test."""
     found: list[Finding] = []
     rows = table[table["scoring"] == "sum"] if "scoring" in table else table
-    for task_id, part in rows.groupby("task_id", sort=False):
+    for task_id, part in rows.groupby(ID, sort=False):
         overall = part[(part["axis"] == ALL) & (part["metric"] == "accuracy")]
         stds = part[(part["metric"] == "cell_accuracy_std") & part["value"].notna()]
         noise = part[part["metric"] == "cell_accuracy_std_noise"]
@@ -273,6 +272,5 @@ ANALYSIS = Analysis(
     name=NAME,
     run=classification,
     inputs=("classifications",),
-    id_column="task_id",
     findings=classification_findings,
 )

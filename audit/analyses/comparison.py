@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from audit.analyses.stats import benjamini_hochberg
+from audit.analyses.table import ID, with_q_values
 
 #: Below this many paired images a per-group comparison is reported as insufficient data.
 MIN_PAIRS = 5
@@ -154,7 +154,7 @@ def paired_bootstrap(
 COLUMNS = [
     "test",
     "metric",
-    "item",
+    ID,
     "axis",
     "group",
     "n",
@@ -196,7 +196,7 @@ def compare_correctness(
             base = {
                 "test": "mcnemar",
                 "metric": "accuracy",
-                "item": str(task_id),
+                ID: str(task_id),
                 "axis": axis,
                 "group": group,
             }
@@ -236,7 +236,7 @@ def compare_scores(
             base = {
                 "test": "paired_bootstrap",
                 "metric": metric,
-                "item": str(prompt_id),
+                ID: str(prompt_id),
                 "axis": axis,
                 "group": group,
             }
@@ -264,8 +264,6 @@ def compare_scores(
 
 def _finish(rows: list[dict[str, object]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=COLUMNS)
-    # Benjamini-Hochberg over every group and item of one test, so a scan over many groups
-    # does not turn noise into a "significant" difference.
-    frame["q_value"] = benjamini_hochberg(frame["p_value"].astype(float).to_numpy())
     frame["note"] = frame["note"].fillna("")
-    return frame
+    # The project's one policy: a family per prompt (or task) and axis, its groups the tests.
+    return with_q_values(frame, ("test", "metric", "group"))

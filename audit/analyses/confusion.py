@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from audit.analyses.classification import rows_of_task, task_rows
+from audit.analyses.classification import labelled, task_split
 from audit.analyses.findings import Finding, finding, interval_text
 from audit.analyses.grouping import GroupAxis
 from audit.analyses.label_scores import SCORINGS, predictions
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import wilson_interval
-from audit.analyses.table import ALL, MIN_GROUP_SIZE, build_table, empty_table
+from audit.analyses.table import ALL, ID, MIN_GROUP_SIZE, build_table, empty_table
 
 NAME = "confusion"
 EXTRA = ("scoring", "target", "prediction", "count")
@@ -28,14 +28,14 @@ EXTRA = ("scoring", "target", "prediction", "count")
 
 def confusion(context: AnalysisContext) -> pd.DataFrame:
     """Confusion matrices per task, scoring and group (axes only, not intersections)."""
-    prepared = task_rows(context)
+    prepared = task_split(context)
     if prepared is None:
-        return empty_table("task_id", EXTRA)
-    tasks, every_axis, valid = prepared
-    axes = [a for a in every_axis if a.name in context.group_axes]
+        return empty_table(EXTRA)
+    tasks, split = prepared
+    axes = [a for a in split.axes if a.name in context.group_axes]
     parts = []
-    for task in tasks:
-        rows = rows_of_task(valid, task.id)
+    for task, item in zip(tasks, split.items, strict=True):
+        rows = labelled(item)
         values = list(dict.fromkeys([*task.values, *sorted(rows["target"].astype(str).unique())]))
         for scoring in SCORINGS:
             predicted = predictions(rows, task, scoring)
@@ -44,8 +44,8 @@ def confusion(context: AnalysisContext) -> pd.DataFrame:
             for axis in [None, *axes]:
                 parts.append(_matrices(task.id, scoring, rows, predicted, values, axis))
     if not parts:
-        return empty_table("task_id", EXTRA)
-    return build_table(pd.concat(parts, ignore_index=True), "task_id", EXTRA)
+        return empty_table(EXTRA)
+    return build_table(pd.concat(parts, ignore_index=True), EXTRA)
 
 
 def _matrices(
@@ -75,7 +75,7 @@ def _matrices(
         share = counts / totals[:, :, None]
     g_i, t_i, p_i = np.meshgrid(np.arange(g), np.arange(k), np.arange(c), indexing="ij")
     record: dict[str, Any] = {
-        "task_id": task_id,
+        ID: task_id,
         "axis": ALL if axis is None else axis.name,
         "group": np.array(groups, dtype=object)[g_i.ravel()],
         "metric": "share",
@@ -104,7 +104,7 @@ def confusion_findings(table: pd.DataFrame) -> list[Finding]:
         & (table["n"] >= MIN_GROUP_SIZE)
     ]
     found = []
-    for (task_id, axis), part in rows.groupby(["task_id", "axis"], sort=False):
+    for (task_id, axis), part in rows.groupby([ID, "axis"], sort=False):
         top = part.loc[part["value"].astype(float).idxmax()]
         where = "" if axis == ALL else f", {axis} {top['group']}"
         found.append(
@@ -123,6 +123,5 @@ ANALYSIS = Analysis(
     name=NAME,
     run=confusion,
     inputs=("classifications",),
-    id_column="task_id",
     findings=confusion_findings,
 )

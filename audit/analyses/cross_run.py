@@ -49,6 +49,7 @@ def compare_runs(base: RunStore, other: RunStore) -> Comparison:
             meta.get("tokens") == [base.change_token(), other.change_token()]
             and meta.get("n_resamples") == n_resamples
             and meta.get("seed") == seed
+            and set(COLUMNS) <= set(table.columns)
         ):
             return Comparison(table, n_resamples, seed, stored=True)
     return Comparison(paired_comparison(base, other, n_resamples, seed), n_resamples, seed, False)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from audit.analyses.table import ALL, MIN_GROUP_SIZE
+from audit.analyses.table import ALL, ID, MIN_GROUP_SIZE
 
 if TYPE_CHECKING:
     from audit.analyses.registry import Analysis
@@ -35,9 +35,8 @@ def finding(analysis: str, row: pd.Series | dict[str, Any], headline: str, **ext
     """A finding from a table row: id, axis, value, interval, n, p, q, plus ``extra``."""
     get = row.get
     result: Finding = {"analysis": analysis}
-    for key in ("prompt_id", "task_id"):
-        if get(key) is not None and not pd.isna(get(key)):
-            result[key] = str(get(key))
+    if get(ID) is not None and not pd.isna(get(ID)):
+        result[ID] = str(get(ID))
     result.update(
         {
             "axis": str(get("axis", ALL)),
@@ -95,13 +94,12 @@ def p_text(value: Any) -> str:
 
 def generic_findings(name: str, table: pd.DataFrame) -> list[Finding]:
     """For an analysis without its own extractor: per id, axis and metric, the highest group."""
-    id_column = "prompt_id" if "prompt_id" in table else "task_id"
-    if table.empty or id_column not in table or "value" not in table:
+    if table.empty or ID not in table or "value" not in table:
         return []
     usable = table[table["value"].notna() & table["axis"].astype(str).ne(ALL)]
     usable = usable[usable["n"] >= MIN_GROUP_SIZE]  # no headline below the minimum
     found = []
-    for (item, axis, metric), rows in usable.groupby([id_column, "axis", "metric"], sort=True):
+    for (item, axis, metric), rows in usable.groupby([ID, "axis", "metric"], sort=True):
         top = rows.loc[rows["value"].astype(float).idxmax()]
         percent = any(w in str(metric) for w in ("rate", "share", "accuracy"))
         found.append(

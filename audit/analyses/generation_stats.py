@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, interval_text
-from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows
+from audit.analyses.grouping import GroupAxis
 from audit.analyses.rates import UnitRates, group_rows, overall_row
 from audit.analyses.registry import Analysis, AnalysisContext
-from audit.analyses.stats import bootstrap_ratios, percentile_interval, seeded_rng
+from audit.analyses.stats import bootstrap_ratios, percentile_interval
 from audit.analyses.table import (
     ALL,
     MIN_GROUP_SIZE,
@@ -104,18 +104,15 @@ def _share_rows(
 
 def generation_stats(context: AnalysisContext) -> pd.DataFrame:
     """New tokens, finish reasons and error rate per prompt x group."""
-    generations = context.generations
-    if generations.empty or "finish_reason" not in generations:
-        return empty_table("prompt_id", EXTRA)
-    generations = sort_rows(generations, ["sample_id", "prompt_id"])
-    axes: list[GroupAxis | None] = [None, *discover_axes(generations, context.group_axes)]
+    split = context.generation_split(needs="finish_reason")
+    if split is None:
+        return empty_table(EXTRA)
+    axes: list[GroupAxis | None] = [None, *split.axes]
     n_boot = context.settings.n_bootstrap
     records: list[dict[str, Any]] = []
-    for prompt_id in prompt_ids(context.manifest, generations):
-        every = generations[generations["prompt_id"].astype(str) == prompt_id]
-        every = every.reset_index(drop=True)
+    for item in split.items:
+        prompt_id, every, valid = item.id, item.every, item.valid
         failed = error_mask(every).to_numpy()
-        valid = every[~failed].reset_index(drop=True)
         # Imported generations may not record how they ended or their length: unknown, not 0.
         ended = valid[valid["finish_reason"].notna()].reset_index(drop=True)
         reason = ended["finish_reason"].astype(str).to_numpy()
@@ -123,7 +120,7 @@ def generation_stats(context: AnalysisContext) -> pd.DataFrame:
         if "n_new_tokens" in valid:
             counted = valid[valid["n_new_tokens"].notna()].reset_index(drop=True)
         for axis in axes:
-            rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name if axis else ALL)
+            rng = context.rng(NAME, prompt_id, axis.name if axis else ALL)
             if "n_new_tokens" in valid and len(counted):
                 records += _token_rows(prompt_id, counted, axis, n_boot, rng)
             if len(ended):
@@ -133,7 +130,7 @@ def generation_stats(context: AnalysisContext) -> pd.DataFrame:
                 ):
                     records += _share_rows(prompt_id, ended, hits, metric, axis)
             records += _share_rows(prompt_id, every, failed, "error_rate", axis)
-    return records_table(records, "prompt_id", EXTRA)
+    return records_table(records, EXTRA)
 
 
 #: The per-prompt headline of each overall metric, with its sample size.
@@ -171,6 +168,5 @@ ANALYSIS = Analysis(
     name=NAME,
     run=generation_stats,
     inputs=("generations",),
-    id_column="prompt_id",
     findings=generation_findings,
 )

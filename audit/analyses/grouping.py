@@ -11,15 +11,18 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from audit.analyses.table import MIN_GROUP_SIZE, insufficient
 from audit.errors import RunDirError
 from audit.store.schema import Manifest
 from audit.store.tables import error_mask
 
 INTERSECTION = " x "
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,87 @@ def sort_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return frame.sort_values(present, kind="stable").reset_index(drop=True)
 
 
-def split_errors(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The successful rows and the number of error rows left out."""
-    failed = error_mask(frame)
-    return frame[~failed].reset_index(drop=True), int(failed.sum())
+@dataclass(frozen=True)
+class GroupSizes:
+    """Images per group of one axis within one prompt, and which groups are large enough."""
+
+    axis: GroupAxis
+    codes: np.ndarray
+    sizes: np.ndarray
+    included: np.ndarray
+
+    @classmethod
+    def of(cls, axis: GroupAxis, rows: pd.DataFrame, minimum: int = MIN_GROUP_SIZE) -> GroupSizes:
+        codes = axis.codes(rows)
+        sizes = np.bincount(codes[codes >= 0], minlength=len(axis.groups))
+        return cls(axis, codes, sizes, np.flatnonzero(sizes >= minimum))
+
+    def restricted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of included groups, and their group renumbered ``0..K-1``."""
+        recode = np.full(len(self.axis.groups), -1)
+        recode[self.included] = np.arange(self.included.size)
+        rows = np.flatnonzero(np.isin(self.codes, self.included))
+        return rows, recode[self.codes[rows]]
+
+    def left_out(self, item: str, metric: str, groups: Iterable[int] | None = None) -> list[Row]:
+        """``insufficient data`` rows for ``groups`` (default: every group too small)."""
+        chosen = set(self.included.tolist())
+        codes = range(len(self.axis.groups)) if groups is None else groups
+        return [
+            insufficient(item, self.axis.name, self.axis.groups[g], metric, int(self.sizes[g]))
+            for g in codes
+            if groups is not None or g not in chosen
+        ]
+
+
+@dataclass(frozen=True)
+class ItemRows:
+    """One prompt's (or classification task's) rows, in canonical order."""
+
+    id: str
+    every: pd.DataFrame
+    """Its rows, error rows included."""
+    valid: pd.DataFrame
+    """Its successful rows."""
+
+
+@dataclass(frozen=True)
+class Split:
+    """A stored table as every analysis reads it: per prompt (or task), then per group axis."""
+
+    table: pd.DataFrame
+    """Every row, error rows included, in canonical order."""
+    items: list[ItemRows]
+    axes: list[GroupAxis]
+
+    @property
+    def valid(self) -> pd.DataFrame:
+        """The successful rows of every item."""
+        return self.table[~error_mask(self.table)].reset_index(drop=True)
+
+    @property
+    def ids(self) -> list[str]:
+        return [item.id for item in self.items]
+
+
+def split_table(
+    frame: pd.DataFrame,
+    id_column: str,
+    item_ids: Sequence[str],
+    axes: Sequence[str],
+    extra: dict[str, Iterable[str]] | None = None,
+) -> Split:
+    """``frame`` split by ``item_ids`` (the values of ``id_column``), with the groups of every
+    axis in ``axes`` (``discover_axes``; ``extra``: groups known from elsewhere)."""
+    frame = sort_rows(frame, ["sample_id", id_column])
+    failed = error_mask(frame).to_numpy()
+    ids = frame[id_column].astype(str).to_numpy()
+    items = [
+        ItemRows(
+            item,
+            frame[ids == item].reset_index(drop=True),
+            frame[(ids == item) & ~failed].reset_index(drop=True),
+        )
+        for item in item_ids
+    ]
+    return Split(frame, items, discover_axes(frame, axes, extra))

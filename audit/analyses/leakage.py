@@ -27,13 +27,12 @@ from sklearn.model_selection import StratifiedKFold
 from threadpoolctl import threadpool_limits
 
 from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
+from audit.analyses.grouping import GroupAxis, GroupSizes
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     bootstrap_ratios,
     percentile_interval,
     permuted_labels,
-    seeded_rng,
     wilson_interval,
 )
 from audit.analyses.table import (
@@ -114,19 +113,15 @@ def balanced_accuracy(labels: np.ndarray, predicted: np.ndarray, n_groups: int) 
 def leakage(context: AnalysisContext) -> pd.DataFrame:
     """Cross-validated balanced accuracy of predicting the group from the text, per prompt and
     axis."""
-    generations = context.generations
-    if generations.empty or "generation" not in generations:
-        return empty_table("prompt_id", EXTRA)
-    generations = sort_rows(generations, ["sample_id", "prompt_id"])
-    valid, _ = split_errors(generations)
-    axes = discover_axes(generations, context.group_axes)
+    split = context.generation_split()
+    if split is None:
+        return empty_table(EXTRA)
     records: list[dict[str, Any]] = []
-    for prompt_id in prompt_ids(context.manifest, generations):
-        subset = valid[valid["prompt_id"].astype(str) == prompt_id].reset_index(drop=True)
-        for axis in axes:
-            rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name)
-            records += _axis_records(context, prompt_id, subset, axis, rng)
-    return with_q_values(records_table(records, "prompt_id", EXTRA), "prompt_id", ("metric",))
+    for item in split.items:
+        for axis in split.axes:
+            rng = context.rng(NAME, item.id, axis.name)
+            records += _axis_records(context, item.id, item.valid, axis, rng)
+    return with_q_values(records_table(records, EXTRA), ("metric",))
 
 
 def _axis_records(
@@ -136,20 +131,14 @@ def _axis_records(
     axis: GroupAxis,
     rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
-    codes = axis.codes(subset)
-    sizes = np.bincount(codes[codes >= 0], minlength=len(axis.groups))
-    included = np.flatnonzero(sizes >= max(MIN_GROUP_SIZE, N_FOLDS))
-    short = [
-        insufficient(prompt_id, axis.name, axis.groups[g], "recall", int(sizes[g]))
-        for g in range(len(axis.groups))
-        if g not in set(included.tolist())
-    ]
-    rows = np.flatnonzero(np.isin(codes, included))
+    counts = GroupSizes.of(axis, subset, max(MIN_GROUP_SIZE, N_FOLDS))
+    included = counts.included
+    short = counts.left_out(prompt_id, "recall")
+    rows, local = counts.restricted()
     if rows.size > MAX_IMAGES:
-        rows = np.sort(rng.choice(rows, size=MAX_IMAGES, replace=False))
-    recode = np.full(len(axis.groups), -1)
-    recode[included] = np.arange(included.size)
-    local = recode[codes[rows]]
+        # rows is increasing: sorted picks keep the canonical order.
+        pick = np.sort(rng.choice(rows.size, size=MAX_IMAGES, replace=False))
+        rows, local = rows[pick], local[pick]
     present = np.bincount(local, minlength=included.size) if rows.size else np.zeros(0, int)
     try:
         if included.size < 2 or (present < N_FOLDS).any():
@@ -158,14 +147,7 @@ def _axis_records(
         matrix, _ = vectorize(texts, context.settings.tfidf, list(context.settings.exclude_terms))
     except NoTerms:
         overall = insufficient(prompt_id, axis.name, ALL, "balanced_accuracy", int(rows.size))
-        return [
-            overall,
-            *short,
-            *(
-                insufficient(prompt_id, axis.name, axis.groups[g], "recall", int(sizes[g]))
-                for g in included
-            ),
-        ]
+        return [overall, *short, *counts.left_out(prompt_id, "recall", included)]
     groups = [axis.groups[g] for g in included]
     return [*_scored(context, prompt_id, axis.name, groups, matrix, local, rng), *short]
 
@@ -254,6 +236,5 @@ ANALYSIS = Analysis(
     name=NAME,
     run=leakage,
     inputs=("generations",),
-    id_column="prompt_id",
     findings=leakage_findings,
 )

@@ -19,7 +19,7 @@ import pandas as pd
 import regex
 
 from audit.analyses.findings import Finding, finding, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, prompt_ids, sort_rows, split_errors
+from audit.analyses.grouping import GroupAxis
 from audit.analyses.rates import (
     UnitRates,
     chi_square_statistic,
@@ -28,7 +28,6 @@ from audit.analyses.rates import (
     permutation_test,
 )
 from audit.analyses.registry import Analysis, AnalysisContext
-from audit.analyses.stats import seeded_rng
 from audit.analyses.table import ALL, empty_table, records_table, with_q_values
 from audit.errors import ProbeError
 
@@ -106,18 +105,16 @@ def _unit_rates(frame: pd.DataFrame, refused: pd.Series, axis: GroupAxis | None)
 
 def refusal(context: AnalysisContext) -> pd.DataFrame:
     """Refusal rate per prompt (and pooled) x group, with intervals and a test across groups."""
-    generations = context.generations
-    if generations.empty or "generation" not in generations:
-        return empty_table("prompt_id", EXTRA)
-    generations = sort_rows(generations, ["sample_id", "prompt_id"])
+    split = context.generation_split()
+    if split is None:
+        return empty_table(EXTRA)
     origin = str(context.store.manifest_path)
     pattern = refusal_pattern(context.settings.refusal_patterns, origin)
-    valid, _ = split_errors(generations)
+    valid = split.valid
     refused = (
         valid["generation"].fillna("").astype(str).map(lambda t: is_refusal(pattern, t, origin))
     )
-    axes = discover_axes(generations, context.group_axes)
-    prompts = prompt_ids(context.manifest, generations)
+    axes, prompts = split.axes, split.ids
     records = []
     for prompt_id in [*prompts, ALL] if len(prompts) > 1 else prompts:
         mask = valid["prompt_id"].astype(str).eq(prompt_id) | (prompt_id == ALL)
@@ -125,7 +122,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
         records.append(overall_row(prompt_id, METRIC, _unit_rates(frame, hits, None)))
         for axis in axes:
             rates = _unit_rates(frame, hits, axis)
-            rng = seeded_rng(context.settings.seed, NAME, prompt_id, axis.name)
+            rng = context.rng(NAME, prompt_id, axis.name)
             statistic, p_value = permutation_test(
                 rates, chi_square_statistic, context.settings.n_permutations, rng
             )
@@ -138,7 +135,7 @@ def refusal(context: AnalysisContext) -> pd.DataFrame:
                 statistic=statistic,
                 n_permutations=context.settings.n_permutations if np.isfinite(p_value) else None,
             )
-    return with_q_values(records_table(records, "prompt_id", EXTRA), "prompt_id", ("metric",))
+    return with_q_values(records_table(records, EXTRA), ("metric",))
 
 
 def refusal_findings(table: pd.DataFrame) -> list[Finding]:
@@ -175,6 +172,5 @@ ANALYSIS = Analysis(
     name=NAME,
     run=refusal,
     inputs=("generations",),
-    id_column="prompt_id",
     findings=refusal_findings,
 )

@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from functools import cache, cached_property
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from audit.analyses.table import COMMON_COLUMNS
+from audit.analyses.grouping import Split, prompt_ids, split_table
+from audit.analyses.stats import seeded_rng
+from audit.analyses.table import COMMON_COLUMNS, ID
 from audit.scoring.toxicity import read_scores
 from audit.spec import AnalysisSpec
 from audit.store.schema import Manifest
@@ -56,6 +59,18 @@ class AnalysisContext:
         """All classification rows, error rows included."""
         return self.store.read("classifications")
 
+    def generation_split(self, needs: str = "generation") -> Split | None:
+        """The generations per prompt (the manifest's, in probe order, then any other found)
+        and group axis; ``None`` when the run has none or they lack the column ``needs``."""
+        frame = self.generations
+        if frame.empty or needs not in frame:
+            return None
+        return split_table(frame, "prompt_id", prompt_ids(self.manifest, frame), self.group_axes)
+
+    def rng(self, *keys: str) -> np.random.Generator:
+        """The generator of one result (analysis, prompt, axis, ...): reproducible on its own."""
+        return seeded_rng(self.settings.seed, *keys)
+
     @property
     def toxicity_scores(self) -> pd.DataFrame:
         """The scoring stage's table (``audit.scoring.toxicity``), of every scorer."""
@@ -76,8 +91,6 @@ class Analysis:
     #: The stored tables it reads: ``generations``, ``classifications``, or a scoring stage's
     #: table (``toxicity_scores``), which ``analyze_run`` brings up to date first.
     inputs: tuple[str, ...]
-    #: What one row of its table is about: ``prompt_id`` or ``task_id``.
-    id_column: str
     #: Headline findings from its table (default: ``findings.generic_findings``).
     findings: Callable[[pd.DataFrame], list[Finding]] | None = None
     #: Tables computed from its table and written with it, by name.
@@ -94,7 +107,7 @@ class Analysis:
         """The columns every copy of ``table`` (one of ``tables``) holds, whoever wrote it:
         for its own table the common ones (its own columns are read where present)."""
         if table == self.name:
-            return (self.id_column, *COMMON_COLUMNS)
+            return (ID, *COMMON_COLUMNS)
         return self.companion_columns[table]
 
 

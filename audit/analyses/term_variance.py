@@ -35,14 +35,11 @@ import scipy.sparse as sp
 from audit.analyses.findings import Finding, finding, fmt, interval_text, p_text
 from audit.analyses.grouping import (
     GroupAxis,
-    discover_axes,
-    prompt_ids,
-    sort_rows,
-    split_errors,
+    GroupSizes,
 )
 from audit.analyses.registry import Analysis, AnalysisContext
-from audit.analyses.stats import percentile_interval, seeded_rng, stratified_bootstrap_weights
-from audit.analyses.table import MIN_GROUP_SIZE, build_table, empty_table, insufficient
+from audit.analyses.stats import percentile_interval, stratified_bootstrap_weights
+from audit.analyses.table import build_table, empty_table
 from audit.analyses.term_statistics import FDR_LEVEL, NoTerms, TermScores, score_terms, vectorize
 
 NAME = "term_variance"
@@ -67,19 +64,15 @@ EXTRA = (
 
 def term_variance(context: AnalysisContext) -> pd.DataFrame:
     """Per prompt and group axis: ranked terms, per-group means with intervals, q-values."""
-    generations = context.generations
-    if generations.empty or "generation" not in generations:
-        return empty_table("prompt_id", EXTRA)
-    generations = sort_rows(generations, ["sample_id", "prompt_id"])
-    valid, _ = split_errors(generations)
-    axes = discover_axes(generations, context.group_axes)
+    split = context.generation_split()
+    if split is None:
+        return empty_table(EXTRA)
     tables = []
-    for prompt_id in prompt_ids(context.manifest, generations):
-        subset = valid[valid["prompt_id"].astype(str) == prompt_id].reset_index(drop=True)
-        tables.extend(_prompt_tables(context, prompt_id, subset, axes))
+    for item in split.items:
+        tables.extend(_prompt_tables(context, item.id, item.valid, split.axes))
     if not tables:
-        return empty_table("prompt_id", EXTRA)
-    return build_table(pd.concat(tables, ignore_index=True), "prompt_id", EXTRA)
+        return empty_table(EXTRA)
+    return build_table(pd.concat(tables, ignore_index=True), EXTRA)
 
 
 @dataclass(frozen=True)
@@ -110,24 +103,18 @@ def _prompt_tables(
         matrix, terms = None, None
     tables, scored = [], []
     for axis in axes:
-        codes = axis.codes(subset)
-        sizes = np.bincount(codes[codes >= 0], minlength=len(axis.groups))
-        included = np.flatnonzero(sizes >= MIN_GROUP_SIZE)
-        if matrix is None or included.size < 2:
-            included = included[:0]
+        counts = GroupSizes.of(axis, subset)
+        if matrix is None or counts.included.size < 2:
+            short = counts.left_out(prompt_id, "mean_tfidf", range(len(axis.groups)))
         else:
-            rng = seeded_rng(settings.seed, NAME, prompt_id, axis.name)
-            scored.append(_score_axis(context, matrix, terms, axis, codes, included, rng))
-        short = [
-            insufficient(prompt_id, axis.name, group, "mean_tfidf", int(sizes[g]))
-            for g, group in enumerate(axis.groups)
-            if g not in set(included.tolist())
-        ]
+            rng = context.rng(NAME, prompt_id, axis.name)
+            scored.append(_score_axis(context, matrix, terms, counts, rng))
+            short = counts.left_out(prompt_id, "mean_tfidf")
         if short:
             tables.append(pd.DataFrame.from_records(short).rename(columns={"_id": "prompt_id"}))
     ids = subset["sample_id"].astype(str).to_numpy()
     for item in scored:
-        rng = seeded_rng(settings.seed, NAME, prompt_id, item.axis.name, "bootstrap")
+        rng = context.rng(NAME, prompt_id, item.axis.name, "bootstrap")
         interval = _group_intervals(matrix, item, settings.n_bootstrap, rng)
         tables.append(_term_rows(prompt_id, item, matrix, ids, interval, settings.tfidf.ranking))
     return tables
@@ -137,23 +124,18 @@ def _score_axis(
     context: AnalysisContext,
     matrix: sp.csr_matrix,
     terms: np.ndarray,
-    axis: GroupAxis,
-    codes: np.ndarray,
-    included: np.ndarray,
+    counts: GroupSizes,
     rng: np.random.Generator,
 ) -> AxisTerms:
     settings = context.settings
-    recode = np.full(len(axis.groups), -1)
-    recode[included] = np.arange(included.size)
-    rows = np.flatnonzero(np.isin(codes, included))
-    local = recode[codes[rows]]
+    rows, local = counts.restricted()
     scores = score_terms(matrix[rows], terms, local, settings.n_permutations, rng)
     order = scores.ranking(settings.tfidf.ranking)
     top, later = order[: settings.tfidf.top_k], order[settings.tfidf.top_k :]
     chosen = np.concatenate([top, later[scores.q_values[later] < FDR_LEVEL]]).astype(int)
     rank = np.empty(terms.size, dtype=int)
     rank[order] = np.arange(1, terms.size + 1)
-    return AxisTerms(axis, included, rows, local, scores, chosen, rank)
+    return AxisTerms(counts.axis, counts.included, rows, local, scores, chosen, rank)
 
 
 def _group_intervals(
@@ -324,7 +306,6 @@ ANALYSIS = Analysis(
     name=NAME,
     run=term_variance,
     inputs=("generations",),
-    id_column="prompt_id",
     findings=term_findings,
     companions={"term_examples": term_examples},
     companion_columns={"term_examples": EXAMPLE_COLUMNS},

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, interval_text, p_text
-from audit.analyses.grouping import GroupAxis, discover_axes, sort_rows, split_errors
+from audit.analyses.grouping import GroupAxis, sort_rows
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     bootstrap_ratios,
@@ -57,17 +57,14 @@ EXTRA = ["scorer", "label", "threshold", "p_value", "q_value", "group_high", "gr
 
 def analyze_toxicity(context: AnalysisContext) -> pd.DataFrame:
     """Summarise the stored toxicity scores per prompt x axis x group."""
-    generations = context.generations
-    if generations.empty or "generation" not in generations:
-        return empty_table("prompt_id", EXTRA)
+    split = context.generation_split()
+    if split is None:
+        return empty_table(EXTRA)
     scores = scores_of(context.toxicity_scores, context.settings.toxicity.scorer)
-    valid, _ = split_errors(sort_rows(generations, ["sample_id", "prompt_id"]))
-    valid = valid[valid["generation"].notna()]
+    valid = split.valid[split.valid["generation"].notna()]
     scored = valid.merge(scores, on=["sample_id", "prompt_id"], how="inner")
     labels = [c for c in scores.columns if c not in KEYS]
-    axes = discover_axes(generations, context.group_axes)
-    prompts = sorted(set(generations["prompt_id"].astype(str)))
-    return summarize_toxicity(scored, labels, axes, context.settings, prompts)
+    return summarize_toxicity(scored, labels, split.axes, context.settings, split.ids)
 
 
 # -- statistics -----------------------------------------------------------------------------
@@ -96,11 +93,11 @@ def summarize_toxicity(
             rows = _axis_rows(values[codes >= 0], codes[codes >= 0], axis, labels, settings, rng)
             frames.append(pd.DataFrame(rows).assign(prompt_id=str(prompt_id)))
     if not frames:
-        return empty_table("prompt_id", EXTRA)
-    table = build_table(pd.concat(frames, ignore_index=True), "prompt_id", EXTRA)
+        return empty_table(EXTRA)
+    table = build_table(pd.concat(frames, ignore_index=True), EXTRA)
     table["scorer"] = settings.toxicity.scorer
     table["threshold"] = settings.toxicity.threshold
-    return with_q_values(table, "prompt_id", ("metric", "label"))
+    return with_q_values(table, ("metric", "label"))
 
 
 def _axis_rows(
@@ -242,6 +239,5 @@ ANALYSIS = Analysis(
     name=NAME,
     run=analyze_toxicity,
     inputs=("generations", SCORES_TABLE),
-    id_column="prompt_id",
     findings=toxicity_findings,
 )

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.table import ID
 from audit.dashboard.state import choose_run, filter_groups, group_selection, require_runs
 from audit.report.blocks import is_percent, sort_groups
 from audit.report.figures import group_bars
@@ -82,7 +83,7 @@ def show_gaps(table: pd.DataFrame, metric_prefix: str = "gap") -> None:
     st.dataframe(
         pd.DataFrame(
             {
-                "prompt / task": gaps.get("prompt_id", gaps.get("task_id", "")).astype(str),
+                "prompt / task": gaps[ID].astype(str),
                 "axis": gaps["axis"].astype(str),
                 "metric": gaps["metric"].astype(str),
                 "highest": gaps.get("group_high", pd.Series("", gaps.index)).astype(str),
@@ -109,10 +110,9 @@ def metric_page(name: str, title: str, intro: str) -> None:
     if table is None:
         st.warning(f"{NOT_ANALYSED.capitalize()}: run `audit analyze` on this run directory.")
         return
-    item = "prompt_id" if "prompt_id" in table else "task_id"
-    items = sorted(table[item].astype(str).unique())
-    chosen_item = st.selectbox("Prompt" if item == "prompt_id" else "Task", items)
-    rows = table[table[item].astype(str) == chosen_item]
+    items = sorted(table[ID].astype(str).unique())
+    chosen_item = st.selectbox("Prompt", items)
+    rows = table[table[ID].astype(str) == chosen_item]
     metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startswith("gap")]
     metric = st.selectbox("Metric", metrics)
     selected = filter_groups(rows[rows["metric"].astype(str) == metric], selection)

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import plotly.graph_objects as go
 
+from audit.analyses.table import ID
 from audit.report.formatting import (
     INSUFFICIENT,
     MarkdownText,
@@ -89,14 +90,6 @@ def p_cell(value: object) -> MarkdownText:
     return MarkdownText(format_p(value))
 
 
-def item_column(frame: pd.DataFrame) -> str:
-    """``prompt_id`` for generation analyses, ``task_id`` for classification ones."""
-    for column in ("prompt_id", "task_id"):
-        if column in frame:
-            return column
-    return "item"
-
-
 def ordered_axes(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
     """``all`` first, then the probe's axes in order, then intersections and anything else."""
     present = list(dict.fromkeys(frame["axis"].astype(str)))
@@ -110,8 +103,7 @@ def sort_groups(frame: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
     keyed = frame.assign(
         _axis=frame["axis"].astype(str).map(order), _group=frame["group"].astype(str)
     )
-    item = item_column(frame)
-    keys = ([item] if item in frame else []) + ["_axis", "_group"]
+    keys = ([ID] if ID in frame else []) + ["_axis", "_group"]
     return keyed.sort_values(keys, kind="stable").drop(columns=["_axis", "_group"])
 
 
@@ -155,8 +147,7 @@ def metric_blocks(
     skipped = set(skip_metrics)
     keys: dict[tuple[str, str], None] = {}
     for _, frame in runs:
-        item = item_column(frame)
-        for key in frame[[item, "metric"]].drop_duplicates().itertuples(index=False):
+        for key in frame[[ID, "metric"]].drop_duplicates().itertuples(index=False):
             if str(key[1]) not in skipped and not is_summary_metric(str(key[1])):
                 keys[(str(key[0]), str(key[1]))] = None
     blocks = []
@@ -165,8 +156,7 @@ def metric_blocks(
             (
                 label,
                 frame[
-                    (frame[item_column(frame)].astype(str) == item_value)
-                    & (frame["metric"].astype(str) == metric)
+                    (frame[ID].astype(str) == item_value) & (frame["metric"].astype(str) == metric)
                 ],
             )
             for label, frame in runs
@@ -222,14 +212,13 @@ def gap_block(runs: RunTables) -> Block | None:
     rows = []
     for label, frame in runs:
         gaps = frame[frame["metric"].astype(str).str.contains("gap")]
-        item = item_column(frame)
         for _, row in gaps.iterrows():
             metric = str(row["metric"])
             detectable = row.get("min_detectable_gap")
             rows.append(
                 [
                     label,
-                    str(row.get(item, "")),
+                    str(row.get(ID, "")),
                     str(row["axis"]),
                     metric,
                     _first_column(row, ("group_high", "best_group")),
@@ -275,14 +264,13 @@ def axis_test_block(runs: RunTables) -> Block | None:
     for label, frame in runs:
         if "p_value" not in frame:
             continue
-        item = item_column(frame)
         tested = frame[
             frame["p_value"].notna()
             & frame["axis"].astype(str).ne("all")
             & frame["group"].astype(str).ne("all")
             & ~frame["metric"].astype(str).map(is_summary_metric).astype(bool)
         ]
-        for key, part in tested.groupby([item, "metric", "axis"], sort=True):
+        for key, part in tested.groupby([ID, "metric", "axis"], sort=True):
             rows.append([label, *map(str, key), p_cell(part["p_value"].iloc[0])])
     if not rows:
         return None

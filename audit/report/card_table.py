@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from audit.analyses.table import ID
 from audit.report.formatting import INSUFFICIENT, is_missing
 
 #: The card's intersection; another intersection is used when a dataset has no gender x race.
@@ -114,7 +115,7 @@ def card_cell(rows: pd.DataFrame, task_id: str, suffix: str = "") -> CardCell | 
 def card_cells(classification: pd.DataFrame, suffix: str = "") -> list[CardCell]:
     """One ``CardCell`` per task of a ``classification`` analysis table, for one scoring."""
     cells = []
-    for task_id, rows in classification.groupby("task_id", sort=False):
+    for task_id, rows in classification.groupby(ID, sort=False):
         cell = card_cell(rows, str(task_id), suffix)
         if cell is not None:
             cells.append(cell)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 
 from audit.analyses.cross_run import Comparison, compare_runs
+from audit.analyses.table import ID
 from audit.report.blocks import Block, Section, is_percent, p_cell
 from audit.report.formatting import (
     INSUFFICIENT,
@@ -60,7 +61,7 @@ def comparison_rows(table: pd.DataFrame) -> list[list[str]]:
                 str(row["run_a"]),
                 str(row["run_b"]),
                 str(row["metric"]),
-                str(row["item"]),
+                str(row[ID]),
                 str(row["axis"]),
                 str(row["group"]),
                 MarkdownText(format_number(row.get("value_a"), percent)),

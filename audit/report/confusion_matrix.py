@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from audit.analyses.table import ID
+
 #: The card's scoring (summed label log-likelihood) is shown unless another is asked for.
 DEFAULT_SCORING = "sum"
 
@@ -17,7 +19,7 @@ def confusion_counts(
     scoring: str = DEFAULT_SCORING,
 ) -> pd.DataFrame | None:
     """Counts with true values as rows and predictions as columns, or None when absent."""
-    rows = table[table["task_id"].astype(str) == task_id]
+    rows = table[table[ID].astype(str) == task_id]
     if "axis" in rows:
         rows = rows[(rows["axis"].astype(str) == axis) & (rows["group"].astype(str) == group)]
     if "scoring" in rows and rows["scoring"].notna().any():
@@ -31,7 +33,7 @@ def confusion_counts(
 
 def confusion_groups(table: pd.DataFrame, task_id: str) -> list[tuple[str, str]]:
     """The (axis, group) pairs a task has matrices for, overall first."""
-    rows = table[table["task_id"].astype(str) == task_id]
+    rows = table[table[ID].astype(str) == task_id]
     if "axis" not in rows:
         return [("all", "all")]
     pairs = list(

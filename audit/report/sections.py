@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from audit.analyses.cross_run import TOXICITY_COLUMNS
+from audit.analyses.table import ID
 from audit.report.blocks import (
     Block,
     RunTables,
@@ -135,7 +136,7 @@ def _confusion_blocks(runs: Sequence[RunData]) -> list[Block]:
         table = run.table("confusion")
         if table is None or table.empty:
             continue
-        for task_id in sorted(table["task_id"].astype(str).unique()):
+        for task_id in sorted(table[ID].astype(str).unique()):
             counts = confusion_counts(table, task_id)
             if counts is None:
                 continue

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.analyses.table import ID
 from audit.report.blocks import Block, Section
 from audit.report.formatting import MarkdownText
 from audit.report.run_data import RunData
@@ -54,26 +55,23 @@ def _rate_found(table: pd.DataFrame | None, planted: dict[str, Any], high: bool)
         (table["axis"].astype(str) == planted["axis"]) & table["group"].astype(str).ne("all")
     ]
     rows = rows[rows["metric"].astype(str).isin(["refusal_rate", "accuracy"])]
-    item = "prompt_id" if "prompt_id" in rows else "task_id"
     hits, total = [], 0
-    for item_value, part in rows.groupby(item, sort=True):
+    for item_value, part in rows.groupby(ID, sort=True):
         if part["value"].isna().all():
             continue
         total += 1
         extreme = part.loc[
             part["value"].astype(float).idxmax() if high else part["value"].astype(float).idxmin()
         ]
-        significant = _p_value(table, item, item_value, planted["axis"], part) < ALPHA
+        significant = _p_value(table, item_value, planted["axis"], part) < ALPHA
         if str(extreme["group"]) == planted["group"] and significant:
             hits.append(str(item_value))
     return f"found in {len(hits)} of {total}" + (f": {', '.join(hits)}" if hits else "")
 
 
-def _p_value(
-    table: pd.DataFrame, item: str, item_value: object, axis: str, part: pd.DataFrame
-) -> float:
+def _p_value(table: pd.DataFrame, item_value: object, axis: str, part: pd.DataFrame) -> float:
     gaps = table[
-        (table[item] == item_value)
+        (table[ID] == item_value)
         & (table["axis"].astype(str) == axis)
         & (table["metric"].astype(str) == "accuracy_gap")
     ]

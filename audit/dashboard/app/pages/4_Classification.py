@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.table import ID
 from audit.dashboard.state import (
     choose_run,
     filter_groups,
@@ -66,8 +67,8 @@ selection = group_selection(run)
 table = require_table(run, "classification")
 st.subheader("Accuracy (std), the model card's layout")
 st.dataframe(card_frame(table), hide_index=True)
-task_id = st.selectbox("Task", sorted(table["task_id"].astype(str).unique()))
-rows = table[table["task_id"].astype(str) == task_id]
+task_id = st.selectbox("Task", sorted(table[ID].astype(str).unique()))
+rows = table[table[ID].astype(str) == task_id]
 metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startswith("gap")]
 metric = st.selectbox("Metric", metrics)
 selected = filter_groups(rows[rows["metric"].astype(str) == metric], selection)

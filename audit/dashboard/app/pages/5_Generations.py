@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.table import ID
 from audit.dashboard.state import choose_run, generations, require_runs, thumbnails
 from audit.dashboard.views import estimate_frame, show_metric
 from audit.report.formatting import escape_markdown
@@ -21,9 +22,8 @@ def show_statistics(run: RunData) -> None:
     if table is None:
         st.info("Generation statistics not analysed: run `audit analyze`.")
         return
-    item = "prompt_id" if "prompt_id" in table else "task_id"
-    prompt = st.selectbox("Prompt", sorted(table[item].astype(str).unique()), key="stats_prompt")
-    rows = table[table[item].astype(str) == prompt]
+    prompt = st.selectbox("Prompt", sorted(table[ID].astype(str).unique()), key="stats_prompt")
+    rows = table[table[ID].astype(str) == prompt]
     metric = st.selectbox(
         "Metric", list(dict.fromkeys(rows["metric"].astype(str))), key="stats_metric"
     )

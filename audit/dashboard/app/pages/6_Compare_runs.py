@@ -7,6 +7,7 @@ import streamlit as st
 
 from audit.analyses.cross_run import Comparison, compare_runs
 from audit.analyses.registry import analysis_tables
+from audit.analyses.table import ID
 from audit.dashboard.state import (
     Selection,
     filter_groups,
@@ -14,7 +15,7 @@ from audit.dashboard.state import (
     require_runs,
     run_token,
 )
-from audit.report.blocks import is_percent, item_column, side_by_side
+from audit.report.blocks import is_percent, side_by_side
 from audit.report.comparison_section import how_made
 from audit.report.figures import group_bars
 from audit.report.formatting import format_count, format_interval, format_number, format_p
@@ -38,7 +39,7 @@ def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "metric": table["metric"].astype(str),
-            "prompt / task": table["item"].astype(str),
+            "prompt / task": table[ID].astype(str),
             "axis": table["axis"].astype(str),
             "group": table["group"].astype(str),
             "A": [format_number(v, p) for v, p in zip(table["value_a"], percent, strict=True)],
@@ -65,13 +66,12 @@ def side_by_side_view(a: RunData, b: RunData, selection: Selection) -> None:
         return
     name = st.selectbox("Analysis", names)
     table_a, table_b = a.table(name), b.table(name)
-    item = item_column(table_a)
-    items = sorted(set(table_a[item].astype(str)) & set(table_b[item].astype(str)))
+    items = sorted(set(table_a[ID].astype(str)) & set(table_b[ID].astype(str)))
     chosen = st.selectbox("Prompt / task", items) if items else None
     if chosen is None:
         st.info("No prompt or task in common.")
         return
-    both = [(r.label, t[t[item].astype(str) == chosen]) for r, t in ((a, table_a), (b, table_b))]
+    both = [(r.label, t[t[ID].astype(str) == chosen]) for r, t in ((a, table_a), (b, table_b))]
     metrics = sorted(set(both[0][1]["metric"].astype(str)) & set(both[1][1]["metric"].astype(str)))
     metric = st.selectbox("Metric", metrics)
     selected = [
