@@ -73,9 +73,19 @@ def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) ->
     )
 
 
-@app.command()
+EXIT_CODES = (
+    "Exit status: 0 done; 2 bad input (nothing run); 3 partial: stopped by Ctrl-C or SIGTERM, "
+    "or rows stored as errors; what is stored is kept, and the printed command (or 'audit run "
+    "RUN_DIR') resumes it."
+)
+
+
+@app.command(epilog=EXIT_CODES)
 def run(
-    probe: Annotated[Path, typer.Argument(help="Probe YAML file.")],
+    probe: Annotated[
+        Path,
+        typer.Argument(help="Probe YAML file; or a run directory, to resume it as it was started."),
+    ],
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<probe>-<model>).")
     ] = None,
@@ -87,7 +97,11 @@ def run(
         str | None, typer.Option(help="K/N: run the K-th of N shards (1-based).")
     ] = None,
     fresh: Annotated[
-        bool, typer.Option("--fresh", help="Delete what the run directory holds and start over.")
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start over: the run directory's old run is moved aside (never deleted).",
+        ),
     ] = False,
     flush_every: Annotated[
         int, typer.Option(help="Write a part every N rows (fewer lose less on a crash).")
@@ -117,16 +131,26 @@ def run(
         typer.Option(help="With --ray: number of shards (default: one per GPU, or per CPU)."),
     ] = None,
 ) -> None:
-    """Run a probe: dataset x prompts x model, stored as parquet in a run directory."""
-    from audit.run.runner import RunOptions, run_probe_file
+    """Run a probe: dataset x prompts x model, stored as parquet in a run directory.
 
+    Ctrl-C (or SIGTERM) stops after the batch in flight and keeps every computed row; a second
+    one stops at once.
+    """
+    from audit.run.interrupt import Interrupted
+    from audit.run.runner import EXIT_PARTIAL, RunOptions, resume_arguments, run_probe_file
+
+    given = {"model": model, "limit": limit, "batch_size": batch_size, "device": device}
     try:
+        if probe.is_dir():  # a run directory: its probe and the options it was started with
+            if out is not None and out.resolve() != probe.resolve():
+                raise AuditError(f"--out: not used when resuming the run directory {probe}")
+            out = probe
+            probe, stored = resume_arguments(out)
+            fast_paths = fast_paths and stored.pop("fast_paths", True)
+            given = {**stored, **{k: v for k, v in given.items() if v is not None}}
         options = RunOptions.from_cli(
             out=out,
-            model=model,
-            limit=limit,
-            batch_size=batch_size,
-            device=device,
+            **given,
             shard=shard,
             fresh=fresh,
             flush_rows=flush_every,
@@ -141,7 +165,13 @@ def run(
         result = run_probe_file(probe, options)
     except AuditError as error:
         _fail(error)
+    except KeyboardInterrupt as stopped:  # before the first batch: nothing computed to keep
+        name = stopped.signal_name if isinstance(stopped, Interrupted) else "SIGINT"
+        _echo(f"stopped by {name} before any batch ran; nothing new is stored", err=True)
+        raise typer.Exit(code=EXIT_PARTIAL) from None
     _echo(result.describe())
+    if result.exit_code:
+        raise typer.Exit(code=result.exit_code)
 
 
 def _run_on_ray(probe: Path, options: RunOptions, address: str, n_shards: int | None) -> None:

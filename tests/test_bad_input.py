@@ -120,7 +120,10 @@ def test_corrupt_and_missing_images_become_error_rows(model: Path, tmp_path: Pat
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     probe = write_fairface_probe(tmp_path, model, root)
     code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"), "--no-progress")
-    assert code == 0, output
+    # The run goes on; error rows left to retry make it partial for the exit status (3).
+    assert code == 3, output
+    assert "6 rows are stored as errors; resuming retries them" in output
+    assert f"resume with: audit run {probe} --out {tmp_path / 'run'}" in output
     generations = RunStore.open(tmp_path / "run").read("generations")
     assert len(generations) == 12
     failed = generations[generations["finish_reason"] == "error"]

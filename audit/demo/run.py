@@ -63,6 +63,7 @@ def run_demo(out: Path) -> None:
     from audit.report.build import build_report
     from audit.run.runner import RunOptions, run_probe
     from audit.spec import load_probe
+    from audit.store.tables import RunStore
 
     # Tiny models are overhead-bound: a second OpenMP thread only spins, and on a small machine
     # with anything else running it made them many times slower.
@@ -89,7 +90,8 @@ def run_demo(out: Path) -> None:
     run_dirs = []
     for family in FAMILIES:
         run_dir = out / "runs" / f"demo-{family}"
-        options = RunOptions(out=run_dir, model=str(models[family]), fresh=True)
+        RunStore(run_dir).clear()  # the demo's own folder: each demo starts from nothing
+        options = RunOptions(out=run_dir, model=str(models[family]))
         result = _step(
             f"audit run probes/demo.yaml --model {models[family]} --out {run_dir}",
             lambda options=options: run_probe(spec, options, probe_path=demo_probe_path()),

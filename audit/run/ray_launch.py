@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audit.errors import AuditError, MissingDependencyError
-from audit.run.runner import RunOptions, run_probe_file
+from audit.run.runner import RunOptions, move_aside, run_probe_file
 from audit.spec import load_probe
 from audit.store.schema import Manifest
 from audit.store.shard import Shard
@@ -140,7 +140,7 @@ def run_on_ray(
         raise AuditError(f"--ray-shards: expected a positive integer, got {plan.n_shards}")
     job = _job(Path(probe_path), options)
     if options.fresh:  # here, once, before any shard writes
-        RunStore(job.run_dir).clear()
+        move_aside(RunStore(job.run_dir))
     started_here = _connect(ray, plan.address)
     try:
         return _run_shards(ray, job, plan, report)

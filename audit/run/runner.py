@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from audit.backends.registry import check_backend_name
-from audit.errors import AuditError, ProbeError
+from audit.errors import AuditError, ProbeError, RunDirError
 from audit.run.executor import (
     BatchExecutor,
     BatchPlan,
@@ -24,15 +24,21 @@ from audit.run.executor import (
     batched,
     load_item,
 )
+from audit.run.interrupt import StopSignals
 from audit.run.placement import launcher_name, place_on_local_gpu
 from audit.run.prefetch import prefetch
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store.lock import run_lock
-from audit.store.manifest import check_same_probe, finalize_manifest, start_manifest
+from audit.store.manifest import (
+    check_same_probe,
+    finalize_manifest,
+    resume_command,
+    start_manifest,
+)
 from audit.store.provenance import now_iso
-from audit.store.schema import Manifest
+from audit.store.schema import Manifest, Producer, RunStatus
 from audit.store.shard import WHOLE, Shard
-from audit.store.shard_record import write_shard_record
+from audit.store.shard_record import read_shard_records, write_shard_record
 from audit.store.tables import RunStore, is_error_row
 
 logger = logging.getLogger(__name__)
@@ -127,6 +133,11 @@ class RunOptions:
         return Path("runs") / f"{spec.name}-{model}"
 
 
+#: ``audit run``'s exit status when the run is not finished: stopped by a signal, or error rows
+#: left to retry (0: done; 2: bad input).
+EXIT_PARTIAL = 3
+
+
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
@@ -135,19 +146,77 @@ class RunResult:
     errors_written: int
     elapsed_s: float
     manifest: Manifest = field(default_factory=Manifest)
+    #: The signal that stopped this process (``SIGINT``, ``SIGTERM``), if one did.
+    interrupted: str | None = None
+    #: The command that resumes the run (this process's shard) as it was started.
+    resume: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        """3 when this process's part is unfinished: stopped, or rows it stored as errors (it
+        retried every earlier one); other shards' progress is theirs to report."""
+        return EXIT_PARTIAL if self.interrupted or self.errors_written else 0
 
     def describe(self) -> str:
-        lines = [
-            f"run: {self.run_dir}  status: {self.status}",
+        lines = [f"run: {self.run_dir}  status: {self.status}"]
+        if self.interrupted:
+            lines.append(f"stopped by {self.interrupted}: every row computed before it is stored")
+        lines += [
             f"this process: {self.rows_written} rows ({self.errors_written} errors) "
             f"in {self.elapsed_s:.1f} s",
             *self.manifest.stored_lines(),
         ]
-        if self.status == "running":  # this shard is done, others are still writing
+        errors = self.manifest.rows.errors
+        if errors:
+            lines.append(f"{errors} rows are stored as errors; resuming retries them")
+        if self.status == RunStatus.RUNNING:  # this shard is done, others are still writing
             lines.append(f"other shards are still running: audit status {self.run_dir}")
-        else:
+        elif self.exit_code and self.resume:
+            lines.append(f"resume with: {self.resume}")
+        if self.status == RunStatus.COMPLETE:
             lines.append(f"next: audit analyze {self.run_dir}")
         return "\n".join(lines)
+
+
+#: The options ``RunOptions.probe_arguments`` writes, and whether each takes a value.
+_ARGUMENTS = {"--model": True, "--limit": True, "--batch-size": True, "--device": True}
+_SWITCHES = {"--no-fast-paths": ("fast_paths", False)}
+
+
+def resume_arguments(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The probe file and the options a run was started with, for ``audit run RUN_DIR``
+    (``RunDirError`` when it is not a run ``audit run`` made, or its probe file is gone)."""
+    store = RunStore.open(run_dir)
+    manifest = store.manifest()
+    where = store.manifest_path
+    if manifest.producer != Producer.RUN or not manifest.probe_path:
+        raise RunDirError(
+            f"{where}: producer: made by '{manifest.producer.value}', not by 'audit run' from a "
+            "probe file; there is nothing to resume"
+        )
+    probe = Path(manifest.probe_path)
+    if not probe.is_file():
+        raise RunDirError(
+            f"{where}: probe_path: the probe file '{probe}' the run was started with is not "
+            f"there (seen from {Path.cwd()}); pass it: {resume_command(manifest, store.root)}"
+        )
+    options: dict[str, Any] = {}
+    words = list(manifest.run_arguments)
+    while words:
+        word = words.pop(0)
+        if word in _SWITCHES:
+            key, value = _SWITCHES[word]
+            options[key] = value
+        elif word in _ARGUMENTS and words:
+            key = word.removeprefix("--").replace("-", "_")
+            value = words.pop(0)
+            options[key] = int(value) if key == "limit" and value.isdigit() else value
+        else:
+            raise RunDirError(
+                f"{where}: run_arguments: '{word}' is not an option 'audit run' records "
+                f"(expected {sorted([*_ARGUMENTS, *_SWITCHES])})"
+            )
+    return probe, options
 
 
 def run_probe_file(path: str | Path, options: RunOptions) -> RunResult:
@@ -155,7 +224,16 @@ def run_probe_file(path: str | Path, options: RunOptions) -> RunResult:
 
 
 def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = None) -> RunResult:
-    """Run what is missing of ``spec`` into the run directory; returns what was done."""
+    """Run what is missing of ``spec`` into the run directory; returns what was done. SIGINT and
+    SIGTERM stop it cleanly (``run.interrupt``); stopped before its first batch, it raises
+    ``interrupt.Interrupted``."""
+    with StopSignals(_announce).installed() as stop:
+        return _run_probe(spec, options, probe_path, stop)
+
+
+def _run_probe(
+    spec: ProbeSpec, options: RunOptions, probe_path: Path | None, stop: StopSignals
+) -> RunResult:
     from audit.backends import load_backend
     from audit.backends.base import PreamblePart
     from audit.datasets import open_dataset
@@ -171,7 +249,7 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
             f"shards wrote; delete {store.root} once before starting the shards instead"
         )
     if options.fresh:
-        store.clear()
+        move_aside(store)
     source = open_dataset(spec)
     check_labels(spec, source.group_values(), origin)
     preamble = [_preamble_part(spec, i, PreamblePart, origin) for i in range(len(spec.preamble))]
@@ -206,17 +284,26 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
             expected,
             retried,
         )
-    written = errors = 0
+    counts = Counts()
     status = "failed"
     try:
         pending = _pending(stored, spec, source, shard)
-        written, errors = _execute(
-            store, spec, pending, shard, executor, (expected - total, expected), options, batch_size
-        )
-        status = "done"
-    except KeyboardInterrupt:
+        with stop.deferring():
+            _execute(
+                store,
+                spec,
+                pending,
+                shard,
+                executor,
+                (expected - total, expected),
+                options,
+                batch_size,
+                stop,
+                counts,
+            )
+        status = "interrupted" if stop.stop_requested else "done"
+    except KeyboardInterrupt:  # a second signal: the batch in flight is dropped
         status = "interrupted"
-        raise
     finally:
         manifest = finalize_manifest(
             store, shard, process_status=status, elapsed_s=time.perf_counter() - started
@@ -224,11 +311,48 @@ def run_probe(spec: ProbeSpec, options: RunOptions, probe_path: Path | None = No
     return RunResult(
         store.root,
         manifest.status.value,
-        written,
-        errors,
+        counts.written,
+        counts.errors,
         time.perf_counter() - started,
         manifest,
+        interrupted=(stop.first or "SIGINT") if status == "interrupted" else None,
+        resume=resume_command(manifest, store.root, shard),
     )
+
+
+def move_aside(store: RunStore) -> None:
+    """``--fresh``: the old run goes to a sibling folder, never deleted, and never while a
+    process still writes it."""
+    live = [r for r in read_shard_records(store.root) if r.is_live()] if store.exists() else []
+    if live:
+        raise AuditError(
+            f"--fresh: {store.root} is being written by a running process "
+            f"({', '.join(r.shard.label for r in live)}); stop it first, or pass --out with "
+            "another directory"
+        )
+    moved = store.move_aside()
+    if moved is not None:
+        logger.info("--fresh: moved the previous run in %s to %s", store.root, moved)
+
+
+def _announce(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    with tqdm.external_write_mode(file=sys.stderr):  # the progress bar steps aside
+        logger.warning("%s", line)
+
+
+@dataclass
+class Counts:
+    """Rows this process wrote, and how many of them are error rows."""
+
+    written: int = 0
+    errors: int = 0
+
+    def add(self, buffer: BatchRows) -> None:
+        rows = (*buffer.generations, *buffer.classifications)
+        self.written += buffer.n_rows
+        self.errors += sum(is_error_row(r) for r in rows)
 
 
 def _execute(
@@ -240,13 +364,15 @@ def _execute(
     progress: tuple[int, int],
     options: RunOptions,
     batch_size: int,
-) -> tuple[int, int]:
-    """Run ``pending`` in batches, flushing as it goes; ``progress``: rows of this shard stored
-    before, and in all (the bar starts at the first)."""
+    stop: StopSignals,
+    counts: Counts,
+) -> None:
+    """Run ``pending`` in batches, flushing as it goes, into ``counts``; ``progress``: rows of
+    this shard stored before, and in all (the bar starts at the first). Stops after a batch
+    when ``stop`` asks; whatever ends it, the rows of finished batches are written."""
     from tqdm.auto import tqdm
 
     buffer = BatchRows()
-    written = errors = 0
     last_flush = started = time.monotonic()
     checked = False
     work = batched(pending, batch_size)
@@ -260,21 +386,23 @@ def _execute(
     ) as bar:
         try:
             for loaded in prefetch(work, load_item):
+                if stop.stop_requested:
+                    break
                 checked = checked or _check_fast_paths(store, shard, executor, loaded)
                 rows = executor.run(loaded)
                 buffer.extend(rows)
                 bar.update(rows.n_rows)
                 due = time.monotonic() - last_flush >= options.flush_s
-                if buffer.n_rows >= options.flush_rows or due:
-                    written, errors = _count(buffer, written, errors)
-                    _flush(store, buffer)
-                    _beat(store, shard, written, errors, time.monotonic() - started)
-                    buffer, last_flush = BatchRows(), time.monotonic()
+                if buffer.n_rows >= options.flush_rows or due or stop.stop_requested:
+                    # Swapped out first: a write that fails is not written again below.
+                    full, buffer, last_flush = buffer, BatchRows(), time.monotonic()
+                    with stop.writing():
+                        _flush(store, full, counts)
+                        _beat(store, shard, counts, time.monotonic() - started)
         finally:
-            written, errors = _count(buffer, written, errors)
-            _flush(store, buffer)  # whatever finished before a failure is kept
-            _beat(store, shard, written, errors, time.monotonic() - started)
-    return written, errors
+            with stop.writing():  # whatever finished before a failure or a signal is kept
+                _flush(store, buffer, counts)
+                _beat(store, shard, counts, time.monotonic() - started)
 
 
 def _check_fast_paths(
@@ -312,28 +440,24 @@ def _check_capabilities(backend: Any, spec: ProbeSpec, origin: str) -> None:
         raise ProbeError(f"{origin}: " + "; ".join(missing))
 
 
-def _beat(store: RunStore, shard: Shard, written: int, errors: int, elapsed_s: float) -> None:
+def _beat(store: RunStore, shard: Shard, counts: Counts, elapsed_s: float) -> None:
     """This process's heartbeat and counts in its shard record (``audit status`` reads them)."""
     write_shard_record(
         store.root,
         shard,
-        rows_written=written,
-        errors_written=errors,
+        rows_written=counts.written,
+        errors_written=counts.errors,
         elapsed_s=round(elapsed_s, 3),
         updated_at=now_iso(),
     )
 
 
-def _count(buffer: BatchRows, written: int, errors: int) -> tuple[int, int]:
-    failed = sum(is_error_row(r) for r in (*buffer.generations, *buffer.classifications))
-    return written + buffer.n_rows, errors + failed
-
-
-def _flush(store: RunStore, buffer: BatchRows) -> None:
+def _flush(store: RunStore, buffer: BatchRows, counts: Counts) -> None:
     # Thumbnails first: a generation row never refers to a sample without its thumbnail.
     store.append("thumbnails", pd.DataFrame(buffer.thumbnails))
     store.append("generations", pd.DataFrame(buffer.generations))
     store.append("classifications", pd.DataFrame(buffer.classifications))
+    counts.add(buffer)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -51,14 +53,31 @@ def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
     return sections
 
 
+def resume_command(manifest: Manifest, run_dir: Path, shard: Shard | None = None) -> str | None:
+    """The command that resumes the run as it was started: the probe, the run directory and the
+    options that changed the probe (``None`` when the run was not made by ``audit run``)."""
+    if not manifest.probe_path:
+        return None
+    words = [manifest.probe_path, "--out", str(run_dir), *manifest.run_arguments]
+    if shard is not None and shard.count > 1:
+        words += ["--shard", f"{shard.index + 1}/{shard.count}"]
+    return "audit run " + " ".join(shlex.quote(word) for word in words)
+
+
 def check_same_probe(store: RunStore, spec: ProbeSpec) -> None:
-    """``RunDirError`` when the run directory holds a run of another probe."""
-    stored = store.manifest().fingerprint
-    differs = [k for k, v in probe_fingerprint(spec).items() if stored.get(k) != v]
+    """``RunDirError`` when the run directory holds a run of another probe: how to resume it
+    (the options it was started with), how to start another beside it."""
+    manifest = store.manifest()
+    differs = [k for k, v in probe_fingerprint(spec).items() if manifest.fingerprint.get(k) != v]
     if differs:
+        command = resume_command(manifest, store.root)
+        resume = (
+            f"to resume it, run it as it was started: {command}" if command else "it is not a run"
+        )
         raise RunDirError(
             f"{store.root}: holds a run of a different probe (differs in: {', '.join(differs)}); "
-            "pass --fresh to start over there, or --out for a new run directory"
+            f"{resume}; for a new run, pass --out with another directory (--fresh moves this "
+            "run aside and starts over in its place)"
         )
 
 

@@ -8,7 +8,6 @@ are measured against the samples they hold and the manifest's expected counts.
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from audit.errors import RunDirError
-from audit.store.manifest import read_sample_ids
+from audit.store.manifest import read_sample_ids, resume_command
 from audit.store.schema import Manifest, RunStatus
 from audit.store.shard import Shard
 from audit.store.shard_record import ShardRecord, load_shard_records
@@ -163,9 +162,8 @@ def describe_status(run_dir: str | Path) -> str:
     lines += [_describe_shard(p) for p in progress.shards] + progress.notes
     lines += _describe_fast_paths(manifest.fast_paths)
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
-    if manifest.status != RunStatus.COMPLETE and manifest.probe_path:
-        words = [manifest.probe_path, "--out", str(progress.run_dir), *manifest.run_arguments]
-        command = "audit run " + " ".join(shlex.quote(word) for word in words)
+    command = resume_command(manifest, progress.run_dir)
+    if command and (manifest.status != RunStatus.COMPLETE or manifest.rows.errors):
         lines += _describe_resume(progress, command)
     return "\n".join(lines)
 

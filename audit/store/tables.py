@@ -18,6 +18,7 @@ stored twice (a retried error row, a shard re-run after a crash) resolves to its
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ import stat
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +103,7 @@ def damaged(path: Path, problem: str) -> RunDirError:
     return RunDirError(
         f"{path}: {problem}. The run's other files are not affected: delete this one and make "
         "its rows again (the same 'audit run' or 'audit import'; 'audit status' shows what is "
-        "missing), or start the run over with --fresh, which deletes every stored row"
+        "missing), or start the run over with --fresh, which moves the old run aside"
     )
 
 
@@ -251,8 +253,26 @@ class RunStore:
         store.manifest()  # checks it
         return store
 
+    def move_aside(self) -> Path | None:
+        """Move the run to a sibling folder ``<name>.replaced-<UTC time>`` and start an empty
+        one (``--fresh``): nothing is deleted. Returns where it went (``None``: it held
+        nothing)."""
+        if not self.root.is_dir() or not any(self.root.iterdir()):
+            self.root.mkdir(parents=True, exist_ok=True)
+            return None
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.root.with_name(f"{self.root.name}.replaced-{stamp}")
+        for n in itertools.count(2):
+            if not target.exists():
+                break
+            target = self.root.with_name(f"{self.root.name}.replaced-{stamp}-{n}")
+        self.root.rename(target)
+        self.root.mkdir()
+        return target
+
     def clear(self) -> None:
-        """Remove every stored table of this run (``--fresh``); keeps nothing but the folder."""
+        """Remove every stored table of this run; keeps nothing but the folder (for runs the
+        caller owns outright, such as the demo's)."""
         if self.root.exists():
             for child in self.root.iterdir():
                 if child.is_dir():
@@ -335,7 +355,7 @@ class RunStore:
             raise RunDirError(
                 f"{self.root / table}: its parts disagree on a column's type "
                 f"({_first_line(error)}); find the odd part with 'audit status' and delete it, "
-                "or start the run over with --fresh, which deletes every stored row"
+                "or start the run over with --fresh, which moves the old run aside"
             ) from None
         keys = list(TABLE_KEYS.get(table, ()))
         if not keys or not set(keys) <= set(frame.columns):
