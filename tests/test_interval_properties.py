@@ -51,14 +51,16 @@ def test_demo_run_of_a_tiny_model(tiny_run: Path) -> None:
 def test_gap_intervals_exclude_zero_exactly_when_their_test_rejects(
     tmp_path_factory: pytest.TempPathFactory, tiny_run: Path
 ) -> None:
+    sides = {"classification": ("n_best", "n_worst"), "toxicity": ("n_high", "n_low")}
     for run in (analysed_simulated_run(tmp_path_factory), tiny_run):
-        table = RunStore(run).read_analysis("classification")
-        gaps = table[table["metric"].astype(str).str.startswith("accuracy_gap")]
-        gaps = gaps[gaps["value"].notna()]
-        assert len(gaps)
-        assert ((gaps["ci_low"] <= gaps["value"]) & (gaps["value"] <= gaps["ci_high"])).all()
-        assert ((gaps["ci_low"] > 0) == (gaps["p_value"] < 0.05)).all()
-        assert (gaps["n"] == gaps["n_best"] + gaps["n_worst"]).all()
+        for name, (best, worst) in sides.items():
+            table = RunStore(run).read_analysis(name)
+            gaps = table[table["metric"].astype(str).str.contains("gap")]
+            gaps = gaps[gaps["value"].notna()]
+            assert len(gaps), name
+            assert ((gaps["ci_low"] <= gaps["value"]) & (gaps["value"] <= gaps["ci_high"])).all()
+            assert ((gaps["ci_low"] > 0) == (gaps["p_value"] < 0.05)).all(), name
+            assert (gaps["n"] == gaps[best] + gaps[worst]).all(), name
 
 
 def test_one_multiple_testing_family_per_item_and_axis(

@@ -40,6 +40,9 @@ def test_a_report_refuses_analyses_of_fewer_rows_than_the_run_holds(
 
     assert _invoke("analyze", str(run), *only)[0] == 0
     assert _invoke("report", str(run))[0] == 0
+    provenance = (run / "report.md").read_text(encoding="utf-8")
+    line = next(x for x in provenance.splitlines() if x.startswith("| rows analysed |"))
+    assert "24 generations" in line and "24 classifications" in line
 
 
 def test_the_resume_hint_repeats_the_options_the_run_was_started_with(

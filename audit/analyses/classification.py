@@ -12,9 +12,11 @@ as below; ``mean``: per-token mean, the same metric names with ``_per_token`` ap
   ``min_detectable_gap`` (two-sided α = 0.05, power 0.8, at the overall accuracy and the two
   groups' sizes), ``worst_group`` / ``best_group``;
 - ``cell_accuracy_std`` per intersection: the card's "std", the population std (ddof=0) of the
-  cells' accuracies, bias-corrected bootstrap interval (replicates shifted by their mean's
-  bias); its ``p_value`` is the share of noise-only stds at least as
-  large. ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
+  cells' accuracies; its interval is for the std of the cells' *true* accuracies (binomial
+  noise taken out, parametric bootstrap from Jeffreys-smoothed cells,
+  ``stats.true_spread_interval``);
+  its ``p_value`` is the share of noise-only stds at least as large.
+  ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
   the overall accuracy (mean over simulations; interval: 2.5–97.5 percentiles).
 
 Extra columns: ``scoring``, ``successes``, ``observations``, ``p_value``, ``min_detectable_gap``,
@@ -42,9 +44,8 @@ from audit.analyses.label_scores import SCORINGS, SUFFIX, Task, predictions, tas
 from audit.analyses.rates import UnitRates, group_rows, largest_gap, overall_row
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
-    bootstrap_ratios,
     minimum_detectable_difference,
-    percentile_interval,
+    true_spread_interval,
 )
 from audit.analyses.table import (
     ALL,
@@ -192,22 +193,15 @@ def _std_rows(
             insufficient(task_id, axis, ALL, noise_metric, n),
         ]
     sizes = np.bincount(local, minlength=cells)
-    observed = np.bincount(local, weights=rates.successes[keep], minlength=cells) / sizes
+    successes = np.bincount(local, weights=rates.successes[keep], minlength=cells)
+    observed = successes / sizes
     std = float(observed.std())
-    replicates = bootstrap_ratios(
-        rates.successes[keep], rates.totals[keep], local, settings.n_bootstrap, rng
-    )[:, :, 0]
-    # The bootstrap std of a few small cells sits above the observed one (sampling noise adds
-    # spread), so a plain percentile interval can miss its own estimate: the replicates are
-    # shifted by their mean's bias first.
-    stds = replicates.std(axis=1)
-    low, high = percentile_interval((stds - (stds.mean() - std))[:, None])
-    low = np.maximum(low, 0.0)
+    low, high = true_spread_interval(successes, sizes, settings.n_bootstrap, rng)
     noise = (rng.binomial(sizes, accuracy, size=(settings.n_bootstrap, cells)) / sizes).std(axis=1)
     noise_low, noise_high = np.percentile(noise, [2.5, 97.5])
     p_value = (1 + np.sum(noise >= std - 1e-12)) / (1 + noise.size)
     return [
-        estimate(task_id, axis, ALL, metric, std, (low[0], high[0]), n, p_value=p_value),
+        estimate(task_id, axis, ALL, metric, std, (low, high), n, p_value=p_value),
         estimate(task_id, axis, ALL, noise_metric, float(noise.mean()), (noise_low, noise_high), n),
     ]
 

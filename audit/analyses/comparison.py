@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -58,14 +59,21 @@ class PairedDifference:
     p_value: float
 
 
+def _paired(
+    a: Sequence[Any], b: Sequence[Any], dtype: type, test: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two aligned sequences as arrays (``ValueError`` unless equally long and not empty)."""
+    first, second = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
+    if first.shape != second.shape:
+        raise ValueError(f"paired sequences differ in length: {first.size} and {second.size}")
+    if first.size == 0:
+        raise ValueError(f"{test} needs at least one pair")
+    return first, second
+
+
 def mcnemar_exact(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> McNemarTest:
     """McNemar's exact test for two aligned boolean sequences (same samples, same order)."""
-    a = np.asarray(correct_a, dtype=bool)
-    b = np.asarray(correct_b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"paired sequences differ in length: {a.size} and {b.size}")
-    if a.size == 0:
-        raise ValueError("McNemar's test needs at least one pair")
+    a, b = _paired(correct_a, correct_b, bool, "McNemar's test")
     only_a = int(np.sum(a & ~b))
     only_b = int(np.sum(~a & b))
     discordant = only_a + only_b
@@ -120,12 +128,7 @@ def paired_bootstrap(
     The p-value is a sign-flip permutation test: under "no difference" the two runs' labels are
     exchangeable within each image, so each image's summed difference flips sign at random.
     """
-    values_a = np.asarray(a, dtype=float)
-    values_b = np.asarray(b, dtype=float)
-    if values_a.shape != values_b.shape:
-        raise ValueError(f"paired sequences differ in length: {values_a.size} and {values_b.size}")
-    if values_a.size == 0:
-        raise ValueError("a paired bootstrap needs at least one pair")
+    values_a, values_b = _paired(a, b, float, "a paired bootstrap")
     if not (np.isfinite(values_a).all() and np.isfinite(values_b).all()):
         raise ValueError("paired values must be finite; drop error rows first")
     sums, counts = _cluster_sums(values_b - values_a, clusters)

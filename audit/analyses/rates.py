@@ -10,11 +10,13 @@ Tests permute group labels over images.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
+from audit.analyses.gaps import Gap, rate_estimates
+from audit.analyses.gaps import largest_gap as largest_gap_of
 from audit.analyses.stats import (
     clustered_wilson_interval,
     permutation_p_values,
@@ -163,69 +165,15 @@ def permutation_test(
     return float(observed[0]), float(permutation_p_values(observed, null[:, None])[0])
 
 
-@dataclass(frozen=True)
-class Gap:
-    """The largest difference between two groups' rates, with one procedure for its interval and
-    its test: simultaneous over every pair of groups (single-step max-T), so both account for the
-    pair being the one that differs most."""
-
-    high: int
-    low: int
-    difference: float
-    interval: tuple[float, float]
-    p_value: float
-
-
-def _studentized_pairs(successes: np.ndarray, totals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per row of ``(b, G)`` group sums: every pair's |difference| / Agresti–Caffo standard error
-    (never zero, even at 0% or 100%), ``(b, G, G)``, and the standard errors."""
-    rates = successes / totals
-    adjusted = (successes + 1) / (totals + 2)  # one success and one failure added per group
-    variance = adjusted * (1 - adjusted) / (totals + 2)
-    se = np.sqrt(variance[:, :, None] + variance[:, None, :])
-    return np.abs(rates[:, :, None] - rates[:, None, :]) / se, se
-
-
 def largest_gap(
     rates: UnitRates, n_perm: int, rng: np.random.Generator, level: float = 0.05
 ) -> Gap | None:
-    """Best minus worst of the included groups (codes into ``rates.groups``).
-
-    Every pair's difference is studentized; the largest |T| over all pairs is the statistic. Its
-    permutation distribution (group labels permuted over images) gives the p-value, exact under
-    no difference between groups, and the critical value ``c`` of the interval
-    ``d ± c·se``: the order statistic that makes it exclude 0 exactly when p < ``level``."""
+    """Best minus worst of the included groups (codes into ``rates.groups``), interval and test
+    from one procedure (``gaps.largest_gap``)."""
     keep, local = rates.restricted()
-    included = rates.included()
-    k = included.size
-    if k < 2:
-        return None
     units = np.column_stack([rates.successes[keep], rates.totals[keep]])
-    observed_sums = np.stack(
-        [np.bincount(local, weights=units[:, c], minlength=k) for c in range(2)], axis=-1
-    )[None]
-    t_pairs, se = _studentized_pairs(observed_sums[..., 0], observed_sums[..., 1])
-    observed = observed_sums[0, :, 0] / observed_sums[0, :, 1]
-    high, low = int(np.argmax(observed)), int(np.argmin(observed))
-    maxima = np.empty(n_perm)
-    chunk = max(1, 4_000_000 // (k * k))
-    for start in range(0, n_perm, chunk):
-        count = min(chunk, n_perm - start)
-        sums = permuted_group_sums(units, local, count, rng)
-        permuted, _ = _studentized_pairs(sums[..., 0], sums[..., 1])
-        maxima[start : start + count] = permuted.reshape(count, -1).max(axis=1)
-    maxima.sort()
-    t_observed = float(t_pairs[0, high, low])
-    p_value = (1 + np.count_nonzero(maxima >= t_observed - 1e-12)) / (1 + n_perm)
-    # The r-th largest maximum with r / (n_perm + 1) < level <= (r + 1) / (n_perm + 1).
-    rank = int(np.ceil(level * (n_perm + 1))) - 1
-    critical = maxima[n_perm - rank] if rank >= 1 else np.inf
-    difference = float(observed[high] - observed[low])
-    half = float(critical * se[0, high, low])
-    return Gap(
-        int(included[high]),
-        int(included[low]),
-        difference,
-        (max(difference - half, -1.0), min(difference + half, 1.0)),
-        float(p_value),
-    )
+    gap = largest_gap_of(units, local, rate_estimates, n_perm, rng, level, bounds=(-1.0, 1.0))
+    if gap is None:
+        return None
+    included = rates.included()
+    return replace(gap, high=int(included[gap.high]), low=int(included[gap.low]))

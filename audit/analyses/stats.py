@@ -413,3 +413,28 @@ def seeded_rng(seed: int, *keys: str) -> np.random.Generator:
     """A generator determined by ``seed`` and names (analysis, prompt, axis), so each result is
     reproducible on its own, whatever else was computed before it."""
     return np.random.default_rng([seed, *(zlib.crc32(key.encode()) for key in keys)])
+
+
+def true_spread_interval(
+    successes: np.ndarray, sizes: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> tuple[float, float]:
+    """95% interval for the std of the cells' true accuracies.
+
+    Binomial noise inflates the spread of observed accuracies, so the interval is built on the
+    variance with that noise taken out (observed variance minus the mean of p(1-p)/(n-1)),
+    replicates shifted by their mean's bias, then brought back to the std scale. Replicates are
+    drawn from each cell's Jeffreys-smoothed accuracy, so cells at 0% or 100% still vary. The
+    upper end is raised, where needed, to the observed std (the card's figure, which the noise
+    biases upward), so the interval holds the estimate it is shown with.
+    """
+
+    def true_variance(rates: np.ndarray) -> np.ndarray:
+        noise = (rates * (1 - rates) / np.maximum(sizes - 1, 1)).mean(axis=-1)
+        return np.maximum(rates.var(axis=-1) - noise, 0.0)
+
+    smoothed = (successes + 0.5) / (sizes + 1)
+    replicates = true_variance(rng.binomial(sizes, smoothed, size=(n_boot, sizes.size)) / sizes)
+    estimate = true_variance(successes / sizes)
+    low, high = percentile_interval((replicates - (replicates.mean() - estimate))[:, None])
+    observed = float((successes / sizes).std())
+    return float(np.sqrt(max(low[0], 0.0))), max(float(np.sqrt(max(high[0], 0.0))), observed)

@@ -12,14 +12,16 @@ images):
 - ``share_<label>_above_threshold``: share of scores above ``analysis.toxicity.threshold``,
   Wilson interval;
 - ``gap_mean_<label>`` (``group == "all"``): highest minus lowest group mean (``group_high``,
-  ``group_low``), stratified bootstrap interval of that difference, and ``p_value`` of a
-  permutation test of the range of group means (group labels permuted over images).
+  ``group_low``, their images ``n_high``, ``n_low``); its interval and ``p_value`` come from one
+  procedure, simultaneous over every pair of groups (``gaps.largest_gap``: studentized max-T,
+  group labels permuted over images), so the interval excludes 0 exactly when p < 0.05.
 
 Overall rows have ``axis == group == "all"``. Extra columns: ``scorer``, ``label``,
 ``threshold``, ``p_value``, ``q_value`` (Benjamini-Hochberg over the tests of one prompt and axis),
-``group_high``, ``group_low``. A group with fewer than ``MIN_GROUP_SIZE`` scored images gets
-``note == "insufficient data"`` and a null value. Groups are those of the manifest's
-``group_axes`` seen in any row, error rows included, so a group whose rows all failed shows up.
+``group_high``, ``group_low``, ``n_high``, ``n_low``. A group with fewer than ``MIN_GROUP_SIZE``
+scored images gets ``note == "insufficient data"`` and a null value. Groups are those of the
+manifest's ``group_axes`` seen in any row, error rows included, so a group whose rows all failed
+shows up.
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, interval_text, p_text
+from audit.analyses.gaps import largest_gap, mean_estimates
 from audit.analyses.grouping import GroupAxis, sort_rows
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import (
     bootstrap_ratios,
     percentile_interval,
-    permutation_p_values,
-    permuted_labels,
     seeded_rng,
     wilson_interval,
 )
@@ -52,7 +53,17 @@ from audit.scoring.toxicity import KEYS, SCORES_TABLE, scores_of
 from audit.spec import AnalysisSpec
 
 NAME = "toxicity"
-EXTRA = ["scorer", "label", "threshold", "p_value", "q_value", "group_high", "group_low"]
+EXTRA = [
+    "scorer",
+    "label",
+    "threshold",
+    "p_value",
+    "q_value",
+    "group_high",
+    "group_low",
+    "n_high",
+    "n_low",
+]
 
 
 def analyze_toxicity(context: AnalysisContext) -> pd.DataFrame:
@@ -138,7 +149,7 @@ def _axis_rows(
                 )
             )
     if axis.name != ALL:
-        rows += _gap_rows(values, codes, counts, axis, replicates, labels, settings, rng)
+        rows += _gap_rows(values, codes, counts, axis, labels, settings, rng)
     return rows
 
 
@@ -155,64 +166,45 @@ def _gap_rows(
     codes: np.ndarray,
     counts: np.ndarray,
     axis: GroupAxis,
-    replicates: np.ndarray,
     labels: list[str],
     settings: AnalysisSpec,
     rng: np.random.Generator,
 ) -> list[dict[str, Any]]:
-    """Highest minus lowest group mean with its interval, and a permutation test of the range."""
+    """Highest minus lowest group mean, interval and p-value from one procedure
+    (``gaps.largest_gap``: simultaneous over every pair of groups)."""
     usable = np.flatnonzero(counts >= MIN_GROUP_SIZE)
     base = {"axis": axis.name, "group": ALL, "n": int(counts[usable].sum())}
-    if usable.size < 2:
-        return [
-            {
-                **base,
-                "metric": f"gap_mean_{label}",
-                "label": label,
-                "value": None,
-                "note": INSUFFICIENT,
-            }
-            for label in labels
-        ]
     keep = np.isin(codes, usable)
-    kept_codes = np.searchsorted(usable, codes[keep])
-    kept_values = values[keep]
-    sizes = counts[usable].astype(float)
-    means = np.vstack([kept_values[kept_codes == i].mean(axis=0) for i in range(usable.size)])
-    observed = means.max(axis=0) - means.min(axis=0)
-    perms = permuted_labels(kept_codes, settings.n_permutations, rng)
-    null = np.column_stack(
-        [_range_of_means(perms, kept_values[:, j], sizes) for j in range(len(labels))]
-    )
-    p_values = permutation_p_values(observed, null)
+    local = np.searchsorted(usable, codes[keep])
     rows = []
     for j, label in enumerate(labels):
-        hi, lo = usable[means[:, j].argmax()], usable[means[:, j].argmin()]
-        low, high = percentile_interval(replicates[:, hi, j] - replicates[:, lo, j])
+        x = values[keep, j]
+        units = np.column_stack([x, x * x, np.ones(x.size)])
+        gap = largest_gap(units, local, mean_estimates, settings.n_permutations, rng)
+        if gap is None:
+            rows.append(
+                {**base, "metric": f"gap_mean_{label}", "label": label, "note": INSUFFICIENT}
+            )
+            continue
+        hi, lo = usable[gap.high], usable[gap.low]
         rows.append(
             {
                 **base,
                 "metric": f"gap_mean_{label}",
                 "label": label,
-                "value": float(observed[j]),
-                "ci_low": float(low),
-                "ci_high": float(high),
+                "value": gap.difference,
+                "ci_low": gap.interval[0],
+                "ci_high": gap.interval[1],
                 "note": "",
-                "p_value": p_values[j],
+                "p_value": gap.p_value,
+                "n": int(counts[hi] + counts[lo]),  # the images behind the two means compared
                 "group_high": axis.groups[hi],
                 "group_low": axis.groups[lo],
+                "n_high": int(counts[hi]),
+                "n_low": int(counts[lo]),
             }
         )
     return rows
-
-
-def _range_of_means(perms: np.ndarray, values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Max minus min group mean under each permutation of group labels ``(B, n)`` -> ``(B,)``."""
-    n_perm, n_groups = perms.shape[0], sizes.size
-    flat = (perms + n_groups * np.arange(n_perm)[:, None]).ravel()
-    sums = np.bincount(flat, weights=np.tile(values, n_perm), minlength=n_perm * n_groups)
-    means = sums.reshape(n_perm, n_groups) / sizes
-    return means.max(axis=1) - means.min(axis=1)
 
 
 def toxicity_findings(table: pd.DataFrame) -> list[Finding]:

@@ -245,15 +245,15 @@ def gap_block(runs: RunTables) -> Block | None:
         "p",
         "detectable at this n",
     ]
-    if len(runs) == 1:
-        columns, rows = columns[1:], [row[1:] for row in rows]
-    return Block(
-        title="Largest gap between groups",
-        columns=columns,
-        rows=rows,
-        caption="Highest minus lowest group; interval: bootstrap over images within groups; "
-        "p: permutation test of group labels over images; detectable: the smallest gap "
-        "this sample size detects with 80% power.",
+    return _runs_block(
+        runs,
+        "Largest gap between groups",
+        columns,
+        rows,
+        "Highest minus lowest group; n: the images of the two groups. Interval and p come "
+        "from one procedure, simultaneous over every pair of groups (studentized differences, "
+        "group labels permuted over images), so the interval excludes 0 exactly when p < 0.05; "
+        "detectable: the smallest gap this sample size detects with 80% power.",
     )
 
 
@@ -275,11 +275,19 @@ def axis_test_block(runs: RunTables) -> Block | None:
     if not rows:
         return None
     columns = ["run", "prompt / task", "metric", "axis", "p (groups differ)"]
+    return _runs_block(
+        runs,
+        "Do the groups differ?",
+        columns,
+        rows,
+        "Permutation test of group labels over images, per prompt and axis.",
+    )
+
+
+def _runs_block(
+    runs: RunTables, title: str, columns: list[str], rows: list[list[Any]], caption: str
+) -> Block:
+    """A block whose first column names the run, dropped when there is one run."""
     if len(runs) == 1:
         columns, rows = columns[1:], [row[1:] for row in rows]
-    return Block(
-        title="Do the groups differ?",
-        columns=columns,
-        rows=rows,
-        caption="Permutation test of group labels over images, per prompt and axis.",
-    )
+    return Block(title=title, columns=columns, rows=rows, caption=caption)

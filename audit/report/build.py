@@ -44,6 +44,11 @@ METHODS = (
     "Rates and accuracies: Wilson score intervals; a rate pooled over prompts uses Wilson at "
     "its effective sample size (Kish's design effect over images). Means: percentile bootstrap "
     "intervals over images. Seeds are fixed, so re-running the analysis gives the same numbers.",
+    "Gaps (highest minus lowest group): the pair is picked by the data, so its interval and "
+    "p-value come from one procedure that accounts for the pick, simultaneous over every pair "
+    "of groups (studentized differences, maximum over pairs, group labels permuted over "
+    "images); the interval excludes 0 exactly when p < 0.05, and n counts the two groups' "
+    "images.",
     "TF-IDF term variance: IDF fitted on all generations of a prompt; per-group mean TF-IDF "
     "vectors; terms ranked by the spread of the group means; permutation p-values, refined "
     "until more permutations could not change a term's decision, with Benjamini-Hochberg "
@@ -51,8 +56,8 @@ METHODS = (
     "Multiple testing: Benjamini-Hochberg q-values within each family, one prompt or task and "
     "one axis of one analysis: every tested term (term variance), every label and metric "
     "(toxicity), the gaps and cell stds of both scorings (classification), the one test of "
-    "refusal and of leakage (q = p). Paired comparisons of runs: each test over its items and "
-    "groups.",
+    "refusal and of leakage (q = p). Paired comparisons of runs: the same families, one "
+    "prompt or task and one axis, its groups the tests.",
     "Error rows (failed generations, unreadable images) are counted in the generation "
     "statistics and excluded from every other analysis.",
     "A value marked 'insufficient data' had too few observations for an estimate.",

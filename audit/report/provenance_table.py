@@ -62,8 +62,23 @@ def provenance(run: RunData) -> dict[str, str]:
         ),
         "versions": _text({k: versions[k] for k in _VERSION_KEYS if k in versions}),
         "analysis status": _text(summary.get("status")) if summary else "not analysed",
+        "rows analysed": _analysed_rows(summary),
     }
     return facts
+
+
+def _analysed_rows(summary: dict[str, Any] | None) -> str:
+    """The rows the analyses were computed from (beside ``rows stored``: they agree, or the
+    report is refused as stale)."""
+    counts = (summary or {}).get("counts")
+    if not isinstance(counts, dict):
+        return "not analysed"
+    parts = [
+        f"{_text(c.get('stored'))} {table} ({_text(c.get('errors'))} errors)"
+        for table, c in counts.items()
+        if isinstance(c, dict)
+    ]
+    return ", ".join(parts) or "—"
 
 
 def provenance_block(runs: Sequence[RunData]) -> Block:
