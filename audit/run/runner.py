@@ -245,8 +245,8 @@ def _run_probe(
     shard = options.shard or WHOLE
     if options.fresh and shard.count > 1:
         raise AuditError(
-            f"--fresh with shard {shard.index + 1}/{shard.count}: each shard would move aside "
-            "what the others wrote; start the shards with --out and a new run directory instead"
+            f"--fresh with shard {shard.index + 1}/{shard.count}: it would move aside what the "
+            "other shards wrote; start the shards with --out and a new run directory instead"
         )
     if options.fresh:
         move_aside(store)
