@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from audit.analyses.gaps import largest_gap, mean_estimates
-from audit.analyses.stats import true_spread_interval
+from audit.analyses.stats import bootstrap_ratios, percentile_interval, true_spread_interval
 
 SIMULATIONS = 300
 
@@ -64,3 +64,21 @@ def test_the_mean_gap_interval_covers_the_pair_it_reports_and_agrees_with_its_te
     else:
         assert share <= 0.09  # calibrated under no difference (nominal 5%)
     assert covered / (SIMULATIONS // 2) >= 0.93
+
+
+@pytest.mark.parametrize("images", [8, 13, 30])
+def test_group_mean_intervals_widen_for_small_groups(images: int) -> None:
+    """A skewed score (most near 0, a few high, like toxicity): the expanded percentile interval
+    holds the mean more often than the plain one (measured: 79% -> 86% at 8 images, 86% -> 89%
+    at 13, 93% -> 95% at 30); a group of a few images of a skewed score stays below 95%."""
+    rng = np.random.default_rng(11)
+    mean = 0.5 / 5.5
+    held = {"plain": 0, "expanded": 0}
+    for _ in range(SIMULATIONS):
+        x = rng.beta(0.5, 5, size=images)
+        replicates = bootstrap_ratios(x, np.ones(images), np.zeros(images, int), 1000, rng)
+        for name, sizes in (("plain", None), ("expanded", np.array([[images]]))):
+            low, high = percentile_interval(replicates, sizes=sizes)
+            held[name] += low[0, 0] <= mean <= high[0, 0]
+    assert held["expanded"] >= held["plain"] + 0.02 * SIMULATIONS
+    assert held["expanded"] / SIMULATIONS >= {8: 0.84, 13: 0.87, 30: 0.93}[images]

@@ -2,8 +2,8 @@
 
 Per prompt, overall (axis ``all``) and per group of every axis:
 
-- ``mean_new_tokens``: mean ``n_new_tokens`` of successful generations, bootstrap interval
-  (images resampled within the group);
+- ``mean_new_tokens``: mean ``n_new_tokens`` of successful generations, expanded percentile
+  bootstrap interval (images resampled within the group);
 - ``share_eos`` / ``share_length``: share of successful generations that stopped at an
   end-of-sequence token / at ``max_new_tokens`` (Wilson interval);
 - ``error_rate``: share of all generations (error rows included) that failed (Wilson).
@@ -64,7 +64,7 @@ def _token_rows(
     if included.size:
         local = recode[codes[keep]]
         replicates = bootstrap_ratios(tokens[keep], np.ones(int(keep.sum())), local, n_boot, rng)
-        low, high = percentile_interval(replicates[:, :, 0])
+        low, high = percentile_interval(replicates[:, :, 0], sizes=sizes[included])
     for code, group in enumerate(groups):
         if recode[code] < 0:
             rows.append(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.stats import beta, norm
+from scipy.stats import t as student_t
 
 CONFIDENCE = 0.95
 # Floating sums taken in a different order differ in the last bits; a permuted statistic
@@ -136,23 +137,34 @@ def _resampled_ratios(
 
 
 def percentile_interval(
-    replicates: np.ndarray, confidence: float = CONFIDENCE
+    replicates: np.ndarray, confidence: float = CONFIDENCE, sizes: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval over the first axis of bootstrap replicates ``(B, ...)``.
 
-    NaN replicates (an empty resampled stratum) are ignored; all-NaN positions give NaN.
+    ``sizes`` (images behind each position, broadcast to ``replicates.shape[1:]``): the expanded
+    percentile interval (Hesterberg 2015) for means of that many images. A plain percentile
+    interval of a mean is too narrow by about ``sqrt((n-1)/n)`` and ignores Student's t: at 8
+    images it held the mean in 85% of simulated samples, expanded 91%. NaN replicates (an empty
+    resampled stratum) are ignored; all-NaN positions give NaN.
     """
-    tail = (1 - confidence) / 2 * 100
     flat = replicates.reshape(replicates.shape[0], -1)
+    tails = np.full(flat.shape[1], (1 - confidence) / 2)
+    if sizes is not None:
+        n = np.broadcast_to(np.asarray(sizes, dtype=float), replicates.shape[1:]).ravel()
+        big = n > 1
+        quantile = student_t.ppf(1 - tails[big], n[big] - 1) * np.sqrt(n[big] / (n[big] - 1))
+        tails[big] = norm.cdf(-quantile)
     low = np.full(flat.shape[1], np.nan)
     high = np.full(flat.shape[1], np.nan)
     finite = np.isfinite(flat)
-    complete = finite.all(axis=0)
-    if complete.any():
-        low[complete], high[complete] = np.percentile(flat[:, complete], [tail, 100 - tail], axis=0)
-    for column in np.flatnonzero(~complete & finite.any(axis=0)):
-        values = flat[finite[:, column], column]
-        low[column], high[column] = np.percentile(values, [tail, 100 - tail])
+    for tail in np.unique(tails):
+        columns = np.flatnonzero(tails == tail)
+        complete = columns[finite[:, columns].all(axis=0)]
+        if complete.size:
+            low[complete], high[complete] = np.quantile(flat[:, complete], [tail, 1 - tail], axis=0)
+        for column in columns[~finite[:, columns].all(axis=0) & finite[:, columns].any(axis=0)]:
+            values = flat[finite[:, column], column]
+            low[column], high[column] = np.quantile(values, [tail, 1 - tail])
     shape = replicates.shape[1:]
     return low.reshape(shape), high.reshape(shape)
 

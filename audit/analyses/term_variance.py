@@ -158,7 +158,7 @@ def _group_intervals(
         weights = stratified_bootstrap_weights(local, count, rng)
         for j, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             replicates[start : start + count, j, :] = weights[:, a:b] @ values[a:b] / sizes[j]
-    return percentile_interval(replicates)
+    return percentile_interval(replicates, sizes=sizes[:, None])
 
 
 def _example_ids(

@@ -7,8 +7,8 @@ every successful generation once with the probe's scorer (``analysis.toxicity``)
 Per prompt, scorer label and group axis (each image has one generation per prompt, so rows are
 images):
 
-- ``mean_<label>``: mean score, 95% percentile bootstrap interval (images resampled within
-  their group);
+- ``mean_<label>``: mean score, 95% expanded percentile bootstrap interval (images resampled
+  within their group; ``stats.percentile_interval`` with the group's size);
 - ``share_<label>_above_threshold``: share of scores above ``analysis.toxicity.threshold``,
   Wilson interval;
 - ``gap_mean_<label>`` (``group == "all"``): highest minus lowest group mean (``group_high``,
@@ -125,7 +125,7 @@ def _axis_rows(
     if len(codes):
         found = bootstrap_ratios(values, np.ones(len(values)), codes, settings.n_bootstrap, rng)
         replicates[:, : found.shape[1]] = found
-    low, high = percentile_interval(replicates)
+    low, high = percentile_interval(replicates, sizes=counts[:, None])
     above = np.vstack(
         [(values[codes == g] > settings.toxicity.threshold).sum(axis=0) for g in range(n_groups)]
     )

@@ -42,8 +42,9 @@ METHODS = (
     "Observations cluster by image (each image carries several prompts), so every bootstrap "
     "and permutation resamples images, within the groups of the analysed axis, never rows.",
     "Rates and accuracies: Wilson score intervals; a rate pooled over prompts uses Wilson at "
-    "its effective sample size (Kish's design effect over images). Means: percentile bootstrap "
-    "intervals over images. Seeds are fixed, so re-running the analysis gives the same numbers.",
+    "its effective sample size (Kish's design effect over images). Means: expanded percentile "
+    "bootstrap intervals over images (widened for small groups as Student's t would be: "
+    "Hesterberg 2015). Seeds are fixed, so re-running the analysis gives the same numbers.",
     "Gaps (highest minus lowest group): the pair is picked by the data, so its interval and "
     "p-value come from one procedure that accounts for the pick, simultaneous over every pair "
     "of groups (studentized differences, maximum over pairs, group labels permuted over "
