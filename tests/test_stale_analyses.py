@@ -38,6 +38,18 @@ def test_a_report_refuses_analyses_of_fewer_rows_than_the_run_holds(
     assert "computed from 8 generations, 8 classifications" in lines[0]
     assert "now holds 24 generations, 24 classifications" in lines[0]
 
+    # Re-analysing part of the run leaves the other tables on the rows they were computed from.
+    assert _invoke("analyze", str(run), "--only", "classification")[0] == 0
+    code, output = _invoke("report", str(run))
+    assert code == 2, output
+    assert "the analyses refusal were computed from other rows or settings" in output
+
+    assert _invoke("analyze", str(run), *only)[0] == 0
+    assert _invoke("report", str(run))[0] == 0
+    # ... and so does a change of settings for part of them.
+    assert _invoke("analyze", str(run), "--only", "refusal", "--set", "seed=5")[0] == 0
+    code, output = _invoke("report", str(run))
+    assert code == 2 and "the analyses classification were computed" in output, output
     assert _invoke("analyze", str(run), *only)[0] == 0
     assert _invoke("report", str(run))[0] == 0
     provenance = (run / "report.md").read_text(encoding="utf-8")

@@ -22,7 +22,7 @@ from audit.errors import AuditError, ProbeError, RunDirError
 from audit.scoring.toxicity import SCORES_TABLE, ScoringInput, score_toxicity
 from audit.spec import AnalysisSpec, format_validation_error
 from audit.store.schema import Manifest
-from audit.store.tables import RunStore, error_mask, rows_fingerprint
+from audit.store.tables import RunStore, error_mask, rows_fingerprint, settings_fingerprint
 from audit.terminal import terminal_text
 
 
@@ -208,6 +208,14 @@ def analyze_run(
             f"{store.root}: no generations or classifications stored yet; "
             "run 'audit run' (or 'audit import') first"
         )
+    # What every table is computed from: a later '--only' run leaves the others as they were,
+    # and they show as stale when the rows or the settings differ from theirs.
+    inputs = {
+        "rows_fingerprint": rows_fingerprint(
+            {"generations": context.generations, "classifications": context.classifications}
+        ),
+        "settings_fingerprint": settings_fingerprint(settings.model_dump(mode="json")),
+    }
     written: dict[str, Path] = {}
     rows: dict[str, int] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -218,19 +226,18 @@ def analyze_run(
         tables, failure = _run_one(analysis, context, trusted_checkpoints)
         if failure is not None:
             failures[name] = failure
-            entries[name] = {"rows": 0, "note": f"failed: {failure}"}
+            entries[name] = {"rows": 0, "note": f"failed: {failure}", **inputs}
             continue
         for table_name, frame in tables.items():
             written[table_name] = store.analysis_path(table_name)
             rows[table_name] = len(frame)
-            entries[table_name] = {"rows": len(frame), "note": "" if len(frame) else "no rows"}
+            note = "" if len(frame) else "no rows"
+            entries[table_name] = {"rows": len(frame), "note": note, **inputs}
         findings += findings_for(analysis, tables[name])
     summary = _summary(store, manifest, _counts(context), entries, findings)
     summary["settings"] = settings.model_dump(mode="json")
     summary["settings_overrides"] = list(overrides)
-    summary["rows_fingerprint"] = rows_fingerprint(
-        {"generations": context.generations, "classifications": context.classifications}
-    )
+    summary.update(inputs)
     store.write_summary(summary)
     result = AnalysisResult(store.root, written, rows, summary, failures)
     if failures:

@@ -184,6 +184,12 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def settings_fingerprint(settings: Mapping[str, Any]) -> str:
+    """A digest of the analysis settings a table was computed with."""
+    encoded = json.dumps(settings, sort_keys=True, default=str).encode()
+    return hashlib.sha256(encoded).hexdigest()[:16]
+
+
 def rows_fingerprint(frames: Mapping[str, pd.DataFrame]) -> str:
     """``RunStore.rows_fingerprint`` of generations and classifications already read."""
     digest = hashlib.sha256()
@@ -447,14 +453,30 @@ class RunStore:
 
     def analysis_staleness(self) -> str | None:
         """Why the stored analyses do not describe the rows the run holds now (never analysed,
-        or analysed before rows were added or retried), as one instruction; ``None`` when they
-        do."""
+        analysed before rows were added or retried, or some tables left from an earlier
+        ``--only`` run on other rows or settings), as one instruction; ``None`` when they do."""
         summary = self.summary_if_present()
         command = f"run 'audit analyze {self.root}'"
         if summary is None:
             return f"{self.root}: not analysed yet; {command} first"
-        analysed = summary.get("rows_fingerprint")
-        if analysed != self.rows_fingerprint():
+        analysed, current = summary.get("rows_fingerprint"), self.rows_fingerprint()
+        entries = summary.get("analyses") if isinstance(summary.get("analyses"), dict) else {}
+        behind = [
+            name
+            for name, entry in entries.items()
+            if isinstance(entry, dict)
+            and (
+                entry.get("rows_fingerprint", current) != current
+                or entry.get("settings_fingerprint", summary.get("settings_fingerprint"))
+                != summary.get("settings_fingerprint")
+            )
+        ]
+        if analysed == current and behind:
+            return (
+                f"{self.root}: the analyses {', '.join(behind)} were computed from other rows or "
+                f"settings than the others (an earlier 'audit analyze --only'); {command} again"
+            )
+        if analysed != current:
             counts = summary.get("counts") or {}
             stored = {t: c.get("stored") for t, c in counts.items() if isinstance(c, dict)}
             now = self.row_counts()
