@@ -242,3 +242,16 @@ def test_report_on_a_run_analysed_by_audit_analyze(
     visible = " ".join(parse_html(html_path).text)
     for text in (markdown, visible):
         assert not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
+
+
+def test_the_report_shows_every_registered_analysis_in_the_registry_order(tiny_run: Path) -> None:
+    from audit.analyses.registry import analyses
+    from audit.report.formatting import escape_markdown
+
+    text = (tiny_run / "report.md").read_text(encoding="utf-8")
+    headings = [line.removeprefix("### ") for line in text.splitlines() if line.startswith("### ")]
+    shown = [a for a in analyses() if a.shown_with is None]
+    positions = [headings.index(escape_markdown(a.title)) for a in shown]
+    assert positions == sorted(positions)
+    for declared in shown:
+        assert declared.description.split(".")[0][:40] in " ".join(text.split())

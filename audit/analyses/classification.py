@@ -266,5 +266,9 @@ ANALYSIS = Analysis(
     name=NAME,
     run=classification,
     inputs=("classifications",),
+    title="Zero-shot classification accuracy",
+    description="Accuracy of ranking the candidate labels by log-likelihood, per group, with "
+    "Wilson 95% intervals.",
+    markdown_metrics=frozenset({"accuracy"}),
     findings=classification_findings,
 )

@@ -123,5 +123,9 @@ ANALYSIS = Analysis(
     name=NAME,
     run=confusion,
     inputs=("classifications",),
+    title="Confusion matrices",
+    description="For each true value, the share of images predicted as each label (Wilson "
+    "intervals).",
+    shown_with="classification",
     findings=confusion_findings,
 )

@@ -168,5 +168,10 @@ ANALYSIS = Analysis(
     name=NAME,
     run=generation_stats,
     inputs=("generations",),
+    title="Generation statistics",
+    description="New tokens, finish reasons and errors per group. Error rows are counted here "
+    "and excluded from every other analysis. Share of generations stopped by an end token or "
+    "by the token limit: in report.html.",
+    markdown_metrics=frozenset({"mean_new_tokens", "error_rate"}),
     findings=generation_findings,
 )

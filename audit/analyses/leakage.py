@@ -236,5 +236,9 @@ ANALYSIS = Analysis(
     name=NAME,
     run=leakage,
     inputs=("generations",),
+    title="Group leakage",
+    description="Cross-validated balanced accuracy of a linear model predicting the group from "
+    "the generated text alone, with a permutation p-value. A model whose text carries no group "
+    "signal sits at chance.",
     findings=leakage_findings,
 )

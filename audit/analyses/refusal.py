@@ -172,5 +172,8 @@ ANALYSIS = Analysis(
     name=NAME,
     run=refusal,
     inputs=("generations",),
+    title="Refusals",
+    description="Share of generations matching a refusal pattern, per prompt and group "
+    "(Wilson interval).",
     findings=refusal_findings,
 )

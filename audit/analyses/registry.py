@@ -97,6 +97,13 @@ class Analysis:
     companions: dict[str, Companion] = field(default_factory=dict)
     #: The columns of each companion table.
     companion_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: How the report and the dashboard present it: a title, and what its numbers are.
+    title: str = ""
+    description: str = ""
+    #: The metrics the Markdown snippet shows (default: all); the others are in report.html.
+    markdown_metrics: frozenset[str] | None = None
+    #: Shown within another analysis' section (``confusion`` with ``classification``).
+    shown_with: str | None = None
 
     @property
     def tables(self) -> tuple[str, ...]:

@@ -306,6 +306,11 @@ ANALYSIS = Analysis(
     name=NAME,
     run=term_variance,
     inputs=("generations",),
+    title="Terms whose use differs between groups (TF-IDF)",
+    description="Per prompt and group axis, terms are ranked by the spread of their mean TF-IDF "
+    "across groups (as in the IDEFICS card); a permutation test over images gives each term a "
+    "p-value, Benjamini-Hochberg q-values control false discoveries, and only terms with "
+    f"q < {FDR_LEVEL} are flagged.",
     findings=term_findings,
     companions={"term_examples": term_examples},
     companion_columns={"term_examples": EXAMPLE_COLUMNS},

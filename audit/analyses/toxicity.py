@@ -230,6 +230,9 @@ def toxicity_findings(table: pd.DataFrame) -> list[Finding]:
 ANALYSIS = Analysis(
     name=NAME,
     run=analyze_toxicity,
+    title="Toxicity",
+    description="Toxicity scores of the generations per group: mean score (bootstrap 95% "
+    "interval over images) and share above the threshold (Wilson interval).",
     inputs=("generations", SCORES_TABLE),
     findings=toxicity_findings,
 )

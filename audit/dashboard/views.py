@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import pandas as pd
 import streamlit as st
 
+from audit.analyses.registry import analysis
 from audit.analyses.table import ID
 from audit.dashboard.state import choose_run, filter_groups, group_selection, require_runs
 from audit.report.blocks import is_percent, sort_groups
@@ -99,10 +100,12 @@ def show_gaps(table: pd.DataFrame, metric_prefix: str = "gap") -> None:
     )
 
 
-def metric_page(name: str, title: str, intro: str) -> None:
-    """A page for one generation analysis: prompt and metric pickers, bars, table, gaps."""
-    st.title(title)
-    st.caption(intro)
+def metric_page(name: str) -> None:
+    """A page for one generation analysis: prompt and metric pickers, bars, table, gaps; its
+    title and what its numbers are come from the analysis registry."""
+    declared = analysis(name)
+    st.title(declared.title)
+    st.caption(declared.description)
     runs = require_runs()
     run = choose_run(runs)
     selection = group_selection(run)

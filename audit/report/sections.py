@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from audit.analyses.cross_run import TOXICITY_COLUMNS
+from audit.analyses.registry import Analysis, analyses
 from audit.analyses.table import ID
 from audit.report.blocks import (
     Block,
@@ -72,24 +73,20 @@ def findings_section(runs: Sequence[RunData]) -> Section:
     )
 
 
-def classification_section(runs: Sequence[RunData]) -> Section:
+def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
     """The card's accuracy (std) table, then accuracy per group and intersection."""
-    tables = _tables(runs, "classification")
+    tables = _tables(runs, analysis.name)
     if not tables:
-        return _missing("classification", "Zero-shot classification accuracy")
+        return _missing(analysis.name, analysis.title)
     card = _card_block(tables)
     blocks = [
         card,
-        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics={"accuracy"}),
+        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=analysis.markdown_metrics),
         *_axis_blocks(tables),
     ]
     blocks.extend(_confusion_blocks(runs))
     return Section(
-        key="classification",
-        title="Zero-shot classification accuracy",
-        blocks=blocks,
-        intro="Accuracy of ranking the candidate labels by log-likelihood, per group, "
-        "with Wilson 95% intervals.",
+        key=analysis.name, title=analysis.title, blocks=blocks, intro=analysis.description
     )
 
 
@@ -168,25 +165,20 @@ def main_toxicity_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def per_group_section(
-    runs: Sequence[RunData],
-    name: str,
-    title: str,
-    intro: str,
-    markdown_metrics: Collection[str] | None = None,
-) -> Section:
-    """A generation analysis shown as one table (and bar chart) per prompt and metric; only
-    ``markdown_metrics`` (when given) also go into the Markdown section."""
+def per_group_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
+    """An analysis shown as one table (and bar chart) per prompt and metric; only its
+    ``markdown_metrics`` (when it names them) also go into the Markdown section."""
+    name, title = analysis.name, analysis.title
     tables = _tables(runs, name)
     if name == "toxicity":
         tables = [(label, main_toxicity_rows(frame)) for label, frame in tables]
     if not tables:
         return _missing(name, title)
     blocks = [
-        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=markdown_metrics),
+        *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=analysis.markdown_metrics),
         *_axis_blocks(tables),
     ]
-    return Section(key=name, title=title, blocks=blocks, intro=intro)
+    return Section(key=name, title=title, blocks=blocks, intro=analysis.description)
 
 
 def _axis_blocks(tables: RunTables) -> list[Block]:
@@ -194,11 +186,11 @@ def _axis_blocks(tables: RunTables) -> list[Block]:
     return [b for b in (gap_block(tables), axis_test_block(tables)) if b is not None]
 
 
-def leakage_section(runs: Sequence[RunData]) -> Section:
+def leakage_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
     """How well the group can be predicted from the text alone, against chance."""
-    tables = _tables(runs, "leakage")
+    tables = _tables(runs, analysis.name)
     if not tables:
-        return _missing("leakage", "Group leakage")
+        return _missing(analysis.name, analysis.title)
     rows = []
     for label, frame in tables:
         overall = frame[frame["group"].astype(str).eq("all")]
@@ -223,12 +215,10 @@ def leakage_section(runs: Sequence[RunData]) -> Section:
         for b in metric_blocks([(lb, f) for lb, f in per_group if not f.empty], _axes(runs), _bars)
     ]
     return Section(
-        key="leakage",
-        title="Group leakage",
+        key=analysis.name,
+        title=analysis.title,
         blocks=[Block(title="", columns=columns, rows=rows), *details],
-        intro="Cross-validated balanced accuracy of a linear model predicting the group from "
-        "the generated text alone, with a permutation p-value. A model whose text carries "
-        "no group signal sits at chance.",
+        intro=analysis.description,
     )
 
 
@@ -239,33 +229,19 @@ def _chance(row: pd.Series) -> str:
     return "—"
 
 
+#: Analyses with a section of their own; every other one gets ``per_group_section``.
+SectionBuilder = Callable[[Sequence[RunData], Analysis], Section]
+SECTIONS: dict[str, SectionBuilder] = {
+    "classification": classification_section,
+    "term_variance": terms_section,
+    "leakage": leakage_section,
+}
+
+
 def build_sections(runs: Sequence[RunData]) -> list[Section]:
-    """Every analysis section, in the order a model card reads them."""
-    return [
-        findings_section(runs),
-        classification_section(runs),
-        terms_section(runs),
-        per_group_section(
-            runs,
-            "toxicity",
-            "Toxicity",
-            "Toxicity scores of the generations per group: mean score (bootstrap 95% interval "
-            "over images) and share above the threshold (Wilson interval).",
-        ),
-        per_group_section(
-            runs,
-            "refusal",
-            "Refusals",
-            "Share of generations matching a refusal pattern, per group (Wilson interval).",
-        ),
-        per_group_section(
-            runs,
-            "generation_stats",
-            "Generation statistics",
-            "New tokens, finish reasons and errors per group. Error rows are counted here and "
-            "excluded from every other analysis. Share of generations stopped by an end token "
-            "or by the token limit: in report.html.",
-            markdown_metrics={"mean_new_tokens", "error_rate"},
-        ),
-        leakage_section(runs),
-    ]
+    """The findings, then a section per registered analysis, in the registry's order."""
+    sections = [findings_section(runs)]
+    for analysis in analyses():
+        if analysis.shown_with is None:
+            sections.append(SECTIONS.get(analysis.name, per_group_section)(runs, analysis))
+    return sections

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from audit.analyses.registry import Analysis
 from audit.report.blocks import Block, Section, estimate_cell, p_cell
 from audit.report.figures import term_bars
 from audit.report.formatting import MarkdownText, format_number, is_missing, shorten
@@ -152,9 +153,9 @@ def _examples_block(
     )
 
 
-def terms_section(runs: Sequence[RunData]) -> Section:
+def terms_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
     """Per run, prompt and axis: the flagged terms (with q-values), top terms and examples."""
-    title = "Terms whose use differs between groups (TF-IDF)"
+    title = analysis.title
     present = [run for run in runs if run.table("term_variance") is not None]
     if not present:
         return Section(key="term_variance", title=title, missing=True)
@@ -169,8 +170,5 @@ def terms_section(runs: Sequence[RunData]) -> Section:
         key="term_variance",
         title=title,
         blocks=blocks,
-        intro="Per prompt and group axis, terms are ranked by the spread of their mean TF-IDF "
-        "across groups (as in the IDEFICS card); a permutation test over images gives "
-        f"each term a p-value, Benjamini-Hochberg q-values control false discoveries, "
-        f"and only terms with q < {Q_THRESHOLD} are flagged.",
+        intro=analysis.description,
     )

@@ -7,9 +7,4 @@ import streamlit as st
 from audit.dashboard.views import metric_page
 
 st.set_page_config(page_title="Toxicity", layout="wide")
-metric_page(
-    "toxicity",
-    "Toxicity",
-    "Mean toxicity score (bootstrap 95% interval over images) and share above the threshold "
-    "(Wilson interval), per prompt and group.",
-)
+metric_page("toxicity")

@@ -7,8 +7,4 @@ import streamlit as st
 from audit.dashboard.views import metric_page
 
 st.set_page_config(page_title="Refusals", layout="wide")
-metric_page(
-    "refusal",
-    "Refusals",
-    "Share of generations matching a refusal pattern, per prompt and group (Wilson interval).",
-)
+metric_page("refusal")
