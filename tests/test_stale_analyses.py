@@ -52,6 +52,11 @@ def test_a_report_refuses_analyses_of_fewer_rows_than_the_run_holds(
     assert code == 2 and "the analyses classification were computed" in output, output
     assert _invoke("analyze", str(run), *only)[0] == 0
     assert _invoke("report", str(run))[0] == 0
+    # A setting the other analysis does not read leaves it current.
+    assert (
+        _invoke("analyze", str(run), "--only", "classification", "--set", "n_bootstrap=200")[0] == 0
+    )
+    assert _invoke("report", str(run))[0] == 0
     provenance = (run / "report.md").read_text(encoding="utf-8")
     line = next(x for x in provenance.splitlines() if x.startswith("| rows analysed |"))
     assert "24 generations" in line and "24 classifications" in line

@@ -266,6 +266,7 @@ ANALYSIS = Analysis(
     name=NAME,
     run=classification,
     inputs=("classifications",),
+    settings=("n_permutations", "n_bootstrap", "seed"),
     title="Zero-shot classification accuracy",
     description="Accuracy of ranking the candidate labels by log-likelihood, per group, with "
     "Wilson 95% intervals.",

@@ -123,6 +123,7 @@ ANALYSIS = Analysis(
     name=NAME,
     run=confusion,
     inputs=("classifications",),
+    settings=(),
     title="Confusion matrices",
     description="For each true value, the share of images predicted as each label (Wilson "
     "intervals).",

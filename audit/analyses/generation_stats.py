@@ -168,6 +168,7 @@ ANALYSIS = Analysis(
     name=NAME,
     run=generation_stats,
     inputs=("generations",),
+    settings=("n_bootstrap", "seed"),
     title="Generation statistics",
     description="New tokens, finish reasons and errors per group. Error rows are counted here "
     "and excluded from every other analysis. Share of generations stopped by an end token or "

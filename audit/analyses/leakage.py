@@ -236,6 +236,7 @@ ANALYSIS = Analysis(
     name=NAME,
     run=leakage,
     inputs=("generations",),
+    settings=("exclude_terms", "tfidf", "n_bootstrap", "seed"),
     title="Group leakage",
     description="Cross-validated balanced accuracy of a linear model predicting the group from "
     "the generated text alone, with a permutation p-value. A model whose text carries no group "

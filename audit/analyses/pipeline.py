@@ -208,14 +208,10 @@ def analyze_run(
             f"{store.root}: no generations or classifications stored yet; "
             "run 'audit run' (or 'audit import') first"
         )
-    # What every table is computed from: a later '--only' run leaves the others as they were,
-    # and they show as stale when the rows or the settings differ from theirs.
-    inputs = {
-        "rows_fingerprint": rows_fingerprint(
-            {"generations": context.generations, "classifications": context.classifications}
-        ),
-        "settings_fingerprint": settings_fingerprint(settings.model_dump(mode="json")),
-    }
+    fingerprint = rows_fingerprint(
+        {"generations": context.generations, "classifications": context.classifications}
+    )
+    every_setting = settings.model_dump(mode="json")
     written: dict[str, Path] = {}
     rows: dict[str, int] = {}
     entries: dict[str, dict[str, Any]] = {}
@@ -223,6 +219,14 @@ def analyze_run(
     failures: dict[str, str] = {}
     for analysis in selected:
         name = analysis.name
+        # What its tables are computed from: a later '--only' run leaves them as they are, and
+        # they show as stale when the rows, or the settings it reads, are no longer theirs.
+        keys = list(every_setting) if analysis.settings is None else list(analysis.settings)
+        inputs = {
+            "rows_fingerprint": fingerprint,
+            "settings_keys": keys,
+            "settings_fingerprint": settings_fingerprint({k: every_setting[k] for k in keys}),
+        }
         tables, failure = _run_one(analysis, context, trusted_checkpoints)
         if failure is not None:
             failures[name] = failure
@@ -235,9 +239,9 @@ def analyze_run(
             entries[table_name] = {"rows": len(frame), "note": note, **inputs}
         findings += findings_for(analysis, tables[name])
     summary = _summary(store, manifest, _counts(context), entries, findings)
-    summary["settings"] = settings.model_dump(mode="json")
+    summary["settings"] = every_setting
     summary["settings_overrides"] = list(overrides)
-    summary.update(inputs)
+    summary["rows_fingerprint"] = fingerprint
     store.write_summary(summary)
     result = AnalysisResult(store.root, written, rows, summary, failures)
     if failures:

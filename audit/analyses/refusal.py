@@ -172,6 +172,7 @@ ANALYSIS = Analysis(
     name=NAME,
     run=refusal,
     inputs=("generations",),
+    settings=("refusal_patterns", "n_permutations", "seed"),
     title="Refusals",
     description="Share of generations matching a refusal pattern, per prompt and group "
     "(Wilson interval).",

@@ -97,6 +97,9 @@ class Analysis:
     companions: dict[str, Companion] = field(default_factory=dict)
     #: The columns of each companion table.
     companion_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: The analysis settings (``AnalysisSpec`` fields) it reads: a change to one of them makes
+    #: its table stale, a change to another does not (``None``: every one).
+    settings: tuple[str, ...] | None = None
     #: How the report and the dashboard present it: a title, and what its numbers are.
     title: str = ""
     description: str = ""

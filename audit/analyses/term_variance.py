@@ -306,6 +306,7 @@ ANALYSIS = Analysis(
     name=NAME,
     run=term_variance,
     inputs=("generations",),
+    settings=("exclude_terms", "tfidf", "n_permutations", "n_bootstrap", "seed"),
     title="Terms whose use differs between groups (TF-IDF)",
     description="Per prompt and group axis, terms are ranked by the spread of their mean TF-IDF "
     "across groups (as in the IDEFICS card); a permutation test over images gives each term a "

@@ -230,6 +230,7 @@ def toxicity_findings(table: pd.DataFrame) -> list[Finding]:
 ANALYSIS = Analysis(
     name=NAME,
     run=analyze_toxicity,
+    settings=("toxicity", "n_permutations", "n_bootstrap", "seed"),
     title="Toxicity",
     description="Toxicity scores of the generations per group: mean score (bootstrap 95% "
     "interval over images) and share above the threshold (Wilson interval).",

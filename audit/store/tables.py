@@ -184,6 +184,16 @@ def _first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def _settings_changed(entry: Mapping[str, Any], settings: Mapping[str, Any]) -> bool:
+    """Whether the settings an analysis table was computed with differ from the latest ones,
+    in the settings it reads (``summary.json``'s entry for it names them)."""
+    keys = entry.get("settings_keys")
+    if "settings_fingerprint" not in entry or not isinstance(keys, list):
+        return False  # written before tables recorded their settings
+    latest = settings_fingerprint({k: settings.get(k) for k in keys if isinstance(k, str)})
+    return bool(entry["settings_fingerprint"] != latest)
+
+
 def settings_fingerprint(settings: Mapping[str, Any]) -> str:
     """A digest of the analysis settings a table was computed with."""
     encoded = json.dumps(settings, sort_keys=True, default=str).encode()
@@ -461,14 +471,14 @@ class RunStore:
             return f"{self.root}: not analysed yet; {command} first"
         analysed, current = summary.get("rows_fingerprint"), self.rows_fingerprint()
         entries = summary.get("analyses") if isinstance(summary.get("analyses"), dict) else {}
+        settings = summary.get("settings") if isinstance(summary.get("settings"), dict) else {}
         behind = [
             name
             for name, entry in entries.items()
             if isinstance(entry, dict)
             and (
                 entry.get("rows_fingerprint", current) != current
-                or entry.get("settings_fingerprint", summary.get("settings_fingerprint"))
-                != summary.get("settings_fingerprint")
+                or _settings_changed(entry, settings)
             )
         ]
         if analysed == current and behind:
