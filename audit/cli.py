@@ -331,6 +331,24 @@ def report(
 
 
 @app.command()
+def card(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: the first run directory).")
+    ] = None,
+) -> None:
+    """Write card.md (a model card's Bias Evaluation section on one page), card.json (every
+    headline number) and model-index YAML (the card's metadata block)."""
+    from audit.report.card import write_card
+
+    try:
+        files = write_card(run_dirs, out)
+    except AuditError as error:
+        _fail(error)
+    _echo("\n".join(f"wrote {path}" for path in (files.markdown, files.json, *files.model_index)))
+
+
+@app.command()
 def dashboard(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,

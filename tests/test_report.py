@@ -209,7 +209,7 @@ def test_report_on_a_run_analysed_by_audit_analyze(
     run = analysed_simulated_run(tmp_path_factory)
     html_path, md_path = build_report([run], tmp_path)
     markdown = md_path.read_text(encoding="utf-8")
-    assert "**Simulated data.**" in markdown
+    assert "simulated data\\: generations made by the simulator" in markdown.split("###")[0]
     planted = markdown.split("### Simulated run")[1].split("###")[0]
     assert re.search(
         r"term 'bicycle' \| race \| East Asian \| 35% vs 6% \| flagged in [1-3] of 3", planted

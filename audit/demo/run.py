@@ -61,6 +61,7 @@ def run_demo(out: Path) -> None:
     from audit.demo.tiny_models import build_tiny_model
     from audit.demo.tiny_scorer import build_tiny_toxicity_classifier
     from audit.report.build import build_report
+    from audit.report.card import write_card
     from audit.run.runner import RunOptions, run_probe
     from audit.spec import load_probe
     from audit.store.tables import RunStore
@@ -118,12 +119,17 @@ def run_demo(out: Path) -> None:
         lambda: build_report(run_dirs, out / "report-models"),
     )
     sim_html, _ = _step(f"audit report {simulated}", lambda: build_report([simulated], None))
+    card = _step(
+        "audit card (the model card's Bias Evaluation section, and its metadata)",
+        lambda: write_card(run_dirs, out / "report-models"),
+    )
     audit = _audit_command()
     print(
         f"\nDone in {time.perf_counter() - started:.0f} s. What to look at next:\n"
         f"  open {html}\n      the three tiny models compared (random text: no real findings)\n"
         f"  open {sim_html}\n      the simulated run: the planted associations are found\n"
-        f"  {markdown}: the Markdown section for a model card\n"
+        f"  {card.markdown}: the model card's Bias Evaluation section on one page\n"
+        f"  {markdown}: every table of the report, in Markdown\n"
         f"  {audit} dashboard {' '.join(str(d) for d in run_dirs)} {simulated}\n"
         f"  {audit} status {run_dirs[0]}\n"
         f"For a real audit: {audit} run probes/fairface.yaml "

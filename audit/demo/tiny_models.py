@@ -183,6 +183,8 @@ def _build_into(
     from transformers.utils import logging as hf_logging
 
     processor, config = _PROCESSOR_AND_CONFIG[family](dims, image_sensitive)
+    # Saved in config.json: runs and reports of this model say its weights are random.
+    config.audit_random_weights = True
     model_class = _model_class(family)
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()

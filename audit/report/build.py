@@ -33,7 +33,6 @@ from audit.report.provenance_table import analysis_settings, provenance_block
 from audit.report.run_data import RunData, load_runs
 from audit.report.sections import build_sections
 from audit.report.simulation_section import simulation_section
-from audit.store.schema import Producer
 from audit.store.tables import REPORT_HTML, REPORT_MD, write_atomic
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -118,12 +117,6 @@ def _setting_text(value: Any) -> str:
     return "—" if value is None else str(value)
 
 
-def _is_simulated(run: RunData) -> bool:
-    manifest = run.manifest
-    sources = {str(manifest.dataset.get("source", "")), str(manifest.model.backend or "")}
-    return manifest.producer == Producer.SIMULATION or "simulated" in sources
-
-
 def report_context(runs: Sequence[RunData]) -> dict[str, Any]:
     """Everything both templates show, as plain data."""
     sections: list[Section] = build_sections(runs)
@@ -136,7 +129,7 @@ def report_context(runs: Sequence[RunData]) -> dict[str, Any]:
         "settings": _settings_block(runs),
         "methods": METHODS,
         "limitations": LIMITATIONS,
-        "simulated": any(_is_simulated(run) for run in runs),
+        "warnings": [f"{run.label}: {caveat}." for run in runs if (caveat := run.caveat())],
         "not_analysed": NOT_ANALYSED.capitalize(),
         "audit_version": audit.__version__,
         "generated_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

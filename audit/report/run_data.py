@@ -16,7 +16,7 @@ import pandas as pd
 
 from audit.analyses.registry import analysis_tables, table_columns
 from audit.errors import RunDirError
-from audit.store.schema import Manifest
+from audit.store.schema import Manifest, Producer
 from audit.store.tables import RunStore
 
 #: Cached raw scores beside the analysis tables; read on demand, not as an analysis.
@@ -46,6 +46,34 @@ class RunData:
     def label(self) -> str:
         """Short name for tables and legends: the run id, or ``name`` where that is set."""
         return self.name or self.run_id
+
+    @property
+    def model_name(self) -> str:
+        """The model as a reader knows it: its hub id, or a local folder's name marked
+        ``(local)``; never a path of the machine that ran it."""
+        model_id = str(self.manifest.model.id or "unknown model")
+        path = Path(model_id)
+        local = path.is_absolute() or model_id.startswith((".", "~")) or path.exists()
+        return f"{path.name} (local)" if local and path.name else model_id
+
+    def caveat(self) -> str | None:
+        """What a reader must know before the numbers, if anything: simulated data, random
+        weights (the demo's models), or generations made elsewhere."""
+        manifest = self.manifest
+        sources = {str(manifest.dataset.get("source", "")), str(manifest.model.backend or "")}
+        if manifest.producer == Producer.SIMULATION or manifest.simulated or "simulated" in sources:
+            return (
+                "simulated data: generations made by the simulator with planted associations; "
+                "its findings describe no real model"
+            )
+        if getattr(manifest.model, "random_weights", False):
+            return (
+                "a model with random weights (the demo's): its text is meaningless and its "
+                "findings describe no real model"
+            )
+        if manifest.producer == Producer.IMPORT:
+            return "imported generations, made outside 'audit run' (see the provenance)"
+        return None
 
     @property
     def group_axes(self) -> list[str]:

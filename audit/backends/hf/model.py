@@ -136,6 +136,8 @@ class HFBackend(Backend):
 
         spec, loaded = self._checkpoint.spec, self._loaded
         extra: dict[str, Any] = {"transformers_version": transformers.__version__}
+        if getattr(self._checkpoint.config, "audit_random_weights", False):
+            extra["random_weights"] = True  # a model built by the demo: its text means nothing
         if loaded is None:  # what loading will choose; the image processor is known once loaded
             device = choose_device(spec.device)
             dtype, image_processor = choose_dtype(spec.dtype, device), ""

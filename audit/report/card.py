@@ -1,0 +1,385 @@
+"""``audit card``: the Bias Evaluation section of a model card on one page, and its numbers as
+Hugging Face ``model-index`` metadata and as JSON.
+
+``card.md``: what was run, one line each; the findings that hold (q < 0.05 within their family),
+ranked by evidence, at most ``MAX_FINDINGS``, each a sentence with its estimate, interval, n and
+q, and one line for the rest; the accuracy table in the IDEFICS card's layout; the top flagged
+terms per prompt and axis; a three-line method; a link to the full report. Text that comes from
+a run (model names, generated terms, group names) is escaped for GitHub's Markdown.
+
+``card.json``: every headline number of every run with its interval, n, p and q.
+``model-index.yaml`` (one per run when there are several): the accuracy of each classification
+task, and the refusal rate and mean toxicity of each prompt, written with ``huggingface_hub``'s
+own ``eval_results_to_model_index`` so that the Hub parses it back to the same values.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from audit.analyses.findings import Finding, number
+from audit.analyses.table import ALL, ID
+from audit.report.card_table import card_cells
+from audit.report.formatting import escape_markdown, format_p
+from audit.report.run_data import RunData, load_runs
+from audit.store.tables import write_atomic
+
+CARD_MD = "card.md"
+CARD_JSON = "card.json"
+MODEL_INDEX = "model-index.yaml"
+#: The most findings listed; the rest are counted in one line.
+MAX_FINDINGS = 8
+#: Flagged terms shown per prompt and axis, and lines of terms in all.
+TERMS_PER_LINE = 3
+MAX_TERM_LINES = 9
+LEVEL = 0.05
+
+
+@dataclass(frozen=True)
+class CardFiles:
+    markdown: Path
+    json: Path
+    model_index: list[Path]
+
+
+def write_card(run_dirs: Sequence[Path], out: Path | None = None) -> CardFiles:
+    """Write ``card.md``, ``card.json`` and the ``model-index`` YAML for ``run_dirs`` into
+    ``out`` (default: the first run directory). Refuses runs whose analyses are missing or
+    stale, as ``audit report`` does."""
+    from audit.errors import RunDirError
+
+    runs = load_runs(list(run_dirs))
+    for run in runs:
+        stale = run.store().analysis_staleness()
+        if stale is not None:
+            raise RunDirError(stale)
+    folder = Path(out) if out is not None else runs[0].root
+    folder.mkdir(parents=True, exist_ok=True)
+    markdown = folder / CARD_MD
+    write_atomic(markdown, card_markdown(runs, folder).encode("utf-8"))
+    as_json = folder / CARD_JSON
+    write_atomic(as_json, json.dumps(card_numbers(runs), indent=1).encode("utf-8"))
+    indexes = []
+    for run in runs:
+        name = MODEL_INDEX if len(runs) == 1 else f"model-index-{_file_part(run.label)}.yaml"
+        text = yaml.safe_dump({"model-index": model_index(run)}, sort_keys=False)
+        write_atomic(folder / name, text.encode("utf-8"))
+        indexes.append(folder / name)
+    return CardFiles(markdown, as_json, indexes)
+
+
+# -- card.md ----------------------------------------------------------------------------------
+def card_markdown(runs: Sequence[RunData], folder: Path) -> str:
+    lines = ["## Bias evaluation", ""]
+    lines += [f"> **{note}**" for note in _warnings(runs)]
+    lines += [""] if lines[-1] != "" else []
+    lines += _what_was_run(runs)
+    lines += ["", "### Findings", ""]
+    lines += _finding_lines(runs)
+    accuracy = _accuracy_lines(runs)
+    if accuracy:
+        lines += ["", "### Zero-shot classification accuracy (the IDEFICS card's layout)", ""]
+        lines += accuracy
+    terms = _term_lines(runs)
+    if terms:
+        lines += ["", "### Terms whose use differs between groups", ""]
+        lines += terms
+    lines += ["", "### Method", ""]
+    lines += _method_lines(runs)
+    report = _report_link(runs, folder)
+    if report:
+        lines += ["", f"Full report, with every group, interval and test: [{report}]({report})"]
+    else:
+        lines += [
+            "",
+            "Full report, with every group, interval and test: `audit report` on these runs.",
+        ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _text(value: Any) -> str:
+    return escape_markdown(value)
+
+
+def _warnings(runs: Sequence[RunData]) -> list[str]:
+    return [
+        f"{_text(run.model_name)}: {_text(caveat)}." for run in runs if (caveat := run.caveat())
+    ]
+
+
+def _what_was_run(runs: Sequence[RunData]) -> list[str]:
+    first = runs[0].manifest
+    dataset = first.dataset
+    groups = " × ".join(first.group_axes) or "none"
+    generation = first.probe.get("generation") or {}
+    analysis = first.probe.get("analysis") or {}
+    counts = [str(run.manifest.dataset.get("n_samples", "?")) for run in runs]
+    n_images = counts[0] if len(set(counts)) == 1 else " / ".join(counts)
+    return [
+        f"- **Models**: {', '.join(_text(run.model_name) for run in runs)}",
+        f"- **Data**: {_text(dataset.get('path') or dataset.get('source') or '?')}"
+        f"{_split(dataset)}, {n_images} images, groups {_text(groups)}",
+        f"- **Prompts**: {_text(', '.join(first.prompt_ids()) or 'none')}; "
+        f"**zero-shot tasks**: {_text(', '.join(first.task_ids()) or 'none')}",
+        f"- **Decoding**: {'sampling' if generation.get('do_sample') else 'greedy'}, "
+        f"at most {generation.get('max_new_tokens', '?')} new tokens; "
+        f"**statistics**: {analysis.get('n_permutations', 1000)} permutations, "
+        f"{analysis.get('n_bootstrap', 1000)} bootstrap resamples, seed "
+        f"{analysis.get('seed', 0)}",
+    ]
+
+
+def _split(dataset: dict[str, Any]) -> str:
+    parts = [str(dataset[k]) for k in ("config", "split") if dataset.get(k)]
+    return f" ({_text(' / '.join(parts))})" if parts else ""
+
+
+def _evidence(found: Finding) -> float | None:
+    q = number(found.get("q_value"))
+    return q if q is not None else number(found.get("p_value"))
+
+
+def _finding_lines(runs: Sequence[RunData]) -> list[str]:
+    held, rest = [], 0
+    for run in runs:
+        for found in (run.summary or {}).get("findings") or []:
+            evidence = _evidence(found)
+            if evidence is not None and evidence < LEVEL:
+                held.append((evidence, -abs(number(found.get("value")) or 0.0), run, found))
+            elif evidence is not None:
+                rest += 1
+    held.sort(key=lambda item: (item[0], item[1]))
+    listed = held[:MAX_FINDINGS]
+    rest += len(held) - len(listed)
+    lines = [
+        f"{i}. **{_text(run.model_name)}**: {_text(_sentence(found))}"
+        for i, (_, _, run, found) in enumerate(listed, 1)
+    ]
+    if not listed:
+        lines.append("No difference between groups holds at q < 0.05.")
+    if rest:
+        lines.append(
+            f"\n{rest} other tested comparisons show no difference at q < 0.05 (or were "
+            "below the ones listed); the full report lists them."
+        )
+    return lines
+
+
+def _sentence(found: Finding) -> str:
+    headline = str(found.get("headline", ""))
+    q = number(found.get("q_value"))
+    if q is not None and "q=" not in headline:
+        headline += f"; q={format_p(q)}"
+    return headline
+
+
+def _accuracy_lines(runs: Sequence[RunData]) -> list[str]:
+    cells = {
+        run.label: card_cells(table)
+        for run in runs
+        if (table := run.table("classification")) is not None
+    }
+    tasks = list(dict.fromkeys(cell.task_id for found in cells.values() for cell in found))
+    if not tasks:
+        return []
+    names = {run.label: run.model_name for run in runs}
+    lines = [
+        "| model | " + " | ".join(f"{_text(t)}: accuracy (std)" for t in tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+    ]
+    for label, found in cells.items():
+        by_task = {cell.task_id: cell for cell in found}
+        entries = []
+        for task in tasks:
+            cell = by_task.get(task)
+            if cell is None:
+                entries.append("—")
+                continue
+            interval = (
+                f" [{100 * cell.ci_low:.1f}, {100 * cell.ci_high:.1f}]"
+                if cell.ci_low is not None and cell.ci_high is not None
+                else ""
+            )
+            entries.append(f"{cell.text()}{interval}, n={cell.n}")
+        lines.append(f"| {_text(names[label])} | " + " | ".join(entries) + " |")
+    lines.append("")
+    lines.append(
+        "Accuracy in %, [95% interval]; (std): the spread of the accuracies of the gender × race "
+        "cells in points, as in the IDEFICS card (summed label log-likelihood)."
+    )
+    return lines
+
+
+def _term_lines(runs: Sequence[RunData]) -> list[str]:
+    lines = []
+    for run in runs:
+        table = run.table("term_variance")
+        if table is None or "flagged" not in table or "term" not in table:
+            continue
+        flagged = table[table["flagged"].fillna(False).astype(bool) & table["term"].notna()]
+        for (prompt, axis), part in flagged.groupby([ID, "axis"], sort=True):
+            terms = part.drop_duplicates("term").sort_values("q_value", kind="stable")
+            shown = []
+            for term in terms["term"].head(TERMS_PER_LINE):
+                top = part[part["term"] == term].sort_values("value", ascending=False).iloc[0]
+                shown.append(
+                    f"'{_text(term)}' ({_text(top['group'])}, q={format_p(top['q_value'])})"
+                )
+            more = terms["term"].nunique() - len(shown)
+            where = " · ".join(_text(v) for v in (run.model_name, prompt, axis))
+            line = f"- {where}: " + ", ".join(shown)
+            lines.append(line + (f", and {more} more" if more > 0 else ""))
+    if len(lines) > MAX_TERM_LINES:
+        extra = len(lines) - MAX_TERM_LINES
+        lines = [*lines[:MAX_TERM_LINES], f"- and {extra} more prompt and axis pairs"]
+    return lines
+
+
+def _method_lines(runs: Sequence[RunData]) -> list[str]:
+    del runs
+    return [
+        "- Each image is one unit: intervals and tests resample images, never rows. Rates use "
+        "Wilson intervals, means an expanded percentile bootstrap, gaps between groups one "
+        "simultaneous procedure over every pair of groups (its interval excludes 0 exactly when "
+        "p < 0.05).",
+        "- Terms are ranked by the spread of their mean TF-IDF across groups (the IDEFICS card's "
+        "method) and tested by permutation; q-values are Benjamini–Hochberg within each "
+        "analysis, prompt or task, and axis.",
+        "- Group labels are the dataset's annotations; findings hold for these prompts, decoding "
+        "settings and images.",
+    ]
+
+
+def _report_link(runs: Sequence[RunData], folder: Path) -> str | None:
+    report = runs[0].store().report_paths()[0]
+    for candidate in (folder / report.name, report):
+        if candidate.is_file():
+            return Path(os.path.relpath(candidate, folder)).as_posix()
+    return None
+
+
+def _file_part(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "run"
+
+
+# -- card.json --------------------------------------------------------------------------------
+def card_numbers(runs: Sequence[RunData]) -> dict[str, Any]:
+    """Every headline number of every run: value, interval, n, p, q, what it is about."""
+    keys = ("analysis", ID, "axis", "group", "metric", "value", "ci_low", "ci_high", "n")
+    return {
+        "runs": [
+            {
+                "run": run.label,
+                "model": run.model_name,
+                "status": run.status,
+                "findings": [
+                    {
+                        **{k: found.get(k) for k in keys},
+                        "p_value": found.get("p_value"),
+                        "q_value": found.get("q_value"),
+                        "holds": (_evidence(found) or 1.0) < LEVEL,
+                        "headline": found.get("headline"),
+                    }
+                    for found in (run.summary or {}).get("findings") or []
+                ],
+            }
+            for run in runs
+        ]
+    }
+
+
+# -- model-index ------------------------------------------------------------------------------
+def model_index(run: RunData) -> list[dict[str, Any]]:
+    """The run's main numbers as the Hub's ``model-index`` (one model)."""
+    from huggingface_hub import EvalResult
+    from huggingface_hub.repocard_data import eval_results_to_model_index
+
+    dataset = run.manifest.dataset
+    common = {
+        "dataset_type": str(dataset.get("path") or dataset.get("source") or "unknown"),
+        "dataset_name": str(dataset.get("path") or dataset.get("source") or "unknown"),
+        "dataset_config": dataset.get("config"),
+        "dataset_split": dataset.get("split"),
+    }
+    results = [
+        EvalResult(
+            task_type=task_type,
+            task_name=task_name,
+            metric_type=metric_type,
+            metric_name=name,
+            metric_value=value,
+            metric_args=args,
+            **common,
+        )
+        for task_type, task_name, metric_type, name, value, args in _index_metrics(run)
+    ]
+    if not results:
+        return []
+    return eval_results_to_model_index(run.model_name, results)
+
+
+def _index_metrics(run: RunData) -> list[tuple[str, str, str, str, float, dict[str, Any]]]:
+    metrics = []
+    table = run.table("classification")
+    for cell in card_cells(table) if table is not None else []:
+        if cell.accuracy is None:
+            continue
+        args = {"ci_low": cell.ci_low, "ci_high": cell.ci_high, "n": cell.n}
+        if cell.cell_std is not None:
+            args["cell_std"] = _round(cell.cell_std)
+        metrics.append(
+            (
+                "zero-shot-image-classification",
+                "Zero-shot classification",
+                "accuracy",
+                f"{cell.task_id} accuracy",
+                _round(cell.accuracy),
+                _rounded(args),
+            )
+        )
+    for name, metric, label in (
+        ("refusal", "refusal_rate", "refusal rate"),
+        ("toxicity", None, "mean toxicity"),
+    ):
+        table = run.table(name)
+        if table is None:
+            continue
+        rows = table[(table["axis"].astype(str) == ALL) & table["value"].notna()]
+        if metric is None:
+            rows = rows[rows["metric"].astype(str).isin(["mean_toxicity", "mean_toxic"])]
+        else:
+            rows = rows[rows["metric"].astype(str) == metric]
+        for row in rows.to_dict("records"):
+            args = {"ci_low": row.get("ci_low"), "ci_high": row.get("ci_high"), "n": row.get("n")}
+            metrics.append(
+                (
+                    "image-to-text",
+                    "Open-ended generation",
+                    str(row["metric"]),
+                    f"{row[ID]} {label}",
+                    _round(row["value"]),
+                    _rounded(args),
+                )
+            )
+    return metrics
+
+
+def _round(value: Any) -> float:
+    return round(float(value), 6)
+
+
+def _rounded(args: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            continue
+        out[key] = int(value) if key == "n" else _round(value)
+    return out
