@@ -19,7 +19,7 @@ import jinja2
 from markupsafe import Markup
 
 import audit
-from audit.errors import AuditError, RunDirError
+from audit.errors import AuditError
 from audit.report.blocks import Block, Section
 from audit.report.comparison_section import comparison_section
 from audit.report.figures import figure_html
@@ -30,7 +30,7 @@ from audit.report.formatting import (
     markdown_finalize,
 )
 from audit.report.provenance_table import analysis_settings, provenance_block
-from audit.report.run_data import RunData, load_runs
+from audit.report.run_data import RunData, load_current_runs
 from audit.report.sections import build_sections
 from audit.report.simulation_section import simulation_section
 from audit.store.tables import REPORT_HTML, REPORT_MD, write_atomic
@@ -162,11 +162,7 @@ def build_report(run_dirs: Sequence[Path], out: Path | None = None) -> tuple[Pat
     analyses are missing or stale (``RunStore.analysis_staleness``): a report never shows
     numbers of rows the run no longer holds as current.
     """
-    runs = load_runs(list(run_dirs))
-    for run in runs:
-        stale = run.store().analysis_staleness()
-        if stale is not None:
-            raise RunDirError(stale)
+    runs = load_current_runs(list(run_dirs))
     folder = Path(out) if out is not None else runs[0].root
     if folder.exists() and not folder.is_dir():
         raise AuditError(

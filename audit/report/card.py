@@ -29,7 +29,7 @@ from audit.analyses.findings import Finding, number
 from audit.analyses.table import ALL, ID
 from audit.report.card_table import card_cells
 from audit.report.formatting import escape_markdown, format_p
-from audit.report.run_data import RunData, load_runs
+from audit.report.run_data import RunData, load_current_runs
 from audit.store.tables import write_atomic
 
 CARD_MD = "card.md"
@@ -54,13 +54,7 @@ def write_card(run_dirs: Sequence[Path], out: Path | None = None) -> CardFiles:
     """Write ``card.md``, ``card.json`` and the ``model-index`` YAML for ``run_dirs`` into
     ``out`` (default: the first run directory). Refuses runs whose analyses are missing or
     stale, as ``audit report`` does."""
-    from audit.errors import RunDirError
-
-    runs = load_runs(list(run_dirs))
-    for run in runs:
-        stale = run.store().analysis_staleness()
-        if stale is not None:
-            raise RunDirError(stale)
+    runs = load_current_runs(list(run_dirs))
     folder = Path(out) if out is not None else runs[0].root
     folder.mkdir(parents=True, exist_ok=True)
     markdown = folder / CARD_MD

@@ -110,6 +110,18 @@ def load_run(run_dir: str | Path, analyses: Iterable[str] | None = None) -> RunD
     )
 
 
+def load_current_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
+    """``load_runs``, refusing a run whose analyses are missing or stale
+    (``RunStore.analysis_staleness``): what is published never shows numbers of rows the run no
+    longer holds as current."""
+    runs = load_runs(run_dirs)
+    for run in runs:
+        stale = run.store().analysis_staleness()
+        if stale is not None:
+            raise RunDirError(stale)
+    return runs
+
+
 def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
     """Load several run directories; two paths naming the same folder are an error."""
     if not run_dirs:
