@@ -212,6 +212,13 @@ def _open_inert(html_path: Path, tmp_path: Path) -> str:
             time.sleep(0.25)
         driver.save_screenshot(str(tmp_path / "report.png"))
         assert count > 0, "plotly drew no chart"
+        # What leads is open; the rest is folded away until the reader opens it.
+        folded = driver.execute_script(
+            "const d = [...document.querySelectorAll('details')];"
+            "d.forEach(x => { x.open = true; }); return d.length;"
+        )
+        assert folded > 0, "nothing folded: every table is on the first screen"
+        time.sleep(0.5)  # the charts redraw at their width once opened
         _use_every_chart(driver)
         # Plotly draws, hovers, zooms and toggles traces under a policy without 'unsafe-eval'.
         assert driver.execute_script("return window.__refused") == []

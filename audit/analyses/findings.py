@@ -55,16 +55,34 @@ def finding(analysis: str, row: pd.Series | dict[str, Any], headline: str, **ext
     return result
 
 
-def rank_findings(findings: list[Finding], level: float = 0.05) -> list[Finding]:
-    """Significant findings first (q, or p where a finding has no q, below ``level``), by q and
-    then by effect size; then the rest in the order their analyses gave them."""
+#: A finding holds when its q-value (its p-value where it has no q) is below this.
+LEVEL = 0.05
+
+
+def evidence(found: Finding) -> float | None:
+    """A finding's q-value, or its p-value where it has no q (a family of one test)."""
+    q = number(found.get("q_value"))
+    return q if q is not None else number(found.get("p_value"))
+
+
+def holds(found: Finding, level: float = LEVEL) -> bool:
+    value = evidence(found)
+    return value is not None and value < level
+
+
+def evidence_order(found: Finding) -> tuple[float, float]:
+    """Sort key among findings that hold: by q, then by effect size."""
+    return (evidence(found) or 1.0, -abs(number(found.get("value")) or 0.0))
+
+
+def rank_findings(findings: list[Finding], level: float = LEVEL) -> list[Finding]:
+    """Findings that hold first (``holds``), by q and then by effect size; then the rest in
+    the order their analyses gave them."""
 
     def key(item: tuple[int, Finding]) -> tuple[int, float, float, int]:
         index, found = item
-        evidence = found.get("q_value")
-        evidence = found.get("p_value") if evidence is None else evidence
-        if evidence is not None and evidence < level:
-            return (0, evidence, -abs(found.get("value") or 0.0), index)
+        if holds(found, level):
+            return (0, *evidence_order(found), index)
         return (1, 0.0, 0.0, index)
 
     return [found for _, found in sorted(enumerate(findings), key=key)]

@@ -55,6 +55,8 @@ class Section:
     blocks: list[Block] = field(default_factory=list)
     missing: bool = False
     intro: str = ""
+    #: How many of its first blocks lead (shown open); report.html folds the rest away.
+    lead: int = 0
 
 
 #: Metrics shown as percentages (rates, shares and accuracies).

@@ -120,8 +120,11 @@ def _setting_text(value: Any) -> str:
 def report_context(runs: Sequence[RunData]) -> dict[str, Any]:
     """Everything both templates show, as plain data."""
     sections: list[Section] = build_sections(runs)
+    # The first screen: the findings and the accuracy table; then what compares runs.
+    keys = [section.key for section in sections]
+    after = keys.index("classification") + 1 if "classification" in keys else 1
     extra = [simulation_section(runs), comparison_section(runs)]
-    sections[1:1] = [section for section in extra if section is not None]
+    sections[after:after] = [section for section in extra if section is not None]
     return {
         "runs": runs,
         "sections": sections,

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from audit.analyses.findings import Finding, number
+from audit.analyses.findings import Finding, evidence, evidence_order, holds, number
 from audit.analyses.table import ALL, ID
 from audit.report.card_table import card_cells
 from audit.report.formatting import escape_markdown, format_p
@@ -40,7 +40,6 @@ MAX_FINDINGS = 8
 #: Flagged terms shown per prompt and axis, and lines of terms in all.
 TERMS_PER_LINE = 3
 MAX_TERM_LINES = 9
-LEVEL = 0.05
 
 
 @dataclass(frozen=True)
@@ -136,26 +135,14 @@ def _split(dataset: dict[str, Any]) -> str:
     return f" ({_text(' / '.join(parts))})" if parts else ""
 
 
-def _evidence(found: Finding) -> float | None:
-    q = number(found.get("q_value"))
-    return q if q is not None else number(found.get("p_value"))
-
-
 def _finding_lines(runs: Sequence[RunData]) -> list[str]:
-    held, rest = [], 0
-    for run in runs:
-        for found in (run.summary or {}).get("findings") or []:
-            evidence = _evidence(found)
-            if evidence is not None and evidence < LEVEL:
-                held.append((evidence, -abs(number(found.get("value")) or 0.0), run, found))
-            elif evidence is not None:
-                rest += 1
-    held.sort(key=lambda item: (item[0], item[1]))
+    found = [(run, f) for run in runs for f in (run.summary or {}).get("findings") or []]
+    held = sorted(((r, f) for r, f in found if holds(f)), key=lambda i: evidence_order(i[1]))
     listed = held[:MAX_FINDINGS]
-    rest += len(held) - len(listed)
+    rest = sum(evidence(f) is not None for _, f in found) - len(listed)
     lines = [
-        f"{i}. **{_text(run.model_name)}**: {_text(_sentence(found))}"
-        for i, (_, _, run, found) in enumerate(listed, 1)
+        f"{i}. **{_text(run.model_name)}**: {_text(_sentence(finding))}"
+        for i, (run, finding) in enumerate(listed, 1)
     ]
     if not listed:
         lines.append("No difference between groups holds at q < 0.05.")
@@ -279,7 +266,7 @@ def card_numbers(runs: Sequence[RunData]) -> dict[str, Any]:
                         **{k: found.get(k) for k in keys},
                         "p_value": found.get("p_value"),
                         "q_value": found.get("q_value"),
-                        "holds": (_evidence(found) or 1.0) < LEVEL,
+                        "holds": holds(found),
                         "headline": found.get("headline"),
                     }
                     for found in (run.summary or {}).get("findings") or []

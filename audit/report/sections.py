@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 
 from audit.analyses.cross_run import TOXICITY_COLUMNS
+from audit.analyses.findings import LEVEL, evidence_order, holds
 from audit.analyses.registry import Analysis, analyses
 from audit.analyses.table import ID
 from audit.report.blocks import (
@@ -46,31 +49,42 @@ def _missing(key: str, title: str) -> Section:
 
 
 def findings_section(runs: Sequence[RunData]) -> Section:
-    """Headline findings from each run's ``summary.json``."""
+    """The findings that hold (q < 0.05), every run's ranked together by evidence; then, in
+    report.html, every finding of every run."""
     if all(run.summary is None for run in runs):
         return _missing("findings", "Headline findings")
-    rows = []
-    for run in runs:
-        for finding in (run.summary or {}).get("findings", []) or []:
-            rows.append(
-                [
-                    run.label,
-                    str(finding.get("analysis", "")),
-                    str(finding.get("headline", "")),
-                    estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
-                    p_cell(finding.get("p_value")),
-                    p_cell(finding.get("q_value")),
-                ]
-            )
+    found = [(run, f) for run in runs for f in (run.summary or {}).get("findings", []) or []]
+    held = sorted(((run, f) for run, f in found if holds(f)), key=lambda i: evidence_order(i[1]))
     columns = ["run", "analysis", "finding", "estimate [95% CI], n", "p", "q"]
-    if len(runs) == 1:
-        columns, rows = columns[1:], [row[1:] for row in rows]
-    caption = "" if rows else "No finding passed the significance thresholds."
-    return Section(
-        key="findings",
-        title="Headline findings",
-        blocks=[Block(title="", columns=columns, rows=rows, caption=caption)],
+    leading = Block(
+        title=f"What holds (q < {LEVEL}), strongest evidence first",
+        columns=columns,
+        rows=[_finding_row(run, f) for run, f in held],
+        caption=""
+        if held
+        else f"No difference between groups holds at q < {LEVEL}; every finding is below.",
     )
+    every = Block(
+        title="Every finding, per run",
+        columns=columns,
+        rows=[_finding_row(run, f) for run, f in found],
+        html_only=True,
+    )
+    blocks = [leading, every]
+    if len(runs) == 1:
+        blocks = [replace(b, columns=b.columns[1:], rows=[r[1:] for r in b.rows]) for b in blocks]
+    return Section(key="findings", title="Headline findings", blocks=blocks, lead=1)
+
+
+def _finding_row(run: RunData, finding: dict[str, Any]) -> list[str]:
+    return [
+        run.label,
+        str(finding.get("analysis", "")),
+        str(finding.get("headline", "")),
+        estimate_cell(finding, is_percent(str(finding.get("metric", "")))),
+        p_cell(finding.get("p_value")),
+        p_cell(finding.get("q_value")),
+    ]
 
 
 def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
@@ -86,7 +100,7 @@ def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Secti
     ]
     blocks.extend(_confusion_blocks(runs))
     return Section(
-        key=analysis.name, title=analysis.title, blocks=blocks, intro=analysis.description
+        key=analysis.name, title=analysis.title, blocks=blocks, intro=analysis.description, lead=1
     )
 
 
