@@ -72,8 +72,8 @@ def write_card(run_dirs: Sequence[Path], out: Path | None = None) -> CardFiles:
 # -- card.md ----------------------------------------------------------------------------------
 def card_markdown(runs: Sequence[RunData], folder: Path) -> str:
     lines = ["## Bias evaluation", ""]
-    lines += [f"> **{note}**" for note in _warnings(runs)]
-    lines += [""] if lines[-1] != "" else []
+    for note in _warnings(runs):  # one quote each: consecutive quoted lines would merge
+        lines += [f"> **{note}**", ""]
     lines += _what_was_run(runs)
     lines += ["", "### Findings", ""]
     lines += _finding_lines(runs)
