@@ -24,6 +24,8 @@ from audit.report.formatting import (
     format_number,
     format_p,
     is_missing,
+    metric_title,
+    natural_key,
 )
 
 
@@ -100,10 +102,12 @@ def ordered_axes(frame: pd.DataFrame, axes: Sequence[str]) -> list[str]:
 
 
 def sort_groups(frame: pd.DataFrame, axes: Sequence[str]) -> pd.DataFrame:
-    """Rows by prompt or task, then axis (overall first, the probe's order), then group."""
+    """Rows by prompt or task, then axis (overall first, the probe's order), then group in its
+    natural order."""
     order = {axis: i for i, axis in enumerate(ordered_axes(frame, axes))}
     keyed = frame.assign(
-        _axis=frame["axis"].astype(str).map(order), _group=frame["group"].astype(str)
+        _axis=frame["axis"].astype(str).map(order),
+        _group=frame["group"].astype(str).map(natural_key),  # "3-9" before "10-19"
     )
     keys = ([ID] if ID in frame else []) + ["_axis", "_group"]
     return keyed.sort_values(keys, kind="stable").drop(columns=["_axis", "_group"])
@@ -164,7 +168,7 @@ def metric_blocks(
             for label, frame in runs
         ]
         selected = [(label, rows) for label, rows in selected if not rows.empty]
-        title = f"{item_value} · {metric}"
+        title = f"{item_value} · {metric_title(metric)}"
         main = [(label, rows[_in_markdown(rows["axis"])]) for label, rows in selected]
         crossed = [(label, rows[~_in_markdown(rows["axis"])]) for label, rows in selected]
         columns, rows = side_by_side(main, metric, axes)

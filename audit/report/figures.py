@@ -14,7 +14,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from markupsafe import Markup
 
-from audit.report.formatting import INSUFFICIENT, format_count, is_missing
+from audit.report.formatting import (
+    INSUFFICIENT,
+    format_count,
+    is_missing,
+    metric_title,
+    natural_key,
+)
 
 _HEIGHT_PX = 360
 _PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#B279A2", "#E45756", "#72B7B2", "#9D755D")
@@ -51,46 +57,81 @@ def _bar_values(frame: pd.DataFrame) -> pd.DataFrame:
     return rows
 
 
-def group_bars(
-    runs: Sequence[tuple[str, pd.DataFrame]], title: str, value_label: str, percent: bool = False
-) -> go.Figure:
-    """Bars per (axis, group) with 95% intervals, one colour per run; with one run, the
-    overall value is a dashed line.
+def in_natural_order(rows: pd.DataFrame) -> pd.DataFrame:
+    """Rows by their ``group`` in natural order (``formatting.natural_key``)."""
+    keys = [natural_key(group) for group in rows["group"]]
+    return rows.iloc[sorted(range(len(rows)), key=keys.__getitem__)]
 
-    Each frame has ``axis, group, value, ci_low, ci_high, n, note`` (rows with ``axis == 'all'``
-    are the overall value).
+
+def group_bars(
+    runs: Sequence[tuple[str, pd.DataFrame]], title: str, metric: str, percent: bool = False
+) -> go.Figure:
+    """One small panel per group axis (and intersection): bars per group with 95% intervals,
+    one colour per run; with one run, the overall value is a dashed line in every panel.
+
+    Groups are in their natural order (age ranges by age). When the values shown span more than
+    two orders of magnitude (a toxicity score near 1e-4 beside one near 0.3), the value axis is
+    logarithmic, and its title says so. Each frame has ``axis, group, value, ci_low, ci_high, n,
+    note`` (rows with ``axis == 'all'`` are the overall value).
     """
+    from plotly.subplots import make_subplots
+
     scale = 100.0 if percent else 1.0
-    figure = go.Figure()
-    for i, (label, frame) in enumerate(runs):
-        rows = _bar_values(frame)
-        groups = rows[~rows["axis"].astype(str).eq("all")]
-        overall = rows[rows["axis"].astype(str).eq("all")]
-        figure.add_bar(
-            name=safe_label(label),
-            x=[
-                safe_label(f"{a}: {g}")
-                for a, g in zip(groups["axis"], groups["group"], strict=True)
-            ],
-            y=groups["value"].astype(float) * scale,
-            error_y=_error_arrays(groups, scale),
-            hovertext=[format_count(n) for n in groups["n"]],
-            marker_color=_PALETTE[i % len(_PALETTE)],
+    prepared = [(label, _bar_values(frame)) for label, frame in runs]
+    axes = list(
+        dict.fromkeys(
+            str(a) for _, rows in prepared for a in rows["axis"].astype(str) if a != "all"
         )
-        if len(runs) == 1 and not overall.empty and not is_missing(overall["value"].iloc[0]):
+    )
+    panels = axes or ["all"]
+    figure = make_subplots(
+        rows=len(panels),
+        cols=1,
+        subplot_titles=[safe_label(a) for a in panels],
+        vertical_spacing=min(0.12, 0.5 / max(len(panels), 1)),
+    )
+    shown = []
+    for i, (label, rows) in enumerate(prepared):
+        for row, axis in enumerate(panels, start=1):
+            groups = rows[rows["axis"].astype(str).eq(axis)]
+            groups = groups.iloc[
+                sorted(range(len(groups)), key=lambda j: natural_key(groups["group"].iloc[j]))
+            ]
+            figure.add_bar(
+                name=safe_label(label),
+                legendgroup=safe_label(label),
+                showlegend=row == 1 and len(prepared) > 1,
+                x=[safe_label(g) for g in groups["group"]],
+                y=groups["value"].astype(float) * scale,
+                error_y=_error_arrays(groups, scale),
+                hovertext=[format_count(n) for n in groups["n"]],
+                marker_color=_PALETTE[i % len(_PALETTE)],
+                row=row,
+                col=1,
+            )
+            shown += [v for v in groups["value"].astype(float) * scale if v == v and v > 0]
+        overall = rows[rows["axis"].astype(str).eq("all")]
+        if len(prepared) == 1 and not overall.empty and not is_missing(overall["value"].iloc[0]):
             figure.add_hline(
                 y=float(overall["value"].iloc[0]) * scale,
                 line_dash="dash",
                 annotation_text="overall",
                 line_color="#555",
+                row="all",
+                col=1,
             )
+    logarithmic = bool(shown) and max(shown) / min(shown) > 100
+    value_title = metric_title(metric) + (" (%)" if percent else "")
+    if logarithmic:
+        value_title += ", log scale"
+        figure.update_yaxes(type="log")
+    figure.update_yaxes(title_text=safe_label(value_title), title_font_size=11)
     figure.update_layout(
         title=safe_label(title),
-        yaxis_title=safe_label(value_label + (" (%)" if percent else "")),
-        height=_HEIGHT_PX,
-        margin={"l": 50, "r": 20, "t": 50, "b": 90},
+        height=max(_HEIGHT_PX, 90 + 230 * len(panels)),
+        margin={"l": 60, "r": 20, "t": 70, "b": 60},
         barmode="group",
-        showlegend=len(runs) > 1,
+        showlegend=len(prepared) > 1,
     )
     return figure
 
@@ -135,7 +176,7 @@ def term_bars(frame: pd.DataFrame, title: str, terms: Sequence[str]) -> go.Figur
     figure.update_layout(
         title=safe_label(title),
         barmode="group",
-        yaxis_title="mean TF-IDF",
+        yaxis_title=metric_title("mean_tfidf"),
         height=_HEIGHT_PX + 40,
         margin={"l": 50, "r": 20, "t": 50, "b": 90},
     )

@@ -163,3 +163,50 @@ def shorten(text: Any, limit: int = 300) -> str:
         return ""
     flat = _WHITESPACE.sub(" ", str(text)).strip()
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+#: What a metric of the analysis tables is, for titles and axis labels.
+_METRIC_NAMES = {
+    "accuracy": "accuracy",
+    "accuracy_gap": "largest accuracy gap between groups",
+    "cell_accuracy_std": "spread of cell accuracies (std)",
+    "cell_accuracy_std_noise": "spread noise alone gives (std)",
+    "refusal_rate": "refusal rate",
+    "mean_new_tokens": "new tokens (mean)",
+    "share_eos": "share ended by an end token",
+    "share_length": "share cut at the token limit",
+    "error_rate": "error rate",
+    "balanced_accuracy": "balanced accuracy of predicting the group",
+    "recall": "recall of the group from the text",
+    "mean_tfidf": "mean TF-IDF",
+    "share": "share predicted",
+}
+
+
+def metric_title(metric: str) -> str:
+    """``share_toxic_above_threshold`` -> ``share with toxic score above the threshold``."""
+    name = str(metric)
+    suffix = ""
+    if name.endswith("_per_token"):
+        name, suffix = name.removesuffix("_per_token"), " (per-token scoring)"
+    if name in _METRIC_NAMES:
+        return _METRIC_NAMES[name] + suffix
+    if name.startswith("gap_mean_"):
+        return f"largest gap in mean {name.removeprefix('gap_mean_')} score" + suffix
+    if name.startswith("mean_"):
+        return f"mean {name.removeprefix('mean_')} score" + suffix
+    if name.startswith("share_") and name.endswith("_above_threshold"):
+        label = name.removeprefix("share_").removesuffix("_above_threshold")
+        return f"share with {label} score above the threshold" + suffix
+    return name.replace("_", " ") + suffix
+
+
+def natural_key(group: str) -> tuple[tuple[int, float, str], ...]:
+    """Order groups as a reader expects: ranges by their first number ("3-9" before "10-19",
+    "more than 70" last), other names as they are; intersections part by part."""
+    parts = str(group).split(" x ")
+    key = []
+    for part in parts:
+        found = re.search(r"\d+(?:\.\d+)?", part)
+        key.append((0, float(found.group()), part) if found else (1, 0.0, part))
+    return tuple(key)

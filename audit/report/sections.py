@@ -48,6 +48,10 @@ def _missing(key: str, title: str) -> Section:
     return Section(key=key, title=title, missing=True)
 
 
+#: The findings on the first screen; the others are one click away (report.html).
+LEADING_FINDINGS = 8
+
+
 def findings_section(runs: Sequence[RunData]) -> Section:
     """The findings that hold (q < 0.05), every run's ranked together by evidence; then, in
     report.html, every finding of every run."""
@@ -56,13 +60,18 @@ def findings_section(runs: Sequence[RunData]) -> Section:
     found = [(run, f) for run in runs for f in (run.summary or {}).get("findings", []) or []]
     held = sorted(((run, f) for run, f in found if holds(f)), key=lambda i: evidence_order(i[1]))
     columns = ["run", "analysis", "finding", "estimate [95% CI], n", "p", "q"]
+    more = len(held) - LEADING_FINDINGS
     leading = Block(
         title=f"What holds (q < {LEVEL}), strongest evidence first",
         columns=columns,
-        rows=[_finding_row(run, f) for run, f in held],
-        caption=""
-        if held
-        else f"No difference between groups holds at q < {LEVEL}; every finding is below.",
+        rows=[_finding_row(run, f) for run, f in held[:LEADING_FINDINGS]],
+        caption=(
+            f"{more} more hold; every finding of every run is listed below."
+            if more > 0
+            else ""
+            if held
+            else f"No difference between groups holds at q < {LEVEL}; every finding is below."
+        ),
     )
     every = Block(
         title="Every finding, per run",
