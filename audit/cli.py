@@ -352,12 +352,19 @@ def card(
 def dashboard(
     run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories.")],
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to serve on (default: this machine only; 0.0.0.0 serves every "
+            "network the machine is on, and with it the run's images and text)."
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Explore and compare runs in Streamlit (reads run directories only)."""
     from audit.dashboard.launch import launch
 
     try:
-        launch(run_dirs, port=port)
+        launch(run_dirs, port=port, address=host)
     except AuditError as error:
         _fail(error)
 

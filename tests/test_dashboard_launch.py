@@ -71,6 +71,17 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
             launch([run], port=port)
 
 
+def test_host_is_loopback_unless_asked_and_a_bad_host_is_a_clear_error(tmp_path: Path) -> None:
+    run = write_handmade_run(tmp_path / "run", n=12, analyses=False)
+    command = streamlit_command(8501)
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    result = CliRunner().invoke(app, ["dashboard", str(run), "--host", "no-such-host.invalid"])
+    assert result.exit_code == 2 and "--host no-such-host.invalid" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["dashboard", str(run), "--host", "203.0.113.7"])
+    assert result.exit_code == 2 and "--host 203.0.113.7: cannot serve there" in result.output
+
+
 def test_wheel_ships_the_app_and_the_templates(tmp_path: Path) -> None:
     source = tmp_path / "src"
     source.mkdir()

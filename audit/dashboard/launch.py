@@ -9,6 +9,7 @@ the same for ``streamlit run`` and for Streamlit's in-process ``AppTest``.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -74,12 +75,24 @@ def streamlit_command(port: int, address: str = DEFAULT_ADDRESS) -> list[str]:
 def _check_port(port: int, address: str) -> None:
     if not 0 < port < 65536:
         raise AuditError(f"--port {port}: expected a port number between 1 and 65535")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+    try:
+        family = socket.getaddrinfo(address, port, type=socket.SOCK_STREAM)[0][0]
+    except socket.gaierror:
+        raise AuditError(
+            f"--host {address}: not an address of this machine (expected 127.0.0.1, 0.0.0.0, "
+            "or a name or address it has)"
+        ) from None
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((address, port))
-        except OSError:
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise AuditError(
+                    f"--port {port}: already in use on {address}; choose another with --port"
+                ) from None
             raise AuditError(
-                f"--port {port}: already in use on {address}; choose another with --port"
+                f"--host {address}: cannot serve there ({error.strerror}); give an address of "
+                "this machine"
             ) from None
 
 
