@@ -149,3 +149,21 @@ def test_generation_browser_filters_by_text(
     stored = RunStore(handmade[0]).read("generations")
     assert len(shown) == stored["generation"].str.contains("engineer", case=False).sum()
     assert shown["generation"].str.contains("engineer").all()
+
+
+def test_one_image_shows_every_models_generation_for_each_prompt(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audit.store.tables import RunStore
+
+    for page, app in run_pages(handmade, monkeypatch):
+        if page != "5_Generations.py":
+            continue
+        assert_clean(page, app)
+        sample = app.selectbox(key="every_model_sample").value
+        texts = [str(element.value) for element in app.text]
+        for run in handmade:
+            assert any(text.startswith(f"{run.name} · ") for text in texts), run.name
+            rows = RunStore(run).read("generations")
+            for generation in rows[rows["sample_id"] == sample]["generation"].dropna():
+                assert " ".join(str(generation).split())[:20] in " ".join(" ".join(texts).split())

@@ -10,6 +10,7 @@ from audit.dashboard.state import choose_run, generations, require_runs, thumbna
 from audit.dashboard.views import estimate_frame, show_metric
 from audit.report.formatting import escape_markdown
 from audit.report.run_data import RunData
+from audit.terminal import escape_controls
 
 st.set_page_config(page_title="Generations", layout="wide")
 st.title("Generations")
@@ -81,7 +82,42 @@ def browse(run: RunData) -> None:
             st.text(f"[{row.prompt_id}] {row.generation}")
 
 
+def one_image_every_model(runs: list[RunData]) -> None:
+    """For one image the loaded runs share: its thumbnail and groups, and for each prompt
+    every run's generation side by side."""
+    frames = [(r, generations(r)) for r in runs]
+    frames = [(r, f) for r, f in frames if not f.empty]
+    if not frames:
+        st.info("No loaded run holds generations.")
+        return
+    shared = set.intersection(*(set(f["sample_id"].astype(str)) for _, f in frames))
+    if not shared:
+        st.info("The loaded runs share no image.")
+        return
+    sample = st.selectbox("Image", sorted(shared), key="every_model_sample")
+    picture, texts = st.columns([1, 6])
+    jpeg = thumbnails(frames[0][0], [sample]).get(sample)
+    if jpeg is not None:
+        picture.image(jpeg, width=128)
+    first = frames[0][1]
+    row = first[first["sample_id"].astype(str) == sample].iloc[0]
+    # Names and text from runs go out as plain text, control characters shown as escapes.
+    groups = ", ".join(f"{a}: {row[a]}" for a in frames[0][0].group_axes if a in row)
+    picture.text(escape_controls(groups))
+    prompts = list(dict.fromkeys(p for _, f in frames for p in f["prompt_id"].astype(str)))
+    for prompt in prompts:
+        texts.markdown(f"**{escape_markdown(prompt)}**")
+        for column, (run, frame) in zip(texts.columns(len(frames)), frames, strict=True):
+            found = frame[(frame["sample_id"].astype(str) == sample) & (frame[ID] == prompt)]
+            column.text(escape_controls(f"{run.label} · {run.model_name}"))
+            text = found["generation"].iloc[0] if not found.empty else None
+            column.text("—" if text is None or pd.isna(text) else escape_controls(str(text)))
+
+
 runs = require_runs()
+st.subheader("One image, every model")
+st.caption("The same image and prompt across the loaded runs, generation beside generation.")
+one_image_every_model(runs)
 run = choose_run(runs)
 st.subheader("Statistics per group")
 show_statistics(run)
