@@ -167,3 +167,18 @@ def test_one_image_shows_every_models_generation_for_each_prompt(
             rows = RunStore(run).read("generations")
             for generation in rows[rows["sample_id"] == sample]["generation"].dropna():
                 assert " ".join(str(generation).split())[:20] in " ".join(" ".join(texts).split())
+
+
+def test_a_run_is_added_in_one_click_and_a_bad_one_says_why_at_once(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env(handmade[:1]))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S)
+    app.run()
+    app.sidebar.text_input[0].input(str(tmp_path / "no-such-run"))
+    app.sidebar.button[0].click().run()
+    assert any("no-such-run" in str(e.value) for e in app.sidebar.error)
+    app.sidebar.text_input[0].input(str(handmade[1]))
+    app.sidebar.button[0].click().run()
+    assert not app.sidebar.error
+    assert [h.value for h in app.subheader][:2] == ["run-a", "run-b"]  # both, at once

@@ -98,16 +98,27 @@ def thumbnails(run: RunData, sample_ids: list[str]) -> dict[str, bytes]:
 
 
 def _add_run_box() -> None:
+    """The sidebar's box to add a run directory. Drawn before the runs load, so the run added
+    is there on the same click; one that cannot be loaded says why at once and is not kept."""
     with st.sidebar.form("add_run", clear_on_submit=True):
         path = st.text_input("Add a run directory", placeholder="runs/fairface-idefics-9b")
-        if st.form_submit_button("Add") and path.strip():
-            extra = st.session_state.setdefault(_EXTRA_RUNS, [])
-            if path.strip() not in extra:
-                extra.append(path.strip())
+        submitted = st.form_submit_button("Add")
+    path = path.strip()
+    if not (submitted and path):
+        return
+    try:
+        cached_run(path, run_token(path))
+    except AuditError as error:
+        st.sidebar.error(escape_markdown(str(error)))  # paths are user text
+        return
+    extra = st.session_state.setdefault(_EXTRA_RUNS, [])
+    if path not in extra:
+        extra.append(path)
 
 
 def loaded_runs() -> list[RunData]:
     """The runs given to ``audit dashboard`` plus any added in the sidebar; problems shown."""
+    _add_run_box()
     paths = [str(p) for p in run_dirs_from_env()] + list(st.session_state.get(_EXTRA_RUNS, []))
     runs = []
     for path in dict.fromkeys(paths):
@@ -115,7 +126,6 @@ def loaded_runs() -> list[RunData]:
             runs.append(cached_run(path, run_token(path)))
         except AuditError as error:
             st.sidebar.error(escape_markdown(str(error)))  # paths are user text
-    _add_run_box()
     return with_distinct_labels(runs)
 
 
