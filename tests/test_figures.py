@@ -68,3 +68,26 @@ def test_every_metric_of_a_run_has_a_name_in_words(tiny_run: Path) -> None:
     assert metric_title("accuracy_gap_per_token") == (
         "largest accuracy gap between groups (per-token scoring)"
     )
+
+
+def test_the_report_embeds_the_small_bundle_of_the_same_plotly_release(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    from plotly.offline import get_plotlyjs
+
+    from audit.report import figures
+
+    full = get_plotlyjs()
+    figures.plotly_js.cache_clear()
+    small = figures.plotly_js()
+    assert "(cartesian - minified)" in small[:200] and len(small) < len(full) / 2
+    release = full[:200].split("plotly.js v")[1].split()[0]
+    assert f"v{release}" in small[:200]  # the release the installed plotly embeds
+    # Another release of plotly: its own full bundle, never a mismatched one.
+    monkeypatch.setattr(figures, "_ASSETS", tmp_path)
+    figures.plotly_js.cache_clear()
+    try:
+        assert figures.plotly_js() == full
+    finally:
+        monkeypatch.undo()
+        figures.plotly_js.cache_clear()

@@ -127,7 +127,7 @@ def test_a_run_never_analysed_is_refused_with_what_to_run(tmp_path: Path) -> Non
 
 def test_plotly_is_embedded_once_and_nothing_is_fetched(single: tuple[Path, str, str]) -> None:
     _, html, _ = single
-    assert html.count("* plotly.js v") == 1
+    assert html.count("* plotly.js (cartesian - minified) v") == 1
     assert "<script src" not in html and "<link" not in html
     assert "default-src 'none'" in html
     nonce = re.search(r"'nonce-([^']+)'", html).group(1)

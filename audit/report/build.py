@@ -11,7 +11,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ import audit
 from audit.errors import AuditError
 from audit.report.blocks import Block, Section
 from audit.report.comparison_section import comparison_section
-from audit.report.figures import figure_html
+from audit.report.figures import figure_html, plotly_js
 from audit.report.formatting import (
     NOT_ANALYSED,
     MarkdownText,
@@ -73,13 +72,6 @@ LIMITATIONS = (
     "Zero-shot accuracy by label likelihood depends on the label wording; summed log-likelihood "
     "favours short labels.",
 )
-
-
-@lru_cache(maxsize=1)
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
 
 
 def _environment(markdown: bool) -> jinja2.Environment:
@@ -146,7 +138,7 @@ def render_html(context: dict[str, Any]) -> str:
         .get_template("report.html.j2")
         .render(
             **context,
-            plotly_js=Markup(_plotly_js()),  # noqa: S704 - the plotly.js library itself
+            plotly_js=Markup(plotly_js()),  # noqa: S704 - the plotly.js library itself
             nonce=secrets.token_urlsafe(16),
         )
     )
