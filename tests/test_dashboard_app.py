@@ -182,3 +182,16 @@ def test_a_run_is_added_in_one_click_and_a_bad_one_says_why_at_once(
     app.sidebar.button[0].click().run()
     assert not app.sidebar.error
     assert [h.value for h in app.subheader][:2] == ["run-a", "run-b"]  # both, at once
+
+
+def test_compare_puts_any_number_of_runs_side_by_side(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    third = write_handmade_run(tmp_path / "run-c", n=30, seed=3)
+    for page, app in run_pages([*handmade, third], monkeypatch):
+        if page != "6_Compare_runs.py":
+            continue
+        assert_clean(page, app)
+        assert app.multiselect(key="side_by_side_runs").value == ["run-a", "run-b", "run-c"]
+        table = app.dataframe[0].value
+        assert {"run-a", "run-b", "run-c"} <= set(table.columns)

@@ -59,35 +59,37 @@ def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def side_by_side_view(a: RunData, b: RunData, selection: Selection) -> None:
-    names = [n for n in COMPARABLE if a.table(n) is not None and b.table(n) is not None]
+def side_by_side_view(chosen_runs: list[RunData], selection: Selection) -> None:
+    """Any number of runs on one analysis, prompt and metric: one chart, one table."""
+    tables = {run.label: {n: run.table(n) for n in COMPARABLE} for run in chosen_runs}
+    names = [n for n in COMPARABLE if all(t[n] is not None for t in tables.values())]
     if not names:
-        st.info("The two runs share no analysed table.")
+        st.info("The chosen runs share no analysed table.")
         return
     name = st.selectbox("Analysis", names)
-    table_a, table_b = a.table(name), b.table(name)
-    items = sorted(set(table_a[ID].astype(str)) & set(table_b[ID].astype(str)))
+    frames = [(label, t[name]) for label, t in tables.items()]
+    items = sorted(set.intersection(*(set(f[ID].astype(str)) for _, f in frames)))
     chosen = st.selectbox("Prompt / task", items) if items else None
     if chosen is None:
         st.info("No prompt or task in common.")
         return
-    both = [(r.label, t[t[ID].astype(str) == chosen]) for r, t in ((a, table_a), (b, table_b))]
-    metrics = sorted(set(both[0][1]["metric"].astype(str)) & set(both[1][1]["metric"].astype(str)))
+    every = [(label, f[f[ID].astype(str) == chosen]) for label, f in frames]
+    metrics = sorted(set.intersection(*(set(rows["metric"].astype(str)) for _, rows in every)))
     metric = st.selectbox("Metric", metrics)
     selected = [
         (label, filter_groups(rows[rows["metric"].astype(str) == metric], selection))
-        for label, rows in both
+        for label, rows in every
     ]
     if name == "term_variance":
         # Rows about a whole (prompt, axis) hold no term.
-        terms = [set(rows["term"].dropna().astype(str)) for _, rows in selected]
-        term = st.selectbox("Term", sorted(terms[0] & terms[1]))
+        terms = set.intersection(*(set(rows["term"].dropna().astype(str)) for _, rows in selected))
+        term = st.selectbox("Term", sorted(terms))
         if term is None:
             st.info("No term in common.")
             return
         selected = [(label, rows[rows["term"].astype(str) == term]) for label, rows in selected]
     st.plotly_chart(group_bars(selected, f"{chosen} · {metric}", metric, is_percent(metric)))
-    columns, rows = side_by_side(selected, metric, a.group_axes)
+    columns, rows = side_by_side(selected, metric, chosen_runs[0].group_axes)
     st.dataframe(pd.DataFrame(rows, columns=columns), hide_index=True)
 
 
@@ -96,6 +98,14 @@ if len(runs) < 2:
     st.info("Give two or more run directories to compare: `audit dashboard RUN_A RUN_B`.")
     st.stop()
 labels = [run.label for run in runs]
+st.subheader("Side by side")
+shown = st.multiselect("Runs", labels, default=labels, key="side_by_side_runs")
+selection = group_selection(runs[0])
+if shown:
+    side_by_side_view([runs[labels.index(label)] for label in shown], selection)
+else:
+    st.info("Choose the runs to show.")
+st.subheader("Paired tests on shared samples (B − A)")
 left, right = st.columns(2)
 label_a = left.selectbox("Run A", labels, index=0)
 label_b = right.selectbox("Run B", labels, index=1)
@@ -103,16 +113,13 @@ run_a, run_b = runs[labels.index(label_a)], runs[labels.index(label_b)]
 if run_a.root == run_b.root:
     st.warning("Pick two different runs.")
     st.stop()
-st.subheader("Side by side")
-selection = group_selection(run_a)
-side_by_side_view(run_a, run_b, selection)
-st.subheader("Paired tests on shared samples (B − A)")
 comparison = cached_pairs(
     str(run_a.root), run_token(str(run_a.root)), str(run_b.root), run_token(str(run_b.root))
 )
 st.caption(
     "Classification: McNemar's exact test; scores: paired bootstrap over images with a "
-    f"sign-flip permutation p-value; q: Benjamini-Hochberg within each test. "
+    "sign-flip permutation p-value; q: Benjamini-Hochberg within each prompt or task and "
+    f"axis. "
     f"{how_made([comparison])}"
 )
 pairs = comparison.table
