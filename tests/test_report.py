@@ -237,7 +237,7 @@ def test_report_on_a_run_analysed_by_audit_analyze(
     ):
         body = markdown.split(section)[1].split("\n### ")[0]
         assert "Not analysed" not in body, section
-        expected = "balanced\\_accuracy" if "leakage" in section else "| all | all |"
+        expected = "balanced accuracy of predicting" if "leakage" in section else "| all | all |"
         assert expected in body, section
     visible = " ".join(parse_html(html_path).text)
     for text in (markdown, visible):

@@ -19,6 +19,7 @@ from audit.report.formatting import (
     format_number,
     format_p,
     is_missing,
+    metric_title,
 )
 from audit.report.run_data import RunData
 
@@ -117,7 +118,7 @@ def metric_page(name: str) -> None:
     chosen_item = st.selectbox("Prompt", items)
     rows = table[table[ID].astype(str) == chosen_item]
     metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startswith("gap")]
-    metric = st.selectbox("Metric", metrics)
+    metric = st.selectbox("Metric", metrics, format_func=metric_title)
     selected = filter_groups(rows[rows["metric"].astype(str) == metric], selection)
-    show_metric(selected, run, f"{chosen_item} · {metric}", metric)
+    show_metric(selected, run, f"{chosen_item} · {metric_title(metric)}", metric)
     show_gaps(rows)

@@ -226,7 +226,7 @@ def gap_block(runs: RunTables) -> Block | None:
                     label,
                     str(row.get(ID, "")),
                     str(row["axis"]),
-                    metric,
+                    metric_title(metric),
                     _first_column(row, ("group_high", "best_group")),
                     _first_column(row, ("group_low", "worst_group")),
                     estimate_cell(row, is_percent(metric)),

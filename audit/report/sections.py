@@ -27,7 +27,7 @@ from audit.report.blocks import (
 from audit.report.card_table import SCORINGS, card_cells
 from audit.report.confusion_matrix import confusion_counts
 from audit.report.figures import confusion_heatmap, group_bars
-from audit.report.formatting import MarkdownText, format_number, format_p, is_missing
+from audit.report.formatting import MarkdownText, format_number, format_p, is_missing, metric_title
 from audit.report.run_data import RunData
 from audit.report.term_sections import terms_section
 
@@ -223,7 +223,7 @@ def leakage_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
                     label,
                     str(row.get("prompt_id", "")),
                     str(row["axis"]),
-                    str(row["metric"]),
+                    metric_title(str(row["metric"])),
                     estimate_cell(row, is_percent(str(row["metric"]))),
                     MarkdownText(_chance(row)),
                     p_cell(row.get("p_value")),

@@ -18,7 +18,7 @@ from audit.dashboard.views import show_gaps, show_metric
 from audit.report.card_table import card_cells
 from audit.report.confusion_matrix import confusion_counts, confusion_groups
 from audit.report.figures import confusion_heatmap
-from audit.report.formatting import format_interval
+from audit.report.formatting import format_interval, metric_title
 from audit.report.run_data import RunData
 
 st.set_page_config(page_title="Classification", layout="wide")
@@ -70,17 +70,17 @@ st.dataframe(card_frame(table), hide_index=True)
 task_id = st.selectbox("Task", sorted(table[ID].astype(str).unique()))
 rows = table[table[ID].astype(str) == task_id]
 metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startswith("gap")]
-metric = st.selectbox("Metric", metrics)
+metric = st.selectbox("Metric", metrics, format_func=metric_title)
 selected = filter_groups(rows[rows["metric"].astype(str) == metric], selection)
 single = selected[~selected["axis"].astype(str).str.contains(" x ")]
 crossed = selected[
     selected["axis"].astype(str).str.contains(" x ") | selected["axis"].astype(str).eq("all")
 ]
 st.subheader("Per group")
-show_metric(single, run, f"{task_id} · {metric}", metric)
+show_metric(single, run, f"{task_id} · {metric_title(metric)}", metric)
 if len(crossed) > 1:
     st.subheader("Intersections")
-    show_metric(crossed, run, f"{task_id} · {metric} · intersections", metric)
+    show_metric(crossed, run, f"{task_id} · {metric_title(metric)} · intersections", metric)
 st.subheader("Confusion matrix")
 show_confusion(run, task_id)
 show_gaps(rows)

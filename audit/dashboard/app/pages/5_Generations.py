@@ -8,7 +8,7 @@ import streamlit as st
 from audit.analyses.table import ID
 from audit.dashboard.state import choose_run, generations, require_runs, thumbnails
 from audit.dashboard.views import estimate_frame, show_metric
-from audit.report.formatting import escape_markdown
+from audit.report.formatting import escape_markdown, metric_title
 from audit.report.run_data import RunData
 from audit.terminal import escape_controls
 
@@ -26,9 +26,17 @@ def show_statistics(run: RunData) -> None:
     prompt = st.selectbox("Prompt", sorted(table[ID].astype(str).unique()), key="stats_prompt")
     rows = table[table[ID].astype(str) == prompt]
     metric = st.selectbox(
-        "Metric", list(dict.fromkeys(rows["metric"].astype(str))), key="stats_metric"
+        "Metric",
+        list(dict.fromkeys(rows["metric"].astype(str))),
+        key="stats_metric",
+        format_func=metric_title,
     )
-    show_metric(rows[rows["metric"].astype(str) == metric], run, f"{prompt} · {metric}", metric)
+    show_metric(
+        rows[rows["metric"].astype(str) == metric],
+        run,
+        f"{prompt} · {metric_title(metric)}",
+        metric,
+    )
 
 
 def show_leakage(run: RunData) -> None:

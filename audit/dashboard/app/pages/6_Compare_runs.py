@@ -18,7 +18,13 @@ from audit.dashboard.state import (
 from audit.report.blocks import is_percent, side_by_side
 from audit.report.comparison_section import how_made
 from audit.report.figures import group_bars
-from audit.report.formatting import format_count, format_interval, format_number, format_p
+from audit.report.formatting import (
+    format_count,
+    format_interval,
+    format_number,
+    format_p,
+    metric_title,
+)
 from audit.report.run_data import RunData
 from audit.store.tables import RunStore
 
@@ -75,7 +81,7 @@ def side_by_side_view(chosen_runs: list[RunData], selection: Selection) -> None:
         return
     every = [(label, f[f[ID].astype(str) == chosen]) for label, f in frames]
     metrics = sorted(set.intersection(*(set(rows["metric"].astype(str)) for _, rows in every)))
-    metric = st.selectbox("Metric", metrics)
+    metric = st.selectbox("Metric", metrics, format_func=metric_title)
     selected = [
         (label, filter_groups(rows[rows["metric"].astype(str) == metric], selection))
         for label, rows in every
@@ -88,7 +94,9 @@ def side_by_side_view(chosen_runs: list[RunData], selection: Selection) -> None:
             st.info("No term in common.")
             return
         selected = [(label, rows[rows["term"].astype(str) == term]) for label, rows in selected]
-    st.plotly_chart(group_bars(selected, f"{chosen} · {metric}", metric, is_percent(metric)))
+    st.plotly_chart(
+        group_bars(selected, f"{chosen} · {metric_title(metric)}", metric, is_percent(metric))
+    )
     columns, rows = side_by_side(selected, metric, chosen_runs[0].group_axes)
     st.dataframe(pd.DataFrame(rows, columns=columns), hide_index=True)
 
