@@ -165,6 +165,9 @@ def test_every_page_renders_without_exception(server: str, tmp_path: Path) -> No
             assert not exceptions, f"/{path}: {exceptions[0].text[:500]}"
             assert driver.execute_script("return window.__pwned") is None, f"/{path}: script ran"
             assert not driver.find_elements(By.CSS_SELECTOR, "img[src='x']"), f"/{path}: raw <img>"
+            text = driver.execute_script("return document.body.innerText")
+            for raw in ("refusal_rate", "accuracy_gap", "mean_new_tokens", "share_eos"):
+                assert raw not in text, f"/{path}: shows the column name {raw}"
         assert (tmp_path / "page-Home.png").stat().st_size > 10_000
     finally:
         driver.quit()
