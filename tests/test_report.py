@@ -76,7 +76,7 @@ def test_card_table_matches_rows_recomputed_by_hand(single: tuple[Path, str, str
 def test_flagged_terms_refusals_and_provenance_are_in_the_markdown(
     single: tuple[Path, str, str],
 ) -> None:
-    root, _, markdown = single
+    root, html, markdown = single
     assert re.search(r"\| nurse \| 0\.001 \| Female \|", markdown)
     assert re.search(r"\| engineer \| 0\.002 \| Male \|", markdown)
     assert "| person |" not in markdown.split("### Refusals")[0], "unflagged term listed as flagged"
@@ -85,7 +85,10 @@ def test_flagged_terms_refusals_and_provenance_are_in_the_markdown(
         (generations["prompt_id"] == "resume") & (generations["gender"] == "Female")
     ]
     share = women["generation"].str.contains("nurse").mean()
-    assert f"| gender | Female | {100 * share:.1f}% [" in markdown
+    # Rates per group are in report.html; report.md leads with the gaps and points there.
+    assert f'<td>gender</td><td>Female</td><td class="num">{100 * share:.1f}% [' in html
+    refusals = markdown.split("### Refusals")[1].split("\n### ")[0]
+    assert "2 more tables, with charts, in report.html." in refusals
     for fact in ("tiny-model", "abc123", "idefics", "faces.parquet"):
         assert fact in markdown
     assert "### Methods" in markdown and "### Limitations" in markdown
@@ -108,7 +111,8 @@ def test_insufficient_data_is_words_never_nan(tmp_path: Path) -> None:
     store.write_analysis("refusal", refusal)
     html_path, md_path = build_report([root], tmp_path / "out")
     markdown = md_path.read_text(encoding="utf-8")
-    assert "| gender x race | Female x White | insufficient data (n=6) |" in markdown
+    html = html_path.read_text(encoding="utf-8")
+    assert '<td>Female x White</td><td class="num">insufficient data (n=6)</td>' in html
     visible = " ".join(parse_html(html_path).text)
     for text in (markdown, visible):
         assert not re.search(r"\bnan\b", text, flags=re.IGNORECASE)
@@ -138,9 +142,10 @@ def test_plotly_is_embedded_once_and_nothing_is_fetched(single: tuple[Path, str,
 def test_several_runs_side_by_side_with_mcnemar(tmp_path: Path) -> None:
     a = write_handmade_run(tmp_path / "run-a", n=40, seed=0)
     b = write_handmade_run(tmp_path / "run-b", n=40, seed=5, model_id="other-model")
-    _, md_path = build_report([a, b], tmp_path / "both")
+    html_path, md_path = build_report([a, b], tmp_path / "both")
     markdown = md_path.read_text(encoding="utf-8")
-    assert "| axis | group | run-a | run-b |" in markdown
+    html = html_path.read_text(encoding="utf-8")
+    assert "<th>axis</th><th>group</th><th>run-a</th><th>run-b</th>" in html
     rows_a = RunStore(a).read("classifications").set_index("sample_id")
     rows_b = RunStore(b).read("classifications").set_index("sample_id").loc[rows_a.index]
     oracle = mcnemar_exact(rows_a["correct"], rows_b["correct"])
@@ -237,7 +242,7 @@ def test_report_on_a_run_analysed_by_audit_analyze(
     ):
         body = markdown.split(section)[1].split("\n### ")[0]
         assert "Not analysed" not in body, section
-        expected = "balanced accuracy of predicting" if "leakage" in section else "| all | all |"
+        expected = "balanced accuracy of predicting" if "leakage" in section else "report.html"
         assert expected in body, section
     visible = " ".join(parse_html(html_path).text)
     for text in (markdown, visible):

@@ -57,7 +57,8 @@ class Section:
     blocks: list[Block] = field(default_factory=list)
     missing: bool = False
     intro: str = ""
-    #: How many of its first blocks lead (shown open); report.html folds the rest away.
+    #: How many of its first blocks lead: report.html shows them open and folds the rest away;
+    #: report.md shows them only, and points to report.html for the rest.
     lead: int = 0
 
 

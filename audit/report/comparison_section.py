@@ -128,4 +128,4 @@ def comparison_section(runs: Sequence[RunData]) -> Section | None:
             Block(title="Every group", columns=COLUMNS, rows=comparison_rows(table), html_only=True)
         )
     intro = f"{INTRO} {how_made(comparisons)}"
-    return Section(key="comparison", title=TITLE, blocks=blocks, intro=intro)
+    return Section(key="comparison", title=TITLE, blocks=blocks, intro=intro, lead=2)

@@ -102,14 +102,19 @@ def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Secti
     if not tables:
         return _missing(analysis.name, analysis.title)
     card = _card_block(tables)
+    summary = _axis_blocks(tables)  # the gaps between groups lead, with the card's table
     blocks = [
         card,
+        *summary,
         *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=analysis.markdown_metrics),
-        *_axis_blocks(tables),
+        *_confusion_blocks(runs),
     ]
-    blocks.extend(_confusion_blocks(runs))
     return Section(
-        key=analysis.name, title=analysis.title, blocks=blocks, intro=analysis.description, lead=1
+        key=analysis.name,
+        title=analysis.title,
+        blocks=blocks,
+        intro=analysis.description,
+        lead=1 + len(summary),
     )
 
 
@@ -197,11 +202,14 @@ def per_group_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
         tables = [(label, main_toxicity_rows(frame)) for label, frame in tables]
     if not tables:
         return _missing(name, title)
+    summary = _axis_blocks(tables)  # the largest gap and the test across groups lead
     blocks = [
+        *summary,
         *metric_blocks(tables, _axes(runs), _bars, markdown_metrics=analysis.markdown_metrics),
-        *_axis_blocks(tables),
     ]
-    return Section(key=name, title=title, blocks=blocks, intro=analysis.description)
+    return Section(
+        key=name, title=title, blocks=blocks, intro=analysis.description, lead=len(summary)
+    )
 
 
 def _axis_blocks(tables: RunTables) -> list[Block]:
@@ -241,6 +249,7 @@ def leakage_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
         key=analysis.name,
         title=analysis.title,
         blocks=[Block(title="", columns=columns, rows=rows), *details],
+        lead=1,
         intro=analysis.description,
     )
 

@@ -140,4 +140,5 @@ def simulation_section(runs: Sequence[RunData]) -> Section | None:
                 rows=rows,
             )
         ],
+        lead=1,
     )

@@ -159,6 +159,8 @@ def terms_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
     present = [run for run in runs if run.table("term_variance") is not None]
     if not present:
         return Section(key="term_variance", title=title, missing=True)
+    every: list[list[str]] = []
+    tested = 0
     blocks: list[Block] = []
     for run in present:
         table = run.table("term_variance")
@@ -166,9 +168,25 @@ def terms_section(runs: Sequence[RunData], analysis: Analysis) -> Section:
         prefix = f"{run.label} · " if len(runs) > 1 else ""
         for (prompt_id, axis), rows in table.groupby(["prompt_id", "axis"], sort=True):
             blocks.extend(_prompt_axis_blocks(run, str(prompt_id), str(axis), rows, prefix))
+            terms = term_summary(rows)
+            flagged = terms[terms["flagged"].astype(bool)]
+            where = [run.label, str(prompt_id), str(axis)]
+            every += [where + row for row in _term_rows(rows, flagged)]
+            tested += 1
+    columns = ["run", "prompt", "axis", *_COLUMNS]
+    if len(runs) == 1:
+        columns, every = columns[1:], [row[1:] for row in every]
+    leading = Block(
+        title=f"Flagged terms (q < {Q_THRESHOLD}), every prompt and axis",
+        columns=columns,
+        rows=every,
+        caption=f"{len(every)} terms flagged over {tested} prompt and axis pairs; each pair's "
+        "top terms, charts and example generations follow.",
+    )
     return Section(
         key="term_variance",
         title=title,
-        blocks=blocks,
+        blocks=[leading, *blocks],
         intro=analysis.description,
+        lead=1,
     )
