@@ -115,3 +115,16 @@ def test_the_card_of_the_injection_corpus_renders_as_text_on_github(
     tags = set(re.findall(r"<([a-zA-Z][a-zA-Z0-9]*)", rendered))
     assert tags <= REPORT_TAGS, f"markup from data: {tags - REPORT_TAGS}"
     assert "href=" not in rendered and "src=" not in rendered.replace("src=x", "")
+
+
+def test_without_out_the_card_lands_in_the_first_run_directory(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    code, output = _invoke("card", str(run))
+    assert code == 0, output
+    for name in ("card.md", "card.json", "model-index.yaml"):
+        assert (run / name).is_file() and f"wrote {run / name}" in output
+    # The report written beside it is linked, relative to the card.
+    assert "[report.html](report.html)" in (run / "card.md").read_text(encoding="utf-8")

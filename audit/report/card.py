@@ -27,14 +27,12 @@ import yaml
 
 from audit.analyses.findings import Finding, evidence, evidence_order, holds, number
 from audit.analyses.table import ALL, ID
+from audit.errors import AuditError
 from audit.report.card_table import card_cells
 from audit.report.formatting import escape_markdown, format_p
 from audit.report.run_data import RunData, load_current_runs
-from audit.store.tables import write_atomic
+from audit.store.tables import CARD_JSON, CARD_MD, MODEL_INDEX, write_atomic
 
-CARD_MD = "card.md"
-CARD_JSON = "card.json"
-MODEL_INDEX = "model-index.yaml"
 #: The most findings listed; the rest are counted in one line.
 MAX_FINDINGS = 8
 #: Flagged terms shown per prompt and axis, and lines of terms in all.
@@ -54,18 +52,25 @@ def write_card(run_dirs: Sequence[Path], out: Path | None = None) -> CardFiles:
     ``out`` (default: the first run directory). Refuses runs whose analyses are missing or
     stale, as ``audit report`` does."""
     runs = load_current_runs(list(run_dirs))
-    folder = Path(out) if out is not None else runs[0].root
-    folder.mkdir(parents=True, exist_ok=True)
-    markdown = folder / CARD_MD
-    write_atomic(markdown, card_markdown(runs, folder).encode("utf-8"))
-    as_json = folder / CARD_JSON
+    if out is not None and out.exists() and not out.is_dir():
+        raise AuditError(f"--out {out}: exists and is not a folder; give a folder for the card")
+    store = runs[0].store()
+
+    def place(name: str) -> Path:  # into --out, or into the first run directory
+        return Path(out) / name if out is not None else store.card_path(name)
+
+    markdown = place(CARD_MD)
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(markdown, card_markdown(runs, markdown.parent).encode("utf-8"))
+    as_json = place(CARD_JSON)
     write_atomic(as_json, json.dumps(card_numbers(runs), indent=1).encode("utf-8"))
     indexes = []
     for run in runs:
-        name = MODEL_INDEX if len(runs) == 1 else f"model-index-{_file_part(run.label)}.yaml"
+        stem = MODEL_INDEX.removesuffix(".yaml")
+        name = MODEL_INDEX if len(runs) == 1 else f"{stem}-{_file_part(run.label)}.yaml"
         text = yaml.safe_dump({"model-index": model_index(run)}, sort_keys=False)
-        write_atomic(folder / name, text.encode("utf-8"))
-        indexes.append(folder / name)
+        write_atomic(place(name), text.encode("utf-8"))
+        indexes.append(place(name))
     return CardFiles(markdown, as_json, indexes)
 
 

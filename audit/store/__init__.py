@@ -11,7 +11,10 @@ from audit.store.manifest import SAMPLES_FILE
 from audit.store.shard_record import SHARDS_FOLDER
 from audit.store.tables import (
     ANALYSIS_FOLDER,
+    CARD_JSON,
+    CARD_MD,
     MANIFEST,
+    MODEL_INDEX,
     REPORT_HTML,
     REPORT_MD,
     SCHEMA_VERSION,
@@ -36,6 +39,9 @@ RUN_DIR_ENTRIES = (
     LOCK_FOLDER,
     REPORT_HTML,
     REPORT_MD,
+    CARD_MD,
+    CARD_JSON,
+    MODEL_INDEX,
 )
 
 __all__ = [

@@ -48,6 +48,9 @@ SUMMARY = "summary.json"
 #: Comparisons of this run against others (``audit analyze RUN --against OTHER``).
 COMPARISONS_FOLDER = "comparisons"
 REPORT_HTML, REPORT_MD = "report.html", "report.md"
+#: What ``audit card`` writes: the card, its numbers, and the model-index metadata (one file per
+#: run when a card covers several: ``model-index-<run>.yaml``).
+CARD_MD, CARD_JSON, MODEL_INDEX = "card.md", "card.json", "model-index.yaml"
 _READ_ATTEMPTS = 5
 
 
@@ -640,3 +643,12 @@ class RunStore:
     def report_paths(self) -> tuple[Path, Path]:
         """Where ``audit report`` writes into this run directory: HTML and Markdown."""
         return self.root / REPORT_HTML, self.root / REPORT_MD
+
+    def card_path(self, name: str) -> Path:
+        """Where ``audit card`` writes ``name`` (``CARD_MD``, ``CARD_JSON``, ``MODEL_INDEX`` or
+        ``model-index-<run>.yaml``) into this run directory."""
+        stem = MODEL_INDEX.removesuffix(".yaml")
+        named = name.startswith(f"{stem}-") and name.endswith(".yaml") and "/" not in name
+        if name not in (CARD_MD, CARD_JSON, MODEL_INDEX) and not named:
+            raise ValueError(f"not a file audit card writes: {name!r}")
+        return self.root / name
