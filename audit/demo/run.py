@@ -129,7 +129,7 @@ def run_demo(out: Path) -> None:
         f"  open {html}\n      the three tiny models compared (random text: no real findings)\n"
         f"  open {sim_html}\n      the simulated run: the planted associations are found\n"
         f"  {card.markdown}: the model card's Bias Evaluation section on one page\n"
-        f"  {markdown}: every table of the report, in Markdown\n"
+        f"  {markdown}: the report's leading tables in Markdown (every table: report.html)\n"
         f"  {audit} dashboard {' '.join(str(d) for d in run_dirs)} {simulated}\n"
         f"  {audit} status {run_dirs[0]}\n"
         f"For a real audit: {audit} run probes/fairface.yaml "
