@@ -128,3 +128,19 @@ def test_without_out_the_card_lands_in_the_first_run_directory(
         assert (run / name).is_file() and f"wrote {run / name}" in output
     # The report written beside it is linked, relative to the card.
     assert "[report.html](report.html)" in (run / "card.md").read_text(encoding="utf-8")
+
+
+def test_settings_from_a_shared_run_directory_are_text(tiny_run: Path, tmp_path: Path) -> None:
+    from test_injection_corpus import REPORT_TAGS, _gfm
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    store = RunStore(run)
+    probe = store.manifest().probe
+    payload = "<img src=x onerror=alert(1)>"
+    store.update_manifest(probe={**probe, "generation": {"max_new_tokens": payload}})
+    assert _invoke("card", str(run), "--out", str(tmp_path / "out"))[0] == 0
+    card = (tmp_path / "out" / "card.md").read_text(encoding="utf-8")
+    rendered = re.sub(r"<a href=[^>]*>|</a>", "", _gfm(card))  # its own link to the report
+    assert set(re.findall(r"<([a-zA-Z][a-zA-Z0-9]*)", rendered)) <= REPORT_TAGS
+    assert "<img" not in rendered and "onerror=alert" in rendered.replace("\\\\", "")

@@ -118,9 +118,10 @@ def _what_was_run(runs: Sequence[RunData]) -> list[str]:
     dataset = first.dataset
     groups = " × ".join(first.group_axes) or "none"
     generation = first.probe.get("generation") or {}
-    analysis = first.probe.get("analysis") or {}
+    # The settings the analyses ran with (``--set`` included), else the probe's.
+    analysis = (runs[0].summary or {}).get("settings") or first.probe.get("analysis") or {}
     counts = [str(run.manifest.dataset.get("n_samples", "?")) for run in runs]
-    n_images = counts[0] if len(set(counts)) == 1 else " / ".join(counts)
+    n_images = _text(counts[0] if len(set(counts)) == 1 else " / ".join(counts))
     return [
         f"- **Models**: {', '.join(_text(run.model_name) for run in runs)}",
         f"- **Data**: {_text(dataset.get('path') or dataset.get('source') or '?')}"
@@ -128,10 +129,10 @@ def _what_was_run(runs: Sequence[RunData]) -> list[str]:
         f"- **Prompts**: {_text(', '.join(first.prompt_ids()) or 'none')}; "
         f"**zero-shot tasks**: {_text(', '.join(first.task_ids()) or 'none')}",
         f"- **Decoding**: {'sampling' if generation.get('do_sample') else 'greedy'}, "
-        f"at most {generation.get('max_new_tokens', '?')} new tokens; "
-        f"**statistics**: {analysis.get('n_permutations', 1000)} permutations, "
-        f"{analysis.get('n_bootstrap', 1000)} bootstrap resamples, seed "
-        f"{analysis.get('seed', 0)}",
+        f"at most {_text(generation.get('max_new_tokens', '?'))} new tokens; "
+        f"**statistics**: {_text(analysis.get('n_permutations', 1000))} permutations, "
+        f"{_text(analysis.get('n_bootstrap', 1000))} bootstrap resamples, seed "
+        f"{_text(analysis.get('seed', 0))}",
     ]
 
 
