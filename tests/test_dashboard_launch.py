@@ -115,7 +115,7 @@ def test_wheel_ships_the_app_and_the_templates(tmp_path: Path) -> None:
         "audit/dashboard/app/Home.py",
         "audit/report/templates/report.html.j2",
         "audit/report/templates/report.md.j2",
-        "audit/report/assets/plotly-cartesian-4.1.1.min.js",
+        "audit/report/assets/plotly-basic-4.1.1.min.js",
         "audit/dashboard/launch.py",
     } <= names
     pages = (ROOT / "audit" / "dashboard" / "app" / "pages").glob("*.py")

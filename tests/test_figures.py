@@ -80,7 +80,7 @@ def test_the_report_embeds_the_small_bundle_of_the_same_plotly_release(
     full = get_plotlyjs()
     figures.plotly_js.cache_clear()
     small = figures.plotly_js()
-    assert "(cartesian - minified)" in small[:200] and len(small) < len(full) / 2
+    assert "(basic - minified)" in small[:200] and len(small) < len(full) / 3
     release = full[:200].split("plotly.js v")[1].split()[0]
     assert f"v{release}" in small[:200]  # the release the installed plotly embeds
     # Another release of plotly: its own full bundle, never a mismatched one.

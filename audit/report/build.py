@@ -21,7 +21,7 @@ import audit
 from audit.errors import AuditError
 from audit.report.blocks import Block, Section
 from audit.report.comparison_section import comparison_section
-from audit.report.figures import figure_html, plotly_js
+from audit.report.figures import figure_html, look_script, plotly_js
 from audit.report.formatting import (
     NOT_ANALYSED,
     MarkdownText,
@@ -139,6 +139,7 @@ def render_html(context: dict[str, Any]) -> str:
         .render(
             **context,
             plotly_js=Markup(plotly_js()),  # noqa: S704 - the plotly.js library itself
+            look_js=Markup(look_script()),  # noqa: S704 - our own constant, JSON-escaped
             nonce=secrets.token_urlsafe(16),
         )
     )
