@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from audit.analyses.findings import Finding, finding, interval_text
-from audit.analyses.grouping import GroupAxis
+from audit.analyses.grouping import GroupAxis, restrict
 from audit.analyses.rates import UnitRates, group_rows, overall_row
 from audit.analyses.registry import Analysis, AnalysisContext
 from audit.analyses.stats import bootstrap_ratios, percentile_interval
@@ -58,28 +58,25 @@ def _token_rows(
     included = np.flatnonzero(sizes >= MIN_GROUP_SIZE)
     axis_name = axis.name if axis else ALL
     rows = []
-    recode = np.full(len(groups), -1)
-    recode[included] = np.arange(included.size)
-    keep = known & np.isin(codes, included)
+    keep, local = restrict(np.where(known, codes, -1), included, len(groups))
     if included.size:
-        local = recode[codes[keep]]
-        replicates = bootstrap_ratios(tokens[keep], np.ones(int(keep.sum())), local, n_boot, rng)
+        replicates = bootstrap_ratios(tokens[keep], np.ones(keep.size), local, n_boot, rng)
         low, high = percentile_interval(replicates[:, :, 0], sizes=sizes[included])
     for code, group in enumerate(groups):
-        if recode[code] < 0:
+        if code not in included:
             rows.append(
                 insufficient(prompt_id, axis_name, group, "mean_new_tokens", int(sizes[code]))
             )
             continue
-        values = tokens[keep][local == recode[code]]
+        j = int(np.flatnonzero(included == code)[0])
         rows.append(
             estimate(
                 prompt_id,
                 axis_name,
                 group,
                 "mean_new_tokens",
-                values.mean(),
-                (low[recode[code]], high[recode[code]]),
+                tokens[keep][local == j].mean(),
+                (low[j], high[j]),
                 int(sizes[code]),
             )
         )

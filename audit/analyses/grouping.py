@@ -98,6 +98,17 @@ def sort_rows(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return frame.sort_values(present, kind="stable").reset_index(drop=True)
 
 
+def restrict(
+    codes: np.ndarray, included: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rows whose group (code, ``-1``: none) is ``included``, and their group renumbered
+    ``0..K-1`` in the order of ``included``."""
+    recode = np.full(n_groups, -1)
+    recode[included] = np.arange(included.size)
+    rows = np.flatnonzero(np.isin(codes, included))
+    return rows, recode[codes[rows]]
+
+
 @dataclass(frozen=True)
 class GroupSizes:
     """Images per group of one axis within one prompt, and which groups are large enough."""
@@ -115,10 +126,7 @@ class GroupSizes:
 
     def restricted(self) -> tuple[np.ndarray, np.ndarray]:
         """The rows of included groups, and their group renumbered ``0..K-1``."""
-        recode = np.full(len(self.axis.groups), -1)
-        recode[self.included] = np.arange(self.included.size)
-        rows = np.flatnonzero(np.isin(self.codes, self.included))
-        return rows, recode[self.codes[rows]]
+        return restrict(self.codes, self.included, len(self.axis.groups))
 
     def left_out(self, item: str, metric: str, groups: Iterable[int] | None = None) -> list[Row]:
         """``insufficient data`` rows for ``groups`` (default: every group too small)."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from audit.analyses.gaps import Gap, rate_estimates
 from audit.analyses.gaps import largest_gap as largest_gap_of
+from audit.analyses.grouping import restrict
 from audit.analyses.stats import (
     clustered_wilson_interval,
     permutation_p_values,
@@ -50,11 +51,7 @@ class UnitRates:
 
     def restricted(self) -> tuple[np.ndarray, np.ndarray]:
         """Images of included groups, and their codes renumbered ``0..K-1``."""
-        included = self.included()
-        recode = np.full(len(self.groups), -1)
-        recode[included] = np.arange(included.size)
-        keep = np.flatnonzero((self.codes >= 0) & np.isin(self.codes, included))
-        return keep, recode[self.codes[keep]]
+        return restrict(self.codes, self.included(), len(self.groups))
 
 
 def _intervals(
