@@ -105,10 +105,16 @@ class ModelSpec(StrictModel):
 class GenerationSpec(StrictModel):
     """Decoding settings for the open-ended prompts."""
 
-    max_new_tokens: Annotated[int, Field(gt=0)] = 256
+    max_new_tokens: Annotated[int, Field(gt=0)] | None = None
+    """Default: the model family's preset (``audit/backends/presets.py``: 256 for IDEFICS v1,
+    512 for Idefics2, as their published evaluations); the manifest records which applied."""
     min_new_tokens: Annotated[int, Field(ge=0)] = 0
-    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] = 16
-    """Images per batch; ``auto`` finds the largest that fits, backing off on out-of-memory."""
+    batch_size: Annotated[int, Field(gt=0)] | Literal["auto"] | None = None
+    """Images per batch (each with all its prompts in one ``generate``); ``auto`` finds the
+    largest that fits, backing off on out-of-memory. Default: the family's preset."""
+    order: Literal["length", "dataset"] = "length"
+    """``length``: prompts sorted by length inside a batch (less padding); ``dataset``: each
+    batch's sequences in dataset order, image by image, as the card's script ran them."""
     do_sample: bool = False
     """Greedy (the IDEFICS card's setting) unless true."""
     temperature: Annotated[float, Field(gt=0)] = 1.0
@@ -116,7 +122,12 @@ class GenerationSpec(StrictModel):
     seed: int = 0
     """Seed for sampling and anything random in the run."""
     stop_strings: list[str] = Field(default_factory=list)
-    """Stop when any of these appears (``<end_of_utterance>`` always stops)."""
+    """Stop when any of these appears; the stop string is cut from the text (``<end_of_utterance>``
+    and eos always stop)."""
+    stop_tokens: list[str] = Field(default_factory=list)
+    """Stop on these tokens, each one token of the model's tokenizer (as the card's script:
+    ``["</s>", "<end_of_utterance>", "User"]``); the token stays in the text unless it is a
+    special token."""
 
 
 class PreamblePartSpec(StrictModel):
@@ -129,6 +140,60 @@ class PreamblePartSpec(StrictModel):
     def _exactly_one(self) -> PreamblePartSpec:
         if (self.text is None) == (self.image is None):
             raise ValueError("give exactly one of 'text' or 'image'")
+        return self
+
+
+class TurnSpec(StrictModel):
+    """One exchange of a few-shot dialogue: what the user said (text and images), the answer."""
+
+    user: list[PreamblePartSpec]
+    assistant: str
+
+    @field_validator("user", mode="before")
+    @classmethod
+    def _text_shorthand(cls, value: Any) -> Any:
+        return [{"text": value}] if isinstance(value, str) else value
+
+
+class DialogueSpec(StrictModel):
+    """A system prompt and a few-shot dialogue shown before every audited turn.
+
+    Each family lays it out in its own format: IDEFICS v1 as ``User:``/``Assistant:`` lines with
+    ``<end_of_utterance>``, chat models as system, user and assistant messages.
+    """
+
+    system: str = ""
+    """The persona: the first text the model sees."""
+    turns: list[TurnSpec] = Field(default_factory=list)
+    """The example exchanges, in order."""
+    if_images_missing: Literal["persona_only", "error"] = "persona_only"
+    """When an example image file is not there: run with the system prompt alone (recorded in
+    the manifest and the report), or refuse to start."""
+
+
+class SplitTemplateSpec(StrictModel):
+    """The IDEFICS card script's own input construction, reproduced on purpose (IDEFICS v1).
+
+    The script wrote its whole prompt as one string, split it on ``separator`` and put the face
+    image in place of piece ``image_piece``; every other piece went to the processor as text.
+    """
+
+    text: str
+    """The whole prompt with one ``{prompt}`` where the audited prompt goes."""
+    separator: str = "<fake_token_around_image>"
+    image_piece: Annotated[int, Field(ge=0)] = 1
+    """Which piece (0-based, after splitting) the image replaces."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SplitTemplateSpec:
+        if self.text.count("{prompt}") != 1:
+            raise ValueError("text must contain '{prompt}' exactly once")
+        n_pieces = len(self.text.split(self.separator))
+        if self.image_piece >= n_pieces:
+            raise ValueError(
+                f"image_piece {self.image_piece} does not exist: splitting text on "
+                f"'{self.separator}' gives {n_pieces} pieces"
+            )
         return self
 
 
@@ -152,6 +217,10 @@ class ClassificationTaskSpec(StrictModel):
     """Optional text placed before the template (after the image)."""
     labels: dict[str, str]
     """Candidate label text -> the dataset value it stands for."""
+    context: Literal["card", "chat"] = "card"
+    """``card``: the image then the template, no BOS, no chat wrapper, no preamble (how the
+    IDEFICS evaluation scored FairFace); ``chat``: the image in a user turn after the preamble,
+    the template as the start of the assistant's answer. Accuracies of the two differ."""
 
     @field_validator("template")
     @classmethod
@@ -227,8 +296,12 @@ class ProbeSpec(StrictModel):
     dataset: DatasetSpec
     model: ModelSpec
     generation: GenerationSpec = Field(default_factory=GenerationSpec)
-    preamble: list[PreamblePartSpec] = Field(default_factory=list)
-    """Shown before every prompt, e.g. a few-shot system prompt with example images."""
+    preamble: DialogueSpec | list[PreamblePartSpec] = Field(default_factory=list)
+    """Shown before every prompt: a system prompt and few-shot dialogue (``system``, ``turns``),
+    or a list of text and image parts placed at the start of the user turn."""
+    split_template: SplitTemplateSpec | None = None
+    """Reproduce the IDEFICS card script's split-and-substitute input (IDEFICS v1 only); off
+    unless given. Replaces the preamble and the usual turn layout for generation."""
     prompts: list[PromptSpec] = Field(default_factory=list)
     classification: list[ClassificationTaskSpec] = Field(default_factory=list)
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec)
@@ -251,7 +324,16 @@ class ProbeSpec(StrictModel):
     def _consistent(self) -> ProbeSpec:
         if not self.prompts and not self.classification:
             raise ValueError("give at least one of 'prompts' or 'classification'")
+        if self.split_template is not None and self.preamble:
+            raise ValueError(
+                "give either 'split_template' (the whole prompt as one string) or 'preamble'"
+            )
         for task in self.classification:
+            if self.split_template is not None and task.context == "chat":
+                raise ValueError(
+                    f"classification '{task.id}': context 'chat' needs the turn layout, which "
+                    "'split_template' replaces; use context 'card'"
+                )
             if task.target not in self.dataset.groups:
                 raise ValueError(
                     f"classification '{task.id}': target '{task.target}' is not a group axis "
@@ -263,6 +345,18 @@ class ProbeSpec(StrictModel):
         """A local path from the probe, made absolute against the probe's folder."""
         candidate = Path(path).expanduser()
         return candidate if candidate.is_absolute() else Path(self.probe_dir) / candidate
+
+    def preamble_images(self) -> list[tuple[str, str]]:
+        """``(key path, file)`` of every image the preamble names."""
+        if isinstance(self.preamble, list):
+            parts = [(f"preamble[{i}]", p) for i, p in enumerate(self.preamble)]
+        else:
+            parts = [
+                (f"preamble.turns[{t}].user[{i}]", p)
+                for t, turn in enumerate(self.preamble.turns)
+                for i, p in enumerate(turn.user)
+            ]
+        return [(f"{key}.image", p.image) for key, p in parts if p.image is not None]
 
     def model_location(self) -> str:
         """The model's local folder when it exists next to the probe, else the hub id as given."""

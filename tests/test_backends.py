@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -281,13 +281,19 @@ def test_label_token_counts(backends: dict[str, HFBackend], family: str) -> None
 def test_plain_scores_match_a_direct_forward_pass(
     backends: dict[str, HFBackend], family: str
 ) -> None:
-    """Oracle: one unpadded sequence through the model, log-softmax summed by hand."""
+    """Oracle: one unpadded sequence through the model, log-softmax summed by hand, in both
+    scoring contexts."""
     backend = backends[family]
-    request = score_requests()[1]
-    scores = backend.score_labels([request], method="plain")[0]
+    for context, space in (("card", ""), ("chat", " ")):
+        request = replace(score_requests()[1], context=context)
+        _check_plain_scores(backend, request, f"{space}{request.prefix}")
+
+
+def _check_plain_scores(backend: HFBackend, request: LabelScoreRequest, start: str) -> None:
+    scores = backend.score_labels([request], method="plain")[0]  # type: ignore[call-arg]
     tokenizer = backend.processor.tokenizer
     for j, continuation in enumerate(request.continuations):
-        full = backend.scoring_prompt(request.image, f" {request.prefix}{continuation}")
+        full = backend.scoring_prompt(request.image, f"{start}{continuation}", request.context)
         inputs = backend.encode([full], "right")
         n = len(tokenizer(continuation, add_special_tokens=False).input_ids)
         with torch.no_grad():
@@ -337,8 +343,11 @@ def test_preamble_goes_first_and_matters(model_dirs: dict[str, Path], family: st
     settings = GenerationSettings(max_new_tokens=8)
     request = [GenerationRequest(noise_image(), "Describe this person.")]
     assert first.generate(request, settings) != second.generate(request, settings)
-    labels = score_requests()[:2]
+    # The card's context shows the image and the label only; a chat shows the preamble too.
+    labels = [replace(r, context="chat") for r in score_requests()[:2]]
     assert first.score_labels(labels, method="plain") != second.score_labels(labels, method="plain")
+    card = score_requests()[:2]
+    assert first.score_labels(card, method="plain") == second.score_labels(card, method="plain")
 
 
 @pytest.mark.fast_path

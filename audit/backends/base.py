@@ -14,6 +14,9 @@ from typing import Any, ClassVar, Literal
 from PIL import Image
 
 FinishReason = Literal["eos", "length", "error"]
+#: Where a label is scored: ``card`` right after the image, nothing else around it (no BOS, no
+#: chat wrapper, no preamble), as the IDEFICS evaluation did; ``chat`` as an answer in a chat.
+ScoringContext = Literal["card", "chat"]
 DEFAULT_BATCH_SIZE = 16
 
 
@@ -47,6 +50,7 @@ class LabelScoreRequest:
     image: Image.Image
     prefix: str
     continuations: tuple[str, ...]
+    context: ScoringContext = "card"
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,10 @@ class GenerationSettings:
     top_p: float = 1.0
     seed: int = 0
     stop_strings: tuple[str, ...] = ()
+    #: Texts that are each one token: generation ends on that token, which stays in the text.
+    stop_tokens: tuple[str, ...] = ()
+    #: ``length``: sorted by prompt length inside a call; ``dataset``: in request order.
+    order: Literal["length", "dataset"] = "length"
 
 
 @dataclass(frozen=True)
@@ -76,6 +84,42 @@ class PreamblePart:
 
     text: str | None = None
     image: Image.Image | None = None
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One example exchange of a few-shot dialogue."""
+
+    user: tuple[PreamblePart, ...]
+    assistant: str
+
+
+@dataclass(frozen=True)
+class SplitTemplate:
+    """The card script's construction: ``text`` split on ``separator``, the image in place of
+    piece ``image_piece``, the other pieces passed as text."""
+
+    text: str
+    separator: str
+    image_piece: int
+
+    def pieces(self, prompt: str) -> list[str]:
+        return self.text.replace("{prompt}", prompt).split(self.separator)
+
+
+@dataclass(frozen=True)
+class Preamble:
+    """What comes before the audited turn: a system prompt and example exchanges, or parts
+    placed at the start of the user turn; or the card script's whole-string construction."""
+
+    system: str = ""
+    turns: tuple[Turn, ...] = ()
+    parts: tuple[PreamblePart, ...] = ()
+    split_template: SplitTemplate | None = None
+
+    @classmethod
+    def of(cls, value: Preamble | Sequence[PreamblePart]) -> Preamble:
+        return value if isinstance(value, Preamble) else cls(parts=tuple(value))
 
 
 @dataclass(frozen=True)
@@ -104,6 +148,8 @@ class Backend(ABC):
     supports_generation: ClassVar[bool] = True
     #: Rank classification by label log-likelihood (``score_labels``).
     supports_label_scoring: ClassVar[bool] = True
+    #: The IDEFICS card script's split-and-substitute construction (``Preamble.split_template``).
+    supports_split_template: ClassVar[bool] = False
 
     def load(self) -> None:  # noqa: B027 (a backend without weights has nothing to load)
         """Load weights and processor now (idempotent)."""
@@ -143,6 +189,9 @@ class Backend(ABC):
         requests and turn off those that disagree; returns one line per thing to tell the user.
         A backend without speedups has nothing to check."""
         return []
+
+    def check_settings(self, settings: GenerationSettings) -> None:  # noqa: B027
+        """Raise ``ValueError`` for settings this model cannot honour (after ``load``)."""
 
     def fast_path_record(self) -> dict[str, Any]:
         """For the manifest: which speedups are on and why (empty: the backend has none)."""

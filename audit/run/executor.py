@@ -92,7 +92,7 @@ def _generation_request(prompt: PromptSpec, image: Image.Image) -> GenerationReq
 
 def _score_request(task: ClassificationTaskSpec, image: Image.Image) -> LabelScoreRequest:
     return LabelScoreRequest(
-        image, task.prefix, tuple(task.continuation(text) for text in task.labels)
+        image, task.prefix, tuple(task.continuation(text) for text in task.labels), task.context
     )
 
 
@@ -173,7 +173,8 @@ class BatchExecutor:
     ) -> list[dict[str, Any]]:
         """Every (spec, image) request of the batch in one backend call, so the backend can
         encode each image once and share its prompt prefix; one row per request still to do."""
-        todo = [(spec, loaded) for spec in specs for loaded in batch if wanted(spec, loaded.item)]
+        # Image by image, each with all its prompts, as the card's script ordered its batches.
+        todo = [(spec, loaded) for loaded in batch for spec in specs if wanted(spec, loaded.item)]
         ok = [(spec, loaded) for spec, loaded in todo if loaded.image is not None]
         results = self._call(call, [request_of(spec, loaded.image) for spec, loaded in ok])  # type: ignore[arg-type]
         by_key = {

@@ -27,6 +27,7 @@ from audit.run.executor import (
 from audit.run.interrupt import StopSignals
 from audit.run.placement import launcher_name, place_on_local_gpu
 from audit.run.prefetch import prefetch
+from audit.run.setting import check_same_layout, prepare_preamble
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store.lock import run_lock
 from audit.store.manifest import (
@@ -235,7 +236,7 @@ def _run_probe(
     spec: ProbeSpec, options: RunOptions, probe_path: Path | None, stop: StopSignals
 ) -> RunResult:
     from audit.backends import load_backend
-    from audit.backends.base import PreamblePart
+    from audit.backends.presets import apply_preset
     from audit.datasets import open_dataset
 
     spec = place_on_local_gpu(options.apply(spec))
@@ -252,12 +253,20 @@ def _run_probe(
         move_aside(store)
     source = open_dataset(spec)
     check_labels(spec, source.group_values(), origin)
-    preamble = [_preamble_part(spec, i, PreamblePart, origin) for i in range(len(spec.preamble))]
+    preamble, layout = prepare_preamble(spec, origin)
     backend = load_backend(spec.model_location(), spec.model, preamble)
     _check_capabilities(backend, spec, origin)
+    spec, presets = apply_preset(spec, backend.info().model_type)
+    if presets:
+        layout["presets"] = presets
     if store.exists():  # before the weights load: a run of another probe is refused at once
         check_same_probe(store, spec)
+        check_same_layout(store.manifest().prompt_layout, layout, store.root)
     backend.load()
+    try:
+        backend.check_settings(_settings(spec))
+    except ValueError as error:
+        raise ProbeError(f"{origin}: {error}") from None
     start_manifest(
         store,
         spec,
@@ -267,6 +276,7 @@ def _run_probe(
         probe_path,
         launcher=options.launcher or launcher_name(),
         arguments=options.probe_arguments(),
+        layout=layout,
     )
 
     started = time.perf_counter()
@@ -433,6 +443,12 @@ def _check_capabilities(backend: Any, spec: ProbeSpec, origin: str) -> None:
         for key, needed, able, what in (
             ("prompts", spec.prompts, backend.supports_generation, "generate"),
             ("classification", spec.classification, backend.supports_label_scoring, "score labels"),
+            (
+                "split_template",
+                spec.split_template,
+                backend.supports_split_template,
+                "lay out the card script's split template (IDEFICS v1 only)",
+            ),
         )
         if needed and not able
     ]
@@ -532,20 +548,6 @@ def _settings(spec: ProbeSpec) -> Any:
         top_p=g.top_p,
         seed=g.seed,
         stop_strings=tuple(g.stop_strings),
+        stop_tokens=tuple(g.stop_tokens),
+        order=g.order,
     )
-
-
-def _preamble_part(spec: ProbeSpec, index: int, part_type: Any, origin: str) -> Any:
-    from PIL import Image, UnidentifiedImageError
-
-    part = spec.preamble[index]
-    if part.text is not None:
-        return part_type(text=part.text)
-    path = spec.resolve_path(part.image or "")
-    try:
-        with Image.open(path) as image:
-            return part_type(image=image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as error:
-        raise ProbeError(
-            f"{origin}: preamble[{index}].image: cannot read image '{path}' ({error})"
-        ) from None

@@ -90,6 +90,7 @@ def start_manifest(
     probe_path: Any,
     launcher: str | None = None,
     arguments: list[str] | None = None,
+    layout: dict[str, Any] | None = None,
 ) -> Manifest:
     """Create the manifest, or mark an existing run as running again after checking it matches.
 
@@ -97,7 +98,9 @@ def start_manifest(
     only one of them may create the manifest.
     """
     with run_lock(store.root):
-        manifest = _start_manifest(store, spec, source, backend, probe_path, arguments or [])
+        manifest = _start_manifest(
+            store, spec, source, backend, probe_path, arguments or [], layout
+        )
         write_parquet_atomic(store.root / SAMPLES_FILE, _sample_ids(source))
     start_shard_record(store.root, shard, launcher)
     return manifest
@@ -139,6 +142,7 @@ def _start_manifest(
     backend: Any,
     probe_path: Any,
     arguments: list[str],
+    layout: dict[str, Any] | None,
 ) -> Manifest:
     n_samples = len(source)
     expected = {
@@ -165,6 +169,7 @@ def _start_manifest(
             run_arguments=arguments,
             model=model,
             dataset={**source.describe(), "n_samples": n_samples},
+            prompt_layout=layout,
         )
     else:
         manifest = store.write_manifest(
@@ -189,6 +194,7 @@ def _start_manifest(
                 versions=package_versions(),
                 hardware=hardware(),
                 started_at=now_iso(),
+                prompt_layout=layout,
             )
         )
     return manifest

@@ -153,6 +153,10 @@ class Manifest(BaseModel):
     resumed_at: str | None = None
     finished_at: str | None = None
     elapsed_s: float | None = None
+    #: What the model was shown around each image: the preamble as run (complete, or the
+    #: system prompt alone when example images were missing), the card script's split template
+    #: and its quirks, the classification contexts, stop tokens, order and family presets.
+    prompt_layout: dict[str, Any] | None = None
     #: Which speedups the run used after its self-check (``backends.hf.fast.policy``).
     fast_paths: dict[str, Any] | None = None
     #: A simulated run, and what was planted in it.

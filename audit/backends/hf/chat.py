@@ -1,18 +1,22 @@
 """Chat-template image-text models: Idefics2, Idefics3, and any ``AutoModelForImageTextToText``
 whose processor ships a chat template.
 
-The prompt is ``processor.apply_chat_template(messages, add_generation_prompt=True)`` with the
-preamble at the start of the user message; a batch is then
-``processor(text=[...], images=[[img], ...], padding="longest")``.
+The prompt is ``processor.apply_chat_template(messages, add_generation_prompt=True)``: the
+probe's system prompt as a system message, its example exchanges as user and assistant messages,
+its preamble parts at the start of the audited user message. A batch is then
+``processor(text=[...], images=[[img], ...], padding="longest")``. The card's classification
+context is the processor's image placeholder followed by the text, with no template and no BOS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 from PIL import Image
 
+from audit.backends.base import PreamblePart, ScoringContext
 from audit.backends.hf.fast.image_features import FeatureCache, chat_image_inputs
 from audit.backends.hf.model import HFBackend
 from audit.backends.hf.prompt import Prompt, as_rgb
@@ -36,20 +40,40 @@ class ChatBackend(HFBackend):
                 f"model {self._checkpoint.location}: its processor has no image processor"
             )
 
-    def _prompt(self, image: Image.Image, question: str | None, answer: str) -> Prompt:
-        content: list[dict[str, str]] = []
-        images: list[Image.Image] = []
-        for part in self._preamble:
-            if part.image is not None:
-                content.append({"type": "image"})
-                images.append(as_rgb(part.image))
-            elif part.text is not None:
-                content.append({"type": "text", "text": part.text})
-        content.append({"type": "image"})
+    def _messages(
+        self, image: Image.Image, question: str | None
+    ) -> tuple[list[dict[str, Any]], list[Image.Image]]:
+        preamble, images = self._preamble, []
+
+        def content(parts: Sequence[PreamblePart]) -> list[dict[str, str]]:
+            out = []
+            for part in parts:
+                if part.image is not None:
+                    out.append({"type": "image"})
+                    images.append(as_rgb(part.image))
+                else:
+                    out.append({"type": "text", "text": str(part.text)})
+            return out
+
+        messages: list[dict[str, Any]] = []
+        if preamble.system:
+            messages.append(
+                {"role": "system", "content": [{"type": "text", "text": preamble.system}]}
+            )
+        for turn in preamble.turns:
+            messages.append({"role": "user", "content": content(turn.user)})
+            messages.append(
+                {"role": "assistant", "content": [{"type": "text", "text": turn.assistant}]}
+            )
+        final = [*content(preamble.parts), {"type": "image"}]
         images.append(as_rgb(image))
         if question is not None:
-            content.append({"type": "text", "text": question})
-        messages = [{"role": "user", "content": content}]
+            final.append({"type": "text", "text": question})
+        messages.append({"role": "user", "content": final})
+        return messages, images
+
+    def _prompt(self, image: Image.Image, question: str | None, answer: str) -> Prompt:
+        messages, images = self._messages(image, question)
         text = (
             self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             + answer
@@ -63,8 +87,38 @@ class ChatBackend(HFBackend):
     def generation_prompt(self, image: Image.Image, prompt: str) -> Prompt:
         return self._prompt(image, prompt, "")
 
-    def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt:
-        return self._prompt(image, None, answer)
+    def scoring_prompt(self, image: Image.Image, answer: str, context: ScoringContext) -> Prompt:
+        if context == "chat":
+            return self._prompt(image, None, answer)
+        space = " " if self._spaces_after_image and not answer[:1].isspace() else ""
+        return Prompt(
+            text=f"{self._image_placeholder()}{space}{answer}",
+            images=(as_rgb(image),),
+            add_special_tokens=False,
+        )
+
+    @cached_property
+    def _spaces_after_image(self) -> bool:
+        """Whether the processor puts a space between an image and the text right after it
+        (Idefics2 does). The card context writes that space itself, so that its text tokenized
+        alone gives the processor's tokens (label scoring diffs tokenizations of text)."""
+        token = self._image_placeholder()
+        tokenizer = self.processor.tokenizer
+        encoded = self.processor(
+            text=[f"{token}x"], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=False
+        )
+        spaced = list(tokenizer(" x", add_special_tokens=False).input_ids)
+        return [int(i) for i in encoded["input_ids"][0][-len(spaced) :]] == spaced
+
+    def _image_placeholder(self) -> str:
+        token = getattr(self.processor, "image_token", None)
+        if not isinstance(token, str) or not token:
+            raise ValueError(
+                f"model {self._checkpoint.location}: its processor names no image placeholder "
+                "token, so the card's classification context cannot be laid out; use context "
+                "'chat'"
+            )
+        return token
 
     def cut_after_image(self, prompt: Prompt) -> tuple[Prompt, str] | None:
         image_token = getattr(self.processor, "image_token", None)

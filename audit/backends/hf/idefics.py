@@ -1,9 +1,13 @@
 """IDEFICS v1 (``model_type: idefics``): interleaved prompt lists of strings and images.
 
 The instruct format is ``["User:", image, "<text><end_of_utterance>", "\\nAssistant:"]``, with the
-probe's preamble interleaved in front. The v1 processor is called as
-``processor(text=[parts, ...], add_end_of_utterance_token=False)``: its first positional argument
-is now ``images``, and it no longer adds ``<end_of_utterance>`` itself.
+probe's system prompt and example exchanges as ``User:``/``Assistant:`` lines in front. The v1
+processor is called as ``processor(text=[parts, ...], add_end_of_utterance_token=False)``: its
+first positional argument is now ``images``, and it no longer adds ``<end_of_utterance>`` itself.
+
+Two layouts reproduce the IDEFICS evaluation itself: the card script's split template (its whole
+prompt split on ``<fake_token_around_image>``, the face in place of piece 1), and the card's
+classification context (the image, then the template; no BOS).
 """
 
 from __future__ import annotations
@@ -11,9 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any, ClassVar
+from urllib.parse import urlparse
 
 from PIL import Image
 
+from audit.backends.base import PreamblePart, ScoringContext
 from audit.backends.hf.fast.cross_attention import projections_remembered
 from audit.backends.hf.fast.image_features import FeatureCache, idefics_image_inputs
 from audit.backends.hf.fast.label_prefix import idefics_label_inputs
@@ -28,6 +34,7 @@ class IdeficsBackend(HFBackend):
     """IDEFICS v1 (idefics-9b, idefics-80b and their instruct versions)."""
 
     name: ClassVar[str] = "idefics"
+    supports_split_template: ClassVar[bool] = True
 
     def decoding(self) -> AbstractContextManager[Any]:
         if not self.fast_paths.on("image_latents"):
@@ -35,23 +42,36 @@ class IdeficsBackend(HFBackend):
         return projections_remembered(self.model)
 
     def _preamble_parts(self) -> list[str | Image.Image]:
-        parts: list[str | Image.Image] = []
-        for part in self._preamble:
-            if part.image is not None:
-                parts.append(as_rgb(part.image))
-            elif part.text is not None:
-                parts.append(part.text)
+        """Parts placed first, the system prompt, then each example as ``User:``/``Assistant:``."""
+        preamble = self._preamble
+        parts = [_part(p) for p in preamble.parts]
+        if preamble.system:
+            parts.append(f"{preamble.system}\n")
+        for turn in preamble.turns:
+            parts += ["User:", *(_part(p) for p in turn.user)]
+            parts.append(f"<end_of_utterance>\nAssistant: {turn.assistant}<end_of_utterance>\n")
         return parts
 
-    def _prompt(self, parts: list[str | Image.Image]) -> Prompt:
+    def _prompt(self, parts: list[str | Image.Image], bos: bool = True) -> Prompt:
+        for part in parts:
+            if isinstance(part, str) and _is_url(part):
+                # The v1 processor downloads a text part that is a URL: probes are data.
+                raise ValueError(
+                    f"the prompt part {part!r} is a URL, which the IDEFICS v1 processor would "
+                    "download; give images as local files"
+                )
         images = tuple(p for p in parts if isinstance(p, Image.Image))
         return Prompt(
-            text=self._render(parts), images=images, parts=tuple(parts), add_special_tokens=False
+            text=self._render(parts, bos),
+            images=images,
+            parts=tuple(parts),
+            add_special_tokens=False,
         )
 
-    def _render(self, parts: Sequence[str | Image.Image]) -> str:
-        """The string the v1 processor tokenizes for ``parts`` (mirrors its layout rules)."""
-        text = str(self.processor.tokenizer.bos_token)
+    def _render(self, parts: Sequence[str | Image.Image], bos: bool = True) -> str:
+        """The string the v1 processor tokenizes for ``parts`` (mirrors its layout rules);
+        without ``bos``, what is left once ``encode`` drops the BOS the processor writes."""
+        text = str(self.processor.tokenizer.bos_token) if bos else ""
         last_was_image = False
         for part in parts:
             if isinstance(part, str):
@@ -63,6 +83,11 @@ class IdeficsBackend(HFBackend):
         return text
 
     def generation_prompt(self, image: Image.Image, prompt: str) -> Prompt:
+        split = self._preamble.split_template
+        if split is not None:
+            parts: list[str | Image.Image] = list(split.pieces(prompt))
+            parts[split.image_piece] = as_rgb(image)
+            return self._prompt(parts)
         return self._prompt(
             [
                 *self._preamble_parts(),
@@ -73,7 +98,9 @@ class IdeficsBackend(HFBackend):
             ]
         )
 
-    def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt:
+    def scoring_prompt(self, image: Image.Image, answer: str, context: ScoringContext) -> Prompt:
+        if context == "card":
+            return self._prompt([as_rgb(image), answer], bos=False)
         return self._prompt(
             [
                 *self._preamble_parts(),
@@ -92,7 +119,16 @@ class IdeficsBackend(HFBackend):
             padding_side=padding_side,
             return_tensors="pt",
         )
+        with_bos = {p.text.startswith(self._bos) for p in prompts}
+        if len(with_bos) != 1:
+            raise ValueError("a batch mixes prompts with and without a BOS")
+        if with_bos == {False}:
+            inputs = _drop_first_token(inputs, padding_side)
         return self._to_model(inputs)
+
+    @property
+    def _bos(self) -> str:
+        return str(self.processor.tokenizer.bos_token)
 
     def with_shared_images(
         self, prompts: Sequence[Prompt], inputs: Any, cache: FeatureCache
@@ -116,3 +152,33 @@ class IdeficsBackend(HFBackend):
     ) -> dict[str, Any]:
         """Label tokens attend to the last image, like the tokens ``generate`` appends."""
         return idefics_label_inputs(self.model, prefix_inputs, prefix_output, rows, width)
+
+
+def _part(part: PreamblePart) -> str | Image.Image:
+    return as_rgb(part.image) if part.image is not None else str(part.text)
+
+
+def _is_url(text: str) -> bool:
+    """The v1 processor's own test (``is_url``): no space, a scheme and a host."""
+    parsed = urlparse(text.strip(" "))
+    return " " not in text.strip(" ") and bool(parsed.scheme and parsed.netloc)
+
+
+def _drop_first_token(inputs: Any, padding_side: str) -> Any:
+    """The processor always writes a BOS; the card's classification context has none. Every row
+    loses its first real token (the padding moves up to close the gap)."""
+    import torch
+
+    keys = ("input_ids", "attention_mask", "image_attention_mask")
+    for row in range(inputs["input_ids"].shape[0]):
+        first = int(inputs["attention_mask"][row].nonzero()[0])
+        for key in keys:
+            values = inputs[key][row]
+            kept = torch.cat([values[:first], values[first + 1 :]])
+            pad = values[:1] if padding_side == "left" else values[-1:]  # a pad, or the BOS
+            inputs[key][row] = torch.cat([pad, kept] if padding_side == "left" else [kept, pad])
+    # Every row now ends (right padding) or starts (left) with one column too many.
+    edge = slice(1, None) if padding_side == "left" else slice(None, -1)
+    for key in keys:
+        inputs[key] = inputs[key][:, edge]
+    return inputs

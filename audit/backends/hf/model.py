@@ -10,6 +10,7 @@ import logging
 from abc import abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 from PIL import Image
@@ -23,7 +24,9 @@ from audit.backends.base import (
     GenerationSettings,
     LabelScoreRequest,
     LabelScores,
+    Preamble,
     PreamblePart,
+    ScoringContext,
 )
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.hf.checkpoint import (
@@ -64,9 +67,11 @@ class HFBackend(Backend):
     (``audit.backends.hf.fast.policy``); with all of them off this is transformers' plain path.
     """
 
-    def __init__(self, checkpoint: Checkpoint, preamble: Sequence[PreamblePart] = ()) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, preamble: Preamble | Sequence[PreamblePart] = ()
+    ) -> None:
         self._checkpoint = checkpoint
-        self._preamble = tuple(preamble)
+        self._preamble = Preamble.of(preamble)
         self._loaded: LoadedModel | None = None
         self._roles: TokenRoles | None = None
         self._generate_ceiling = BatchCeiling()
@@ -165,8 +170,9 @@ class HFBackend(Backend):
         """The preamble, the image and the open-ended prompt, ending where the answer starts."""
 
     @abstractmethod
-    def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt:
-        """The preamble and the image in the user turn, then ``answer`` as the answer's start."""
+    def scoring_prompt(self, image: Image.Image, answer: str, context: ScoringContext) -> Prompt:
+        """``chat``: the preamble and the image in the user turn, then ``answer`` as the answer's
+        start; ``card``: the image, then ``answer``, nothing else (no BOS)."""
 
     @abstractmethod
     def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
@@ -239,14 +245,25 @@ class HFBackend(Backend):
         image is encoded once per call (for the families whose ``with_shared_images`` does so).
         """
         loaded = self._load()
+        roles = self.roles_for(settings)
         prompts = [self.generation_prompt(r.image, r.prompt) for r in requests]
-        splits = self.shared_prefix_splits(prompts)
+        in_order = settings.order == "dataset"
+        splits = None if in_order else self.shared_prefix_splits(prompts)
         if splits is not None:
             with _seeded(settings.seed, loaded.device):
                 return generate_with_shared_prefixes(
-                    self, splits, settings, batch_size, self._length_key, self._generate_ceiling
+                    self,
+                    splits,
+                    settings,
+                    batch_size,
+                    self._length_key,
+                    self._generate_ceiling,
+                    roles,
                 )
-        order = length_order([self._length_key(p) for p in prompts])
+        if in_order:
+            order = list(range(len(prompts)))
+        else:
+            order = length_order([self._length_key(p) for p in prompts])
         # Lives for this call only: the prompts keep its images alive, so ids stay unique.
         cache: FeatureCache = {}
 
@@ -260,7 +277,7 @@ class HFBackend(Backend):
                     loaded.processor.tokenizer,
                     inputs,
                     settings,
-                    self.roles,
+                    roles,
                     self.decoding_fast_paths(),
                 )
 
@@ -269,6 +286,30 @@ class HFBackend(Backend):
                 [prompts[i] for i in order], batch_size, run_batch, self._generate_ceiling
             )
         return restore_order(order, results)
+
+    def check_settings(self, settings: GenerationSettings) -> None:
+        self.roles_for(settings)
+
+    def roles_for(self, settings: GenerationSettings) -> TokenRoles:
+        """The stop tokens of ``settings`` added to the model's own."""
+        if not settings.stop_tokens:
+            return self.roles
+        tokenizer = self.processor.tokenizer
+        extra = set()
+        for text in settings.stop_tokens:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            if len(ids) != 1:
+                raise ValueError(
+                    f"generation.stop_tokens: {text!r} is {len(ids)} tokens for this model's "
+                    f"tokenizer ({ids}); each stop token must be exactly one token"
+                )
+            extra.add(int(ids[0]))
+        roles = self.roles
+        return replace(
+            roles,
+            eos_ids=tuple(sorted(set(roles.eos_ids) | extra)),
+            banned_ids=tuple(i for i in roles.banned_ids if i not in extra),
+        )
 
     def decoding_fast_paths(self) -> Decoding:
         """The decoding fast paths ``generate`` calls use now."""
@@ -341,11 +382,18 @@ class HFBackend(Backend):
         ``label_prefix`` fast path is on and is plain elsewhere.
         """
         self._load()
-        jobs = prepare_jobs(self, requests)
         if method == "auto":
             method = "shared_prefix" if self.fast_paths.on("label_prefix") else "plain"
-        if method == "shared_prefix":
-            return score_shared_prefix(self, jobs, batch_size, self._score_ceiling)
-        if method == "plain":
-            return score_plain(self, jobs, batch_size, self._score_ceiling)
-        raise ValueError(f"unknown scoring method {method!r}")
+        if method not in ("shared_prefix", "plain"):
+            raise ValueError(f"unknown scoring method {method!r}")
+        score = score_shared_prefix if method == "shared_prefix" else score_plain
+        # Each context is encoded on its own: their prompts differ in whether a BOS is written.
+        results: list[LabelScores | None] = [None] * len(requests)
+        for context in dict.fromkeys(r.context for r in requests):
+            indices = [i for i, r in enumerate(requests) if r.context == context]
+            jobs = prepare_jobs(self, [requests[i] for i in indices])
+            for i, scores in zip(
+                indices, score(self, jobs, batch_size, self._score_ceiling), strict=True
+            ):
+                results[i] = scores
+        return results  # type: ignore[return-value]

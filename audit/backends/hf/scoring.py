@@ -19,7 +19,7 @@ from typing import Any, Literal, Protocol
 
 from PIL import Image
 
-from audit.backends.base import LabelScoreRequest, LabelScores
+from audit.backends.base import LabelScoreRequest, LabelScores, ScoringContext
 from audit.backends.batching import BatchCeiling, length_order, map_in_batches, restore_order
 from audit.backends.hf.prompt import Prompt, answer_start
 
@@ -34,7 +34,9 @@ class PromptEncoder(Protocol):
     @property
     def model(self) -> Any: ...
 
-    def scoring_prompt(self, image: Image.Image, answer: str) -> Prompt: ...
+    def scoring_prompt(
+        self, image: Image.Image, answer: str, context: ScoringContext
+    ) -> Prompt: ...
 
     def text_ids(self, prompt: Prompt) -> list[int]: ...
 
@@ -65,12 +67,15 @@ def prepare_jobs(encoder: PromptEncoder, requests: Sequence[LabelScoreRequest]) 
     """Lay out each request and find each continuation's tokens by diffing tokenizations."""
     jobs = []
     for request in requests:
-        start = answer_start(request.prefix)
-        prefix = encoder.scoring_prompt(request.image, start)
+        # In a chat the answer starts after "Assistant:" with a space; the card's context puts
+        # the text right after the image.
+        chat = request.context == "chat"
+        start = answer_start(request.prefix) if chat else request.prefix
+        prefix = encoder.scoring_prompt(request.image, start, request.context)
         prefix_ids = encoder.text_ids(prefix)
         fulls, labels, on_boundary = [], [], True
         for continuation in request.continuations:
-            full = encoder.scoring_prompt(request.image, start + continuation)
+            full = encoder.scoring_prompt(request.image, start + continuation, request.context)
             full_ids = encoder.text_ids(full)
             shared = _common_prefix_length(prefix_ids, full_ids)
             if shared < len(prefix_ids):

@@ -143,8 +143,10 @@ def generate_with_shared_prefixes(
     batch_size: int,
     prefix_length: Callable[[Prompt], int],
     ceiling: BatchCeiling,
+    roles: TokenRoles,
 ) -> list[Generation]:
-    """One ``Generation`` per split, in order (``batch_size``: see ``map_shared_prefixes``)."""
+    """One ``Generation`` per split, in order (``batch_size``: see ``map_shared_prefixes``;
+    ``roles``: the stop tokens of this call)."""
     from audit.backends.hf.fast.kv_cache import reserve_room
 
     def run_rows(inputs: dict[str, Any], cache: Any, _indices: list[int]) -> list[Generation]:
@@ -154,7 +156,7 @@ def generate_with_shared_prefixes(
             encoder.processor.tokenizer,
             {**inputs, **with_cache(encoder.model, cache)},
             settings,
-            encoder.roles,
+            roles,
             encoder.decoding_fast_paths(),
         )
 
