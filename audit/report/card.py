@@ -28,7 +28,7 @@ import yaml
 from audit.analyses.findings import Finding, evidence, evidence_order, holds, number
 from audit.analyses.table import ALL, ID
 from audit.errors import AuditError
-from audit.report.card_table import card_cells
+from audit.report.card_table import card_cells, context_text
 from audit.report.formatting import escape_markdown, format_p
 from audit.report.run_data import RunData, load_current_runs
 from audit.store.tables import CARD_JSON, CARD_MD, MODEL_INDEX, write_atomic
@@ -128,12 +128,31 @@ def _what_was_run(runs: Sequence[RunData]) -> list[str]:
         f"{_split(dataset)}, {n_images} images, groups {_text(groups)}",
         f"- **Prompts**: {_text(', '.join(first.prompt_ids()) or 'none')}; "
         f"**zero-shot tasks**: {_text(', '.join(first.task_ids()) or 'none')}",
+        *_layout_lines(runs),
         f"- **Decoding**: {'sampling' if generation.get('do_sample') else 'greedy'}, "
         f"at most {_text(generation.get('max_new_tokens', '?'))} new tokens; "
         f"**statistics**: {_text(analysis.get('n_permutations', 1000))} permutations, "
         f"{_text(analysis.get('n_bootstrap', 1000))} bootstrap resamples, seed "
         f"{_text(analysis.get('seed', 0))}",
     ]
+
+
+def _layout_lines(runs: Sequence[RunData]) -> list[str]:
+    """What the models saw around each image, once when every run saw the same."""
+    layouts = {_text(run.prompt_layout() or "not recorded"): run for run in runs}
+    contexts = {context_text(run.classification_contexts(), long=True) for run in runs}
+    lines = []
+    if any(run.manifest.prompt_layout for run in runs):
+        if len(layouts) == 1:
+            lines.append(f"- **Prompt layout**: {next(iter(layouts))}")
+        else:
+            lines += [
+                f"- **Prompt layout**, {_text(run.model_name)}: {layout}"
+                for layout, run in layouts.items()
+            ]
+    if any(run.manifest.task_ids() for run in runs):
+        lines.append(f"- **Labels scored in**: {_text(' / '.join(sorted(contexts)))}")
+    return lines
 
 
 def _split(dataset: dict[str, Any]) -> str:

@@ -133,3 +133,24 @@ def _noise_std(accuracy: float | None, counts: np.ndarray) -> float | None:
     variances = accuracy * (1 - accuracy) / counts
     k = counts.size
     return math.sqrt((k - 1) / k * float(variances.mean()))
+
+
+#: How each scoring context reads in a table and in a sentence.
+CONTEXTS = {
+    "card": (
+        "card's",
+        "the card's context (the image, then the template; no BOS, chat wrapper or preamble)",
+    ),
+    "chat": ("chat", "a chat (the template as the start of the answer, after the preamble)"),
+}
+
+
+def context_text(contexts: dict[str, str], long: bool = False) -> str:
+    """Where a run's labels were scored: one phrase when every task shares it, else per task."""
+    if not contexts:
+        return "—"
+    index = 1 if long else 0
+    if len(set(contexts.values())) == 1:
+        only = next(iter(contexts.values()))
+        return CONTEXTS.get(only, (only, only))[index]
+    return ", ".join(f"{task}: {CONTEXTS.get(c, (c, c))[0]}" for task, c in contexts.items())

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from audit.report.blocks import Block
+from audit.report.card_table import context_text
 from audit.report.run_data import RunData
 
 _VERSION_KEYS = (
@@ -51,7 +52,9 @@ def provenance(run: RunData) -> dict[str, str]:
         "samples": _text(dataset.get("n_samples")),
         "group axes": _text(run.group_axes),
         "prompts": _text(manifest.prompt_ids()),
+        "prompt layout": _text(run.prompt_layout()),
         "classification tasks": _text(manifest.task_ids()),
+        "classification context": context_text(run.classification_contexts(), long=True),
         "rows stored / expected": (
             f"{_text(manifest.rows.model_dump())} / {_text(manifest.expected.model_dump())}"
         ),

@@ -75,6 +75,29 @@ class RunData:
             return "imported generations, made outside 'audit run' (see the provenance)"
         return None
 
+    def classification_contexts(self) -> dict[str, str]:
+        """Task id -> where its labels were scored (``card`` or ``chat``)."""
+        layout = self.manifest.prompt_layout or {}
+        if "classification_context" in layout:
+            return {str(k): str(v) for k, v in layout["classification_context"].items()}
+        # Runs that predate the setting scored every label in a chat.
+        tasks = self.manifest.probe.get("classification") or []
+        return {str(t.get("id")): str(t.get("context", "chat")) for t in tasks}
+
+    def prompt_layout(self) -> str | None:
+        """What the model saw around each image, in words (``None``: not recorded)."""
+        layout = self.manifest.prompt_layout or {}
+        if not layout:
+            return None
+        text = str(layout.get("preamble", ""))
+        if layout.get("preamble_complete") is False:
+            missing = ", ".join(Path(str(p)).name for p in layout.get("missing_images", []))
+            text += f" (missing: {missing})" if missing else ""
+        quirks = layout.get("quirks") or []
+        if quirks:
+            text += "; " + "; ".join(str(q) for q in quirks)
+        return text or None
+
     @property
     def group_axes(self) -> list[str]:
         return list(self.manifest.group_axes)

@@ -24,7 +24,7 @@ from audit.report.blocks import (
     metric_blocks,
     p_cell,
 )
-from audit.report.card_table import SCORINGS, card_cells
+from audit.report.card_table import SCORINGS, card_cells, context_text
 from audit.report.confusion_matrix import confusion_counts
 from audit.report.figures import group_bars
 from audit.report.formatting import MarkdownText, format_number, format_p, is_missing, metric_title
@@ -101,7 +101,8 @@ def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Secti
     tables = _tables(runs, analysis.name)
     if not tables:
         return _missing(analysis.name, analysis.title)
-    card = _card_block(tables)
+    contexts = {run.label: context_text(run.classification_contexts()) for run in runs}
+    card = _card_block(tables, contexts)
     summary = _axis_blocks(tables)  # the gaps between groups lead, with the card's table
     blocks = [
         card,
@@ -118,8 +119,9 @@ def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Secti
     )
 
 
-def _card_block(tables: RunTables) -> Block:
-    """Rows: run x scoring (the card's summed log-likelihood first); columns: per task."""
+def _card_block(tables: RunTables, contexts: dict[str, str]) -> Block:
+    """Rows: run x scoring (the card's summed log-likelihood first); columns: per task.
+    ``contexts``: run label -> where its labels were scored."""
     entries = {
         (label, scoring): {c.task_id: c for c in card_cells(frame, suffix)}
         for label, frame in tables
@@ -129,7 +131,7 @@ def _card_block(tables: RunTables) -> Block:
     tasks = list(dict.fromkeys(task for cells in entries.values() for task in cells))
     rows = []
     for (label, scoring), cells in entries.items():
-        row: list[str] = [label, scoring]
+        row: list[str] = [label, scoring, contexts.get(label, "—")]
         for task in tasks:
             cell = cells.get(task)
             row.append(MarkdownText(cell.text() if cell else "—"))
@@ -138,7 +140,7 @@ def _card_block(tables: RunTables) -> Block:
                 noise += f" (p {format_p(cell.std_p_value)})"
             row.append(MarkdownText(noise))
         rows.append(row)
-    columns = ["run", "scoring"]
+    columns = ["run", "scoring", "context"]
     for task in tasks:
         columns += [f"{task}: acc. (std)", f"{task}: std from noise alone (points)"]
     return Block(
@@ -151,7 +153,10 @@ def _card_block(tables: RunTables) -> Block:
         "noise alone: the std binomial sampling noise gives at these cell sizes when "
         "every cell has the overall accuracy; p: share of noise-only stds at least as "
         "large as the observed one. The IDEFICS card's numbers use the summed "
-        "log-likelihood.",
+        "log-likelihood. Context: where the labels were scored; card's: the image, then the "
+        "template, with no BOS, chat wrapper or preamble (as the IDEFICS evaluation); chat: the "
+        "template as the start of the answer after the preamble. Accuracies from the two "
+        "contexts are not comparable.",
     )
 
 

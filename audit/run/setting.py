@@ -44,7 +44,11 @@ def prepare_preamble(spec: ProbeSpec, origin: str) -> tuple[Preamble, dict[str, 
         parts = tuple(
             _load_part(spec, f"preamble[{i}]", part, origin) for i, part in enumerate(spec.preamble)
         )
-        described = f"{len(parts)} parts before the user turn" if parts else "none"
+        described = (
+            f"{len(parts)} parts before the user turn"
+            if parts
+            else "no preamble: the image and the prompt in one user turn"
+        )
         return Preamble(parts=parts), {**record, "preamble": described, "preamble_complete": True}
     dialogue = spec.preamble
     missing = [

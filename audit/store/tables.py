@@ -364,8 +364,11 @@ class RunStore:
     def read(self, table: str, columns: Iterable[str] | None = None) -> pd.DataFrame:
         """All rows of a table, one per key (a successful row wins over an error row)."""
         tables = self._read_parts(table, columns)
-        if not tables:
-            return pd.DataFrame(columns=list(TABLE_KEYS.get(table, ())))
+        if not tables:  # nothing written (a probe without prompts has no generations)
+            schema = TABLES.get(table)
+            empty = schema.columns() if schema else list(TABLE_KEYS.get(table, ()))
+            wanted = list(columns) if columns is not None else empty
+            return pd.DataFrame(columns=[c for c in empty if c in wanted] or wanted)
         # Permissive: a part whose rows are all scored stores token counts as integers, one with
         # an error row as floats (null); parts written by different shards must still combine.
         try:
