@@ -71,6 +71,12 @@ def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) ->
         f"{len(spec.prompts)} prompt(s), {len(spec.classification)} classification task(s) "
         f"({n_labels} labels), groups {list(spec.dataset.groups)}"
     )
+    missing = [f for _, f in spec.preamble_images() if not spec.resolve_path(f).is_file()]
+    if missing:
+        _echo(
+            f"{probe}: note: {len(missing)} preamble image(s) missing ({', '.join(missing)}): "
+            "the run will show the system prompt alone, and say so (preamble.if_images_missing)"
+        )
 
 
 EXIT_CODES = (

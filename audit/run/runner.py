@@ -254,6 +254,13 @@ def _run_probe(
     source = open_dataset(spec)
     check_labels(spec, source.group_values(), origin)
     preamble, layout = prepare_preamble(spec, origin)
+    if layout.get("preamble_complete") is False:
+        logger.warning(
+            "warning: %d preamble image(s) missing (%s): the run shows the system prompt alone; "
+            "the manifest and the report say so",
+            len(layout["missing_images"]),
+            ", ".join(layout["missing_images"]),
+        )
     backend = load_backend(spec.model_location(), spec.model, preamble)
     _check_capabilities(backend, spec, origin)
     spec, presets = apply_preset(spec, backend.info().model_type)
