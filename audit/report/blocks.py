@@ -43,6 +43,9 @@ class Block:
     figure: go.Figure | None = None
     caption: str = ""
     html_only: bool = False
+    #: The rows report.md shows (``None``: all of them), and what the others are, in words.
+    markdown_rows: list[list[str]] | None = None
+    markdown_omits: str = ""
 
 
 @dataclass
@@ -215,8 +218,9 @@ def _first_column(row: Mapping[str, Any], names: Sequence[str]) -> str:
 
 
 def gap_block(runs: RunTables) -> Block | None:
-    """Highest minus lowest group per prompt/task and axis, with interval and p-value."""
-    rows = []
+    """Highest minus lowest group per prompt/task and axis, with interval and p-value. report.md
+    shows the single axes of the card's scoring, and the intersections whose gap holds."""
+    rows, brief, omitted = [], [], set()
     for label, frame in runs:
         gaps = frame[frame["metric"].astype(str).str.contains("gap")]
         for _, row in gaps.iterrows():
@@ -239,6 +243,14 @@ def gap_block(runs: RunTables) -> Block | None:
                     ),
                 ]
             )
+            p_value = row.get("p_value")
+            holds = not is_missing(p_value) and float(p_value) < 0.05
+            if "per_token" in metric:
+                omitted.add("per-token scoring")
+            elif " x " in str(row["axis"]) and not holds:
+                omitted.add("intersections whose gap does not hold")
+            else:
+                brief.append(rows[-1])
     if not rows:
         return None
     columns = [
@@ -252,7 +264,7 @@ def gap_block(runs: RunTables) -> Block | None:
         "p",
         "detectable at this n",
     ]
-    return _runs_block(
+    block = _runs_block(
         runs,
         "Largest gap between groups",
         columns,
@@ -262,6 +274,9 @@ def gap_block(runs: RunTables) -> Block | None:
         "group labels permuted over images), so the interval excludes 0 exactly when p < 0.05; "
         "detectable: the smallest gap this sample size detects with 80% power.",
     )
+    block.markdown_rows = [row[1:] for row in brief] if len(runs) == 1 else brief
+    block.markdown_omits = ", ".join(sorted(omitted))
+    return block
 
 
 def axis_test_block(runs: RunTables) -> Block | None:

@@ -130,7 +130,7 @@ def _what_was_run(runs: Sequence[RunData]) -> list[str]:
         f"**zero-shot tasks**: {_text(', '.join(first.task_ids()) or 'none')}",
         *_layout_lines(runs),
         f"- **Decoding**: {'sampling' if generation.get('do_sample') else 'greedy'}, "
-        f"at most {_text(generation.get('max_new_tokens', '?'))} new tokens; "
+        f"at most {_text(generation.get('max_new_tokens') or '?')} new tokens; "
         f"**statistics**: {_text(analysis.get('n_permutations', 1000))} permutations, "
         f"{_text(analysis.get('n_bootstrap', 1000))} bootstrap resamples, seed "
         f"{_text(analysis.get('seed', 0))}",
@@ -139,7 +139,7 @@ def _what_was_run(runs: Sequence[RunData]) -> list[str]:
 
 def _layout_lines(runs: Sequence[RunData]) -> list[str]:
     """What the models saw around each image, once when every run saw the same."""
-    layouts = {_text(run.prompt_layout() or "not recorded"): run for run in runs}
+    layouts = {_text(run.prompt_layout(detail=False) or "not recorded"): run for run in runs}
     contexts = {context_text(run.classification_contexts(), long=True) for run in runs}
     lines = []
     if any(run.manifest.prompt_layout for run in runs):

@@ -84,8 +84,9 @@ class RunData:
         tasks = self.manifest.probe.get("classification") or []
         return {str(t.get("id")): str(t.get("context", "chat")) for t in tasks}
 
-    def prompt_layout(self) -> str | None:
-        """What the model saw around each image, in words (``None``: not recorded)."""
+    def prompt_layout(self, detail: bool = True) -> str | None:
+        """What the model saw around each image, in words (``None``: not recorded); without
+        ``detail``, the split template's quirks are counted rather than listed."""
         layout = self.manifest.prompt_layout or {}
         if not layout:
             return None
@@ -94,8 +95,10 @@ class RunData:
             missing = ", ".join(Path(str(p)).name for p in layout.get("missing_images", []))
             text += f" (missing: {missing})" if missing else ""
         quirks = layout.get("quirks") or []
-        if quirks:
+        if quirks and detail:
             text += "; " + "; ".join(str(q) for q in quirks)
+        elif quirks:
+            text += f", its {len(quirks)} quirks reproduced (listed in the report's provenance)"
         return text or None
 
     @property
