@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
@@ -27,6 +28,7 @@ GENERATION_COLUMNS = [
     "n_new_tokens",
     "finish_reason",
     "error",
+    "image_sha256",
 ]
 
 
@@ -105,6 +107,15 @@ def test_m4_preset_from_parquet(tmp_path: Path) -> None:
         assert row["generation"] == f"{model_key} dating text for image 7"
         assert (row["gender"], row["ethnicity"], row["age"]) == ("man", "White", "30-39")
         assert row["prompt"] == M4_PROMPTS["dating"]
+        # The digest of the decoded pixels, not of the JPEG file's bytes.
+        pixels = Image.open(io.BytesIO(jpeg_bytes(7))).convert("RGB")
+        expected = hashlib.sha256(b"RGB 40x48\n" + pixels.tobytes()).hexdigest()
+        assert row["image_sha256"] == expected
+        assert expected != hashlib.sha256(jpeg_bytes(7)).hexdigest()
+        samples = pd.read_parquet(run_dir / "samples.parquet")
+        assert samples.set_index("sample_id")["image_sha256"].to_dict() == (
+            generations.drop_duplicates("sample_id").set_index("sample_id")["image_sha256"]
+        ).to_dict()
         thumbnails = store.read("thumbnails")
         assert set(thumbnails["sample_id"]) == set(generations["sample_id"])
         assert Image.open(io.BytesIO(thumbnails["jpeg"].iloc[0])).size == (40, 48)

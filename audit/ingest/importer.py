@@ -12,12 +12,14 @@ Sources: a parquet or CSV file, a ``save_to_disk`` folder, a folder in hub layou
   ``*_phrase`` columns (and ``age_range`` where present).
 
 Imported rows carry no token counts or finish reasons (null); a missing generation becomes an
-error row. Re-importing into the same run directory adds only keys it does not hold yet.
+error row. Each row carries the digest of its image's pixels (``image_sha256``, null when the
+source has no readable image), as a run's rows do, so an import pairs image by image with a run
+of the dataset it was made from. Re-importing into the same run directory adds only keys it does
+not hold yet.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import re
@@ -32,8 +34,10 @@ from audit.errors import AuditError, DatasetError
 from audit.ingest.source import ImageOutsideSource, SourceTable, read_source
 from audit.spec import AnalysisSpec, parse_probe
 from audit.store.provenance import hardware, now_iso, package_versions
+from audit.store.samples import read_samples, write_samples
 from audit.store.schema import (
     GENERATIONS,
+    IMAGE_HASH,
     Expected,
     Manifest,
     ModelInfo,
@@ -107,15 +111,15 @@ def import_generations(options: ImportOptions) -> list[Path]:
     probes = [
         imported_probe(store, run, source, options) for run, store in zip(runs, stores, strict=True)
     ]
-    # Thumbnails only for images a run lacks: a re-import decodes nothing it already has.
-    missing = {
-        sample_id
-        for run, store in zip(runs, stores, strict=True)
-        for sample_id in set(run.generations["sample_id"]) - _thumbnail_ids(store)
-    }
-    thumbnails = build_thumbnails(source, runs, image_column, missing)
+    # Thumbnails and digests only for images a run lacks: a re-import decodes nothing it has.
+    wanted = DecodeWanted(set(), set())
+    for run, store in zip(runs, stores, strict=True):
+        ids = set(run.generations["sample_id"])
+        wanted.thumbnails.update(ids - _thumbnail_ids(store))
+        wanted.hashes.update(ids - _hashed_ids(store))
+    images = decode_images(source, runs, image_column, wanted)
     return [
-        write_run(store, run, source, options, thumbnails, probe)
+        write_run(store, run, source, options, images, probe)
         for run, store, probe in zip(runs, stores, probes, strict=True)
     ]
 
@@ -265,29 +269,52 @@ def _run(
         if model_id == _UNKNOWN_MODEL
         else f"{source.stem}-{model_id.rsplit('/', 1)[-1]}"
     )
-    columns = [*GENERATIONS.columns(axes), "image_row"]
+    # The digest is added when the run is stored, from the images decoded for it.
+    columns = [*(c for c in GENERATIONS.columns(axes) if c != IMAGE_HASH), "image_row"]
     return ImportedRun(run_id, model_id, rows[columns].reset_index(drop=True), prompts, axes)
 
 
-# -- thumbnails -----------------------------------------------------------------------------
-def build_thumbnails(
-    source: SourceTable, runs: list[ImportedRun], column: str | None, wanted: set[str]
-) -> pd.DataFrame:
-    """``sample_id, jpeg`` for the ``wanted`` samples with a readable image (one per sample)."""
-    from PIL import Image
+# -- images: thumbnails and digests ---------------------------------------------------------
+@dataclass(frozen=True)
+class DecodeWanted:
+    """The samples whose image is needed: for a thumbnail, for a digest."""
 
+    thumbnails: set[str]
+    hashes: set[str]
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    """What decoding the wanted images gave: ``sample_id, jpeg`` rows, digests by sample."""
+
+    thumbnails: pd.DataFrame
+    hashes: dict[str, str]
+
+    def hash_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"sample_id": list(self.hashes), IMAGE_HASH: list(self.hashes.values())}
+        )
+
+
+def decode_images(
+    source: SourceTable, runs: list[ImportedRun], column: str | None, wanted: DecodeWanted
+) -> DecodedImages:
+    """Each wanted sample's image decoded once: its thumbnail and the digest of its pixels."""
+    from audit.datasets.image_hash import encoded_image_sha256
     from audit.store.thumbnails import thumbnail_jpeg
 
     rows: list[dict[str, Any]] = []
+    hashes: dict[str, str] = {}
     if column is None or column not in source.frame.columns:
-        return pd.DataFrame(columns=["sample_id", "jpeg"])
+        return DecodedImages(pd.DataFrame(columns=["sample_id", "jpeg"]), hashes)
     seen: set[str] = set()
     refused = 0
     for run in runs:
         for sample_id, image_row in run.generations[["sample_id", "image_row"]].itertuples(
             index=False
         ):
-            if sample_id in seen or sample_id not in wanted:
+            needs_thumbnail = sample_id in wanted.thumbnails
+            if sample_id in seen or not (needs_thumbnail or sample_id in wanted.hashes):
                 continue
             seen.add(sample_id)
             try:
@@ -298,18 +325,20 @@ def build_thumbnails(
             if data is None:
                 continue
             try:
-                image = Image.open(io.BytesIO(data)).convert("RGB")
-            except OSError:  # an unreadable image costs its thumbnail, not the import
+                image, hashes[sample_id] = encoded_image_sha256(data)
+            except OSError:  # an unreadable image costs its thumbnail and digest, not the import
                 continue
-            rows.append({"sample_id": sample_id, "jpeg": thumbnail_jpeg(image)})
+            if needs_thumbnail:
+                rows.append({"sample_id": sample_id, "jpeg": thumbnail_jpeg(image)})
     if refused:
         logger.warning(
             "warning: %d image path(s) in %s lead out of its folder (an absolute path, '..', "
-            "a link out or a URL) and were not read; those samples have no thumbnail",
+            "a link out or a URL) and were not read; those samples have no thumbnail or "
+            "image digest (they pair with other runs by sample_id only)",
             refused,
             source.origin,
         )
-    return pd.DataFrame(rows, columns=["sample_id", "jpeg"])
+    return DecodedImages(pd.DataFrame(rows, columns=["sample_id", "jpeg"]), hashes)
 
 
 # -- storing --------------------------------------------------------------------------------
@@ -330,12 +359,19 @@ def _thumbnail_ids(store: RunStore) -> set[str]:
     return set(store.read("thumbnails", columns=["sample_id"])["sample_id"].astype(str))
 
 
+def _hashed_ids(store: RunStore) -> set[str]:
+    listed = read_samples(store) if store.exists() else None
+    if listed is None:
+        return set()
+    return set(listed.loc[listed[IMAGE_HASH].notna(), "sample_id"])
+
+
 def write_run(
     store: RunStore,
     run: ImportedRun,
     source: SourceTable,
     options: ImportOptions,
-    thumbnails: pd.DataFrame,
+    images: DecodedImages,
     probe: dict[str, Any],
 ) -> Path:
     """Store one imported run; rows whose key the directory already holds are left out."""
@@ -343,10 +379,23 @@ def write_run(
     held = set(stored[["sample_id", "prompt_id"]].astype(str).itertuples(index=False, name=None))
     keys = run.generations[["sample_id", "prompt_id"]].itertuples(index=False, name=None)
     new = run.generations[[key not in held for key in keys]].drop(columns="image_row")
+    known = dict(images.hashes)
+    listed = read_samples(store) if store.exists() else None
+    if listed is not None:
+        known |= {
+            sid: digest
+            for sid, digest in zip(listed["sample_id"], listed[IMAGE_HASH], strict=True)
+            if digest is not None and sid not in known
+        }
+    new = new.assign(**{IMAGE_HASH: new["sample_id"].map(known).astype(object)})
+    new[IMAGE_HASH] = new[IMAGE_HASH].where(new[IMAGE_HASH].notna(), None)
+    thumbnails = images.thumbnails
     own = thumbnails[thumbnails["sample_id"].isin(set(run.generations["sample_id"]))]
     have = _thumbnail_ids(store)
     store.append("thumbnails", own[~own["sample_id"].isin(have)].reset_index(drop=True))
     store.append("generations", new.reset_index(drop=True))
+    samples = run.generations["sample_id"].drop_duplicates()
+    write_samples(store, samples, images.hash_frame())
     store.write_manifest(_manifest(store, run, source, options, probe))
     return store.root
 

@@ -14,6 +14,7 @@ from audit.errors import RunDirError
 from audit.spec import ProbeSpec
 from audit.store.lock import run_lock
 from audit.store.provenance import hardware, now_iso, package_versions
+from audit.store.samples import SAMPLES_FILE, record_image_hashes, write_samples
 from audit.store.schema import (
     Expected,
     Manifest,
@@ -25,9 +26,7 @@ from audit.store.schema import (
 )
 from audit.store.shard import Shard
 from audit.store.shard_record import read_shard_records, start_shard_record, write_shard_record
-from audit.store.tables import RunStore, write_parquet_atomic
-
-SAMPLES_FILE = "samples.parquet"
+from audit.store.tables import RunStore
 
 # Parts of a probe that change what is generated; batch size, limit, device and fast paths
 # (checked against the plain path) do not.
@@ -101,7 +100,7 @@ def start_manifest(
         manifest = _start_manifest(
             store, spec, source, backend, probe_path, arguments or [], layout
         )
-        write_parquet_atomic(store.root / SAMPLES_FILE, _sample_ids(source))
+        write_samples(store, _sample_ids(source))
     start_shard_record(store.root, shard, launcher)
     return manifest
 
@@ -130,9 +129,9 @@ def read_sample_ids(store: RunStore) -> list[str] | None:
     return frame["sample_id"].astype(str).tolist()
 
 
-def _sample_ids(source: Any) -> pd.DataFrame:
+def _sample_ids(source: Any) -> list[str]:
     """Every sample a complete run covers (images are not decoded), for ``audit status``."""
-    return pd.DataFrame({"sample_id": [s.sample_id for s in source.samples()]}, dtype="string")
+    return [s.sample_id for s in source.samples()]
 
 
 def _start_manifest(
@@ -220,6 +219,7 @@ def finalize_manifest(
         elapsed_s=round(elapsed_s, 3),
     )
     with run_lock(store.root):
+        record_image_hashes(store)
         rows = store.row_counts()
         expected = store.manifest().expected.model_dump()
         complete = all(rows.get(t, 0) >= n for t, n in expected.items())

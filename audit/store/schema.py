@@ -18,6 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 # Bump when a stored column or manifest key changes meaning; readers check it first.
 SCHEMA_VERSION = 1
 
+#: The digest of an image's decoded pixels (``audit.datasets.image_hash``): the identity that
+#: pairs two runs image by image across datasets that number their rows differently. Runs
+#: written before it existed lack the column and pair on ``sample_id``.
+IMAGE_HASH = "image_sha256"
+
 
 @dataclass(frozen=True)
 class TableSchema:
@@ -37,6 +42,8 @@ class TableSchema:
     required: tuple[str, ...] = ()
     #: Columns that hold text (or nothing, in a part of error rows).
     text: tuple[str, ...] = ()
+    #: Columns that parts written by earlier versions lack: read as nulls, never ``damaged``.
+    optional: tuple[str, ...] = ()
 
     def columns(self, group_axes: Iterable[str] = ()) -> list[str]:
         """The table's columns, in order, for a run with these group columns."""
@@ -47,9 +54,10 @@ GENERATIONS = TableSchema(
     "generations",
     keys=("sample_id", "prompt_id"),
     leading=("sample_id", "prompt_id", "model_id"),
-    trailing=("prompt", "generation", "n_new_tokens", "finish_reason", "error"),
+    trailing=("prompt", "generation", "n_new_tokens", "finish_reason", "error", IMAGE_HASH),
     required=("sample_id", "prompt_id", "generation"),
-    text=("model_id", "prompt", "generation", "finish_reason", "error"),
+    text=("model_id", "prompt", "generation", "finish_reason", "error", IMAGE_HASH),
+    optional=(IMAGE_HASH,),
 )
 #: ``score_<value>``: summed log-likelihood of the value's label; ``n_tokens_<value>``: its
 #: token count (docs/run_directory.md).
@@ -57,15 +65,26 @@ CLASSIFICATIONS = TableSchema(
     "classifications",
     keys=("sample_id", "task_id"),
     leading=("sample_id", "task_id", "model_id"),
-    trailing=("target", "prediction", "correct", "error"),
+    trailing=("target", "prediction", "correct", "error", IMAGE_HASH),
     per_value=("score_", "n_tokens_"),
     required=("sample_id", "task_id", "target", "prediction"),
-    text=("model_id", "target", "prediction", "error"),
+    text=("model_id", "target", "prediction", "error", IMAGE_HASH),
+    optional=(IMAGE_HASH,),
 )
 THUMBNAILS = TableSchema(
     "thumbnails", keys=("sample_id",), leading=("sample_id", "jpeg"), required=("sample_id", "jpeg")
 )
 TABLES: dict[str, TableSchema] = {t.name: t for t in (GENERATIONS, CLASSIFICATIONS, THUMBNAILS)}
+#: ``samples.parquet``: every sample a complete run covers, with its image digest once the
+#: image was read (null before, and in lists written by earlier versions). One file, not parts.
+SAMPLES = TableSchema(
+    "samples",
+    keys=("sample_id",),
+    leading=("sample_id", IMAGE_HASH),
+    required=("sample_id",),
+    text=("sample_id", IMAGE_HASH),
+    optional=(IMAGE_HASH,),
+)
 
 
 class Producer(StrEnum):

@@ -153,7 +153,7 @@ def _check_part(
     path: Path, part: pa.Schema, schema: TableSchema, columns: list[str] | None
 ) -> None:
     declared = {*schema.leading, *schema.trailing}
-    asked = set(schema.required) | (set(columns or ()) & declared)
+    asked = (set(schema.required) | (set(columns or ()) & declared)) - set(schema.optional)
     missing = sorted(asked - set(part.names))
     if missing:
         raise damaged(path, f"has no column(s) {missing}, which every {schema.name} part holds")
