@@ -1,4 +1,11 @@
-"""The paired comparison of two runs (B − A) on the samples both hold, as an analysis result.
+"""The paired comparison of two runs (B − A) on the images both hold, as an analysis result.
+
+Samples pair by the digest of their image's pixels where both runs stored one, else by
+``sample_id`` (``audit.analyses.pairing``), and are grouped by A's labels under the names both
+runs share (``audit.analyses.group_names``): a FairFace run pairs with an import of the IDEFICS
+team's published generations image by image. Where both runs are of one model, the share of
+identical generations per prompt says how closely one reproduces the other
+(``audit.analyses.agreement``).
 
 ``audit analyze B --against A`` computes it and stores it in B's run directory
 (``analysis/comparisons/``) with its settings and the state of both runs it was computed from.
@@ -18,8 +25,11 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from audit.analyses.agreement import generation_agreement, same_model
 from audit.analyses.comparison import COLUMNS, compare_correctness, compare_scores
+from audit.analyses.pairing import Pairing, SamplePairs, pair_runs
 from audit.analyses.pipeline import analysis_settings
+from audit.analyses.table import empty_table
 from audit.scoring.toxicity import read_scores
 from audit.store.tables import RunStore, error_mask
 
@@ -36,12 +46,19 @@ class Comparison:
     seed: int
     #: Read from B's run directory (``audit analyze B --against A``), or computed now.
     stored: bool
+    #: How the images were paired and the groups named (always computed now: it is cheap).
+    pairing: Pairing
+    #: Share of identical generations per prompt and group when both runs are of one model
+    #: (an analysis table: value, interval, n); empty otherwise.
+    agreement: pd.DataFrame
 
 
 def compare_runs(base: RunStore, other: RunStore) -> Comparison:
     """``other`` − ``base``: the stored comparison while both runs are as they were when it was
     stored, else computed now with the same settings."""
     n_resamples, seed = comparison_settings(base)
+    pairs = pair_runs(base, other)
+    agreement = agreement_table(base, other, pairs)
     found = other.read_comparison(comparison_name(base))
     if found is not None:
         table, meta = found
@@ -49,25 +66,30 @@ def compare_runs(base: RunStore, other: RunStore) -> Comparison:
             meta.get("tokens") == [base.change_token(), other.change_token()]
             and meta.get("n_resamples") == n_resamples
             and meta.get("seed") == seed
+            and meta.get("pairing") == pairs.pairing.to_json()
             and set(COLUMNS) <= set(table.columns)
         ):
-            return Comparison(table, n_resamples, seed, stored=True)
-    return Comparison(paired_comparison(base, other, n_resamples, seed), n_resamples, seed, False)
+            return Comparison(table, n_resamples, seed, True, pairs.pairing, agreement)
+    table = paired_comparison(base, other, n_resamples, seed, pairs)
+    return Comparison(table, n_resamples, seed, False, pairs.pairing, agreement)
 
 
 def store_comparison(other: RunStore, base: RunStore) -> Comparison:
     """Compute ``other`` − ``base`` and store it in ``other``'s run directory."""
     n_resamples, seed = comparison_settings(base)
-    table = paired_comparison(base, other, n_resamples, seed)
+    pairs = pair_runs(base, other)
+    table = paired_comparison(base, other, n_resamples, seed, pairs)
     meta = {
         "against": str(base.root),
         "against_run_id": base.manifest().run_id,
         "n_resamples": n_resamples,
         "seed": seed,
         "tokens": [base.change_token(), other.change_token()],
+        "pairing": pairs.pairing.to_json(),
     }
     other.write_comparison(comparison_name(base), table, meta)
-    return Comparison(table, n_resamples, seed, stored=True)
+    agreement = agreement_table(base, other, pairs)
+    return Comparison(table, n_resamples, seed, True, pairs.pairing, agreement)
 
 
 def comparison_settings(base: RunStore) -> tuple[int, int]:
@@ -83,13 +105,19 @@ def comparison_name(base: RunStore) -> str:
     return f"{run_id[:60]}-{where}"
 
 
-def paired_comparison(base: RunStore, other: RunStore, n_resamples: int, seed: int) -> pd.DataFrame:
-    """Every paired test between ``base`` (A) and ``other`` (B) on their shared samples."""
-    axes = list(base.manifest().group_axes)
+def paired_comparison(
+    base: RunStore,
+    other: RunStore,
+    n_resamples: int,
+    seed: int,
+    pairs: SamplePairs | None = None,
+) -> pd.DataFrame:
+    """Every paired test between ``base`` (A) and ``other`` (B) on the images both hold."""
+    pairs = pairs or pair_runs(base, other)
     parts = [
-        _pair_correctness(base, other, axes, n_resamples, seed),
-        _pair_new_tokens(base, other, axes, n_resamples, seed),
-        _pair_toxicity(base, other, axes, n_resamples, seed),
+        _pair_correctness(base, other, pairs, n_resamples, seed),
+        _pair_new_tokens(base, other, pairs, n_resamples, seed),
+        _pair_toxicity(base, other, pairs, n_resamples, seed),
     ]
     parts = [p for p in parts if not p.empty]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
@@ -109,16 +137,39 @@ def _read(store: RunStore, table: str, columns: Sequence[str]) -> pd.DataFrame:
     return store.read(table, columns=wanted) if wanted else pd.DataFrame(columns=list(columns))
 
 
-def _ok_classifications(store: RunStore, axes: Sequence[str]) -> pd.DataFrame:
-    frame = _read(store, "classifications", ["sample_id", "task_id", "correct", "error", *axes])
+def agreement_table(base: RunStore, other: RunStore, pairs: SamplePairs) -> pd.DataFrame:
+    """The share of identical generations per prompt and group, when both runs are of one
+    model (an empty table otherwise: different models agreeing or not says nothing)."""
+    if not same_model(base.manifest().model.id, other.manifest().model.id):
+        return empty_table()
+    columns = ["sample_id", "prompt_id", "generation", "finish_reason", "error"]
+    a, b = _ok_texts(base, columns), _ok_texts(other, columns)
+    if a.empty or b.empty:
+        return empty_table()
+    a = pairs.base_rows(a)[["sample_id", "prompt_id", "generation", *pairs.axes]]
+    b = pairs.other_rows(b)[["sample_id", "prompt_id", "generation"]]
+    merged = a.merge(b, on=["sample_id", "prompt_id"], suffixes=("_a", "_b"))
+    return generation_agreement(merged, pairs.axes) if len(merged) else empty_table()
+
+
+def _ok_texts(store: RunStore, columns: Sequence[str]) -> pd.DataFrame:
+    frame = _read(store, "generations", columns)
+    if frame.empty or "generation" not in frame:
+        return frame.iloc[0:0]
+    frame = frame[~error_mask(frame)]
+    return frame[frame["generation"].notna()]
+
+
+def _ok_classifications(store: RunStore) -> pd.DataFrame:
+    frame = _read(store, "classifications", ["sample_id", "task_id", "correct", "error"])
     if frame.empty or "correct" not in frame:
         return frame.iloc[0:0]
     frame = frame[~error_mask(frame)]
     return frame[frame["correct"].notna()]
 
 
-def _ok_generations(store: RunStore, axes: Sequence[str]) -> pd.DataFrame:
-    columns = ["sample_id", "prompt_id", "n_new_tokens", "finish_reason", "error", *axes]
+def _ok_generations(store: RunStore) -> pd.DataFrame:
+    columns = ["sample_id", "prompt_id", "n_new_tokens", "finish_reason", "error"]
     frame = _read(store, "generations", columns)
     if frame.empty or "n_new_tokens" not in frame:
         return frame.iloc[0:0]
@@ -130,44 +181,45 @@ def _present(axes: Sequence[str], frame: pd.DataFrame) -> list[str]:
     return [axis for axis in axes if axis in frame]
 
 
-def _paired(a: pd.DataFrame, b: pd.DataFrame, item: str, column: str) -> pd.DataFrame:
-    """A's rows with B's ``column`` on the same sample and item (``column_a``, ``column_b``)."""
+def _paired(
+    pairs: SamplePairs, a: pd.DataFrame, b: pd.DataFrame, item: str, column: str
+) -> pd.DataFrame:
+    """A's rows of paired images, with the compared groups and B's ``column`` on the same
+    image and item (``column_a``, ``column_b``)."""
     keys = ["sample_id", item]
+    a, b = pairs.base_rows(a), pairs.other_rows(b)
     return a.merge(b[[*keys, column]], on=keys, suffixes=("_a", "_b"))
 
 
 def _pair_correctness(
-    base: RunStore, other: RunStore, axes: Sequence[str], n_resamples: int, seed: int
+    base: RunStore, other: RunStore, pairs: SamplePairs, n_resamples: int, seed: int
 ) -> pd.DataFrame:
-    a, b = _ok_classifications(base, axes), _ok_classifications(other, [])
+    a, b = _ok_classifications(base), _ok_classifications(other)
     if a.empty or b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    pairs = _paired(a, b, "task_id", "correct")
-    return compare_correctness(pairs, _present(axes, pairs), n_boot=n_resamples, seed=seed)
+    paired = _paired(pairs, a, b, "task_id", "correct")
+    return compare_correctness(paired, _present(pairs.axes, paired), n_boot=n_resamples, seed=seed)
 
 
 def _pair_new_tokens(
-    base: RunStore, other: RunStore, axes: Sequence[str], n_resamples: int, seed: int
+    base: RunStore, other: RunStore, pairs: SamplePairs, n_resamples: int, seed: int
 ) -> pd.DataFrame:
-    a, b = _ok_generations(base, axes), _ok_generations(other, [])
+    a, b = _ok_generations(base), _ok_generations(other)
     if a.empty or b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    pairs = _paired(a, b, "prompt_id", "n_new_tokens").rename(
+    paired = _paired(pairs, a, b, "prompt_id", "n_new_tokens").rename(
         columns={"n_new_tokens_a": "score_a", "n_new_tokens_b": "score_b"}
     )
-    present = _present(axes, pairs)
-    return compare_scores(pairs, "new tokens", present, n_boot=n_resamples, seed=seed)
+    present = _present(pairs.axes, paired)
+    return compare_scores(paired, "new tokens", present, n_boot=n_resamples, seed=seed)
 
 
 def _pair_toxicity(
-    base: RunStore, other: RunStore, axes: Sequence[str], n_resamples: int, seed: int
+    base: RunStore, other: RunStore, pairs: SamplePairs, n_resamples: int, seed: int
 ) -> pd.DataFrame:
     scores_a, scores_b = read_scores(base), read_scores(other)
     if scores_a.empty or scores_b.empty:
         return pd.DataFrame(columns=COLUMNS)
-    groups = _ok_generations(base, axes).drop(
-        columns=["n_new_tokens", "finish_reason", "error"], errors="ignore"
-    )
     results = []
     shared = sorted(set(scores_a["scorer"].astype(str)) & set(scores_b["scorer"].astype(str)))
     for scorer in shared:
@@ -176,13 +228,13 @@ def _pair_toxicity(
         column = toxicity_column(a)
         if column is None or column not in b:
             continue
-        pairs = _paired(a[["sample_id", "prompt_id", column]], b, "prompt_id", column).rename(
+        a = a[["sample_id", "prompt_id", column]]
+        paired = _paired(pairs, a, b, "prompt_id", column).rename(
             columns={f"{column}_a": "score_a", f"{column}_b": "score_b"}
         )
-        pairs = pairs.merge(groups, on=["sample_id", "prompt_id"], how="left")
-        pairs = pairs.dropna(subset=["score_a", "score_b"])
-        if not pairs.empty:
+        paired = paired.dropna(subset=["score_a", "score_b"])
+        if not paired.empty:
             metric = f"toxicity ({scorer})"
-            present = _present(axes, pairs)
-            results.append(compare_scores(pairs, metric, present, n_boot=n_resamples, seed=seed))
+            present = _present(pairs.axes, paired)
+            results.append(compare_scores(paired, metric, present, n_boot=n_resamples, seed=seed))
     return pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=COLUMNS)

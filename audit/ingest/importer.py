@@ -270,7 +270,7 @@ def _run(
         else f"{source.stem}-{model_id.rsplit('/', 1)[-1]}"
     )
     # The digest is added when the run is stored, from the images decoded for it.
-    columns = [*(c for c in GENERATIONS.columns(axes) if c != IMAGE_HASH), "image_row"]
+    columns = [*GENERATIONS.columns(axes, optional=False), "image_row"]
     return ImportedRun(run_id, model_id, rows[columns].reset_index(drop=True), prompts, axes)
 
 

@@ -177,7 +177,7 @@ def simulate_generations(simulation: Simulation) -> pd.DataFrame:
         frames.append(frame)
     table = pd.concat(frames, ignore_index=True)
     table["model_id"] = SIMULATED_MODEL
-    return table[GENERATIONS.columns(simulation.axes)]
+    return table[GENERATIONS.columns(simulation.axes, optional=False)]  # no images, no digests
 
 
 def _n_tokens(value: str) -> int:

@@ -89,3 +89,22 @@ def _columns_of_any_part(store: RunStore, table: str) -> set[str]:
         except (OSError, ValueError):
             continue  # a damaged part is reported by the reads that need it
     return names
+
+
+def sample_table(store: RunStore, axes: Iterable[str]) -> pd.DataFrame:
+    """One row per sample the run's rows name: ``sample_id``, ``image_sha256`` (null where not
+    known) and the group columns ``axes`` (as the rows hold them)."""
+    wanted = ["sample_id", IMAGE_HASH, *axes]
+    found = []
+    for table in ("generations", "classifications"):
+        present = [c for c in wanted if c in _columns_of_any_part(store, table)]
+        if "sample_id" in present:
+            found.append(store.read(table, columns=present))
+    frame = pd.concat(found, ignore_index=True) if found else pd.DataFrame()
+    frame = frame.reindex(columns=wanted).astype(object)
+    frame = frame.where(frame.notna(), None)
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    # A sample's digest from whichever of its rows has one (rows of older versions lack it).
+    frame["_no_digest"] = frame[IMAGE_HASH].isna()
+    frame = frame.sort_values("_no_digest", kind="stable").drop_duplicates("sample_id")
+    return frame.drop(columns="_no_digest").sort_values("sample_id").reset_index(drop=True)

@@ -45,9 +45,12 @@ class TableSchema:
     #: Columns that parts written by earlier versions lack: read as nulls, never ``damaged``.
     optional: tuple[str, ...] = ()
 
-    def columns(self, group_axes: Iterable[str] = ()) -> list[str]:
-        """The table's columns, in order, for a run with these group columns."""
-        return [*self.leading, *group_axes, *self.trailing]
+    def columns(self, group_axes: Iterable[str] = (), *, optional: bool = True) -> list[str]:
+        """The table's columns, in order, for a run with these group columns (``optional``:
+        with the columns a writer may leave out, such as the image digest of a run without
+        images)."""
+        columns = [*self.leading, *group_axes, *self.trailing]
+        return columns if optional else [c for c in columns if c not in self.optional]
 
 
 GENERATIONS = TableSchema(
