@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from audit.analyses.cross_run import compare_runs
+from audit.analyses.cross_run import agreement_table, compare_runs
+from audit.analyses.pairing import Pairing, pair_runs
 from audit.analyses.registry import analysis_tables
 from audit.analyses.table import ALL, ID
 from audit.report.run_data import RunData
@@ -115,8 +116,23 @@ class Run:
 
     def paired_with(self, base: Run) -> pd.DataFrame:
         """This run minus ``base`` on the images both hold: McNemar for accuracy, paired
-        bootstrap for scores (the stored comparison when still current)."""
+        bootstrap for scores (the stored comparison when still current). Images pair by the
+        digest of their pixels, or by sample id where a run has no digests (``pairing_with``),
+        and are grouped by ``base``'s labels under the names both runs share."""
         return compare_runs(RunStore(base.path), RunStore(self.path)).table
+
+    def pairing_with(self, base: Run) -> Pairing:
+        """How this run's images paired with ``base``'s: how many by image digest and by
+        sample id, how many found no partner on each side, and how each axis was named
+        (values the name table could not name, paired images whose labels differ)."""
+        return pair_runs(RunStore(base.path), RunStore(self.path)).pairing
+
+    def agreement_with(self, base: Run) -> pd.DataFrame:
+        """When both runs are of one model: the share of paired images with identical
+        generations, per prompt, overall (axis ``all``) and per group, with its Wilson
+        interval and n. Empty when the models differ."""
+        base_store, store = RunStore(base.path), RunStore(self.path)
+        return agreement_table(base_store, store, pair_runs(base_store, store))
 
     def _rows(
         self, analysis: str, metric: str, prompt: str | None, where: dict[str, str]

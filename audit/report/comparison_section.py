@@ -17,12 +17,14 @@ from audit.report.formatting import (
     format_number,
     is_missing,
 )
+from audit.report.pairing_blocks import agreement_blocks, naming_block, pairing_block
 from audit.report.run_data import RunData
 
 TITLE = "Paired comparison of runs on the same samples"
 INTRO = (
-    "Each run (B) is compared with the first run given (A) on the samples both hold. "
-    "Classification: "
+    "Each run (B) is compared with the first run given (A) on the images both hold, paired by "
+    "the digest of the image's pixels (by sample id for runs without digests) and grouped by "
+    "A's labels under names both runs share. Classification: "
     "McNemar's exact test on the discordant pairs, with a paired bootstrap interval for the "
     "difference in accuracy. Scores (new tokens, toxicity): paired bootstrap interval of the "
     "mean difference over images and a sign-flip permutation p-value. q: Benjamini-Hochberg "
@@ -100,14 +102,19 @@ def comparison_section(runs: Sequence[RunData]) -> Section | None:
     comparisons = [compare_runs(base.store(), other.store()) for other in runs[1:]]
     tables = [labelled(c, base, o) for c, o in zip(comparisons, runs[1:], strict=True)]
     table = pd.concat(tables, ignore_index=True)
-    blocks = []
+    agreement, agreement_by_group = agreement_blocks(runs, comparisons)
+    blocks = [pairing_block(runs, comparisons), naming_block(runs, comparisons), agreement]
     if table.empty:
         blocks.append(
             Block(
                 title="",
                 columns=[],
                 rows=[],
-                caption=("No paired test possible: the runs share no samples with stored rows."),
+                caption=(
+                    "No paired test possible: the runs share no images with a measure both "
+                    "hold (accuracy, new tokens, toxicity scores). Imported generations have "
+                    "no token counts; 'audit analyze' scores their toxicity."
+                ),
             )
         )
     else:
@@ -127,5 +134,8 @@ def comparison_section(runs: Sequence[RunData]) -> Section | None:
         blocks.append(
             Block(title="Every group", columns=COLUMNS, rows=comparison_rows(table), html_only=True)
         )
+    if agreement_by_group is not None:
+        blocks.append(agreement_by_group)
     intro = f"{INTRO} {how_made(comparisons)}"
-    return Section(key="comparison", title=TITLE, blocks=blocks, intro=intro, lead=2)
+    # Pairing, naming, agreement and the tests' overall and significant rows lead.
+    return Section(key="comparison", title=TITLE, blocks=blocks, intro=intro, lead=5)
