@@ -65,6 +65,40 @@ def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def naming_frame(comparison: Comparison) -> pd.DataFrame:
+    """Each compared axis: its names in A and B and what the name table could not name."""
+    return pd.DataFrame(
+        [
+            {
+                "axis compared": axis.name,
+                "A's axis": axis.a,
+                "B's axis": axis.b or "(none)",
+                "A's values not named": ", ".join(axis.unmapped_a) or "none",
+                "B's values not named": ", ".join(axis.unmapped_b) or "none",
+                "values kept apart": ", ".join(sorted({*axis.merged_a, *axis.merged_b})) or "none",
+                "paired images whose labels differ": axis.disagree,
+            }
+            for axis in comparison.pairing.axes
+        ]
+    )
+
+
+def agreement_frame(table: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "prompt": table[ID].astype(str),
+            "axis": table["axis"].astype(str),
+            "group": table["group"].astype(str),
+            "identical": [format_number(v, True) for v in table["value"]],
+            "95% CI": [
+                format_interval(lo, hi, True)
+                for lo, hi in zip(table["ci_low"], table["ci_high"], strict=True)
+            ],
+            "n": [format_count(n) for n in table["n"]],
+        }
+    )
+
+
 def side_by_side_view(chosen_runs: list[RunData], selection: Selection) -> None:
     """Any number of runs on one analysis, prompt and metric: one chart, one table."""
     tables = {run.label: {n: run.table(n) for n in COMPARABLE} for run in chosen_runs}
@@ -130,8 +164,19 @@ st.caption(
     f"axis. "
     f"{how_made([comparison])}"
 )
+pairing = comparison.pairing
+st.caption(
+    f"Images paired: {pairing.paired:,} ({pairing.by_digest:,} by image digest, "
+    f"{pairing.by_sample_id:,} by sample id); only in A: {pairing.only_a:,}; only in B: "
+    f"{pairing.only_b:,}; pictures repeated within A / B: {pairing.repeated_a:,} / "
+    f"{pairing.repeated_b:,}. Groups are A's labels under the names both runs share."
+)
+st.dataframe(naming_frame(comparison), hide_index=True)
 pairs = comparison.table
 if pairs.empty:
-    st.info("No paired test possible: the runs share no samples with stored rows.")
+    st.info("No paired test possible: the runs share no images with a measure both hold.")
 else:
     st.dataframe(pairs_frame(filter_groups(pairs, selection)), hide_index=True)
+if not comparison.agreement.empty:
+    st.markdown("**Same model: share of paired images with identical generations**")
+    st.dataframe(agreement_frame(comparison.agreement), hide_index=True)
