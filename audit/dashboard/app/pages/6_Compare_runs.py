@@ -172,11 +172,11 @@ st.caption(
     f"{pairing.repeated_b:,}. Groups are A's labels under the names both runs share."
 )
 st.dataframe(naming_frame(comparison), hide_index=True)
+if not comparison.agreement.empty:
+    st.markdown("**Same model: share of paired images with identical generations**")
+    st.dataframe(agreement_frame(comparison.agreement), hide_index=True)
 pairs = comparison.table
 if pairs.empty:
     st.info("No paired test possible: the runs share no images with a measure both hold.")
 else:
     st.dataframe(pairs_frame(filter_groups(pairs, selection)), hide_index=True)
-if not comparison.agreement.empty:
-    st.markdown("**Same model: share of paired images with identical generations**")
-    st.dataframe(agreement_frame(comparison.agreement), hide_index=True)
