@@ -113,9 +113,12 @@ def test_m4_preset_from_parquet(tmp_path: Path) -> None:
         assert row["image_sha256"] == expected
         assert expected != hashlib.sha256(jpeg_bytes(7)).hexdigest()
         samples = pd.read_parquet(run_dir / "samples.parquet")
-        assert samples.set_index("sample_id")["image_sha256"].to_dict() == (
-            generations.drop_duplicates("sample_id").set_index("sample_id")["image_sha256"]
-        ).to_dict()
+        assert (
+            samples.set_index("sample_id")["image_sha256"].to_dict()
+            == (
+                generations.drop_duplicates("sample_id").set_index("sample_id")["image_sha256"]
+            ).to_dict()
+        )
         thumbnails = store.read("thumbnails")
         assert set(thumbnails["sample_id"]) == set(generations["sample_id"])
         assert Image.open(io.BytesIO(thumbnails["jpeg"].iloc[0])).size == (40, 48)
