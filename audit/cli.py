@@ -267,9 +267,13 @@ def analyze(
         _echo(result.describe())
         for base in bases:
             comparison = store_comparison(RunStore.open(run_dir), base)
+            pairing = comparison.pairing
             _echo(
                 f"paired comparison with {base.root}: {len(comparison.table)} rows "
-                f"({comparison.n_resamples} resamples, seed {comparison.seed})"
+                f"({comparison.n_resamples} resamples, seed {comparison.seed}); images paired: "
+                f"{pairing.paired} ({pairing.by_digest} by image digest, "
+                f"{pairing.by_sample_id} by sample id), only in A: {pairing.only_a}, "
+                f"only in B: {pairing.only_b}"
             )
     except AuditError as error:
         _fail(error)

@@ -202,7 +202,9 @@ def test_an_import_pairs_with_a_fairface_run_image_by_image(new_run: Path, tmp_p
                 assert row["value"] == pytest.approx(kept / len(members))
 
     invoke("analyze", str(new_run), "--only", "refusal")
-    invoke("analyze", str(card), "--only", "refusal")
+    stored = invoke("analyze", str(card), "--only", "refusal", "--against", str(new_run))
+    assert f"images paired: {N} ({N} by image digest, 0 by sample id)" in stored
+    assert "only in A: 0, only in B: 0" in stored
     out = tmp_path / "report"
     invoke("report", str(new_run), str(card), "--out", str(out))
     markdown = (out / "report.md").read_text()

@@ -106,9 +106,9 @@ def start_manifest(
 
 
 def read_sample_ids(store: RunStore) -> list[str] | None:
-    """The samples a complete run covers (``None`` for runs without the list: imports, older
-    runs). A list that cannot be read is a ``RunDirError``: it is written anew whenever the
-    run is resumed."""
+    """The samples a complete run covers (``None`` for runs without the list: runs and
+    imports written by earlier versions). A list that cannot be read is a ``RunDirError``: it
+    is written anew whenever the run is resumed."""
     path = store.root / SAMPLES_FILE
     if not path.exists() and not path.is_symlink():
         return None

@@ -2,8 +2,9 @@
 
 Every expected row (sample x prompt, sample x classification task) is ``done``, ``error``
 (stored with an error: a resumed run retries it) or ``missing``. The expected samples come
-from ``samples.parquet``, written when a run starts; runs without it (imports, older runs)
-are measured against the samples they hold and the manifest's expected counts.
+from ``samples.parquet``, written when a run starts or an import is stored; runs without it
+(written by earlier versions) are measured against the samples they hold and the manifest's
+expected counts.
 """
 
 from __future__ import annotations
