@@ -278,3 +278,37 @@ def test_runs_without_digests_pair_by_sample_id_and_different_pictures_never_pai
         0,
         0,
     )
+
+
+def test_stable_bias_groups_the_name_table_would_merge_stay_apart(tmp_path: Path) -> None:
+    """Stable Bias holds both ``Latino`` and ``Hispanic``: the table's FairFace entry would
+    merge them into ``Latino_Hispanic``, so they stay as they are, and the report says so."""
+    ethnicities = ["Latino", "Hispanic", "Black", "Pacific Islander"]
+    genders = ["man", "woman", "non-binary"]
+    n = 24
+    rows: dict[str, list] = {"image": [], "gender_phrase": [], "ethnicity_phrase": []}
+    for i in range(n):
+        png = io.BytesIO()
+        picture(100 + i).save(png, "PNG")
+        rows["image"].append({"bytes": png.getvalue(), "path": None})
+        rows["gender_phrase"].append(genders[i % 3])
+        rows["ethnicity_phrase"].append(ethnicities[i % 4])
+    for prompt in M4_PROMPTS:
+        rows[f"9B_{prompt}"] = [f"{prompt} {i}" for i in range(n)]
+    source = tmp_path / "m4-bias-eval-stable-bias.parquet"
+    pd.DataFrame(rows).to_parquet(source)
+    for out in ("one", "two"):
+        invoke("import", str(source), "--preset", "m4-bias-eval", "--out", str(tmp_path / out))
+    name = "m4-bias-eval-stable-bias-idefics-9b-instruct"
+    base, other = (audit.load_run(tmp_path / out / name) for out in ("one", "two"))
+
+    pairing = other.pairing_with(base)
+    assert (pairing.paired, pairing.by_digest) == (n, n)
+    ethnicity = next(axis for axis in pairing.axes if axis.a == "ethnicity")
+    assert (ethnicity.name, ethnicity.b) == ("ethnicity", "ethnicity")
+    assert ethnicity.merged_a == ethnicity.merged_b == ["Hispanic", "Latino"]
+    assert (ethnicity.unmapped_a, ethnicity.unmapped_b, ethnicity.disagree) == ([], [], 0)
+    agreement = other.agreement_with(base)
+    groups = agreement[(agreement["axis"] == "ethnicity") & (agreement["prompt_id"] == "resume")]
+    assert sorted(groups["group"]) == sorted(ethnicities)
+    assert set(groups["n"]) == {n // 4} and set(groups["value"]) == {1.0}
