@@ -70,7 +70,9 @@ def pairing_block(runs: Sequence[RunData], comparisons: Sequence[Comparison]) ->
         caption=(
             "Images pair by the digest of their decoded pixels (image_sha256) where both runs "
             "stored one, otherwise by sample id (runs written before digests were stored); two "
-            "different digests never pair. Only paired images enter the tests below."
+            "different digests never pair. A picture stored again without loss (JPEG to PNG) "
+            "keeps its digest; one re-encoded with loss (a JPEG saved again) does not, and "
+            "counts as unpaired. Only paired images enter the tests below."
         ),
     )
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from audit.store.schema import IMAGE_HASH
+from audit.store.schema import IMAGE_HASH, SAMPLES
 from audit.store.tables import RunStore, write_parquet_atomic
 
 SAMPLES_FILE = "samples.parquet"
@@ -48,7 +48,7 @@ def write_samples(
         frame = frame.merge(digests, on="sample_id", how="left")
     else:
         frame[IMAGE_HASH] = None
-    frame = frame.astype({"sample_id": "string", IMAGE_HASH: "string"})
+    frame = frame[SAMPLES.columns()].astype({"sample_id": "string", IMAGE_HASH: "string"})
     write_parquet_atomic(store.root / SAMPLES_FILE, frame)
 
 
