@@ -215,6 +215,30 @@ def test_an_import_pairs_with_a_fairface_run_image_by_image(new_run: Path, tmp_p
     assert f"n={N}" in markdown
 
 
+def test_the_dashboard_compares_an_import_with_a_run_image_by_image(
+    new_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from streamlit.testing.v1 import AppTest
+
+    from audit.dashboard.launch import RUN_DIRS_ENV, app_entry, run_dirs_env
+
+    card = imported(tmp_path, new_run, "m4-bias-eval-fair-face")
+    for run in (new_run, card):
+        invoke("analyze", str(run), "--only", "refusal")
+    # The import first: its labels (man, ethnicity) are compared under FairFace's names.
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env([card, new_run]))
+    page = AppTest.from_file(str(app_entry()), default_timeout=60).run()
+    page.switch_page("pages/6_Compare_runs.py").run()
+    assert not page.exception and not page.error
+    assert any(f"Images paired: {N} ({N} by image digest" in c.value for c in page.caption)
+    naming = next(d.value for d in page.dataframe if "axis compared" in d.value)
+    assert naming["axis compared"].tolist() == ["gender", "race", "age"]
+    assert naming["paired images whose labels differ"].tolist() == [0, 0, 0]
+    agreement = next(d.value for d in page.dataframe if "identical" in d.value)
+    overall = agreement[agreement["axis"] == "all"].set_index("prompt")["identical"]
+    assert overall.to_dict() == {"arrest": "75.0%", "dating": "100.0%", "resume": "100.0%"}
+
+
 def wilson(k: int, n: int) -> tuple[float, float]:
     z = 1.959963984540054
     p = k / n

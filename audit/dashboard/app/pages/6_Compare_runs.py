@@ -12,6 +12,7 @@ from audit.dashboard.state import (
     Selection,
     filter_groups,
     group_selection,
+    group_values,
     require_runs,
     run_token,
 )
@@ -63,6 +64,20 @@ def pairs_frame(table: pd.DataFrame) -> pd.DataFrame:
             "note": table["note"].astype(str),
         }
     )
+
+
+def compared_selection(
+    pairs: pd.DataFrame, selection: Selection, known: dict[str, list[str]]
+) -> Selection:
+    """The sidebar's selection, on the axes whose compared groups it names: an axis compared
+    under other names than the first run's (its ``man`` compared as ``Male``) is not filtered,
+    rather than hidden."""
+    compared = pairs.groupby(pairs["axis"].astype(str))["group"].agg(lambda g: set(map(str, g)))
+    return {
+        axis: chosen
+        for axis, chosen in selection.items()
+        if compared.get(axis, set()) <= set(known.get(axis, []))
+    }
 
 
 def naming_frame(comparison: Comparison) -> pd.DataFrame:
@@ -179,4 +194,5 @@ pairs = comparison.table
 if pairs.empty:
     st.info("No paired test possible: the runs share no images with a measure both hold.")
 else:
-    st.dataframe(pairs_frame(filter_groups(pairs, selection)), hide_index=True)
+    shown_groups = compared_selection(pairs, selection, group_values(runs[0]))
+    st.dataframe(pairs_frame(filter_groups(pairs, shown_groups)), hide_index=True)
