@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -64,17 +65,22 @@ def write_probe(folder: Path, model: Path | str, **sections: Any) -> Path:
     return path
 
 
+def fairface_dataset(images: Path, groups: list[str]) -> dict[str, Any]:
+    """A probe's dataset section for a FairFace-layout folder (``images``/labels.csv)."""
+    return {
+        "source": "fairface_csv",
+        "path": str(images),
+        "labels_csv": str(images / "labels.csv"),
+        "groups": groups,
+    }
+
+
 def write_fairface_probe(folder: Path, model: Path | str, images: Path) -> Path:
     """``write_probe`` over a FairFace-layout folder (``images``/labels.csv), one gender task."""
     return write_probe(
         folder,
         model,
-        dataset={
-            "source": "fairface_csv",
-            "path": str(images),
-            "labels_csv": str(images / "labels.csv"),
-            "groups": ["gender", "race"],
-        },
+        dataset=fairface_dataset(images, ["gender", "race"]),
         classification=[
             {
                 "id": "gender",
@@ -107,3 +113,25 @@ def jpeg_bytes(i: int, size: tuple[int, int] = (40, 48)) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (i * 37 % 256, 90, 200 - i * 11 % 200)).save(buffer, "JPEG")
     return buffer.getvalue()
+
+
+def run_cli(*args: str) -> tuple[int, str]:
+    """``audit ARGS`` in-process: exit code and output; an exception other than the CLI's exit
+    is raised, so a crash shows its traceback rather than an exit code."""
+    from typer.testing import CliRunner
+
+    from audit.cli import app
+
+    result = CliRunner().invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson 95% interval, written out independently of the code under test."""
+    z = 1.959963984540054
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

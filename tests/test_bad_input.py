@@ -8,18 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from audit.cli import app
 from audit.store.tables import RunStore
-from tests.runs import write_fairface_probe, write_probe
-
-
-def invoke(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
+from tests.runs import run_cli, write_fairface_probe, write_probe
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +21,7 @@ def model(model_dirs: dict[str, Path]) -> Path:
 def test_malformed_yaml(tmp_path: Path) -> None:
     probe = tmp_path / "broken.yaml"
     probe.write_text("name: x\nprompts: [\n")
-    code, output = invoke("validate", str(probe))
+    code, output = run_cli("validate", str(probe))
     assert code == 2
     assert f"{probe}: line" in output and "not valid YAML" in output
     assert "Traceback" not in output
@@ -45,7 +36,7 @@ def test_every_schema_problem_is_reported_at_once(tmp_path: Path) -> None:
         "generation: {max_new_tokens: zero}\n"
         "prompts: []\n"
     )
-    code, output = invoke("run", str(probe))
+    code, output = run_cli("run", str(probe))
     assert code == 2
     assert f"{probe}: dataset.colour: unknown key" in output
     assert f"{probe}: model.temprature: unknown key" in output
@@ -59,12 +50,12 @@ def test_empty_prompts_and_duplicate_ids(tmp_path: Path) -> None:
         "name: x\ndataset: {source: synthetic, groups: [gender]}\nmodel: {id: m}\n"
         "prompts: [{id: a, text: one}, {id: a, text: two}]\n"
     )
-    code, output = invoke("validate", str(probe))
+    code, output = run_cli("validate", str(probe))
     assert code == 2 and f"{probe}: prompts: id 'a' is used twice" in output
     probe.write_text(
         "name: x\ndataset: {source: synthetic, groups: [gender]}\nmodel: {id: m}\nprompts: []\n"
     )
-    code, output = invoke("validate", str(probe))
+    code, output = run_cli("validate", str(probe))
     assert code == 2 and f"{probe}: prompts: is empty" in output
 
 
@@ -81,7 +72,7 @@ def test_label_that_maps_to_no_dataset_value(model: Path, tmp_path: Path) -> Non
             }
         ],
     )
-    code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"))
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 2
     assert (
         f"{probe}: classification[0].labels.man: 'Man' is not a value of column 'gender'" in output
@@ -92,14 +83,14 @@ def test_missing_dataset_column(model: Path, tmp_path: Path) -> None:
     probe = write_probe(
         tmp_path, model, dataset={"groups": {"gender": "gender", "race": "ethnicity_phrase"}}
     )
-    code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"))
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 2
     assert "ethnicity_phrase" in output and "Traceback" not in output
 
 
 def test_unknown_model_path(tmp_path: Path) -> None:
     probe = write_probe(tmp_path, tmp_path / "no-such-model")
-    code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"))
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 2
     assert "no-such-model" in output and "Traceback" not in output
 
@@ -119,7 +110,7 @@ def test_corrupt_and_missing_images_become_error_rows(model: Path, tmp_path: Pat
             Image.new("RGB", (40, 40), (40 * i, 90, 200 - 20 * i)).save(root / name)
     pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
     probe = write_fairface_probe(tmp_path, model, root)
-    code, output = invoke("run", str(probe), "--out", str(tmp_path / "run"), "--no-progress")
+    code, output = run_cli("run", str(probe), "--out", str(tmp_path / "run"), "--no-progress")
     # The run goes on; error rows left to retry make it partial for the exit status (3).
     assert code == 3, output
     assert "6 rows are stored as errors; resuming retries them" in output

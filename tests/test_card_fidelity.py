@@ -11,17 +11,15 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
 from audit.backends import load_backend
 from audit.backends.base import GenerationRequest, GenerationSettings
 from audit.backends.hf.model import HFBackend
 from audit.backends.presets import apply_preset
-from audit.cli import app
 from audit.run.setting import prepare_preamble
 from audit.spec import ModelSpec, load_probe
 from audit.store.tables import RunStore
-from tests.runs import write_probe
+from tests.runs import run_cli, write_probe
 
 PROBES = Path(__file__).resolve().parents[1] / "probes"
 
@@ -76,13 +74,6 @@ def backend_for(probe: Path, model: Path) -> HFBackend:
     backend = load_backend(str(model), spec.model.model_copy(update={"id": str(model)}), preamble)
     assert isinstance(backend, HFBackend)
     return backend
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @pytest.fixture(scope="module")

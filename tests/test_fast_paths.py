@@ -18,7 +18,6 @@ import pytest
 import transformers
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
 from audit.backends import (
     Generation,
@@ -34,22 +33,14 @@ from audit.backends.hf.fast.policy import (
     FastPathPolicy,
 )
 from audit.backends.hf.fast.self_check import generation_difference
-from audit.cli import app
 from audit.spec import ModelSpec
 from audit.store.tables import RunStore
-from tests.runs import write_probe
+from tests.runs import run_cli, write_probe
 
 
 def noise_image(seed: int) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def _raise(*_args: Any, **_kwargs: Any) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import math
 import random
 import shutil
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from runs import write_probe
+from runs import fairface_dataset, wilson, write_probe
 from typer.testing import CliRunner
 
 import audit
@@ -113,12 +112,7 @@ def new_run(tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path
     probe = write_probe(
         root,
         model,
-        dataset={
-            "source": "fairface_csv",
-            "path": str(images),
-            "labels_csv": str(images / "labels.csv"),
-            "groups": ["gender", "race", "age"],
-        },
+        dataset=fairface_dataset(images, ["gender", "race", "age"]),
         prompts=[{"id": p, "text": t} for p, t in M4_PROMPTS.items()],
         classification=[
             {
@@ -237,14 +231,6 @@ def test_the_dashboard_compares_an_import_with_a_run_image_by_image(
     agreement = next(d.value for d in page.dataframe if "identical" in d.value)
     overall = agreement[agreement["axis"] == "all"].set_index("prompt")["identical"]
     assert overall.to_dict() == {"arrest": "75.0%", "dating": "100.0%", "resume": "100.0%"}
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    z = 1.959963984540054
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def test_values_the_name_table_cannot_name_are_reported_not_dropped(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from PIL import Image
 
 from audit.report.run_data import load_run
 from audit.store.tables import RunStore, error_mask
+from tests.runs import wilson
 
 PAYLOADS = (
     "<script>window.__pwned=1</script>",
@@ -30,14 +30,6 @@ PAYLOADS = (
 SCRIPT, IMG, LINK, PIPE, MARKUP = PAYLOADS
 GENDERS = ("Female", "Male")
 RACES = ("Black", "East Asian", "White")
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    z = 1.959963984540054
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _images(n: int, payload: bool) -> pd.DataFrame:

@@ -11,11 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from typer.testing import CliRunner
 
-from audit.cli import app
 from audit.store.tables import RunStore
-from tests.runs import FAMILIES, write_probe
+from tests.runs import FAMILIES, run_cli, write_probe
 
 GENERATION_COLUMNS = {
     "sample_id",
@@ -45,13 +43,6 @@ CLASSIFICATION_COLUMNS = {
 @pytest.fixture(scope="session")
 def models(model_dirs: dict[str, Path]) -> dict[str, Path]:
     return model_dirs
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def stored(run_dir: Path, table: str) -> pd.DataFrame:

@@ -11,13 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from audit.cli import app
 from audit.demo.tiny_scorer import build_tiny_toxicity_classifier
 from audit.ingest.simulate import write_simulated_run
 from audit.store.tables import RunStore
-from tests.runs import write_probe
+from tests.runs import run_cli, write_probe
 
 
 class WritesMarker:
@@ -35,13 +33,6 @@ def plant(path: Path, marker: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"config": {"arch": {"args": {}}}, "payload": WritesMarker(marker)}, path)
     return path
-
-
-def run_cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 @pytest.fixture
