@@ -91,6 +91,7 @@ def test_m4_preset_from_parquet(tmp_path: Path) -> None:
         assert manifest["model"]["id"] == M4_MODELS[model_key]
         assert manifest["prompts"] == [{"id": p, "text": t} for p, t in M4_PROMPTS.items()]
         assert manifest["rows"] == {"generations": 36, "classifications": 0, "errors": 0}
+        assert manifest["prompt_layout"]["layout"] == "split_template"  # the card's script
         generations = store.read("generations")
         assert list(generations.columns) == [
             *GENERATION_COLUMNS[:3],

@@ -60,6 +60,15 @@ M4_PROMPTS = {
 #: The card evaluated the instruction-tuned models.
 M4_MODELS = {"9B": "HuggingFaceM4/idefics-9b-instruct", "80B": "HuggingFaceM4/idefics-80b-instruct"}
 M4_AXES = {"gender": "gender_phrase", "ethnicity": "ethnicity_phrase", "age": "age_range"}
+#: What the IDEFICS team's script showed the model (read in its published code); the probes
+#: ``idefics_card_*.yaml`` reproduce it.
+M4_LAYOUT = {
+    "layout": "split_template",
+    "preamble": "the IDEFICS card script's own prompt (its published generations; "
+    "probes/idefics_card_*.yaml reproduce it)",
+    "order": "dataset",
+    "stop_tokens": ["</s>", "<end_of_utterance>", "User"],
+}
 _UNKNOWN_MODEL = "unknown"
 _NO_PROMPT_TEXT = "(prompt text not recorded in the imported source)"
 
@@ -457,6 +466,7 @@ def _manifest(
         hardware=hardware(),
         started_at=previous.started_at or now_iso(),
         finished_at=now_iso(),
+        prompt_layout=M4_LAYOUT if options.preset == M4_PRESET else None,
     )
 
 
