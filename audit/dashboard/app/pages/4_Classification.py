@@ -15,7 +15,7 @@ from audit.dashboard.state import (
     require_table,
 )
 from audit.dashboard.views import show_gaps, show_metric
-from audit.report.card_table import card_cells
+from audit.report.card_table import card_cells, context_text
 from audit.report.confusion_matrix import confusion_counts, confusion_groups
 from audit.report.figures import confusion_heatmap
 from audit.report.formatting import format_interval, metric_title
@@ -67,6 +67,8 @@ selection = group_selection(run)
 table = require_table(run, "classification")
 st.subheader("Accuracy (std), the model card's layout")
 st.dataframe(card_frame(table), hide_index=True)
+# Run data: st.text shows it as text, never as Markdown.
+st.text(f"Labels scored in {context_text(run.classification_contexts(), long=True)}.")
 task_id = st.selectbox("Task", sorted(table[ID].astype(str).unique()))
 rows = table[table[ID].astype(str) == task_id]
 metrics = [m for m in dict.fromkeys(rows["metric"].astype(str)) if not m.startswith("gap")]
