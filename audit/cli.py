@@ -99,6 +99,19 @@ def run(
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     batch_size: Annotated[str | None, typer.Option(help="Images per batch, or 'auto'.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Base URL of an OpenAI-compatible server (vLLM, SGLang, TGI, transformers "
+                "serve, a hosted API), e.g. http://gpu-node:8000/v1: the model is audited "
+                "there (--model: the name it serves). docs/endpoint.md"
+            )
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option(help="With an endpoint: requests in flight at once.")
+    ] = None,
     shard: Annotated[
         str | None, typer.Option(help="K/N: run the K-th of N shards (1-based).")
     ] = None,
@@ -145,7 +158,14 @@ def run(
     from audit.run.interrupt import Interrupted
     from audit.run.runner import EXIT_PARTIAL, RunOptions, resume_arguments, run_probe_file
 
-    given = {"model": model, "limit": limit, "batch_size": batch_size, "device": device}
+    given = {
+        "model": model,
+        "limit": limit,
+        "batch_size": batch_size,
+        "device": device,
+        "endpoint": endpoint,
+        "concurrency": concurrency,
+    }
     try:
         if probe.is_dir():  # a run directory: its probe and the options it was started with
             if out is not None and out.resolve() != probe.resolve():

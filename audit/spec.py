@@ -79,6 +79,50 @@ class DatasetSpec(StrictModel):
         return self
 
 
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class EndpointSpec(StrictModel):
+    """A model served over the OpenAI chat-completions protocol (``backend: endpoint``): vLLM,
+    SGLang, TGI, ``transformers serve`` or a hosted API. docs/endpoint.md."""
+
+    url: str
+    """Base URL of the API, e.g. ``http://gpu-node:8000/v1`` (no credentials in it)."""
+    api_key_env: Annotated[str, Field(pattern=_ENV_NAME)] | None = None
+    """NAME of the environment variable that holds the API key (never the key itself); the key
+    is read from the environment when the run starts and is sent as a bearer token only."""
+    concurrency: Annotated[int, Field(gt=0, le=1024)] = 8
+    """Requests in flight at once."""
+    timeout_s: Annotated[float, Field(gt=0)] = 300.0
+    """Seconds one request may take before it is retried."""
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    """Retries of a request after 429, 5xx, a timeout or a dropped connection; after that it is
+    stored as an error row (a resumed run retries it)."""
+    retry_backoff_s: Annotated[float, Field(ge=0)] = 1.0
+    """First retry waits up to this long (full jitter); each further retry doubles it (at most
+    60 s). A ``Retry-After`` header from the server takes precedence."""
+    label_scoring: Literal["auto", "loglikelihood", "choice"] = "auto"
+    """Classification over the endpoint: ``loglikelihood`` ranks labels by their log-probs as the
+    server scores the prompt (vLLM's ``prompt_logprobs``); ``choice`` asks the model to name one
+    label (answers naming none are counted invalid); ``auto``: the first where the server
+    supports it. The two are not comparable: each row and the manifest record the method."""
+
+    @field_validator("url")
+    @classmethod
+    def _plain_http_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.hostname:
+            raise ValueError(f"expected an http(s) URL such as http://host:8000/v1, got '{value}'")
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise ValueError(
+                "give the URL without credentials, query or fragment; put the API key in an "
+                "environment variable and name it in 'api_key_env'"
+            )
+        return value.rstrip("/")
+
+
 class ModelSpec(StrictModel):
     """The vision-language model under audit."""
 
@@ -100,6 +144,18 @@ class ModelSpec(StrictModel):
     fast_paths: bool = True
     """Use the speedups that reach into transformers internals, each checked against the plain
     path on the run's first samples (docs/compatibility.md); ``false``: the plain path only."""
+    endpoint: EndpointSpec | None = None
+    """``backend: endpoint`` only: the server; ``id`` is then the model name it serves."""
+
+    @model_validator(mode="after")
+    def _endpoint_with_its_backend(self) -> ModelSpec:
+        if self.backend == "endpoint" and self.endpoint is None:
+            raise ValueError("backend 'endpoint' needs 'endpoint' with at least 'url'")
+        if self.endpoint is not None and self.backend != "endpoint":
+            raise ValueError(
+                f"'endpoint' is given but backend is '{self.backend}'; say backend: endpoint"
+            )
+        return self
 
 
 class GenerationSpec(StrictModel):
@@ -360,6 +416,8 @@ class ProbeSpec(StrictModel):
 
     def model_location(self) -> str:
         """The model's local folder when it exists next to the probe, else the hub id as given."""
+        if self.model.endpoint is not None:  # a name the server knows, never a local path
+            return self.model.id
         local = self.resolve_path(self.model.id)
         return str(local) if local.exists() else self.model.id
 

@@ -17,6 +17,8 @@ FinishReason = Literal["eos", "length", "error"]
 #: Where a label is scored: ``card`` right after the image, nothing else around it (no BOS, no
 #: chat wrapper, no preamble), as the IDEFICS evaluation did; ``chat`` as an answer in a chat.
 ScoringContext = Literal["card", "chat"]
+#: How a classification row's label was chosen (docs/run_directory.md, ``scoring_method``).
+ScoringMethod = Literal["loglikelihood", "choice"]
 DEFAULT_BATCH_SIZE = 16
 
 
@@ -37,6 +39,8 @@ class Generation:
     finish_reason: FinishReason
     #: The new tokens' ids (empty where a backend does not see tokens).
     token_ids: tuple[int, ...] = ()
+    #: Why the request failed (``finish_reason == "error"``): stored as the row's error.
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,22 @@ class LabelScoreRequest:
 
 @dataclass(frozen=True)
 class LabelScores:
-    """Summed log-likelihood of each continuation's tokens and their token counts, in order."""
+    """Summed log-likelihood of each continuation's tokens and their token counts, in order.
+
+    A backend that cannot score labels some other way says how it chose instead (``method``):
+    ``"choice"`` holds no scores, only the label the model named (``chosen``, ``None`` when its
+    answer named none) and its answer as given (untrusted text).
+    """
 
     logprob_sums: tuple[float, ...]
     n_tokens: tuple[int, ...]
+    #: ``None``: the backend's only method, label log-likelihood, not recorded per row; else
+    #: ``"loglikelihood"`` or ``"choice"``, stored per row as ``scoring_method``.
+    method: ScoringMethod | None = None
+    chosen: int | None = None
+    answer: str | None = None
+    #: Why the request failed: stored as the row's error.
+    error: str | None = None
 
 
 @dataclass(frozen=True)

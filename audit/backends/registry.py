@@ -31,6 +31,9 @@ class BackendEntry:
     model_types: tuple[str, ...]
     #: What models it serves, for messages.
     serves: str
+    #: Talks to a model served elsewhere (no checkpoint here): chosen by name only, never by
+    #: ``auto``.
+    remote: bool = False
 
     def backend_class(self) -> type[Backend]:
         module, name = self.target.split(":")
@@ -52,6 +55,14 @@ BACKENDS: dict[str, BackendEntry] = {
             (),
             "image-text-to-text models whose processor has a chat template (Idefics2, Idefics3, "
             "...)",
+        ),
+        BackendEntry(
+            "endpoint",
+            "audit.backends.endpoint.backend:EndpointBackend",
+            (),
+            "any model served over the OpenAI chat-completions protocol (vLLM, SGLang, TGI, "
+            "transformers serve, hosted APIs)",
+            remote=True,
         ),
     )
 }
@@ -75,7 +86,7 @@ def choose_backend(requested: str, model_type: str, location: str) -> BackendEnt
     """The entry serving a checkpoint of ``model_type`` (``requested``: a name or ``auto``)."""
     made_for = next((e for e in BACKENDS.values() if model_type in e.model_types), None)
     if requested == AUTO:
-        return made_for or next(e for e in BACKENDS.values() if not e.model_types)
+        return made_for or next(e for e in BACKENDS.values() if not e.model_types and not e.remote)
     if requested not in BACKENDS:
         raise ModelLoadError(
             f"model {location}: unknown backend '{requested}' "

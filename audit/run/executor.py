@@ -223,6 +223,8 @@ class BatchExecutor:
             **{axis: str(value) for axis, value in sample.groups.items()},
             "prompt": prompt.text,
         }
+        if isinstance(result, Generation) and result.finish_reason == "error":
+            result = result.error or "the backend gave no reason"
         if isinstance(result, Generation):
             return {
                 **row,
@@ -262,8 +264,16 @@ class BatchExecutor:
             "target": target,
         }
         values = list(task.labels.values())
+        if isinstance(result, LabelScores) and result.error:
+            result = result.error
         if not isinstance(result, LabelScores):
             return {**row, "prediction": None, "correct": None, "error": result or "unknown error"}
+        if result.method is not None:
+            row["scoring_method"] = result.method
+        if result.method == "choice":  # no scores: the label the model named, or none (invalid)
+            chosen = None if result.chosen is None else values[result.chosen]
+            row.update(prediction=chosen, correct=chosen == target, answer=result.answer)
+            return {**row, "error": None}
         best = max(range(len(values)), key=lambda i: result.logprob_sums[i])
         row.update(prediction=values[best], correct=values[best] == target, error=None)
         for value, score, count in zip(values, result.logprob_sums, result.n_tokens, strict=False):
@@ -280,6 +290,8 @@ class BatchExecutor:
             return []
         try:
             results: list[Result | str] = list(call(requests))
+        except AuditError:  # the backend knows the setup is broken (an endpoint refused us)
+            raise
         except Exception:  # retried one by one below, so a bad request cannot sink its batch
             results = []
             for request in requests:

@@ -64,6 +64,10 @@ class RunOptions:
     flush_s: float = DEFAULT_FLUSH_S
     launcher: str | None = None
     fast_paths: bool = True
+    #: ``--endpoint URL``: the model is served there (``backend: endpoint``).
+    endpoint: str | None = None
+    #: ``--concurrency N``: an endpoint's requests in flight.
+    concurrency: int | None = None
 
     @classmethod
     def from_cli(
@@ -78,6 +82,10 @@ class RunOptions:
             size = int(batch_size)
         if kwargs.get("limit") is not None and kwargs["limit"] < 1:
             raise AuditError(f"--limit: expected a positive integer, got {kwargs['limit']}")
+        if kwargs.get("concurrency") is not None and kwargs["concurrency"] < 1:
+            raise AuditError(
+                f"--concurrency: expected a positive integer, got {kwargs['concurrency']}"
+            )
         if kwargs.get("flush_rows", 1) < 1:
             raise AuditError(
                 f"--flush-every: expected a positive integer, got {kwargs['flush_rows']}"
@@ -89,9 +97,14 @@ class RunOptions:
         """The command-line options that change the probe, as typed again to resume the run
         (the model as resolved: a local folder by its absolute path)."""
         arguments: list[str] = []
+        if self.endpoint:
+            arguments += ["--endpoint", self.endpoint]
+        if self.concurrency:
+            arguments += ["--concurrency", str(self.concurrency)]
         if self.model:
             model = Path(self.model)
-            arguments += ["--model", str(model.resolve()) if model.exists() else self.model]
+            local = model.exists() and not self.endpoint  # a served model's name stays as given
+            arguments += ["--model", str(model.resolve()) if local else self.model]
         if self.limit:
             arguments += ["--limit", str(self.limit)]
         if self.batch_size is not None:
@@ -107,10 +120,13 @@ class RunOptions:
         dataset = (
             spec.dataset.model_copy(update={"limit": self.limit}) if self.limit else spec.dataset
         )
-        model_update: dict[str, Any] = {}
+        model_update: dict[str, Any] = _endpoint_update(spec, self.endpoint, self.concurrency)
+        served = self.endpoint or spec.model.endpoint is not None
         if self.model:
             model_update["id"] = (
-                str(Path(self.model).resolve()) if Path(self.model).exists() else self.model
+                str(Path(self.model).resolve())
+                if Path(self.model).exists() and not served
+                else self.model
             )
         if self.device:
             model_update["device"] = self.device
@@ -132,6 +148,29 @@ class RunOptions:
             return self.out
         model = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.model.id.rstrip("/")).name)
         return Path("runs") / f"{spec.name}-{model}"
+
+
+def _endpoint_update(spec: ProbeSpec, url: str | None, concurrency: int | None) -> dict[str, Any]:
+    """``--endpoint`` / ``--concurrency`` as changes to the probe's ``model`` section."""
+    from pydantic import ValidationError
+
+    from audit.spec import EndpointSpec
+
+    if url is None and concurrency is None:
+        return {}
+    current = spec.model.endpoint
+    if current is None and url is None:
+        raise AuditError("--concurrency: only for a served model (--endpoint URL)")
+    update: dict[str, Any] = {"url": url} if url else {}
+    if concurrency is not None:
+        update["concurrency"] = concurrency
+    data = {**(current.model_dump() if current else {}), **update}
+    try:
+        endpoint = EndpointSpec.model_validate(data)
+    except ValidationError as error:
+        problem = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        raise AuditError(f"--endpoint: {problem}") from None
+    return {"backend": "endpoint", "endpoint": endpoint}
 
 
 #: ``audit run``'s exit status when the run is not finished: stopped by a signal, or error rows
@@ -180,7 +219,14 @@ class RunResult:
 
 
 #: The options ``RunOptions.probe_arguments`` writes, and whether each takes a value.
-_ARGUMENTS = {"--model": True, "--limit": True, "--batch-size": True, "--device": True}
+_ARGUMENTS = {
+    "--model": True,
+    "--limit": True,
+    "--batch-size": True,
+    "--device": True,
+    "--endpoint": True,
+    "--concurrency": True,
+}
 _SWITCHES = {"--no-fast-paths": ("fast_paths", False)}
 
 
@@ -211,7 +257,8 @@ def resume_arguments(run_dir: Path) -> tuple[Path, dict[str, Any]]:
         elif word in _ARGUMENTS and words:
             key = word.removeprefix("--").replace("-", "_")
             value = words.pop(0)
-            options[key] = int(value) if key == "limit" and value.isdigit() else value
+            numeric = key in {"limit", "concurrency"} and value.isdigit()
+            options[key] = int(value) if numeric else value
         else:
             raise RunDirError(
                 f"{where}: run_arguments: '{word}' is not an option 'audit run' records "
@@ -261,7 +308,7 @@ def _run_probe(
             len(layout["missing_images"]),
             ", ".join(layout["missing_images"]),
         )
-    backend = load_backend(spec.model_location(), spec.model, preamble)
+    backend = load_backend(spec.model_location(), spec.model, preamble, _settings(spec))
     _check_capabilities(backend, spec, origin)
     spec, presets = apply_preset(spec, backend.info().model_type)
     if presets:

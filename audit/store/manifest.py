@@ -37,6 +37,10 @@ _FINGERPRINT_EXCLUDE = {
 }
 
 
+#: How an endpoint is driven, not what it computes.
+_ENDPOINT_TUNING = {"concurrency", "timeout_s", "max_retries", "retry_backoff_s"}
+
+
 def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
     """A short hash per probe section, to refuse resuming into a run of another probe."""
     data = spec.model_dump(mode="json")
@@ -47,6 +51,10 @@ def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:
             value = {
                 k: v for k, v in value.items() if k not in _FINGERPRINT_EXCLUDE.get(key, set())
             }
+        if key == "model":  # a local model's hash stays what it was before endpoints existed
+            endpoint = value.pop("endpoint", None)
+            if endpoint is not None:
+                value["endpoint"] = {k: v for k, v in endpoint.items() if k not in _ENDPOINT_TUNING}
         encoded = json.dumps(value, sort_keys=True).encode()
         sections[key] = hashlib.sha256(encoded).hexdigest()[:16]
     return sections

@@ -1,0 +1,110 @@
+"""The OpenAI chat-completions protocol as this backend speaks it: request bodies in, results out.
+
+Pure functions, no network: images go as base64 PNG data URLs (lossless, so the server sees the
+pixels the in-process backends see), the probe's preamble as one message before the user turn,
+the probe's decoding settings mapped onto the protocol's fields.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from PIL import Image
+
+from audit.backends.base import Generation, GenerationSettings, PreamblePart
+
+Message = dict[str, Any]
+
+
+def image_url(image: Image.Image) -> str:
+    """``data:image/png;base64,...``: lossless, so no compression artefact enters the audit."""
+    buffer = io.BytesIO()
+    (image if image.mode in {"RGB", "L"} else image.convert("RGB")).save(buffer, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _image_part(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def preamble_messages(preamble: Sequence[PreamblePart]) -> list[Message]:
+    """The preamble as one message before the user turn: ``system`` when it is text only (what
+    chat APIs call a system prompt), else ``user`` (servers refuse images in system messages)."""
+    if not preamble:
+        return []
+    parts: list[dict[str, Any]] = [
+        {"type": "text", "text": part.text}
+        if part.text is not None
+        else _image_part(image_url(part.image))  # type: ignore[arg-type]
+        for part in preamble
+    ]
+    role = "system" if all(part.text is not None for part in preamble) else "user"
+    return [{"role": role, "content": parts}]
+
+
+def user_message(image_data_url: str, text: str | None) -> Message:
+    content: list[dict[str, Any]] = [_image_part(image_data_url)]
+    if text:
+        content.append({"type": "text", "text": text})
+    return {"role": "user", "content": content}
+
+
+def sampling_fields(settings: GenerationSettings) -> dict[str, Any]:
+    """The probe's decoding settings as chat-completions fields (also recorded in the manifest).
+
+    Greedy is ``temperature: 0``. ``min_new_tokens`` has no OpenAI field: vLLM's ``min_tokens``
+    is sent only when it is set, since other servers refuse unknown fields.
+    """
+    fields: dict[str, Any] = {"max_tokens": settings.max_new_tokens}
+    if settings.do_sample:
+        fields.update(temperature=settings.temperature, top_p=settings.top_p, seed=settings.seed)
+    else:
+        fields["temperature"] = 0
+    if settings.stop_strings:
+        fields["stop"] = list(settings.stop_strings)
+    if settings.min_new_tokens:
+        fields["min_tokens"] = settings.min_new_tokens
+    return fields
+
+
+def chat_body(model: str, messages: list[Message], fields: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model, "messages": messages, **fields}
+
+
+class ProtocolError(ValueError):
+    """A 2xx answer that does not have the shape the protocol promises."""
+
+
+def first_choice(response: Any) -> dict[str, Any]:
+    choices = response.get("choices") if isinstance(response, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ProtocolError("the answer has no 'choices'")
+    return choices[0]
+
+
+def generation_of(response: Any) -> Generation:
+    """A chat completion as a ``Generation``: the assistant's text (untrusted), the server's
+    token count, ``length`` when it stopped at ``max_tokens``, else ``eos``."""
+    choice = first_choice(response)
+    message = choice.get("message") or {}
+    text = message.get("content") if isinstance(message, dict) else None
+    if text is not None and not isinstance(text, str):
+        raise ProtocolError("the answer's 'message.content' is not text")
+    usage = response.get("usage") or {}
+    n_tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    return Generation(
+        text=text or "",
+        n_new_tokens=int(n_tokens) if isinstance(n_tokens, int) else 0,
+        finish_reason="length" if choice.get("finish_reason") == "length" else "eos",
+    )
+
+
+def served_models(response: Any) -> list[str]:
+    """The ids ``GET /v1/models`` lists."""
+    data = response.get("data") if isinstance(response, dict) else None
+    if not isinstance(data, list):
+        return []
+    return [str(item["id"]) for item in data if isinstance(item, dict) and "id" in item]
