@@ -112,6 +112,12 @@ def run(
     concurrency: Annotated[
         int | None, typer.Option(help="With an endpoint: requests in flight at once.")
     ] = None,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="With an endpoint: the NAME of the environment variable holding its API key."
+        ),
+    ] = None,
     shard: Annotated[
         str | None, typer.Option(help="K/N: run the K-th of N shards (1-based).")
     ] = None,
@@ -165,6 +171,7 @@ def run(
         "device": device,
         "endpoint": endpoint,
         "concurrency": concurrency,
+        "api_key_env": api_key_env,
     }
     try:
         if probe.is_dir():  # a run directory: its probe and the options it was started with

@@ -178,10 +178,11 @@ def test_a_faulty_network_loses_nothing(
 ) -> None:
     monkeypatch.setenv("AUDIT_TEST_KEY", SECRET)
     retries = {"max_retries": 2, "retry_backoff_s": 0.05, "timeout_s": 1.0}
-    probe = endpoint_probe(tmp_path, served, concurrency=4, api_key_env="AUDIT_TEST_KEY", **retries)
+    probe = endpoint_probe(tmp_path, served, concurrency=4, **retries)
     run = tmp_path / "run"
     with fault_proxy(served.url.removesuffix("/v1"), Flaky()) as (url, seen):
-        code, output = audit("run", str(probe), "--out", str(run), "--endpoint", url)
+        key = ["--api-key-env", "AUDIT_TEST_KEY"]
+        code, output = audit("run", str(probe), "--out", str(run), "--endpoint", url, *key)
     assert code == 3, output  # finished, with rows stored as errors (exit 3: resume them)
     assert {"status 429", "status 500", "drop 0", "delay 2"} <= set(seen.faults)
     assert seen.authorizations == {f"Bearer {SECRET}"}

@@ -68,6 +68,8 @@ class RunOptions:
     endpoint: str | None = None
     #: ``--concurrency N``: an endpoint's requests in flight.
     concurrency: int | None = None
+    #: ``--api-key-env NAME``: the variable holding the endpoint's API key.
+    api_key_env: str | None = None
 
     @classmethod
     def from_cli(
@@ -101,6 +103,8 @@ class RunOptions:
             arguments += ["--endpoint", self.endpoint]
         if self.concurrency:
             arguments += ["--concurrency", str(self.concurrency)]
+        if self.api_key_env:
+            arguments += ["--api-key-env", self.api_key_env]
         if self.model:
             model = Path(self.model)
             local = model.exists() and not self.endpoint  # a served model's name stays as given
@@ -120,7 +124,9 @@ class RunOptions:
         dataset = (
             spec.dataset.model_copy(update={"limit": self.limit}) if self.limit else spec.dataset
         )
-        model_update: dict[str, Any] = _endpoint_update(spec, self.endpoint, self.concurrency)
+        model_update = _endpoint_update(
+            spec, self.endpoint, {"concurrency": self.concurrency, "api_key_env": self.api_key_env}
+        )
         served = self.endpoint or spec.model.endpoint is not None
         if self.model:
             model_update["id"] = (
@@ -150,25 +156,31 @@ class RunOptions:
         return Path("runs") / f"{spec.name}-{model}"
 
 
-def _endpoint_update(spec: ProbeSpec, url: str | None, concurrency: int | None) -> dict[str, Any]:
-    """``--endpoint`` / ``--concurrency`` as changes to the probe's ``model`` section."""
+def _endpoint_update(spec: ProbeSpec, url: str | None, tuning: dict[str, Any]) -> dict[str, Any]:
+    """``--endpoint``, ``--concurrency``, ``--api-key-env`` as changes to the probe's ``model``
+    section."""
     from pydantic import ValidationError
 
     from audit.spec import EndpointSpec
 
-    if url is None and concurrency is None:
+    update: dict[str, Any] = {k: v for k, v in tuning.items() if v is not None}
+    if url is None and not update:
         return {}
     current = spec.model.endpoint
     if current is None and url is None:
-        raise AuditError("--concurrency: only for a served model (--endpoint URL)")
-    update: dict[str, Any] = {"url": url} if url else {}
-    if concurrency is not None:
-        update["concurrency"] = concurrency
-    data = {**(current.model_dump() if current else {}), **update}
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in update)
+        raise AuditError(f"{names}: only for a served model (--endpoint URL)")
+    if url:
+        update["url"] = url
     try:
-        endpoint = EndpointSpec.model_validate(data)
+        endpoint = EndpointSpec.model_validate(
+            {**(current.model_dump() if current else {}), **update}
+        )
     except ValidationError as error:
-        problem = "; ".join(e["msg"].removeprefix("Value error, ") for e in error.errors())
+        problem = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+        )
         raise AuditError(f"--endpoint: {problem}") from None
     return {"backend": "endpoint", "endpoint": endpoint}
 
@@ -226,6 +238,7 @@ _ARGUMENTS = {
     "--device": True,
     "--endpoint": True,
     "--concurrency": True,
+    "--api-key-env": True,
 }
 _SWITCHES = {"--no-fast-paths": ("fast_paths", False)}
 

@@ -39,7 +39,14 @@ _FINGERPRINT_EXCLUDE = {
 
 #: How an endpoint is reached and driven, not what it computes: a run may resume through
 #: another address of the same served model (the manifest records the latest).
-_ENDPOINT_TUNING = {"url", "concurrency", "timeout_s", "max_retries", "retry_backoff_s"}
+_ENDPOINT_TUNING = {
+    "url",
+    "api_key_env",
+    "concurrency",
+    "timeout_s",
+    "max_retries",
+    "retry_backoff_s",
+}
 
 
 def probe_fingerprint(spec: ProbeSpec) -> dict[str, str]:

@@ -63,7 +63,9 @@ GENERATIONS = TableSchema(
     optional=(IMAGE_HASH,),
 )
 #: ``score_<value>``: summed log-likelihood of the value's label; ``n_tokens_<value>``: its
-#: token count (docs/run_directory.md).
+#: token count (docs/run_directory.md). Rows of a backend with more than one method (a served
+#: model) also hold ``scoring_method`` (``loglikelihood`` or ``choice``) and, for ``choice``,
+#: the model's ``answer``; parts without them are label log-likelihood.
 CLASSIFICATIONS = TableSchema(
     "classifications",
     keys=("sample_id", "task_id"),
@@ -71,7 +73,7 @@ CLASSIFICATIONS = TableSchema(
     trailing=("target", "prediction", "correct", "error", IMAGE_HASH),
     per_value=("score_", "n_tokens_"),
     required=("sample_id", "task_id", "target", "prediction"),
-    text=("model_id", "target", "prediction", "error", IMAGE_HASH),
+    text=("model_id", "target", "prediction", "error", IMAGE_HASH, "scoring_method", "answer"),
     optional=(IMAGE_HASH,),
 )
 THUMBNAILS = TableSchema(
