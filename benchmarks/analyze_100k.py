@@ -19,8 +19,14 @@ from pathlib import Path
 from audit.analyses import analyze_run
 from audit.ingest.simulate import PlantedRate, PlantedTerm, Simulation, write_simulated_run
 
-ANALYSES = ["term_variance", "refusal", "generation_stats", "leakage", "classification",
-            "confusion"]
+ANALYSES = [
+    "term_variance",
+    "refusal",
+    "generation_stats",
+    "leakage",
+    "classification",
+    "confusion",
+]
 
 
 def simulation(n_images: int) -> Simulation:
@@ -47,14 +53,18 @@ def main() -> None:
     run_dir = args.out or Path(tempfile.mkdtemp(prefix="analyze-100k-")) / "run"
     started = time.perf_counter()
     write_simulated_run(run_dir, simulation(args.images))
-    print(f"simulated {3 * args.images:,} generations in {time.perf_counter() - started:.1f} s "
-          f"-> {run_dir}")
+    print(
+        f"simulated {3 * args.images:,} generations in {time.perf_counter() - started:.1f} s "
+        f"-> {run_dir}"
+    )
     started = time.perf_counter()
     result = analyze_run(run_dir, only=ANALYSES)
     elapsed = time.perf_counter() - started
     print(result.describe())
-    print(f"\naudit analyze ({', '.join(ANALYSES)}): {elapsed:.1f} s on {os.cpu_count()} CPU(s) "
-          f"[target < 30 s]")
+    print(
+        f"\naudit analyze ({', '.join(ANALYSES)}): {elapsed:.1f} s on {os.cpu_count()} CPU(s) "
+        f"[target < 30 s]"
+    )
 
 
 if __name__ == "__main__":
