@@ -4,6 +4,7 @@ once; a faulty network loses nothing; a broken setup stops at once with one line
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -124,6 +125,21 @@ def test_a_served_model_is_audited_into_the_run_store(reference: Path, served: S
     assert record["settings_sent"] == {"max_tokens": 5, "temperature": 0}
     assert record["label_scoring"] == "choice"
     assert manifest.model.backend == "endpoint"
+
+
+def test_the_report_says_what_was_not_under_the_audits_control(
+    reference: Path, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(reference, run)
+    assert audit("analyze", str(run), "--only", "classification")[0] == 0
+    code, output = audit("report", str(run))
+    assert code == 0, output
+    report = (run / "report.md").read_text() + (run / "report.html").read_text()
+    assert "a model served elsewhere: its weights were not under the audit" in report
+    invalid = int(read(run, "classifications")["prediction"].isna().sum())
+    assert f"{invalid} of 24 answers named no label" in report
+    assert "not comparable with label log-likelihood" in report
 
 
 def test_requests_are_in_flight_at_once(reference: Path) -> None:

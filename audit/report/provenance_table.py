@@ -7,7 +7,7 @@ from typing import Any
 
 from audit.report.blocks import Block
 from audit.report.card_table import context_text
-from audit.report.run_data import RunData
+from audit.report.run_data import RunData, served_model
 
 _VERSION_KEYS = (
     "audit",
@@ -67,6 +67,11 @@ def provenance(run: RunData) -> dict[str, str]:
         "analysis status": _text(summary.get("status")) if summary else "not analysed",
         "rows analysed": _analysed_rows(summary),
     }
+    endpoint = served_model(manifest)
+    if endpoint is not None:
+        facts["served at"] = f"{_text(endpoint.get('url'))} (weights not under the audit's control)"
+        facts["settings sent"] = _text(endpoint.get("settings_sent"))
+        facts["classification method"] = _text(endpoint.get("label_scoring"))
     return facts
 
 

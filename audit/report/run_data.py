@@ -17,7 +17,7 @@ import pandas as pd
 from audit.analyses.registry import analysis_tables, table_columns
 from audit.errors import RunDirError
 from audit.store.schema import Manifest, Producer
-from audit.store.tables import RunStore
+from audit.store.tables import RunStore, error_mask
 
 #: Cached raw scores beside the analysis tables; read on demand, not as an analysis.
 TOXICITY_SCORES = "toxicity_scores"
@@ -73,6 +73,19 @@ class RunData:
             )
         if manifest.producer == Producer.IMPORT:
             return "imported generations, made outside 'audit run' (see the provenance)"
+        endpoint = served_model(manifest)
+        if endpoint is not None:
+            method = endpoint.get("label_scoring")
+            choice = (
+                "; classification by the model naming one label (an answer naming none counts "
+                f"as wrong: {self._invalid_answers()}), not comparable with label log-likelihood"
+                if method == "choice" and manifest.tasks
+                else ""
+            )
+            return (
+                "a model served elsewhere: its weights were not under the audit's control "
+                f"(see the provenance){choice}"
+            )
         return None
 
     def classification_contexts(self) -> dict[str, str]:
@@ -101,6 +114,15 @@ class RunData:
             text += f", its {len(quirks)} quirks reproduced (listed in the report's provenance)"
         return text or None
 
+    def _invalid_answers(self) -> str:
+        """``"3 of 24 answers named no label"`` over the stored ``choice`` rows."""
+        columns = ["scoring_method", "prediction", "error"]
+        rows = self.store().read("classifications", columns=columns)
+        if "scoring_method" not in rows:
+            return "no rows"
+        chosen = rows[(rows["scoring_method"] == "choice") & ~error_mask(rows)]
+        return f"{int(chosen['prediction'].isna().sum())} of {len(chosen)} answers named no label"
+
     @property
     def group_axes(self) -> list[str]:
         return list(self.manifest.group_axes)
@@ -115,6 +137,12 @@ class RunData:
 
     def store(self) -> RunStore:
         return RunStore(self.root)
+
+
+def served_model(manifest: Manifest) -> dict[str, Any] | None:
+    """What the manifest records of the server that ran the model (``backend: endpoint``)."""
+    record = manifest.model.model_dump().get("endpoint")
+    return record if isinstance(record, dict) else None
 
 
 def load_run(run_dir: str | Path, analyses: Iterable[str] | None = None) -> RunData:
