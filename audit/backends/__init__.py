@@ -41,23 +41,17 @@ __all__ = [
 ]
 
 
-def load_backend(
-    location: str,
-    model: ModelSpec,
-    preamble: Sequence[PreamblePart] = (),
-    settings: GenerationSettings | None = None,
-) -> Backend:
+def load_backend(location: str, model: ModelSpec, preamble: Sequence[PreamblePart] = ()) -> Backend:
     """The backend for the model at ``location`` (a local folder or a hub id, already resolved).
 
     Reads only the config now (so a wrong path, an uncached hub id offline or an unsupported
     family fails at once with a ``ModelLoadError``); weights load with ``Backend.load``. A served
-    model (``backend: endpoint``) has no config here: its backend records ``settings``, the
-    decoding settings it will send, for the manifest.
+    model (``backend: endpoint``) has no config or weights here: ``location`` is its name.
     """
     if model.backend == "endpoint":
         from audit.backends.endpoint.backend import EndpointBackend
 
-        return EndpointBackend(model, preamble, settings)
+        return EndpointBackend(model, preamble)
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     from audit.backends.hf.checkpoint import open_checkpoint

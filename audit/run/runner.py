@@ -321,7 +321,7 @@ def _run_probe(
             len(layout["missing_images"]),
             ", ".join(layout["missing_images"]),
         )
-    backend = load_backend(spec.model_location(), spec.model, preamble, _settings(spec))
+    backend = load_backend(spec.model_location(), spec.model, preamble)
     _check_capabilities(backend, spec, origin)
     spec, presets = apply_preset(spec, backend.info().model_type)
     if presets:

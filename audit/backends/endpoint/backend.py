@@ -24,6 +24,7 @@ from audit.backends.base import (
     GenerationSettings,
     LabelScoreRequest,
     LabelScores,
+    Preamble,
     PreamblePart,
     ScoringMethod,
 )
@@ -35,6 +36,7 @@ from audit.backends.endpoint.protocol import (
     first_choice,
     generation_of,
     image_url,
+    lead_parts,
     preamble_messages,
     sampling_fields,
     served_models,
@@ -55,20 +57,16 @@ class EndpointBackend(Backend):
 
     name: ClassVar[str] = "endpoint"
 
-    def __init__(
-        self,
-        model: ModelSpec,
-        preamble: Sequence[PreamblePart] = (),
-        settings: GenerationSettings | None = None,
-    ) -> None:
+    def __init__(self, model: ModelSpec, preamble: Preamble | Sequence[PreamblePart] = ()) -> None:
         if model.endpoint is None:
             raise AuditError("model.endpoint: the endpoint backend needs 'endpoint.url'")
         self._spec: EndpointSpec = model.endpoint
         self._model = model.id
-        self._preamble = tuple(preamble)
-        self._settings = settings
+        self._preamble = Preamble.of(preamble)
+        self._settings: GenerationSettings | None = None
         self._client: EndpointClient | None = None
         self._messages: list[dict[str, Any]] = []
+        self._lead: list[dict[str, Any]] = []
         self._reported: dict[str, Any] = {}
         self._method: ScoringMethod | None = None
         self._answered = False
@@ -86,6 +84,7 @@ class EndpointBackend(Backend):
         )
         self._reported = self._server_report(client)
         self._messages = preamble_messages(self._preamble)
+        self._lead = lead_parts(self._preamble)
         self._client = client
         self._method = self._label_method(client)
         client.any_success = False  # from here on, "answered" means a model answered
@@ -126,6 +125,15 @@ class EndpointBackend(Backend):
         return "choice"
 
     # -- the interface ---------------------------------------------------------------------------
+    def check_settings(self, settings: GenerationSettings) -> None:
+        """The protocol stops on strings, not token ids; the settings go in the manifest."""
+        if settings.stop_tokens:
+            raise ValueError(
+                "generation.stop_tokens: a served model cannot be stopped on token ids over the "
+                "OpenAI protocol; give them as generation.stop_strings instead"
+            )
+        self._settings = settings
+
     def generate(
         self,
         requests: Sequence[GenerationRequest],
@@ -138,7 +146,9 @@ class EndpointBackend(Backend):
         urls = _image_urls([r.image for r in requests])
         bodies = [
             chat_body(
-                self._model, [*self._messages, user_message(urls[id(r.image)], r.prompt)], fields
+                self._model,
+                [*self._messages, user_message(urls[id(r.image)], r.prompt, self._lead)],
+                fields,
             )
             for r in requests
         ]
@@ -162,7 +172,7 @@ class EndpointBackend(Backend):
         bodies = [
             chat_body(
                 self._model,
-                [*self._messages, user_message(urls[id(r.image)], labels.choice_question(r))],
+                [*self._context(r), user_message(urls[id(r.image)], labels.choice_question(r))],
                 labels.CHOICE_FIELDS,
             )
             for r in requests
@@ -179,6 +189,9 @@ class EndpointBackend(Backend):
             "weights_under_audit_control": False,
             "settings_sent": sampling_fields(settings),
             "label_scoring": self._method or self._spec.label_scoring,
+            # The server's chat template always wraps the user turn: the card's context loses
+            # only its preamble here.
+            "label_scoring_layout": "chat template; context 'card': no preamble",
             "label_scoring_fields": (
                 labels.LOGLIKELIHOOD_FIELDS
                 if self._method == "loglikelihood"
@@ -210,8 +223,13 @@ class EndpointBackend(Backend):
         self, request: LabelScoreRequest, continuation: str, url: str | None = None
     ) -> dict[str, Any]:
         user = user_message(url or image_url(request.image), None)
-        messages = [*self._messages, *labels.loglikelihood_messages(request, continuation, user)]
+        messages = [*self._context(request), *labels.loglikelihood(request, continuation, user)]
         return chat_body(self._model, messages, labels.LOGLIKELIHOOD_FIELDS)
+
+    def _context(self, request: LabelScoreRequest) -> list[dict[str, Any]]:
+        """What precedes a label's user turn: the card's context has no preamble; either way the
+        server's chat template wraps it (the protocol has no other way in)."""
+        return self._messages if request.context == "chat" else []
 
     def _post(self, client: EndpointClient, bodies: list[dict[str, Any]]) -> list[Outcome]:
         """All bodies at once; a first call in which none got an answer stops the run."""

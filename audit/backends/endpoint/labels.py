@@ -39,9 +39,7 @@ def answer_text(request: LabelScoreRequest, continuation: str) -> str:
     return (f" {request.prefix}" if request.prefix else "") + continuation
 
 
-def loglikelihood_messages(
-    request: LabelScoreRequest, continuation: str, user: Message
-) -> list[Message]:
+def loglikelihood(request: LabelScoreRequest, continuation: str, user: Message) -> list[Message]:
     return [user, {"role": "assistant", "content": answer_text(request, continuation)}]
 
 

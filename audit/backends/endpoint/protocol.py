@@ -1,8 +1,9 @@
 """The OpenAI chat-completions protocol as this backend speaks it: request bodies in, results out.
 
 Pure functions, no network: images go as base64 PNG data URLs (lossless, so the server sees the
-pixels the in-process backends see), the probe's preamble as one message before the user turn,
-the probe's decoding settings mapped onto the protocol's fields.
+pixels the in-process backends see), the probe's system prompt and example exchanges as the
+messages before the user turn and its loose parts at the start of it (as in-process), the
+probe's decoding settings mapped onto the protocol's fields.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from audit.backends.base import Generation, GenerationSettings, PreamblePart
+from audit.backends.base import Generation, GenerationSettings, Preamble, PreamblePart
 
 Message = dict[str, Any]
 
@@ -30,23 +31,36 @@ def _image_part(url: str) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def preamble_messages(preamble: Sequence[PreamblePart]) -> list[Message]:
-    """The preamble as one message before the user turn: ``system`` when it is text only (what
-    chat APIs call a system prompt), else ``user`` (servers refuse images in system messages)."""
-    if not preamble:
-        return []
-    parts: list[dict[str, Any]] = [
+def _content(parts: Sequence[PreamblePart]) -> list[dict[str, Any]]:
+    return [
         {"type": "text", "text": part.text}
         if part.text is not None
         else _image_part(image_url(part.image))  # type: ignore[arg-type]
-        for part in preamble
+        for part in parts
     ]
-    role = "system" if all(part.text is not None for part in preamble) else "user"
-    return [{"role": role, "content": parts}]
 
 
-def user_message(image_data_url: str, text: str | None) -> Message:
-    content: list[dict[str, Any]] = [_image_part(image_data_url)]
+def preamble_messages(preamble: Preamble) -> list[Message]:
+    """The messages before the audited user turn: the system prompt, then each example
+    exchange as a user message (its images as data URLs) and the assistant's answer."""
+    messages: list[Message] = []
+    if preamble.system:
+        messages.append({"role": "system", "content": preamble.system})
+    for turn in preamble.turns:
+        messages.append({"role": "user", "content": _content(turn.user)})
+        messages.append({"role": "assistant", "content": turn.assistant})
+    return messages
+
+
+def lead_parts(preamble: Preamble) -> list[dict[str, Any]]:
+    """The preamble's loose parts, placed at the start of the user turn (as in-process)."""
+    return _content(preamble.parts)
+
+
+def user_message(
+    image_data_url: str, text: str | None, lead: Sequence[dict[str, Any]] = ()
+) -> Message:
+    content: list[dict[str, Any]] = [*lead, _image_part(image_data_url)]
     if text:
         content.append({"type": "text", "text": text})
     return {"role": "user", "content": content}
