@@ -223,11 +223,13 @@ def token_logprob(token: str) -> float:
 
 
 @contextmanager
-def prompt_scoring_server() -> Iterator[str]:
+def prompt_scoring_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     """``/v1/models`` and ``/v1/chat/completions`` with vLLM's ``prompt_logprobs``: the prompt is
     the messages' text, ``Role: text`` a line each, cut after the last message when
     ``continue_final_message`` is set; each token's entry also lists a top-ranked other token,
-    as vLLM does when the prompt's token is not the most likely one."""
+    as vLLM does when the prompt's token is not the most likely one. Yields its base URL and
+    the bodies it received."""
+    received: list[dict[str, Any]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -240,6 +242,7 @@ def prompt_scoring_server() -> Iterator[str]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            received.append(body)
             lines = []
             for message in body["messages"]:
                 content = message["content"]
@@ -279,4 +282,4 @@ def prompt_scoring_server() -> Iterator[str]:
             self.wfile.write(data)
 
     with _serving(Handler) as address:
-        yield f"{address}/v1"
+        yield f"{address}/v1", received

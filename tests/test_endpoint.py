@@ -227,7 +227,7 @@ def test_a_faulty_network_loses_nothing(
 def test_labels_are_scored_by_the_servers_prompt_logprobs(tmp_path: Path) -> None:
     values = synthetic_values()["gender"]
     labels = {v.lower(): v for v in values}
-    with prompt_scoring_server() as url:
+    with prompt_scoring_server() as (url, _):
         probe = served_probe(
             tmp_path,
             {"id": MODEL, "backend": "endpoint", "endpoint": {"url": url}},
@@ -255,6 +255,53 @@ def test_labels_are_scored_by_the_servers_prompt_logprobs(tmp_path: Path) -> Non
         RunStore.open(tmp_path / "run").manifest().model.model_dump()["endpoint"]["label_scoring"]
         == "loglikelihood"
     )
+
+
+def test_the_preamble_is_the_conversation_before_the_user_turn(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (250, 0, 0)).save(tmp_path / "example.png")
+    preamble = {
+        "system": "You are a careful assistant.",
+        "turns": [
+            {"user": [{"image": "example.png"}, {"text": "What is this?"}], "assistant": "Red."}
+        ],
+    }
+    with prompt_scoring_server() as (url, received):
+        probe = served_probe(
+            tmp_path,
+            {"id": MODEL, "backend": "endpoint", "endpoint": {"url": url}},
+            dataset={"n": 2},
+            preamble=preamble,
+            prompts=[{"id": "describe", "text": "Describe."}],
+            classification=[
+                {
+                    "id": "gender",
+                    "target": "gender",
+                    "template": "a photo of a {label} person.",
+                    "labels": {v.lower(): v for v in synthetic_values()["gender"]},
+                    "context": "chat",
+                }
+            ],
+        )
+        code, output = audit("run", str(probe), "--out", str(tmp_path / "run"))
+    assert code == 0, output
+    generation = next(b for b in received if b["messages"][-1]["role"] == "user")
+    system, example, answer, user = generation["messages"]
+    assert system == {"role": "system", "content": "You are a careful assistant."}
+    assert [p["type"] for p in example["content"]] == ["image_url", "text"]
+    assert example["content"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert answer == {"role": "assistant", "content": "Red."}
+    assert [p["type"] for p in user["content"]] == ["image_url", "text"]
+    assert user["content"][1]["text"] == "Describe."
+    assert generation["temperature"] == 0 and generation["max_tokens"] == 5
+    scored = [
+        b
+        for b in received
+        if b.get("continue_final_message") and "person" in b["messages"][-1]["content"]
+    ]
+    assert scored and all(b["messages"][0] == system for b in scored)  # context chat: preamble
+    assert all(b["messages"][-1]["content"].startswith(" a photo of a") for b in scored)
 
 
 @pytest.mark.parametrize(
