@@ -95,7 +95,10 @@ def run(
     out: Annotated[
         Path | None, typer.Option(help="Run directory (default runs/<probe>-<model>).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model hub id or local folder.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Model hub id or local folder (with --endpoint: the name it serves)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Use only the first N samples.")] = None,
     batch_size: Annotated[str | None, typer.Option(help="Images per batch, or 'auto'.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
