@@ -99,7 +99,7 @@ def most_in_flight(log: str) -> int:
 
 # -- a proxy that breaks some requests ----------------------------------------------------------
 #: What the proxy does with one request: forward it, answer with a status, drop the connection
-#: without an answer, or forward it after a delay.
+#: without an answer, forward it after a delay, or drop it and stop listening.
 Fault = tuple[str, float] | None
 Rule = Callable[[int, bytes, int], Fault]
 
@@ -153,7 +153,12 @@ def fault_proxy(upstream: str, rule: Rule) -> Iterator[tuple[str, ProxyLog]]:
                 if fault is not None:
                     record.faults.append(f"{fault[0]} {fault[1]:g}")
             try:
-                if fault is not None and fault[0] == "drop":
+                if fault is not None and fault[0] == "stop":  # stop listening altogether
+                    server = self.server
+                    threading.Thread(
+                        target=lambda: (server.shutdown(), server.server_close()), daemon=True
+                    ).start()
+                if fault is not None and fault[0] in {"drop", "stop"}:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return

@@ -224,6 +224,26 @@ def test_a_faulty_network_loses_nothing(
             assert SECRET.encode() not in path.read_bytes(), path
 
 
+def test_a_server_that_goes_away_stops_the_run_and_resume_completes_it(
+    served: Served, reference: Path, tmp_path: Path
+) -> None:
+    probe = endpoint_probe(tmp_path, served, max_retries=1, retry_backoff_s=0.05)
+    run = tmp_path / "run"
+
+    def vanish(index: int, body: bytes, attempt: int) -> Fault:
+        return ("stop", 0) if index == 20 else None  # in the second batch
+
+    with fault_proxy(served.url.removesuffix("/v1"), vanish) as (url, _):
+        code, output = audit("run", str(probe), "--out", str(run), "--endpoint", url)
+    assert code == 2, output
+    assert "error:" in output and "stopped answering" in output
+    stored = len(read(run, "generations"))
+    assert 0 < stored < 24  # the first batch is kept
+    code, output = audit("run", str(probe), "--out", str(run), "--endpoint", served.url)
+    assert code == 0, output
+    assert_same_rows(run, reference)
+
+
 def test_labels_are_scored_by_the_servers_prompt_logprobs(tmp_path: Path) -> None:
     values = synthetic_values()["gender"]
     labels = {v.lower(): v for v in values}
@@ -255,6 +275,33 @@ def test_labels_are_scored_by_the_servers_prompt_logprobs(tmp_path: Path) -> Non
         RunStore.open(tmp_path / "run").manifest().model.model_dump()["endpoint"]["label_scoring"]
         == "loglikelihood"
     )
+
+
+@pytest.mark.parametrize(
+    ("answer", "expected"),
+    [
+        ("a photo of a female person.", "female"),
+        ("Female", "female"),
+        ("The person is male.", "male"),
+        ("a photo of a southeast asian person", "southeast asian"),
+        ("East Asian", "east asian"),
+        ("male or female", None),
+        ("a cat", None),
+        ("", None),
+    ],
+)
+def test_a_chosen_label_is_the_one_the_answer_names(answer: str, expected: str | None) -> None:
+    from PIL import Image
+
+    from audit.backends.base import LabelScoreRequest
+    from audit.backends.endpoint.labels import chosen_label
+
+    labels = ("male", "female", "east asian", "southeast asian", "asian")
+    request = LabelScoreRequest(
+        Image.new("RGB", (4, 4)), "a photo of a", tuple(f" {label} person." for label in labels)
+    )
+    chosen = chosen_label(answer, request)
+    assert (None if chosen is None else labels[chosen]) == expected
 
 
 def test_the_preamble_is_the_conversation_before_the_user_turn(tmp_path: Path) -> None:

@@ -232,12 +232,19 @@ class EndpointBackend(Backend):
         return self._messages if request.context == "chat" else []
 
     def _post(self, client: EndpointClient, bodies: list[dict[str, Any]]) -> list[Outcome]:
-        """All bodies at once; a first call in which none got an answer stops the run."""
+        """All bodies at once. A first call in which none got an answer stops the run, and so
+        does a later one in which the server stopped listening (its retries spent): the rest of
+        the run would only become error rows."""
         outcomes = client.post_all(CHAT, bodies)
         if outcomes and not self._answered and not any(o.ok for o in outcomes):
             raise EndpointRefused(
                 f"every request of the first batch to {self._spec.url} failed, so the run "
                 f"stopped (nothing was stored for it); first error: {outcomes[0].error}"
+            )
+        if outcomes and all(o.unreachable for o in outcomes):
+            raise EndpointRefused(
+                f"the endpoint {self._spec.url} stopped answering ({outcomes[0].error}); the "
+                "rows stored so far are kept: resume the run once the server is back"
             )
         self._answered = self._answered or any(o.ok for o in outcomes)
         return outcomes

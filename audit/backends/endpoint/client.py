@@ -59,6 +59,8 @@ class Outcome:
     body: Any = None
     error: str | None = None
     attempts: int = 1
+    #: The last try found nothing listening (the server went away).
+    unreachable: bool = False
 
     @property
     def ok(self) -> bool:
@@ -66,9 +68,12 @@ class Outcome:
 
 
 class _Retry(Exception):
-    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after_s: float | None = None, unreachable: bool = False
+    ) -> None:
         super().__init__(reason)
         self.retry_after_s = retry_after_s
+        self.unreachable = unreachable
 
 
 class EndpointClient:
@@ -148,12 +153,18 @@ class EndpointClient:
                     self.any_success = True
                     return Outcome(body=answer, attempts=attempt + 1)
                 except _Retry as retry:
-                    reason, retry_after_s = str(retry), retry.retry_after_s
+                    reason, retry_after_s, unreachable = (
+                        str(retry),
+                        retry.retry_after_s,
+                        retry.unreachable,
+                    )
                 except _Final as final:
                     return Outcome(error=str(final), attempts=attempt + 1)
             if attempt >= self.policy.max_retries:
                 return Outcome(
-                    error=f"{reason} (gave up after {attempt + 1} attempts)", attempts=attempt + 1
+                    error=f"{reason} (gave up after {attempt + 1} attempts)",
+                    attempts=attempt + 1,
+                    unreachable=unreachable,
                 )
             self.retries += 1
             await asyncio.sleep(self.policy.delay_s(attempt, retry_after_s, self._rng))
@@ -169,7 +180,7 @@ class EndpointClient:
                     f"cannot connect to the endpoint {self.base_url} ({_reason(error)}): is the "
                     "server running and is model.endpoint.url (or --endpoint) its address?"
                 ) from None
-            raise _Retry(f"connection failed: {_reason(error)}") from None
+            raise _Retry(f"connection failed: {_reason(error)}", unreachable=True) from None
         except httpx2.TimeoutException:
             raise _Retry(f"no answer within {self.policy.timeout_s:g} s") from None
         except httpx2.TransportError as error:  # reset, closed before an answer, ...
