@@ -125,6 +125,8 @@ def test_a_served_model_is_audited_into_the_run_store(reference: Path, served: S
     assert record["settings_sent"] == {"max_tokens": 5, "temperature": 0}
     assert record["label_scoring"] == "choice"
     assert manifest.model.backend == "endpoint"
+    # The server's chat template wraps every request: no card's context over an endpoint.
+    assert set((manifest.prompt_layout or {})["classification_context"].values()) == {"served"}
 
 
 def test_the_report_says_what_was_not_under_the_audits_control(
@@ -140,6 +142,7 @@ def test_the_report_says_what_was_not_under_the_audits_control(
     invalid = int(read(run, "classifications")["prediction"].isna().sum())
     assert f"{invalid} of 24 answers named no label" in report
     assert "not comparable with label log-likelihood" in report
+    assert "server&#39;s chat" in report or "server's chat" in report
 
 
 def test_requests_are_in_flight_at_once(reference: Path) -> None:

@@ -166,6 +166,9 @@ class Backend(ABC):
     supports_label_scoring: ClassVar[bool] = True
     #: The IDEFICS card script's split-and-substitute construction (``Preamble.split_template``).
     supports_split_template: ClassVar[bool] = False
+    #: Labels scored right after the image with nothing around it (``ScoringContext`` "card");
+    #: a chat endpoint always wraps a request in its chat template.
+    supports_card_context: ClassVar[bool] = True
 
     def load(self) -> None:  # noqa: B027 (a backend without weights has nothing to load)
         """Load weights and processor now (idempotent)."""

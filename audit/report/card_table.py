@@ -142,6 +142,11 @@ CONTEXTS = {
         "the card's context (the image, then the template; no BOS, chat wrapper or preamble)",
     ),
     "chat": ("chat", "a chat (the template as the start of the answer, after the preamble)"),
+    "served": (
+        "server's chat",
+        "the server's chat template without the preamble (a chat endpoint cannot lay out the "
+        "card's context)",
+    ),
 }
 
 

@@ -27,7 +27,7 @@ from audit.run.executor import (
 from audit.run.interrupt import StopSignals
 from audit.run.placement import launcher_name, place_on_local_gpu
 from audit.run.prefetch import prefetch
-from audit.run.setting import check_same_layout, prepare_preamble
+from audit.run.setting import check_same_layout, prepare_preamble, served_contexts
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store.lock import run_lock
 from audit.store.manifest import (
@@ -323,6 +323,14 @@ def _run_probe(
         )
     backend = load_backend(spec.model_location(), spec.model, preamble)
     _check_capabilities(backend, spec, origin)
+    if not backend.supports_card_context and (changed := served_contexts(layout)):
+        logger.warning(
+            "warning: classification %s: backend '%s' wraps every request in the server's chat "
+            "template, so the card's context (the image, then the template, nothing else) cannot "
+            "be laid out; labels are scored in the server's template without the preamble",
+            ", ".join(changed),
+            backend.name,
+        )
     spec, presets = apply_preset(spec, backend.info().model_type)
     if presets:
         layout["presets"] = presets

@@ -87,6 +87,17 @@ def prepare_preamble(spec: ProbeSpec, origin: str) -> tuple[Preamble, dict[str, 
     return preamble, {**record, "preamble": described, "preamble_complete": True}
 
 
+def served_contexts(layout: dict[str, Any]) -> list[str]:
+    """Where a backend cannot lay out the card's classification context (a chat endpoint wraps
+    every request in its chat template), record what its tasks get instead: the server's
+    template without the preamble (``served``). Returns the tasks changed."""
+    contexts = layout.get("classification_context") or {}
+    changed = [task for task, context in contexts.items() if context == "card"]
+    for task in changed:
+        contexts[task] = "served"
+    return changed
+
+
 def check_same_layout(previous: dict[str, Any] | None, now: dict[str, Any], root: Path) -> None:
     """A run resumed with another preamble (example images added or removed since it started)
     would mix two settings in one table."""

@@ -56,6 +56,7 @@ class EndpointBackend(Backend):
     """Generation and label scoring by HTTP; ``load`` checks the server, the key and the model."""
 
     name: ClassVar[str] = "endpoint"
+    supports_card_context: ClassVar[bool] = False
 
     def __init__(self, model: ModelSpec, preamble: Preamble | Sequence[PreamblePart] = ()) -> None:
         if model.endpoint is None:
