@@ -6,11 +6,16 @@ so a pasted result says where it came from.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +103,94 @@ def print_header(title: str, n_threads: int) -> None:
     for line in machine_lines(n_threads):
         print(f"  {line}")
     sys.stdout.flush()
+
+
+def add_run_arguments(
+    parser: argparse.ArgumentParser, *, images: int, max_new_tokens: int, batch_size: int
+) -> None:
+    """The options every CPU benchmark of a run shares; ``--quick`` shrinks them to a smoke
+    run (``apply_quick``)."""
+    parser.add_argument("--size", default="small", choices=["tiny", "small"])
+    parser.add_argument("--images", type=int, default=images, help="images (x 3 prompts)")
+    parser.add_argument("--image-px", type=int, default=224, help="side of the synthetic JPEGs")
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="images per batch")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="models, data, runs")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny model, 3 images, 1 repeat (a smoke run)"
+    )
+
+
+def apply_quick(args: argparse.Namespace) -> None:
+    if args.quick:
+        args.size, args.images, args.image_px, args.max_new_tokens = "tiny", 3, 32, 4
+        args.batch_size, args.repeats = 2, 1
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 free right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def transformers_serve(
+    model_dir: Path,
+    log: Path,
+    *,
+    n_threads: int = 1,
+    timeout_s: float = 120,
+    extra_args: tuple[str, ...] = (),
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``transformers serve MODEL_DIR`` on a free port of 127.0.0.1, offline, its output in
+    ``log``; yields its address (``http://127.0.0.1:PORT``) and process once it is healthy."""
+    import httpx2
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from transformers.cli.transformers import main; sys.exit(main())",
+        "serve",
+        str(model_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra_args,
+    ]
+    threads = str(n_threads)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+    }
+    with log.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"transformers serve exited:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx2.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

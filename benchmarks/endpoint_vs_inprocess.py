@@ -30,15 +30,11 @@ in-process backend's banned image tokens and stop list).
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +44,13 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from benchmarks.common import (
     CARD_PROMPTS,
+    add_run_arguments,
+    apply_quick,
     limit_threads,
     print_header,
     quiet_progress_bars,
     set_offline_env,
+    transformers_serve,
     write_probe,
 )
 
@@ -70,46 +69,6 @@ class Setup:
     repeats: int
     n_threads: int
     work_dir: Path
-
-
-@contextmanager
-def transformers_serve(model_dir: Path, n_threads: int, log: Path) -> Iterator[str]:
-    """``transformers serve MODEL_DIR`` on a free port of 127.0.0.1; yields its base URL."""
-    import httpx2
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from transformers.cli.transformers import main; sys.exit(main())",
-        "serve",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    threads = str(n_threads)
-    env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    with log.open("wb") as sink:
-        server = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx2.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not start; its log: {log}")
-            time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def prepare_probe(setup: Setup) -> tuple[Path, Path]:
@@ -165,7 +124,9 @@ def measure(setup: Setup) -> dict[str, Any]:
     model_dir, probe = prepare_probe(setup)
     times: dict[str, list[float]] = {side: [] for side in SIDES}
     outputs: dict[str, Any] = {}
-    with transformers_serve(model_dir, setup.n_threads, setup.work_dir / "serve.log") as url:
+    serve_log = setup.work_dir / "serve.log"
+    with transformers_serve(model_dir, serve_log, n_threads=setup.n_threads) as (address, _):
+        url = f"{address}/v1"
         for repeat in range(setup.repeats):
             order = SIDES if repeat % 2 == 0 else tuple(reversed(SIDES))
             for side in order:
@@ -199,22 +160,10 @@ def describe(setup: Setup, result: dict[str, Any]) -> str:
 
 def parse_setup(argv: Sequence[str] | None) -> Setup:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="small", choices=["tiny", "small"])
-    parser.add_argument("--images", type=int, default=12, help="images (x 3 prompts)")
-    parser.add_argument("--image-px", type=int, default=224, help="side of the synthetic JPEGs")
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=16, help="images per runner batch")
+    add_run_arguments(parser, images=12, max_new_tokens=16, batch_size=16)
     parser.add_argument("--concurrency", type=int, default=8, help="endpoint requests in flight")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="models, data, runs")
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny model, 3 images, 1 repeat (a smoke run)"
-    )
     args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.images, args.image_px, args.max_new_tokens = "tiny", 3, 32, 4
-        args.batch_size, args.repeats = 2, 1
+    apply_quick(args)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="endpoint-vs-inprocess-"))
     return Setup(
         size=args.size,

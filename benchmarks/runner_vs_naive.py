@@ -45,6 +45,8 @@ if __package__ in (None, ""):  # run as a file: make the repository root importa
 
 from benchmarks.common import (
     CARD_PROMPTS,
+    add_run_arguments,
+    apply_quick,
     limit_threads,
     print_header,
     quiet_progress_bars,
@@ -391,21 +393,9 @@ def describe(result: FamilyResult) -> str:
 def parse_setup(argv: Sequence[str] | None) -> Setup:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default="idefics,idefics2,idefics3")
-    parser.add_argument("--size", default="small", choices=["tiny", "small"])
-    parser.add_argument("--images", type=int, default=24, help="images (x 3 prompts)")
-    parser.add_argument("--image-px", type=int, default=224, help="side of the synthetic JPEGs")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (both sides)")
-    parser.add_argument("--work-dir", type=Path, default=None, help="models, data, runs")
-    parser.add_argument(
-        "--quick", action="store_true", help="tiny model, 3 images, 1 repeat (a smoke run)"
-    )
+    add_run_arguments(parser, images=24, max_new_tokens=32, batch_size=16)
     args = parser.parse_args(argv)
-    if args.quick:
-        args.size, args.images, args.image_px, args.max_new_tokens = "tiny", 3, 32, 4
-        args.batch_size, args.repeats = 2, 1
+    apply_quick(args)
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="runner-vs-naive-"))
     return Setup(
         families=tuple(f.strip() for f in args.families.split(",") if f.strip()),

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,11 +18,7 @@ from typing import Any
 
 import httpx2
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from benchmarks.common import transformers_serve as serve
 
 
 @dataclass
@@ -44,45 +38,11 @@ class Served:
 def transformers_serve(model_dir: Path, log: Path, timeout_s: float = 90) -> Iterator[Served]:
     """``transformers serve MODEL_DIR`` on 127.0.0.1, offline, logging each request received
     (transformers) and answered (uvicorn's access log) in order to ``log``."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-c",
-        "import sys; from transformers.cli.transformers import main; sys.exit(main())",
-        "serve",
-        str(model_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "info",
-    ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with log.open("wb") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"transformers serve exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx2.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"transformers serve did not start:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    with serve(model_dir, log, timeout_s=timeout_s, extra_args=("--log-level", "info")) as (
+        url,
+        process,
+    ):
         yield Served(f"{url}/v1", str(model_dir), log, process)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def most_in_flight(log: str) -> int:

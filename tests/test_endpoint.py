@@ -20,12 +20,12 @@ from typer.testing import CliRunner
 from audit.cli import app
 from audit.store.schema import CLASSIFICATIONS, GENERATIONS
 from audit.store.tables import RunStore
+from benchmarks.common import free_port
 from tests.endpoint_servers import (
     MODEL,
     Fault,
     Served,
     fault_proxy,
-    free_port,
     most_in_flight,
     prompt_scoring_server,
     token_logprob,
