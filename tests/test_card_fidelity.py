@@ -191,6 +191,8 @@ def test_default_probe_without_the_example_images_runs_the_persona_and_says_so(
     ]
     assert layout["classification_context"] == {"gender": "card", "race": "card", "age": "card"}
     assert layout["presets"]["settings"] == {"batch_size": 16}  # max_new_tokens set above
+    code, output = run_cli("status", str(run))
+    assert code == 0 and "prompt: system prompt only" in output and "kittens.jpg" in output
     code, output = run_cli("analyze", str(run))
     assert code == 0, output
     code, output = run_cli("report", str(run))

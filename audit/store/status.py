@@ -161,12 +161,24 @@ def describe_status(run_dir: str | Path) -> str:
             missing = max(total - done - errors, 0)
             lines.append(f"{table}: {done} / {total} done, {errors} errors, {missing} missing")
     lines += [_describe_shard(p) for p in progress.shards] + progress.notes
+    lines += _describe_layout(manifest.prompt_layout)
     lines += _describe_fast_paths(manifest.fast_paths)
     lines += _describe_missing(progress.states) + _describe_errors(progress.states)
     command = resume_command(manifest, progress.run_dir)
     if command and (manifest.status != RunStatus.COMPLETE or manifest.rows.errors):
         lines += _describe_resume(progress, command)
     return "\n".join(lines)
+
+
+def _describe_layout(layout: dict[str, Any] | None) -> list[str]:
+    """What the model is shown around each image, where it is not the probe's full preamble."""
+    if not isinstance(layout, dict) or not layout.get("preamble"):
+        return []
+    line = f"prompt: {layout['preamble']}"
+    if layout.get("preamble_complete") is False:
+        missing = [str(path) for path in layout.get("missing_images") or []]
+        line += f" (missing: {', '.join(missing)})"
+    return [line]
 
 
 def _describe_fast_paths(record: Any) -> list[str]:
