@@ -17,6 +17,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from audit import load_run
 from audit.cli import app
 from audit.store.schema import CLASSIFICATIONS, GENERATIONS
 from audit.store.tables import RunStore
@@ -32,7 +33,7 @@ from tests.endpoint_servers import (
     transformers_serve,
     words,
 )
-from tests.runs import synthetic_values, write_probe
+from tests.runs import synthetic_values, wilson, write_probe
 
 KEYS = {"generations": ["sample_id", "prompt_id"], "classifications": ["sample_id", "task_id"]}
 SECRET = "sk-test-6f1d9a0c-never-stored"
@@ -143,6 +144,16 @@ def test_the_report_says_what_was_not_under_the_audits_control(
     assert f"{invalid} of 24 answers named no label" in report
     assert "not comparable with label log-likelihood" in report
     assert "server&#39;s chat" in report or "server's chat" in report
+    # The share of answers naming no label, per task and group, with its interval and n.
+    rows = read(run, "classifications")
+    loaded = load_run(run)
+    for task, answers in rows.groupby("task_id"):
+        k, n = int(answers["prediction"].isna().sum()), len(answers)
+        overall = loaded.overall("classification", "invalid_answer_rate", prompt=str(task))
+        assert overall["value"] == pytest.approx(k / n) and int(overall["n"]) == n
+        assert (overall["ci_low"], overall["ci_high"]) == pytest.approx(wilson(k, n))
+        by_gender = loaded.by_group("classification", "invalid_answer_rate", "gender", str(task))
+        assert int(by_gender["n"].sum()) == n
 
 
 def test_requests_are_in_flight_at_once(reference: Path) -> None:

@@ -19,6 +19,11 @@ as below; ``mean``: per-token mean, the same metric names with ``_per_token`` ap
   ``cell_accuracy_std_noise``: the std that binomial noise alone gives when every cell has
   the overall accuracy (mean over simulations; interval: 2.5–97.5 percentiles).
 
+Where labels were chosen by the model (an endpoint's ``choice`` method, ``scoring_method``
+column), ``invalid_answer_rate`` overall and per group and intersection (Wilson intervals): the
+share of answers that named no label, counted wrong in the accuracy. A model that declines to
+classify some groups more than others shows here.
+
 Extra columns: ``scoring``, ``successes``, ``observations``, ``p_value``, ``min_detectable_gap``,
 ``worst_group``, ``best_group``, ``n_worst``, ``n_best``. Groups with fewer than
 ``MIN_GROUP_SIZE`` images are reported as ``insufficient data`` and left out of gaps and stds.
@@ -108,7 +113,27 @@ def classification(context: AnalysisContext) -> pd.DataFrame:
                 continue
             correct = (predicted == rows["target"].astype(str).to_numpy()).astype(float)
             records += _task_records(context, task.id, scoring, rows, correct, split.axes)
+        if _chosen(rows):
+            records += _invalid_answer_records(task.id, rows, split.axes)
     return with_q_values(records_table(records, EXTRA), ("metric", "scoring"))
+
+
+def _chosen(rows: pd.DataFrame) -> bool:
+    """Rows whose label the model chose by answering (not by log-likelihood)."""
+    return "scoring_method" in rows and bool(rows["scoring_method"].eq("choice").any())
+
+
+def _invalid_answer_records(
+    task_id: str, rows: pd.DataFrame, axes: list[GroupAxis]
+) -> list[dict[str, Any]]:
+    invalid = rows["prediction"].isna().to_numpy(dtype=float)
+    ones, metric = np.ones(len(rows)), "invalid_answer_rate"
+    overall = UnitRates(invalid, ones, np.zeros(len(rows), dtype=int), (ALL,))
+    records = [overall_row(task_id, metric, overall, scoring="sum")]
+    for axis in axes:
+        rates = UnitRates(invalid, ones, axis.codes(rows), axis.groups)
+        records += group_rows(task_id, axis.name, metric, rates, scoring="sum")
+    return records
 
 
 def _task_records(
