@@ -144,6 +144,11 @@ def test_the_report_says_what_was_not_under_the_audits_control(
     assert f"{invalid} of 24 answers named no label" in report
     assert "not comparable with label log-likelihood" in report
     assert "server&#39;s chat" in report or "server's chat" in report
+    assert "the model&#39;s choice" in report and "the model's choice" in report  # its scoring
+    code, output = audit("card", str(run))
+    assert code == 0, output
+    card = (run / "card.md").read_text()
+    assert "(served)" in card.replace("\\", "") and "the label the model named" in card
     # The share of answers naming no label, per task and group, with its interval and n.
     rows = read(run, "classifications")
     loaded = load_run(run)

@@ -217,9 +217,12 @@ def _accuracy_lines(runs: Sequence[RunData]) -> list[str]:
             entries.append(f"{cell.text()}{interval}, n={cell.n}")
         lines.append(f"| {_text(names[label])} | " + " | ".join(entries) + " |")
     lines.append("")
+    chosen = [_text(run.model_name) for run in runs if run.labels_chosen()]
     lines.append(
         "Accuracy in %, [95% interval]; (std): the spread of the accuracies of the gender × race "
-        "cells in points, as in the IDEFICS card (summed label log-likelihood)."
+        "cells in points, as in the IDEFICS card (summed label log-likelihood"
+        + (f"; {', '.join(chosen)}: the label the model named, not comparable" if chosen else "")
+        + ")."
     )
     return lines
 

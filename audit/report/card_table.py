@@ -25,6 +25,8 @@ from audit.report.formatting import INSUFFICIENT, is_missing
 PREFERRED_INTERSECTION = "gender x race"
 #: Scorings of ``audit analyze``: the card's summed log-likelihood, and the per-token mean.
 SCORINGS = {"": "summed log-likelihood", "_per_token": "per-token mean log-likelihood"}
+#: The scoring of a run whose model named its labels (no log-likelihoods, one scoring).
+CHOSEN = "the model's choice"
 
 
 @dataclass(frozen=True)

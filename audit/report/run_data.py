@@ -52,6 +52,8 @@ class RunData:
         """The model as a reader knows it: its hub id, or a local folder's name marked
         ``(local)``; never a path of the machine that ran it."""
         model_id = str(self.manifest.model.id or "unknown model")
+        if served_model(self.manifest) is not None:
+            return f"{model_id} (served)"  # the server's name for it, not a path here
         path = Path(model_id)
         local = path.is_absolute() or model_id.startswith((".", "~")) or path.exists()
         return f"{path.name} (local)" if local and path.name else model_id
@@ -87,6 +89,12 @@ class RunData:
                 f"(see the provenance){choice}"
             )
         return None
+
+    def labels_chosen(self) -> bool:
+        """Whether the model named its labels (an endpoint's ``choice`` method) rather than
+        their log-likelihood ranking them."""
+        endpoint = served_model(self.manifest)
+        return endpoint is not None and endpoint.get("label_scoring") == "choice"
 
     def classification_contexts(self) -> dict[str, str]:
         """Task id -> where its labels were scored (``card`` or ``chat``)."""

@@ -24,7 +24,7 @@ from audit.report.blocks import (
     metric_blocks,
     p_cell,
 )
-from audit.report.card_table import SCORINGS, card_cells, context_text
+from audit.report.card_table import CHOSEN, SCORINGS, card_cells, context_text
 from audit.report.confusion_matrix import confusion_counts
 from audit.report.figures import group_bars
 from audit.report.formatting import MarkdownText, format_number, format_p, is_missing, metric_title
@@ -102,7 +102,8 @@ def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Secti
     if not tables:
         return _missing(analysis.name, analysis.title)
     contexts = {run.label: context_text(run.classification_contexts()) for run in runs}
-    card = _card_block(tables, contexts)
+    chosen = {run.label for run in runs if run.labels_chosen()}
+    card = _card_block(tables, contexts, chosen)
     summary = _axis_blocks(tables)  # the gaps between groups lead, with the card's table
     blocks = [
         card,
@@ -119,15 +120,16 @@ def classification_section(runs: Sequence[RunData], analysis: Analysis) -> Secti
     )
 
 
-def _card_block(tables: RunTables, contexts: dict[str, str]) -> Block:
+def _card_block(tables: RunTables, contexts: dict[str, str], chosen: set[str]) -> Block:
     """Rows: run x scoring (the card's summed log-likelihood first); columns: per task.
-    ``contexts``: run label -> where its labels were scored."""
-    entries = {
-        (label, scoring): {c.task_id: c for c in card_cells(frame, suffix)}
-        for label, frame in tables
-        for suffix, scoring in SCORINGS.items()
-    }
-    entries = {key: cells for key, cells in entries.items() if cells}
+    ``contexts``: run label -> where its labels were scored; ``chosen``: the runs whose model
+    named its labels."""
+    entries = {}
+    for label, frame in tables:
+        for suffix, scoring in SCORINGS.items():
+            cells = {c.task_id: c for c in card_cells(frame, suffix)}
+            if cells:  # a run whose model chose its labels has one scoring only
+                entries[(label, CHOSEN if label in chosen else scoring)] = cells
     tasks = list(dict.fromkeys(task for cells in entries.values() for task in cells))
     rows = []
     for (label, scoring), cells in entries.items():
