@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -83,6 +83,10 @@ class DatasetSpec(StrictModel):
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
+#: Query parameters that would put a credential in the URL (and so in the manifest).
+_CREDENTIAL_NAME = re.compile(r"key|token|secret|sig|pass|auth|cred", re.IGNORECASE)
+
+
 class EndpointSpec(StrictModel):
     """A model served over the OpenAI chat-completions protocol (``backend: endpoint``): vLLM,
     SGLang, TGI, ``transformers serve`` or a hosted API. docs/endpoint.md."""
@@ -102,6 +106,10 @@ class EndpointSpec(StrictModel):
     retry_backoff_s: Annotated[float, Field(ge=0)] = 1.0
     """First retry waits up to this long (full jitter); each further retry doubles it (at most
     60 s). A ``Retry-After`` header from the server takes precedence."""
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    """The request field that limits new tokens: ``max_tokens`` (vLLM, SGLang, TGI,
+    ``transformers serve``) or ``max_completion_tokens`` (hosted APIs whose newer models refuse
+    ``max_tokens``)."""
     label_scoring: Literal["auto", "loglikelihood", "choice"] = "auto"
     """Classification over the endpoint: ``loglikelihood`` ranks labels by their log-probs as the
     server scores the prompt (vLLM's ``prompt_logprobs``); ``choice`` asks the model to name one
@@ -114,12 +122,14 @@ class EndpointSpec(StrictModel):
         parts = urlsplit(value)
         if parts.scheme not in {"http", "https"} or not parts.hostname:
             raise ValueError(f"expected an http(s) URL such as http://host:8000/v1, got '{value}'")
-        if parts.username or parts.password or parts.query or parts.fragment:
+        secret = [k for k, _ in parse_qsl(parts.query) if _CREDENTIAL_NAME.search(k)]
+        if parts.username or parts.password or parts.fragment or secret:
             raise ValueError(
-                "give the URL without credentials, query or fragment; put the API key in an "
-                "environment variable and name it in 'api_key_env'"
+                "give the URL without credentials or fragment (a query such as "
+                "?api-version=... is kept); put the API key in an environment variable and "
+                "name it in 'api_key_env'"
             )
-        return value.rstrip("/")
+        return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
 
 
 class ModelSpec(StrictModel):

@@ -187,14 +187,22 @@ def token_logprob(token: str) -> float:
     return -0.1 * len(token.strip()) + (0.3 if "female" in token else 0.0)
 
 
+class Received(list[dict[str, Any]]):
+    """The bodies a test server received, and every path it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths_seen: list[str] = []
+
+
 @contextmanager
-def prompt_scoring_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+def prompt_scoring_server() -> Iterator[tuple[str, Received]]:
     """``/v1/models`` and ``/v1/chat/completions`` with vLLM's ``prompt_logprobs``: the prompt is
     the messages' text, ``Role: text`` a line each, cut after the last message when
     ``continue_final_message`` is set; each token's entry also lists a top-ranked other token,
     as vLLM does when the prompt's token is not the most likely one. Yields its base URL and
-    the bodies it received."""
-    received: list[dict[str, Any]] = []
+    the bodies it received; the paths (with their query) go to ``paths_seen`` on the list."""
+    received = Received()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -203,9 +211,11 @@ def prompt_scoring_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
             pass
 
         def do_GET(self) -> None:
+            received.paths_seen.append(self.path)
             self._answer({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
         def do_POST(self) -> None:
+            received.paths_seen.append(self.path)
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
             received.append(body)
             lines = []

@@ -263,6 +263,40 @@ def test_a_server_that_goes_away_stops_the_run_and_resume_completes_it(
     assert_same_rows(run, reference)
 
 
+def test_a_hosted_apis_query_and_token_field_are_sent(tmp_path: Path) -> None:
+    """Hosted APIs: a version in the URL's query goes on every request; newer models take
+    max_completion_tokens instead of max_tokens."""
+    with prompt_scoring_server() as (url, received):
+        endpoint = {
+            "url": f"{url}?api-version=2024-10-21",
+            "max_tokens_field": "max_completion_tokens",
+            "label_scoring": "choice",
+        }
+        probe = served_probe(
+            tmp_path,
+            {"id": MODEL, "backend": "endpoint", "endpoint": endpoint},
+            generation={"max_new_tokens": 7},
+        )
+        code, output = audit("run", str(probe), "--out", str(tmp_path / "run"))
+    assert code == 0, output
+    assert received.paths_seen
+    assert all(p.endswith("?api-version=2024-10-21") for p in received.paths_seen)
+    assert all("max_tokens" not in body for body in received)
+    assert {body["max_completion_tokens"] for body in received} >= {7}
+    manifest = RunStore.open(tmp_path / "run").manifest().model.model_dump()["endpoint"]
+    assert manifest["settings_sent"]["max_completion_tokens"] == 7
+
+
+def test_a_credential_in_the_url_query_is_refused(tmp_path: Path) -> None:
+    probe = served_probe(
+        tmp_path,
+        {"id": MODEL, "backend": "endpoint", "endpoint": {"url": "https://x.test/v1?api_key=s3"}},
+    )
+    code, output = audit("validate", str(probe))
+    assert code == 2
+    assert "model.endpoint.url" in output and "api_key_env" in output and "s3" not in output
+
+
 def test_labels_are_scored_by_the_servers_prompt_logprobs(tmp_path: Path) -> None:
     values = synthetic_values()["gender"]
     labels = {v.lower(): v for v in values}

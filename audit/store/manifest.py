@@ -46,6 +46,7 @@ _ENDPOINT_TUNING = {
     "timeout_s",
     "max_retries",
     "retry_backoff_s",
+    "max_tokens_field",
 }
 
 

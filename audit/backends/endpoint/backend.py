@@ -41,6 +41,7 @@ from audit.backends.endpoint.protocol import (
     sampling_fields,
     served_models,
     user_message,
+    with_token_field,
 )
 from audit.errors import AuditError
 
@@ -143,7 +144,7 @@ class EndpointBackend(Backend):
         batch_size: int = DEFAULT_BATCH_SIZE,
     ) -> list[Generation]:
         client = self._ready()
-        fields = sampling_fields(settings)
+        fields = self._fields(sampling_fields(settings))
         urls = _image_urls([r.image for r in requests])
         bodies = [
             chat_body(
@@ -155,6 +156,9 @@ class EndpointBackend(Backend):
         ]
         outcomes = self._post(client, bodies)
         return [_generation(outcome) for outcome in outcomes]
+
+    def _fields(self, fields: dict[str, Any]) -> dict[str, Any]:
+        return with_token_field(fields, self._spec.max_tokens_field)
 
     def score_labels(
         self, requests: Sequence[LabelScoreRequest], *, batch_size: int = DEFAULT_BATCH_SIZE
@@ -174,7 +178,7 @@ class EndpointBackend(Backend):
             chat_body(
                 self._model,
                 [*self._context(r), user_message(urls[id(r.image)], labels.choice_question(r))],
-                labels.CHOICE_FIELDS,
+                self._fields(labels.CHOICE_FIELDS),
             )
             for r in requests
         ]
@@ -188,7 +192,7 @@ class EndpointBackend(Backend):
             "server_reported": self._reported,
             # Whatever the server runs is its operator's: the audit cannot pin or hash it.
             "weights_under_audit_control": False,
-            "settings_sent": sampling_fields(settings),
+            "settings_sent": self._fields(sampling_fields(settings)),
             "label_scoring": self._method or self._spec.label_scoring,
             # The server's chat template always wraps the user turn: the card's context loses
             # only its preamble here.

@@ -19,6 +19,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
 
@@ -87,7 +88,10 @@ class EndpointClient:
         concurrency: int,
         key_source: str = "",
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(base_url)
+        #: The base without its query; a query (``?api-version=...``) goes on every request.
+        self.base_url = urlunsplit(parts._replace(query="")).rstrip("/")
+        self._query = parts.query
         self._api_key = api_key
         self.policy = policy
         self.concurrency = concurrency
@@ -171,7 +175,7 @@ class EndpointClient:
             attempt += 1
 
     async def _send(self, client: httpx2.AsyncClient, method: str, path: str, body: Any) -> Any:
-        url = self.base_url + path
+        url = self.base_url + path + (f"?{self._query}" if self._query else "")
         try:
             response = await client.request(method, url, json=body)
         except httpx2.ConnectError as error:

@@ -84,6 +84,14 @@ def sampling_fields(settings: GenerationSettings) -> dict[str, Any]:
     return fields
 
 
+def with_token_field(fields: dict[str, Any], name: str) -> dict[str, Any]:
+    """``fields`` with the new-token limit under the field the server takes (``name``)."""
+    if name == "max_tokens" or "max_tokens" not in fields:
+        return fields
+    renamed = {k: v for k, v in fields.items() if k != "max_tokens"}
+    return {name: fields["max_tokens"], **renamed}
+
+
 def chat_body(model: str, messages: list[Message], fields: dict[str, Any]) -> dict[str, Any]:
     return {"model": model, "messages": messages, **fields}
 
