@@ -167,6 +167,24 @@ def test_default_probe_puts_the_face_in_the_final_turn_after_the_few_shot_dialog
     assert len(chat_prompt.images) == 4 and chat_prompt.images[-1] is image
 
 
+def test_idefics2_script_probe_lays_out_the_scripts_input_and_runs_in_its_order(
+    tmp_path: Path, model_dirs: dict[str, Path]
+) -> None:
+    """The Idefics2 script's input: ["User:", image, prompt, "<end_of_utterance>\\nAssistant:"]
+    with no system prompt; 8 images x 3 prompts per generate, in dataset order."""
+    probe = PROBES / "idefics2_script_fairface.yaml"
+    backend = backend_for(probe, model_dirs["idefics2"])
+    image = face()
+    prompt = backend.generation_prompt(image, RESUME)
+    image_token = backend.processor.image_token  # type: ignore[attr-defined]
+    assert prompt.text == f"User:{image_token}{RESUME}<end_of_utterance>\nAssistant:"
+    assert prompt.images == (image,)
+    spec = load_probe(probe)
+    assert apply_preset(spec, "idefics2") == (spec, {})  # its own settings, not the preset's
+    assert (spec.generation.max_new_tokens, spec.generation.batch_size) == (512, 8)
+    assert spec.generation.order == "dataset" and not spec.model.fast_paths
+
+
 def test_default_probe_without_the_example_images_runs_the_persona_and_says_so(
     tmp_path: Path, model_dirs: dict[str, Path], scorer: Path
 ) -> None:
