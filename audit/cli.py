@@ -302,7 +302,8 @@ def analyze(
                 f"paired comparison with {base.root}: {len(comparison.table)} rows "
                 f"({comparison.n_resamples} resamples, seed {comparison.seed}); images paired: "
                 f"{pairing.paired} ({pairing.by_digest} by image digest, "
-                f"{pairing.by_sample_id} by sample id), only in A: {pairing.only_a}, "
+                f"{pairing.by_sample_id} by sample id, {pairing.by_appearance} by appearance), "
+                f"only in A: {pairing.only_a}, "
                 f"only in B: {pairing.only_b}"
             )
     except AuditError as error:

@@ -197,13 +197,13 @@ def test_an_import_pairs_with_a_fairface_run_image_by_image(new_run: Path, tmp_p
 
     invoke("analyze", str(new_run), "--only", "refusal")
     stored = invoke("analyze", str(card), "--only", "refusal", "--against", str(new_run))
-    assert f"images paired: {N} ({N} by image digest, 0 by sample id)" in stored
+    assert f"images paired: {N} ({N} by image digest, 0 by sample id, 0 by appearance)" in stored
     assert "only in A: 0, only in B: 0" in stored
     out = tmp_path / "report"
     invoke("report", str(new_run), str(card), "--out", str(out))
     markdown = (out / "report.md").read_text()
     assert "How the images were paired" in markdown
-    assert f"| {N} | {N} | 0 | 0 | 0 | 0 / 0 |" in markdown
+    assert f"| {N} | {N} | 0 | 0 | 0 | 0 | 0 / 0 |" in markdown
     assert "| race | race | ethnicity | none | none |" in markdown
     assert f"{100 * (N - len(CHANGED)) / N:.1f}% [" in markdown
     assert f"n={N}" in markdown
@@ -288,6 +288,24 @@ def test_runs_without_digests_pair_by_sample_id_and_different_pictures_never_pai
         0,
         0,
     )
+
+
+def test_pictures_copied_with_loss_pair_by_appearance(new_run: Path, tmp_path: Path) -> None:
+    """A published copy re-encoded with loss has other digests: its pictures pair by the
+    appearance of their thumbnails, all of them, each with its own (no label disagrees)."""
+    generations = RunStore.open(new_run).read("generations")
+    lossy = tmp_path / "lossy"
+    shutil.copytree(new_run.parents[1] / "fairface", lossy)
+    for i in range(N):
+        path = lossy / "val" / f"{i}.jpg"
+        Image.open(path).convert("RGB").save(path, "JPEG", quality=40)
+    source = m4_parquet(tmp_path / "m4-bias-eval-fair-face.parquet", lossy, generations)
+    invoke("import", str(source), "--preset", "m4-bias-eval", "--out", str(tmp_path / "runs"))
+    imported = tmp_path / "runs" / "m4-bias-eval-fair-face-idefics-9b-instruct"
+    pairing = audit.load_run(imported).pairing_with(audit.load_run(new_run))
+    assert (pairing.by_digest, pairing.by_sample_id, pairing.by_appearance) == (0, 0, N)
+    assert (pairing.only_a, pairing.only_b) == (0, 0)
+    assert all(axis.disagree == 0 for axis in pairing.axes)
 
 
 def test_stable_bias_groups_the_name_table_would_merge_stay_apart(tmp_path: Path) -> None:

@@ -4,8 +4,9 @@ Two runs of different sources number their images differently (a FairFace run's
 ``HuggingFaceM4/FairFace:1.25:validation:17`` may be an import's
 ``HuggingFaceM4/m4-bias-eval-fair-face::train:3``), so samples pair by the digest of their
 decoded pixels (``image_sha256``) where both runs stored one, and otherwise by ``sample_id``,
-as runs written before digests existed did. Two samples whose digests differ never pair,
-whatever their ids. A picture a run holds twice (two samples,
+as runs written before digests existed did. Two samples whose digests differ never pair by id;
+they pair only by appearance (``appearance``: their thumbnails show one picture, as a lossy
+re-encoding leaves it), counted apart. A picture a run holds twice (two samples,
 one digest) pairs once per copy the other run holds, in ``sample_id`` order; the extra copies
 are counted, not hidden.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 import pandas as pd
 
+from audit.analyses.appearance import match_by_appearance
 from audit.analyses.group_names import AxisPair, align_axes, name_values
 from audit.store.samples import sample_table
 from audit.store.schema import IMAGE_HASH
@@ -53,6 +55,8 @@ class Pairing:
 
     by_digest: int
     by_sample_id: int
+    #: Digests differ, thumbnails show one picture (a copy re-encoded with loss).
+    by_appearance: int
     only_a: int
     only_b: int
     #: Samples whose picture another sample of the same run repeats (same digest).
@@ -62,7 +66,7 @@ class Pairing:
 
     @property
     def paired(self) -> int:
-        return self.by_digest + self.by_sample_id
+        return self.by_digest + self.by_sample_id + self.by_appearance
 
     def to_json(self) -> dict[str, Any]:
         """As stored beside a comparison (plain JSON types)."""
@@ -103,6 +107,7 @@ def pair_runs(base: RunStore, other: RunStore) -> SamplePairs:
     a = sample_table(base, [axis.a for axis in aligned])
     b = sample_table(other, [axis.b for axis in aligned if axis.b is not None])
     matched, repeated_a, repeated_b = _match(a, b)
+    matched = _with_appearance_pairs(matched, a, b, base, other)
     frame = matched[["sample_id", OTHER_ID]].copy()
     namings = []
     for axis in aligned:
@@ -110,9 +115,11 @@ def pair_runs(base: RunStore, other: RunStore) -> SamplePairs:
         frame[axis.name] = named
         namings.append(naming)
     by_digest = int(matched["by_digest"].sum())
+    by_appearance = int(matched["by_appearance"].sum())
     pairing = Pairing(
         by_digest=by_digest,
-        by_sample_id=len(matched) - by_digest,
+        by_sample_id=len(matched) - by_digest - by_appearance,
+        by_appearance=by_appearance,
         only_a=len(a) - len(matched),
         only_b=len(b) - len(matched),
         repeated_a=repeated_a,
@@ -137,6 +144,32 @@ def _match(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
     matched = pd.concat([by_digest, by_id[["sample_id", OTHER_ID, "by_digest"]]])
     repeated = [int((c["copy"] > 0).sum()) for c in (copies_a, copies_b)]
     return matched.reset_index(drop=True), repeated[0], repeated[1]
+
+
+def _with_appearance_pairs(
+    matched: pd.DataFrame, a: pd.DataFrame, b: pd.DataFrame, base: RunStore, other: RunStore
+) -> pd.DataFrame:
+    """``matched`` and the samples left whose thumbnails show one picture (both with digests:
+    their digests differ, so a lossy copy is the only way they can be one picture)."""
+    rest_a = a[~a["sample_id"].isin(matched["sample_id"]) & a[IMAGE_HASH].notna()]
+    rest_b = b[~b["sample_id"].isin(matched[OTHER_ID]) & b[IMAGE_HASH].notna()]
+    matched = matched.assign(by_appearance=False)
+    if rest_a.empty or rest_b.empty:
+        return matched
+    pairs = match_by_appearance(
+        _thumbnails(base, rest_a["sample_id"]), _thumbnails(other, rest_b["sample_id"])
+    )
+    found = pd.DataFrame(pairs, columns=["sample_id", OTHER_ID])
+    found = found.assign(by_digest=False, by_appearance=True)
+    return pd.concat([matched, found], ignore_index=True)
+
+
+def _thumbnails(store: RunStore, sample_ids: pd.Series) -> dict[str, bytes]:
+    thumbnails = store.read("thumbnails")
+    if thumbnails.empty:
+        return {}
+    wanted = thumbnails[thumbnails["sample_id"].isin(set(sample_ids.astype(str)))]
+    return dict(zip(wanted["sample_id"].astype(str), wanted["jpeg"], strict=True))
 
 
 def _copies(frame: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ PAIRING_COLUMNS = [
     "paired images",
     "by image digest",
     "by sample id",
+    "by appearance",
     "only in A",
     "only in B",
     "repeated pictures in A / B",
@@ -58,6 +59,7 @@ def pairing_block(runs: Sequence[RunData], comparisons: Sequence[Comparison]) ->
                 _count(p.paired),
                 _count(p.by_digest),
                 _count(p.by_sample_id),
+                _count(p.by_appearance),
                 _count(p.only_a),
                 _count(p.only_b),
                 MarkdownText(f"{p.repeated_a:,} / {p.repeated_b:,}"),
@@ -70,9 +72,11 @@ def pairing_block(runs: Sequence[RunData], comparisons: Sequence[Comparison]) ->
         caption=(
             "Images pair by the digest of their decoded pixels (image_sha256) where both runs "
             "stored one, otherwise by sample id (runs written before digests were stored); two "
-            "different digests never pair. A picture stored again without loss (JPEG to PNG) "
-            "keeps its digest; one re-encoded with loss (a JPEG saved again) does not, and "
-            "counts as unpaired. Only paired images enter the tests below."
+            "different digests never pair by id. A picture stored again without loss (JPEG to "
+            "PNG) keeps its digest; one re-encoded with loss (a JPEG saved again) does not, and "
+            "pairs by appearance only: the two thumbnails, at 16 x 16 grey levels, are each "
+            "other's nearest, close, and much closer than any other. Only paired images enter "
+            "the tests below."
         ),
     )
 

@@ -182,7 +182,8 @@ st.caption(
 pairing = comparison.pairing
 st.caption(
     f"Images paired: {pairing.paired:,} ({pairing.by_digest:,} by image digest, "
-    f"{pairing.by_sample_id:,} by sample id); only in A: {pairing.only_a:,}; only in B: "
+    f"{pairing.by_sample_id:,} by sample id, {pairing.by_appearance:,} by appearance); only in "
+    f"A: {pairing.only_a:,}; only in B: "
     f"{pairing.only_b:,}; pictures repeated within A / B: {pairing.repeated_a:,} / "
     f"{pairing.repeated_b:,}. Groups are A's labels under the names both runs share."
 )
