@@ -123,7 +123,7 @@ class IdeficsBackend(HFBackend):
         if len(with_bos) != 1:
             raise ValueError("a batch mixes prompts with and without a BOS")
         if with_bos == {False}:
-            inputs = _drop_first_token(inputs, padding_side)
+            inputs = _drop_first_token(inputs)
         return self._to_model(inputs)
 
     @property
@@ -164,21 +164,13 @@ def _is_url(text: str) -> bool:
     return " " not in text.strip(" ") and bool(parsed.scheme and parsed.netloc)
 
 
-def _drop_first_token(inputs: Any, padding_side: str) -> Any:
+def _drop_first_token(inputs: Any) -> Any:
     """The processor always writes a BOS; the card's classification context has none. Every row
-    loses its first real token (the padding moves up to close the gap)."""
+    loses its first real token, so the batch is one column narrower and keeps its padding."""
     import torch
 
-    keys = ("input_ids", "attention_mask", "image_attention_mask")
-    for row in range(inputs["input_ids"].shape[0]):
-        first = int(inputs["attention_mask"][row].nonzero()[0])
-        for key in keys:
-            values = inputs[key][row]
-            kept = torch.cat([values[:first], values[first + 1 :]])
-            pad = values[:1] if padding_side == "left" else values[-1:]  # a pad, or the BOS
-            inputs[key][row] = torch.cat([pad, kept] if padding_side == "left" else [kept, pad])
-    # Every row now ends (right padding) or starts (left) with one column too many.
-    edge = slice(1, None) if padding_side == "left" else slice(None, -1)
-    for key in keys:
-        inputs[key] = inputs[key][:, edge]
+    firsts = inputs["attention_mask"].int().argmax(dim=1).tolist()
+    for key in ("input_ids", "attention_mask", "image_attention_mask"):
+        rows = zip(inputs[key], firsts, strict=True)
+        inputs[key] = torch.stack([torch.cat([row[:at], row[at + 1 :]]) for row, at in rows])
     return inputs
