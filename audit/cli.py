@@ -79,6 +79,9 @@ def validate(probe: Annotated[Path, typer.Argument(help="Probe YAML file.")]) ->
         )
 
 
+#: ``audit analyze``: some analyses could not run, the others are written (as ``audit run``'s 3).
+EXIT_PARTIAL_ANALYSIS = 3
+
 EXIT_CODES = (
     "Exit status: 0 done; 2 bad input (nothing run); 3 partial: stopped by Ctrl-C or SIGTERM, "
     "or rows stored as errors; what is stored is kept, and the printed command (or 'audit run "
@@ -294,6 +297,10 @@ def analyze(
         result = analyze_run(
             run_dir, only=only, overrides=set_ or [], trusted_checkpoints=trust_checkpoint or []
         )
+        if result.exit_code == 2:  # nothing was analysed: the reasons are the whole answer
+            raise AuditError(
+                "\n".join(f"{name}: {message}" for name, message in result.failures.items())
+            )
         _echo(result.describe())
         for base in bases:
             comparison = store_comparison(RunStore.open(run_dir), base)
@@ -308,6 +315,14 @@ def analyze(
             )
     except AuditError as error:
         _fail(error)
+    if result.failures:
+        failed = ", ".join(result.failures)
+        _echo(
+            f"partial: {len(result.failures)} of {len(result.selected)} analyses could not run "
+            f"({failed}); the others are written, and summary.json says why",
+            err=True,
+        )
+        raise typer.Exit(code=EXIT_PARTIAL_ANALYSIS)
 
 
 @app.command("import")

@@ -6,6 +6,8 @@ Run directories are written directly with ``RunStore``; the helpers here are sha
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import time
 from pathlib import Path
@@ -268,13 +270,47 @@ def test_bad_run_directories_exit_2_with_a_message(tmp_path, make):
 
 def test_a_failing_analysis_is_reported_and_the_others_are_written(tmp_path, generations):
     run_dir = write_run(tmp_path / "run", generations, analysis={"refusal_patterns": ["(unclosed"]})
-    with pytest.raises(AuditError, match=r"probe\.analysis\.refusal_patterns\[0\]"):
-        analyze_run(run_dir, only=["refusal", "generation_stats"])
+    result = analyze_run(run_dir, only=["refusal", "generation_stats"])
+    assert result.exit_code == 3
+    assert "probe.analysis.refusal_patterns[0]" in result.failures["refusal"]
     assert (run_dir / "analysis" / "generation_stats.parquet").exists()
     summary = strict_json(run_dir / "analysis" / "summary.json")
     assert summary["analyses"]["refusal"]["note"].startswith("failed:")
+    assert summary["analyses"]["refusal"]["status"] == "failed"
     result = CliRunner().invoke(app, ["analyze", str(run_dir), "--only", "refusal"])
     assert result.exit_code == 2 and "not a valid regular expression" in result.output
+    # Partly failed: the summary of what was written is output, not an error; exit 3.
+    result = CliRunner().invoke(
+        app, ["analyze", str(run_dir), "--only", "refusal", "--only", "generation_stats"]
+    )
+    assert result.exit_code == 3, result.output
+    assert "generation_stats" in result.stdout and "error:" not in result.output
+    assert "refusal: FAILED" not in result.output and "FAILED" in result.stdout
+    assert "partial: 1 of 2 analyses could not run (refusal)" in result.output
+
+
+def test_an_analysis_that_raises_is_recorded_and_the_others_finish(
+    tmp_path, generations, monkeypatch
+):
+    from audit.analyses import registry
+
+    def broken(context):
+        raise TypeError("Cannot cast array data from dtype('O') to dtype('int64')")
+
+    real = registry.analyses()
+    patched = tuple(
+        dataclasses.replace(a, run=broken) if a.name == "refusal" else a for a in real
+    )
+    monkeypatch.setattr("audit.analyses.pipeline.analyses", lambda: patched)
+    run_dir = write_run(tmp_path / "run", generations)
+    result = analyze_run(run_dir, only=["term_variance", "refusal", "generation_stats"])
+    assert result.exit_code == 3 and list(result.failures) == ["refusal"]
+    summary = strict_json(run_dir / "analysis" / "summary.json")
+    entry = summary["analyses"]["refusal"]
+    assert entry["status"] == "failed" and "TypeError: Cannot cast" in entry["note"]
+    assert "Traceback" in entry["traceback"]
+    for other in ("generation_stats", "term_variance"):
+        assert other in summary["analyses"] and summary["analyses"][other].get("status") != "failed"
 
 
 def test_a_pattern_that_backtracks_without_end_is_stopped(tmp_path, generations):

@@ -36,6 +36,8 @@ def confusion(context: AnalysisContext) -> pd.DataFrame:
     parts = []
     for task, item in zip(tasks, split.items, strict=True):
         rows = labelled(item)
+        if rows.empty:  # every row of this task is an error: nothing to count
+            continue
         values = list(dict.fromkeys([*task.values, *sorted(rows["target"].astype(str).unique())]))
         for scoring in SCORINGS:
             predicted = predictions(rows, task, scoring)

@@ -7,6 +7,7 @@ Seeds come from ``probe.analysis.seed``, so running it twice writes the same tab
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,17 @@ class AnalysisResult:
     tables: dict[str, Path]
     rows: dict[str, int]
     summary: dict[str, Any]
+    #: Analyses that could not run, and why (their tables are not written).
     failures: dict[str, str] = field(default_factory=dict)
+    #: Analyses run, failed or not.
+    selected: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> int:
+        """0 all analysed; 3 some analyses failed, the others written; 2 every one failed."""
+        if not self.failures:
+            return 0
+        return 2 if set(self.failures) >= set(self.selected) else 3
 
     def describe(self, max_findings: int = 40) -> str:
         """Which analyses ran, rows, headline findings with n and interval, where files are."""
@@ -52,6 +63,7 @@ class AnalysisResult:
         ]
         if s.get("status") == "partial":
             lines.append(f"  PARTIAL: {s.get('status_detail', '')}")
+        lines += [f"  {terminal_text(note)}" for note in _all_errors_notes(counts)]
         for name, path in self.tables.items():
             lines.append(f"  {name:<18} {self.rows.get(name, 0):>7} rows  {path}")
         for name, message in self.failures.items():
@@ -64,6 +76,20 @@ class AnalysisResult:
             lines.append(f"  ... {len(findings) - len(shown)} more in the summary")
         lines.append(f"summary: {RunStore(self.run_dir).summary_path}")
         return "\n".join(lines)
+
+
+def _all_errors_notes(counts: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per table whose every row is an error: what it means and what to try."""
+    notes = []
+    for table, c in counts.items():
+        if c.get("stored") and c.get("errors") == c.get("stored"):
+            notes.append(
+                f"every one of the {c['stored']} {table} rows is an error (first: "
+                f"{c.get('first_error') or '?'}), so the analyses of {table} are empty; "
+                "'audit status RUN' lists the errors, and 'audit run RUN' retries them once "
+                "the cause is fixed"
+            )
+    return notes
 
 
 def analysis_settings(
@@ -129,11 +155,15 @@ def _counts(context: AnalysisContext) -> dict[str, dict[str, Any]]:
     counts = {}
     for table in ("generations", "classifications"):
         frame = context.generations if table == "generations" else context.classifications
+        errors = error_mask(frame)
         counts[table] = {
             "stored": len(frame),
-            "errors": int(error_mask(frame).sum()),
+            "errors": int(errors.sum()),
             "expected": expected.get(table),
         }
+        if errors.all() and len(frame) and "error" in frame:
+            first = str(frame.loc[errors, "error"].iloc[0]).strip().splitlines()
+            counts[table]["first_error"] = first[0] if first else ""
     return counts
 
 
@@ -150,20 +180,44 @@ def _status(manifest: Manifest, counts: dict[str, dict[str, Any]]) -> tuple[str,
     return "complete", ""
 
 
+@dataclass(frozen=True)
+class _Failure:
+    message: str
+    #: Set where the analysis itself raised (a bug, not a setup the user can fix).
+    traceback: str | None = None
+
+
 def _run_one(
     analysis: Analysis, context: AnalysisContext, trusted: Sequence[Path]
-) -> tuple[dict[str, pd.DataFrame], str | None]:
+) -> tuple[dict[str, pd.DataFrame], _Failure | None]:
+    without = _inputs_without_rows(analysis, context)
     try:
-        _bring_up_to_date(analysis, context, trusted)
-        table = analysis.run(context)
-        tables = {analysis.name: table}
-        for companion_name, function in analysis.companions.items():
-            tables[companion_name] = function(table, context)
+        if without:
+            # Nothing to analyse: its tables are written empty, so readers see why.
+            tables = {t: pd.DataFrame(columns=list(analysis.columns(t))) for t in analysis.tables}
+        else:
+            _bring_up_to_date(analysis, context, trusted)
+            table = analysis.run(context)
+            tables = {analysis.name: table}
+            for companion_name, function in analysis.companions.items():
+                tables[companion_name] = function(table, context)
     except AuditError as error:
-        return {}, str(error)
+        return {}, _Failure(str(error))
+    except Exception as error:  # one analysis' bug must not lose the others' tables
+        return {}, _Failure(f"{type(error).__name__}: {error}", traceback.format_exc())
     for table_name, frame in tables.items():
         context.store.write_analysis(table_name, frame)
     return tables, None
+
+
+def _inputs_without_rows(analysis: Analysis, context: AnalysisContext) -> list[str]:
+    """The stored tables ``analysis`` reads that hold no successful row."""
+    frames = {"generations": context.generations, "classifications": context.classifications}
+    return [
+        name
+        for name in analysis.inputs
+        if name in frames and not (~error_mask(frames[name])).any()
+    ]
 
 
 def _bring_up_to_date(
@@ -194,9 +248,13 @@ def analyze_run(
     ``trusted_checkpoints``: scorer checkpoints the user vouches for (``--trust-checkpoint``),
     the only ones loaded when they hold more than weights.
 
+    An analysis that cannot run (a scorer that is not there, or an error in the analysis
+    itself) is recorded in the summary as failed, with its message, and the others still run:
+    ``AnalysisResult.failures`` and ``exit_code`` say so. An analysis whose input holds no
+    successful row writes its tables empty, with a note saying why.
+
     Raises ``RunDirError`` for a folder that is not a run directory or holds no rows, and
-    ``AuditError`` for an unknown analysis name or when an analysis cannot run (after writing
-    the others).
+    ``AuditError`` for an unknown analysis name.
     """
     store = RunStore.open(run_dir)
     manifest = store.manifest()
@@ -229,13 +287,22 @@ def analyze_run(
         }
         tables, failure = _run_one(analysis, context, trusted_checkpoints)
         if failure is not None:
-            failures[name] = failure
-            entries[name] = {"rows": 0, "note": f"failed: {failure}", **inputs}
+            failures[name] = failure.message
+            entries[name] = {
+                "rows": 0,
+                "status": "failed",
+                "note": f"failed: {failure.message}",
+                **inputs,
+                **({"traceback": failure.traceback} if failure.traceback else {}),
+            }
             continue
+        without = _inputs_without_rows(analysis, context)
         for table_name, frame in tables.items():
             written[table_name] = store.analysis_path(table_name)
             rows[table_name] = len(frame)
             note = "" if len(frame) else "no rows"
+            if without:
+                note = f"not computed: no successful rows in {' and '.join(without)}"
             entries[table_name] = {"rows": len(frame), "note": note, **inputs}
         findings += findings_for(analysis, tables[name])
     summary = _summary(store, manifest, _counts(context), entries, findings)
@@ -243,12 +310,9 @@ def analyze_run(
     summary["settings_overrides"] = list(overrides)
     summary["rows_fingerprint"] = fingerprint
     store.write_summary(summary)
-    result = AnalysisResult(store.root, written, rows, summary, failures)
-    if failures:
-        raise AuditError(
-            result.describe() + "\n" + "\n".join(f"{n}: {m}" for n, m in failures.items())
-        )
-    return result
+    return AnalysisResult(
+        store.root, written, rows, summary, failures, tuple(a.name for a in selected)
+    )
 
 
 def _summary(
