@@ -214,9 +214,7 @@ def _inputs_without_rows(analysis: Analysis, context: AnalysisContext) -> list[s
     """The stored tables ``analysis`` reads that hold no successful row."""
     frames = {"generations": context.generations, "classifications": context.classifications}
     return [
-        name
-        for name in analysis.inputs
-        if name in frames and not (~error_mask(frames[name])).any()
+        name for name in analysis.inputs if name in frames and not (~error_mask(frames[name])).any()
     ]
 
 

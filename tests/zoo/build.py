@@ -191,9 +191,7 @@ def _qwen3_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
     config = Qwen3VLConfig(
-        text_config=_text(
-            tokenizer, rope_parameters={**_mrope(), "mrope_interleaved": True}
-        ),
+        text_config=_text(tokenizer, rope_parameters={**_mrope(), "mrope_interleaved": True}),
         vision_config={
             "depth": 2,
             "hidden_size": 32,
@@ -543,7 +541,13 @@ def _aya_vision(tokenizer: Any) -> tuple[Any, Any, Any]:
         GotOcr2ImageProcessorPil,
     )
 
-    tokens = ("<image>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>")
+    tokens = (
+        "<image>",
+        "<|START_OF_IMG|>",
+        "<|END_OF_IMG|>",
+        "<|IMG_PATCH|>",
+        "<|IMG_LINE_BREAK|>",
+    )
     _add_tokens(tokenizer, tokens)
     image_px = 28
     config = AyaVisionConfig(
@@ -554,7 +558,7 @@ def _aya_vision(tokenizer: Any) -> tuple[Any, Any, Any]:
             "sliding_window": 64,
             "layer_types": ["sliding_attention", "full_attention"],
         },
-        image_token_index=_ids(tokenizer, "<image>")[0],
+        image_token_index=_ids(tokenizer, "<|IMG_PATCH|>")[0],
         downsample_factor=2,
         vision_feature_layer=-1,
         tie_word_embeddings=False,
@@ -668,7 +672,9 @@ def _tokenizer(family: Family) -> Any:
         return _trained_tokenizer(family.model_type)
     folder = real_tokenizer(family.tokenizer, renames=_RENAMES.get(family.tokenizer))
     named = dict(family.named_tokens)
-    return AutoTokenizer.from_pretrained(folder, **({"extra_special_tokens": named} if named else {}))
+    return AutoTokenizer.from_pretrained(
+        folder, **({"extra_special_tokens": named} if named else {})
+    )
 
 
 def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0) -> Path:
@@ -718,17 +724,18 @@ def _read_marker(folder: Path) -> dict[str, Any] | None:
 
 
 def _open_zero_initialised(model: Any) -> None:
-    """Weights a library starts at zero (or one) gate the image out of a random model."""
+    """Weights a library starts at zero gate the image out of a random model: gates (mllama's
+    cross-attention) are opened, other all-zero weights (Gemma 3's projection) drawn at random.
+    Biases and norms stay as they are (Gemma's norms are zero by design: they scale 1 + w)."""
     import torch
 
     with torch.no_grad():
         for name, tensor in model.named_parameters():
-            if name.endswith(("gate", "gate_attn", "gate_ffwd", "cross_attn_attn_gate")):
+            if name.endswith("bias") or "norm" in name or tensor.abs().sum():
+                continue
+            if "gate" in name.rsplit(".", 1)[-1]:
                 tensor.fill_(1.0)
-            elif name.endswith(("mm_soft_emb_norm.weight",)) or "position_embedding" in name:
-                if not tensor.abs().sum():
-                    tensor.normal_(0.0, INIT_RANGE)
-            elif name.endswith(("cls_token", "mask_token")) and not tensor.abs().sum():
+            else:
                 tensor.normal_(0.0, INIT_RANGE)
 
 

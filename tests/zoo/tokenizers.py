@@ -122,7 +122,9 @@ def cut_vocabulary(
             regular.add((vocab[token], token))
         pending.extend(p for p in parts.get(token, ()) if (vocab.get(p), p) not in regular)
     specials = [
-        (a["id"], renames.get(t, t)) for t, a in added.items() if t in renames or not _FILLER.fullmatch(t)
+        (a["id"], renames.get(t, t))
+        for t, a in added.items()
+        if t in renames or not _FILLER.fullmatch(t)
     ]
     kept = sorted({*regular, *specials})
     new_id = {token: i for i, (_, token) in enumerate(kept)}

@@ -16,7 +16,6 @@ that installs it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from audit.errors import ModelLoadError
@@ -101,24 +100,22 @@ class _CannotBuild(Exception):
     """The processor has parts besides a tokenizer, an image and a video processor."""
 
 
-class NoVideoProcessor:
+class NoVideoProcessor(dict):
     """Stands where a processor keeps its video processor, which needs torchvision: it holds
-    the checkpoint's video settings (some processors read them while laying out a chat) and
-    refuses video. An unset setting reads as ``None``."""
-
-    def __init__(self, settings: dict[str, Any]) -> None:
-        self.settings = dict(settings)
+    the checkpoint's video settings (some processors read them while laying out a chat; a
+    dict, so the processor still serialises) and refuses video. An unset setting reads as
+    ``None``."""
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("_") or name == "settings":
+        if name.startswith("_"):
             raise AttributeError(name)
-        return self.settings.get(name)
+        return self.get(name)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("this processor was loaded without its video processor (torchvision)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.settings)
+        return dict(self)
 
 
 def image_only_processor(location: str, model_type: str, **kwargs: Any) -> Any:
