@@ -190,17 +190,12 @@ class _Failure:
 def _run_one(
     analysis: Analysis, context: AnalysisContext, trusted: Sequence[Path]
 ) -> tuple[dict[str, pd.DataFrame], _Failure | None]:
-    without = _inputs_without_rows(analysis, context)
     try:
-        if without:
-            # Nothing to analyse: its tables are written empty, so readers see why.
-            tables = {t: pd.DataFrame(columns=list(analysis.columns(t))) for t in analysis.tables}
-        else:
-            _bring_up_to_date(analysis, context, trusted)
-            table = analysis.run(context)
-            tables = {analysis.name: table}
-            for companion_name, function in analysis.companions.items():
-                tables[companion_name] = function(table, context)
+        _bring_up_to_date(analysis, context, trusted)
+        table = analysis.run(context)
+        tables = {analysis.name: table}
+        for companion_name, function in analysis.companions.items():
+            tables[companion_name] = function(table, context)
     except AuditError as error:
         return {}, _Failure(str(error))
     except Exception as error:  # one analysis' bug must not lose the others' tables

@@ -44,7 +44,13 @@ from audit.backends.hf.fast.self_check import CheckRequests, check_fast_paths
 from audit.backends.hf.fast.shared_prefix import PromptSplit, generate_with_shared_prefixes
 from audit.backends.hf.generation import TokenRoles, ensure_pad_token, token_roles
 from audit.backends.hf.prompt import Prompt
-from audit.backends.hf.scoring import ScoringMethod, prepare_jobs, score_plain
+from audit.backends.hf.scoring import (
+    LabelSpan,
+    ScoringMethod,
+    find_label_span,
+    prepare_jobs,
+    score_plain,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,10 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+def _stand_ins(n: int) -> tuple[Image.Image, ...]:
+    return tuple(Image.new("RGB", (64, 64), (128, 128, 128)) for _ in range(n))
 
 
 class HFBackend(Backend):
@@ -79,6 +89,7 @@ class HFBackend(Backend):
         self.fast_paths = FastPathPolicy(checkpoint.model_type, checkpoint.spec.fast_paths)
         #: Token ids of the text after a prompt's image (``None``: that prompt does not split).
         self._suffix_ids: dict[tuple[str, bool], tuple[int, ...] | None] = {}
+        self._label_spans: dict[tuple[Any, ...], LabelSpan] = {}
 
     # -- loading -------------------------------------------------------------------------
     def _load(self) -> LoadedModel:
@@ -361,6 +372,24 @@ class HFBackend(Backend):
             prompt.text,
         )
         return None
+
+    def label_span(self, prefix: Prompt, full: Prompt) -> LabelSpan:
+        """Where ``full``'s continuation of ``prefix`` sits in the processor's own encoding.
+
+        Found once per distinct pair of texts, on a stand-in image: what a processor writes
+        around the text (a BOS after the image, a newline or end of turn after the text) does
+        not depend on the image, and the label comes after every image.
+        """
+        key = (prefix.text, prefix.answer, full.text, full.answer, len(full.images))
+        span = self._label_spans.get(key)
+        if span is None:
+            ids = [
+                self.encode([p.with_images(_stand_ins(len(p.images)))], "right")["input_ids"][0]
+                for p in (prefix, full)
+            ]
+            span = find_label_span(ids[0].tolist(), ids[1].tolist())
+            self._label_spans[key] = span
+        return span
 
     def _length_key(self, prompt: Prompt) -> int:
         pixels = sum(image.width * image.height for image in prompt.images)

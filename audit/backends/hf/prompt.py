@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
@@ -22,6 +22,17 @@ class Prompt:
     images: tuple[Image.Image, ...]
     parts: tuple[str | Image.Image, ...] = ()
     add_special_tokens: bool = True
+    #: Text the processor encodes as the answer to ``text`` (PaliGemma's ``suffix``: causal,
+    #: after the bidirectional prefix); ``None`` where the answer, if any, is part of ``text``.
+    answer: str | None = None
+
+    def with_images(self, images: tuple[Image.Image, ...]) -> Prompt:
+        """The same prompt showing ``images`` (as many as it shows now) instead."""
+        if len(images) != len(self.images):
+            raise ValueError(f"{len(self.images)} images expected, got {len(images)}")
+        swap = iter(images)
+        parts = tuple(next(swap) if isinstance(p, Image.Image) else p for p in self.parts)
+        return replace(self, images=tuple(images), parts=parts)
 
 
 def answer_start(prefix: str) -> str:
