@@ -283,9 +283,12 @@ class ClassificationTaskSpec(StrictModel):
     labels: dict[str, str]
     """Candidate label text -> the dataset value it stands for."""
     context: Literal["card", "chat"] = "card"
-    """``card``: the image then the template, no BOS, no chat wrapper, no preamble (how the
-    IDEFICS evaluation scored FairFace); ``chat``: the image in a user turn after the preamble,
-    the template as the start of the assistant's answer. Accuracies of the two differ."""
+    """``card``: the image (as the model family's template lays out an image) then the
+    template, no chat wrapper, no preamble, no BOS unless the model's processor writes one (how
+    the IDEFICS evaluation scored FairFace; a family that cannot be laid out so, PaliGemma, is
+    scored as ``chat``, and the manifest says so); ``chat``: the image in a user turn after the
+    preamble, the template as the start of the assistant's answer. Accuracies of the two
+    differ."""
 
     @field_validator("template")
     @classmethod

@@ -29,9 +29,10 @@ def test_auto_picks_the_backend_made_for_the_model_type() -> None:
     assert choose_backend("auto", "idefics", "m").name == "idefics"
     assert choose_backend("auto", "idefics3", "m").name == "chat"
     assert choose_backend("auto", "qwen2_vl", "m").name == "chat"
+    assert choose_backend("auto", "paligemma", "m").name == "paligemma"
     with pytest.raises(ModelLoadError, match="unknown backend 'vllm'"):
         choose_backend("vllm", "idefics3", "m")
-    assert backend_names() == ("auto", "idefics", "chat", "endpoint")
+    assert backend_names() == ("auto", "idefics", "paligemma", "chat", "endpoint")
     assert BACKENDS["endpoint"].remote  # a served model is named, never guessed by auto
 
 
@@ -45,7 +46,7 @@ def test_an_unknown_backend_is_a_probe_error(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert (
             f"{probe}: model.backend: unknown backend 'nonsense' "
-            "(expected one of: auto, idefics, chat, endpoint)" in result.output
+            "(expected one of: auto, idefics, paligemma, chat, endpoint)" in result.output
         )
 
 

@@ -54,7 +54,7 @@ def load_backend(location: str, model: ModelSpec, preamble: Sequence[PreamblePar
         return EndpointBackend(model, preamble)
     from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
-    from audit.backends.hf.checkpoint import open_checkpoint
+    from audit.backends.hf.checkpoint import not_image_text, open_checkpoint
 
     checkpoint = open_checkpoint(location, model)
     model_type = checkpoint.model_type
@@ -65,8 +65,8 @@ def load_backend(location: str, model: ModelSpec, preamble: Sequence[PreamblePar
         and not model.trust_remote_code
     ):
         raise ModelLoadError(
-            f"model {location}: unsupported model type '{model_type}': not an image-text-to-text "
-            "model (supported: "
+            f"model {location}: unsupported model type '{model_type}': "
+            f"{not_image_text(checkpoint.config)} (docs/models.md; supported: "
             + "; ".join(f"{e.name}: {e.serves}" for e in BACKENDS.values())
             + ")"
         )

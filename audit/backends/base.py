@@ -166,6 +166,9 @@ class Backend(ABC):
     supports_label_scoring: ClassVar[bool] = True
     #: The IDEFICS card script's split-and-substitute construction (``Preamble.split_template``).
     supports_split_template: ClassVar[bool] = False
+    #: A system prompt and example exchanges before the audited turn (a model whose prompt has
+    #: no turns is shown the image and the prompt alone, and the manifest says so).
+    supports_preamble: ClassVar[bool] = True
     #: Labels scored right after the image with nothing around it (``ScoringContext`` "card");
     #: a chat endpoint always wraps a request in its chat template.
     supports_card_context: ClassVar[bool] = True
@@ -208,6 +211,13 @@ class Backend(ABC):
         requests and turn off those that disagree; returns one line per thing to tell the user.
         A backend without speedups has nothing to check."""
         return []
+
+    def card_layout(self) -> dict[str, Any] | None:
+        """How the card's classification context is laid out for this model, for the manifest
+        (after ``load``): ``image`` (the text the image is given as, as the family's template
+        lays out an image), ``bos`` (whether the encoding holds a BOS). ``None`` where this
+        model cannot be shown the image and the text alone: its tasks are scored in a chat."""
+        return None
 
     def check_settings(self, settings: GenerationSettings) -> None:  # noqa: B027
         """Raise ``ValueError`` for settings this model cannot honour (after ``load``)."""

@@ -50,6 +50,12 @@ BACKENDS: dict[str, BackendEntry] = {
             "IDEFICS v1 (interleaved prompt lists)",
         ),
         BackendEntry(
+            "paligemma",
+            "audit.backends.hf.paligemma:PaliGemmaBackend",
+            ("paligemma",),
+            "PaliGemma (a prefix language model with no chat template)",
+        ),
+        BackendEntry(
             "chat",
             "audit.backends.hf.chat:ChatBackend",
             (),

@@ -141,7 +141,8 @@ def _noise_std(accuracy: float | None, counts: np.ndarray) -> float | None:
 CONTEXTS = {
     "card": (
         "card's",
-        "the card's context (the image, then the template; no BOS, chat wrapper or preamble)",
+        "the card's context (the image, then the template; no chat wrapper or preamble, and no "
+        "BOS unless the model's processor writes one)",
     ),
     "chat": ("chat", "a chat (the template as the start of the answer, after the preamble)"),
     "served": (

@@ -55,6 +55,7 @@ def provenance(run: RunData) -> dict[str, str]:
         "prompt layout": _text(run.prompt_layout()),
         "classification tasks": _text(manifest.task_ids()),
         "classification context": context_text(run.classification_contexts(), long=True),
+        "card context layout": card_layout_text(run.manifest.prompt_layout or {}),
         "rows stored / expected": (
             f"{_text(manifest.rows.model_dump())} / {_text(manifest.expected.model_dump())}"
         ),
@@ -73,6 +74,22 @@ def provenance(run: RunData) -> dict[str, str]:
         facts["settings sent"] = _text(endpoint.get("settings_sent"))
         facts["classification method"] = _text(endpoint.get("label_scoring"))
     return facts
+
+
+def card_layout_text(layout: dict[str, Any]) -> str:
+    """How the card's context was laid out for the model: the image's text and the BOS; or
+    which tasks were scored in a chat instead, since the model cannot be laid out so."""
+    card = layout.get("card_layout")
+    unavailable = layout.get("card_context_unavailable")
+    if unavailable:
+        return (
+            f"not available for this model type ({_text(unavailable)} scored as the answer in "
+            "its own prompt format instead)"
+        )
+    if not isinstance(card, dict):
+        return "—"
+    bos = "a BOS written by the processor" if card.get("bos") else "no BOS"
+    return f"the image as {card.get('image')!r}, then the template; {bos}"
 
 
 def _analysed_rows(summary: dict[str, Any] | None) -> str:

@@ -156,7 +156,8 @@ def _card_block(tables: RunTables, contexts: dict[str, str], chosen: set[str]) -
         "every cell has the overall accuracy; p: share of noise-only stds at least as "
         "large as the observed one. The IDEFICS card's numbers use the summed "
         "log-likelihood. Context: where the labels were scored; card's: the image, then the "
-        "template, with no BOS, chat wrapper or preamble (as the IDEFICS evaluation); chat: the "
+        "template, with no chat wrapper or preamble (as the IDEFICS evaluation; the provenance "
+        "says how the image was laid out and whether a BOS was written); chat: the "
         "template as the start of the answer after the preamble. Accuracies from the two "
         "contexts are not comparable.",
     )

@@ -27,7 +27,13 @@ from audit.run.executor import (
 from audit.run.interrupt import StopSignals
 from audit.run.placement import launcher_name, place_on_local_gpu
 from audit.run.prefetch import prefetch
-from audit.run.setting import check_same_layout, prepare_preamble, served_contexts
+from audit.run.setting import (
+    check_same_layout,
+    drop_preamble,
+    prepare_preamble,
+    served_contexts,
+    settle_card_context,
+)
 from audit.spec import ProbeSpec, check_labels, load_probe
 from audit.store.lock import run_lock
 from audit.store.manifest import (
@@ -323,6 +329,8 @@ def _run_probe(
         )
     backend = load_backend(spec.model_location(), spec.model, preamble)
     _check_capabilities(backend, spec, origin)
+    if not backend.supports_preamble and drop_preamble(layout, preamble, backend.info().model_type):
+        logger.warning("warning: %s; the manifest and the report say so", layout["preamble"])
     if not backend.supports_card_context and (changed := served_contexts(layout)):
         logger.warning(
             "warning: classification %s: backend '%s' wraps every request in the server's chat "
@@ -342,6 +350,16 @@ def _run_probe(
         backend.check_settings(_settings(spec))
     except ValueError as error:
         raise ProbeError(f"{origin}: {error}") from None
+    if backend.supports_card_context and (
+        changed := settle_card_context(layout, backend.card_layout())
+    ):
+        logger.warning(
+            "warning: classification %s: a %s model cannot be shown the image and the "
+            "template with nothing around them (the card's context); its labels are scored "
+            "as the answer in its own prompt format, and the manifest and the report say so",
+            ", ".join(changed),
+            backend.info().model_type,
+        )
     start_manifest(
         store,
         spec,

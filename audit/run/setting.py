@@ -98,6 +98,37 @@ def served_contexts(layout: dict[str, Any]) -> list[str]:
     return changed
 
 
+def drop_preamble(layout: dict[str, Any], preamble: Preamble, model_type: str) -> bool:
+    """Record that a model whose prompt has no turns is shown no preamble; whether the probe
+    had one to drop."""
+    if not (preamble.system or preamble.turns or preamble.parts):
+        return False
+    layout["preamble"] = (
+        f"none: a {model_type} model's prompt has no turns or system prompt, so the probe's "
+        f"preamble ({layout.get('preamble')}) is not shown"
+    )
+    layout["preamble_shown"] = False
+    return True
+
+
+def settle_card_context(layout: dict[str, Any], card_layout: dict[str, Any] | None) -> list[str]:
+    """Record how the card's classification context is laid out for the loaded model (the
+    image's text, whether a BOS is written); where the model cannot be shown the image and the
+    text alone (``card_layout`` is ``None``), its tasks are scored in a chat and recorded so.
+    Returns the tasks changed."""
+    contexts = layout.get("classification_context") or {}
+    tasks = [task for task, context in contexts.items() if context == "card"]
+    if not tasks:
+        return []
+    if card_layout is not None:
+        layout["card_layout"] = card_layout
+        return []
+    for task in tasks:
+        contexts[task] = "chat"
+    layout["card_context_unavailable"] = tasks
+    return tasks
+
+
 def check_same_layout(previous: dict[str, Any] | None, now: dict[str, Any], root: Path) -> None:
     """A run resumed with another preamble (example images added or removed since it started)
     would mix two settings in one table."""

@@ -5,7 +5,10 @@ The prompt is ``processor.apply_chat_template(messages, add_generation_prompt=Tr
 probe's system prompt as a system message, its example exchanges as user and assistant messages,
 its preamble parts at the start of the audited user message. A batch is then
 ``processor(text=[...], images=[[img], ...], padding="longest")``. The card's classification
-context is the processor's image placeholder followed by the text, with no template and no BOS.
+context is the image as the family's template lays out one image (Qwen's
+``<|vision_start|><|image_pad|><|vision_end|>``, LLaVA's ``<image>\n``, Gemma 3's
+``<start_of_image>``: read off the template, not a list of names), then the text: no chat turn,
+no preamble, no BOS of the template's (a processor may still write one: the manifest says).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from audit.backends.base import PreamblePart, ScoringContext
 from audit.backends.hf.fast.image_features import FeatureCache, chat_image_inputs
 from audit.backends.hf.model import HFBackend
 from audit.backends.hf.prompt import Prompt, as_rgb
+from audit.backends.hf.scoring import common_prefix_length
 from audit.errors import ModelLoadError
 
 
@@ -88,37 +92,56 @@ class ChatBackend(HFBackend):
         return self._prompt(image, prompt, "")
 
     def scoring_prompt(self, image: Image.Image, answer: str, context: ScoringContext) -> Prompt:
-        if context == "chat":
+        image_text = self.card_image_text() if context == "card" else None
+        if image_text is None:
             return self._prompt(image, None, answer)
         space = " " if self._spaces_after_image and not answer[:1].isspace() else ""
         return Prompt(
-            text=f"{self._image_placeholder()}{space}{answer}",
+            text=f"{image_text}{space}{answer}",
             images=(as_rgb(image),),
             add_special_tokens=False,
         )
 
+    def card_image_text(self) -> str | None:
+        return self._card_image_text
+
+    @cached_property
+    def _card_image_text(self) -> str | None:
+        """One image as the template lays it out: what a user turn of two images holds that
+        one of one image lacks (templates may render a message differently when it holds an
+        image at all, so both hold one)."""
+        mark = "AUDITMARK"
+        rendered = []
+        for n in (1, 2):
+            content = [*({"type": "image"} for _ in range(n)), {"type": "text", "text": mark}]
+            try:
+                rendered.append(
+                    self.processor.apply_chat_template(
+                        [{"role": "user", "content": content}], tokenize=False
+                    )
+                )
+            except Exception:  # noqa: BLE001 (a template may refuse this shape: no card layout)
+                return None
+        one, two = rendered
+        start = common_prefix_length(one, two)
+        end = common_prefix_length(one[start:][::-1], two[start:][::-1])
+        image_text = two[start : len(two) - end]
+        return image_text if image_text.strip() and mark not in image_text else None
+
     @cached_property
     def _spaces_after_image(self) -> bool:
         """Whether the processor puts a space between an image and the text right after it
-        (Idefics2 does). The card context writes that space itself, so that its text tokenized
-        alone gives the processor's tokens (label scoring diffs tokenizations of text)."""
-        token = self._image_placeholder()
+        (Idefics2 does). The card context writes that space itself, so that the prompt's text
+        tokenized alone gives the processor's tokens after the image."""
+        image_text = self._card_image_text
+        if image_text is None:
+            return False
         tokenizer = self.processor.tokenizer
         encoded = self.processor(
-            text=[f"{token}x"], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=False
+            text=[f"{image_text}x"], images=[[Image.new("RGB", (32, 32))]], add_special_tokens=False
         )
         spaced = list(tokenizer(" x", add_special_tokens=False).input_ids)
         return [int(i) for i in encoded["input_ids"][0][-len(spaced) :]] == spaced
-
-    def _image_placeholder(self) -> str:
-        token = getattr(self.processor, "image_token", None)
-        if not isinstance(token, str) or not token:
-            raise ValueError(
-                f"model {self._checkpoint.location}: its processor names no image placeholder "
-                "token, so the card's classification context cannot be laid out; use context "
-                "'chat'"
-            )
-        return token
 
     def cut_after_image(self, prompt: Prompt) -> tuple[Prompt, str] | None:
         image_token = getattr(self.processor, "image_token", None)

@@ -134,46 +134,26 @@ def open_checkpoint(location: str, spec: ModelSpec) -> Checkpoint:
                 f"model {location}: unsupported model type ({text.splitlines()[0]})"
             ) from None
         raise ModelLoadError(_explain_failure(location, spec, is_local, error)) from None
-    _check_image_text(location, config)
     revision = None if is_local else _cached_commit(location, spec.revision)
     return Checkpoint(location, is_local, spec, config, revision)
 
 
-def _check_image_text(location: str, config: Any) -> None:
-    """Refuse a type transformers does not load as an image-text-to-text model (text-only
-    models, and image-text models registered only as causal LMs, such as Phi-4-multimodal),
-    before anything is loaded or written."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-    )
+def not_image_text(config: Any) -> str:
+    """Why a type transformers does not load as an image-text-to-text model is not one."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    model_type = str(config.model_type)
-    auto_map = getattr(config, "auto_map", None) or {}
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES or (
-        "AutoModelForImageTextToText" in auto_map
-    ):
-        return
-    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or "AutoModelForCausalLM" in auto_map:
-        kind = (
-            "image-text model that transformers registers only as a causal language model "
-            "(AutoModelForCausalLM), whose processor and forward pass take images in a "
-            "layout of their own"
-            if _takes_images(config)
-            else "text-only causal language model"
-        )
-        raise ModelLoadError(
-            f"model {location}: type '{model_type}' is a {kind}, not an image-text-to-text "
-            "model (AutoModelForImageTextToText); it is not supported (docs/models.md lists "
-            "the supported types)"
-        )
-
-
-def _takes_images(config: Any) -> bool:
-    return any(
+    if str(config.model_type) not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        return "not an image-text-to-text model"
+    if any(
         getattr(config, name, None) is not None
         for name in ("vision_config", "image_token_id", "image_token_index", "vision_lora")
-    )
+    ):
+        return (
+            "an image-text model that transformers registers only as a causal language model "
+            "(AutoModelForCausalLM), whose processor and forward pass take images in a layout "
+            "of their own, not as an image-text-to-text model"
+        )
+    return "a text-only causal language model, not an image-text-to-text model"
 
 
 def _cached_commit(repo_id: str, revision: str | None) -> str | None:

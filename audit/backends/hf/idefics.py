@@ -111,6 +111,9 @@ class IdeficsBackend(HFBackend):
             ]
         )
 
+    def card_image_text(self) -> str:
+        return f"{_FAKE}{_IMAGE}{_FAKE}"
+
     def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
         inputs = self.processor(
             text=[list(p.parts) for p in prompts],

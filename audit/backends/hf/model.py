@@ -373,6 +373,21 @@ class HFBackend(Backend):
         )
         return None
 
+    def card_layout(self) -> dict[str, Any] | None:
+        image_text = self.card_image_text()
+        if image_text is None:
+            return None
+        prompt = self.scoring_prompt(_stand_ins(1)[0], "x", "card")
+        ids = self.encode([prompt], "right")["input_ids"][0].tolist()
+        bos = self.processor.tokenizer.bos_token_id
+        return {"image": image_text, "bos": bos is not None and bos in ids}
+
+    def card_image_text(self) -> str | None:
+        """The text the image is given as in the card's context (``None``: this family cannot
+        be shown an image and a text with nothing around them; its tasks are scored in a
+        chat)."""
+        return None
+
     def label_span(self, prefix: Prompt, full: Prompt) -> LabelSpan:
         """Where ``full``'s continuation of ``prefix`` sits in the processor's own encoding.
 
