@@ -24,6 +24,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import logging  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -39,6 +40,33 @@ class _DeprecationNotices(logging.Handler):
         message = record.getMessage()
         if "deprecat" in message.lower():
             self.messages.append(message)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--model-dir",
+        action="append",
+        default=[],
+        help="A checkpoint folder to hold to the conformance matrix (tests/test_model_matrix.py) "
+        "besides the tiny families it builds (repeatable).",
+    )
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI=true``): there, a part CI must have is never skipped."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+@pytest.fixture(scope="session")
+def ci_requires() -> Any:
+    """``ci_requires(what)``: skip a test that lacks ``what`` here, fail it under CI."""
+
+    def require(what: str) -> None:
+        if in_ci():
+            pytest.fail(f"CI must have {what}", pytrace=False)
+        pytest.skip(f"needs {what}")
+
+    return require
 
 
 @pytest.fixture(autouse=True)

@@ -298,9 +298,7 @@ def test_an_analysis_that_raises_is_recorded_and_the_others_finish(
         raise TypeError("Cannot cast array data from dtype('O') to dtype('int64')")
 
     real = registry.analyses()
-    patched = tuple(
-        dataclasses.replace(a, run=broken) if a.name == "refusal" else a for a in real
-    )
+    patched = tuple(dataclasses.replace(a, run=broken) if a.name == "refusal" else a for a in real)
     monkeypatch.setattr("audit.analyses.pipeline.analyses", lambda: patched)
     run_dir = write_run(tmp_path / "run", generations)
     result = analyze_run(run_dir, only=["term_variance", "refusal", "generation_stats"])

@@ -393,7 +393,7 @@ def _paligemma(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, PaliGemmaForConditionalGeneration
 
 
-# -- Llama 3.2 Vision -------------------------------------------------------------------------------
+# -- Llama 3.2 Vision ----------------------------------------------------------------------------
 def _mllama(tokenizer: Any) -> tuple[Any, Any, Any]:
     from transformers import (
         MllamaConfig,

@@ -106,7 +106,7 @@ def cut_vocabulary(
     if model.get("type") != "BPE":
         raise ValueError(f"only BPE vocabularies are cut, not {model.get('type')}")
     added = {a["content"]: a for a in tokenizer["added_tokens"]}
-    for old, new in renames.items():
+    for old in renames:
         if old not in added:
             raise ValueError(f"no special token {old!r} to rename")
     vocab: dict[str, int] = model["vocab"]

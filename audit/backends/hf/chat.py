@@ -22,7 +22,7 @@ from PIL import Image
 from audit.backends.base import PreamblePart, ScoringContext
 from audit.backends.hf.fast.image_features import FeatureCache, chat_image_inputs
 from audit.backends.hf.model import HFBackend
-from audit.backends.hf.prompt import Prompt, as_rgb
+from audit.backends.hf.prompt import WIDE, Prompt, as_rgb, stand_in_image
 from audit.backends.hf.scoring import common_prefix_length
 from audit.errors import ModelLoadError
 
@@ -104,6 +104,25 @@ class ChatBackend(HFBackend):
 
     def card_image_text(self) -> str | None:
         return self._card_image_text
+
+    def image_and_bare_text(self) -> tuple[Prompt | None, str]:
+        def render(content: list[dict[str, str]]) -> str:
+            messages = [{"role": "user", "content": content}]
+            return str(
+                self.processor.apply_chat_template(
+                    messages, add_generation_prompt=True, tokenize=False
+                )
+            )
+
+        text = {"type": "text", "text": "x"}
+        shown = render([{"type": "image"}, text])
+        bos = self.processor.tokenizer.bos_token
+        prompt = Prompt(
+            shown,
+            (stand_in_image(WIDE),),
+            add_special_tokens=not (bos and shown.startswith(bos)),
+        )
+        return prompt, render([text])
 
     @cached_property
     def _card_image_text(self) -> str | None:

@@ -43,7 +43,7 @@ from audit.backends.hf.fast.policy import FastPathPolicy
 from audit.backends.hf.fast.self_check import CheckRequests, check_fast_paths
 from audit.backends.hf.fast.shared_prefix import PromptSplit, generate_with_shared_prefixes
 from audit.backends.hf.generation import TokenRoles, ensure_pad_token, token_roles
-from audit.backends.hf.prompt import Prompt
+from audit.backends.hf.prompt import Prompt, stand_in_image
 from audit.backends.hf.scoring import (
     LabelSpan,
     ScoringMethod,
@@ -67,7 +67,7 @@ def _seeded(seed: int, device: str) -> Iterator[None]:
 
 
 def _stand_ins(n: int) -> tuple[Image.Image, ...]:
-    return tuple(Image.new("RGB", (64, 64), (128, 128, 128)) for _ in range(n))
+    return tuple(stand_in_image() for _ in range(n))
 
 
 class HFBackend(Backend):
@@ -97,8 +97,10 @@ class HFBackend(Backend):
             loaded = load_checkpoint(self._checkpoint)
             self._check_processor(loaded.processor)
             ensure_pad_token(loaded.processor.tokenizer)
-            self._roles = token_roles(loaded.processor, loaded.model)
             self._loaded = loaded
+            roles = token_roles(loaded.processor, loaded.model)
+            image_ids = self.image_token_ids() - set(roles.eos_ids)
+            self._roles = replace(roles, banned_ids=tuple(sorted({*roles.banned_ids, *image_ids})))
         return self._loaded
 
     def load(self) -> None:
@@ -372,6 +374,27 @@ class HFBackend(Backend):
             prompt.text,
         )
         return None
+
+    def image_token_ids(self) -> set[int]:
+        """Special tokens the processor writes for an image, which the model must never
+        generate (besides ``generation.token_roles``' names): those its encoding of one image
+        and a text holds that the text's own tokens lack, and any video placeholder."""
+        shown, bare = self.image_and_bare_text()
+        if shown is None:
+            return set()
+        tokenizer = self.processor.tokenizer
+        ids = set(self.encode([shown], "left")["input_ids"][0].tolist())
+        ids -= set(tokenizer(bare, add_special_tokens=shown.add_special_tokens).input_ids)
+        special = {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+        video = getattr(self.processor, "video_token", None)
+        if isinstance(video, str) and video in tokenizer.get_vocab():
+            ids.add(tokenizer.convert_tokens_to_ids(video))
+        return {i for i in ids if i in special}
+
+    def image_and_bare_text(self) -> tuple[Prompt | None, str]:
+        """A prompt showing one stand-in image and a text, and the same text with no image
+        (``None``: the family's image tokens are all named in ``generation``)."""
+        return None, ""
 
     def card_layout(self) -> dict[str, Any] | None:
         image_text = self.card_image_text()

@@ -18,7 +18,7 @@ from PIL import Image
 
 from audit.backends.base import ScoringContext
 from audit.backends.hf.model import HFBackend
-from audit.backends.hf.prompt import Prompt, as_rgb
+from audit.backends.hf.prompt import WIDE, Prompt, as_rgb, stand_in_image
 from audit.errors import ModelLoadError
 
 
@@ -44,21 +44,29 @@ class PaliGemmaBackend(HFBackend):
         # Both contexts score the text as the answer: the card's cannot be laid out.
         return Prompt(text=self._image(), images=(as_rgb(image),), answer=answer.lstrip(" "))
 
+    def image_and_bare_text(self) -> tuple[Prompt | None, str]:
+        shown = self.generation_prompt(stand_in_image(WIDE), "x")
+        return shown, "x\n"
+
     def encode(self, prompts: Sequence[Prompt], padding_side: str) -> Any:
         answers = {p.answer is None for p in prompts}
         if len(answers) != 1:
             raise ValueError("a batch mixes prompts with and without an answer")
         suffix = None if answers == {True} else [str(p.answer) for p in prompts]
+        from transformers import BatchFeature
+
+        # As NumPy arrays: the processor copies its ids with np.array, which a torch tensor
+        # answers with a deprecation warning under NumPy 2.
         inputs = self.processor(
             text=[p.text for p in prompts],
             images=[list(p.images) for p in prompts],
             suffix=suffix,
             padding="longest",
             padding_side=padding_side,
-            return_tensors="pt",
+            return_tensors="np",
         )
         inputs.pop("labels", None)  # training targets, which would make a forward pass a loss
-        return self._to_model(inputs)
+        return self._to_model(BatchFeature(dict(inputs), tensor_type="pt"))
 
     def text_ids(self, prompt: Prompt) -> list[int]:
         tokenizer = self.processor.tokenizer

@@ -47,3 +47,13 @@ def answer_start(prefix: str) -> str:
 def as_rgb(image: Image.Image) -> Image.Image:
     """Processors expect three channels; greyscale or RGBA face images are common."""
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+#: A stand-in wide enough that processors which tile an image write their row, column and
+#: line-break tokens for it.
+WIDE = (112, 56)
+
+
+def stand_in_image(size: tuple[int, int] = (64, 64)) -> Image.Image:
+    """A plain grey picture, where only the layout of an image's tokens matters."""
+    return Image.new("RGB", size, (128, 128, 128))
