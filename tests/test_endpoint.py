@@ -480,3 +480,52 @@ def test_a_named_key_variable_must_be_set(tmp_path: Path, monkeypatch: pytest.Mo
     code, output = audit("run", str(probe), "--out", str(tmp_path / "run"))
     assert code == 2
     assert "error: model.endpoint.api_key_env: the environment variable AUDIT_UNSET_KEY" in output
+
+
+def test_a_served_llava_generates_what_the_in_process_backend_does(
+    zoo: Path, tmp_path: Path
+) -> None:
+    """LLaVA through ``transformers serve`` and in process, on the same images: the same text,
+    except where the in-process backend banned an image token the server lets through (its
+    text is then plain greedy ``generate``'s, without the ban)."""
+    import torch
+
+    from audit.backends import load_backend
+    from audit.spec import ModelSpec
+
+    model = zoo / "llava"
+    sections = {"generation": {"max_new_tokens": 8, "batch_size": 4}, "dataset": {"n": 6}}
+    local = write_probe(tmp_path / "local", model, **sections)
+    code, output = audit("run", str(local), "--out", str(tmp_path / "local-run"), "--no-progress")
+    assert code == 0, output
+    with transformers_serve(model, tmp_path / "serve.log") as server:
+        spec = {"id": server.model, "backend": "endpoint", "endpoint": {"url": server.url}}
+        probe = served_probe(tmp_path / "served", spec, **sections)
+        out = tmp_path / "served-run"
+        code, output = audit("run", str(probe), "--out", str(out), "--no-progress")
+        assert code == 0, output
+    served, local_rows = read(out, "generations"), read(tmp_path / "local-run", "generations")
+    assert len(served) == len(local_rows) == 12
+    differ = served["generation"] != local_rows["generation"]
+    from audit.datasets import open_dataset
+    from audit.spec import load_probe
+
+    backend = load_backend(str(model), ModelSpec(id=str(model)))
+    spec = load_probe(local)
+    faces = {s.sample_id: s.load_image() for s in open_dataset(spec).samples()}
+    prompts = {p.id: p.text for p in spec.prompts}
+    for _, row in served[differ].iterrows():
+        prompt = prompts[row["prompt_id"]]
+        processor = backend.processor
+        text = processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}],
+            add_generation_prompt=True,
+        )
+        inputs = processor(text=[text], images=[[faces[row["sample_id"]]]], return_tensors="pt")
+        with torch.inference_mode():
+            ids = backend.model.generate(**inputs, max_new_tokens=8, do_sample=False)
+        unbanned = processor.tokenizer.decode(
+            ids[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        assert row["generation"] == unbanned, (row["sample_id"], row["prompt_id"])
+    assert differ.sum() < len(served)  # the comparison is not vacuous

@@ -435,3 +435,48 @@ def test_a_model_type_that_cannot_run_is_refused_before_anything_is_written(
     AutoConfig.for_model(model_type).save_pretrained(model)
     output = refused(write_probe(tmp_path, model), model, tmp_path / "run")
     assert model_type in output and expected in output
+
+
+def test_a_qwen2_vl_run_killed_with_sigkill_resumes_to_the_uninterrupted_rows(
+    zoo: Path, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.runs import write_probe
+
+    probe = write_probe(
+        tmp_path,
+        zoo / "qwen2_vl",
+        dataset={"n": 16},
+        generation={"max_new_tokens": 8, "batch_size": 2},
+    )
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert run_cli("run", str(probe), "--out", str(reference), "--no-progress")[0] == 0
+    command = [sys.executable, "-m", "audit.cli", "run", str(probe), "--out", str(run)]
+    process = subprocess.Popen(
+        [*command, "--flush-every", "1", "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ},
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(RunStore(run).parts("generations")) < 3:
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 0 < len(RunStore.open(run).read("generations")) < 32, "the kill lands mid-run"
+    assert run_cli("run", str(probe), "--out", str(run), "--no-progress")[0] == 0
+    for table, keys in (
+        ("generations", ["sample_id", "prompt_id"]),
+        ("classifications", ["sample_id", "task_id"]),
+    ):
+        a = RunStore.open(run).read(table).sort_values(keys, ignore_index=True)
+        b = RunStore.open(reference).read(table).sort_values(keys, ignore_index=True)
+        assert len(a) == len(b) == 32 and not a.duplicated(keys).any()
+        value = "generation" if table == "generations" else "prediction"
+        assert a[value].equals(b[value]), table
