@@ -7,7 +7,6 @@ Run directories are written directly with ``RunStore``; the helpers here are sha
 from __future__ import annotations
 
 import dataclasses
-
 import json
 import time
 from pathlib import Path
