@@ -227,10 +227,10 @@ def test_a_model_type_the_fast_paths_are_not_verified_on_starts_plain(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv(ENVIRONMENT_SWITCH, raising=False)
-    policy = FastPathPolicy("llava")
+    policy = FastPathPolicy("fuyu")
     assert policy.active() == ()
     assert all(
-        "not verified on model type 'llava'" in policy.state(n).note for n in FAST_PATH_NAMES
+        "not verified on model type 'fuyu'" in policy.state(n).note for n in FAST_PATH_NAMES
     )
 
 

@@ -480,3 +480,45 @@ def test_a_qwen2_vl_run_killed_with_sigkill_resumes_to_the_uninterrupted_rows(
         assert len(a) == len(b) == 32 and not a.duplicated(keys).any()
         value = "generation" if table == "generations" else "prediction"
         assert a[value].equals(b[value]), table
+
+
+# -- fast paths, per family ------------------------------------------------------------------
+@pytest.mark.fast_path
+def test_the_fast_paths_verified_on_a_family_give_its_plain_path_results(
+    family: str, zoo: Path
+) -> None:
+    """The fast paths the policy lists for the family pass its run-time self-check and then give
+    the plain path's generations (up to float near-ties) and label scores on a larger batch:
+    every image with every prompt, images of several sizes, rows that stop at different steps."""
+    from audit.backends.hf.fast.policy import FAST_PATHS
+    from tests.runs import assert_generations_agree
+
+    folder = str(zoo / family)
+    fast = load_backend(folder, ModelSpec(id=folder))
+    assert isinstance(fast, HFBackend)
+    fast.load()
+    expected = {p.name for p in FAST_PATHS if family in p.model_types}
+    assert set(fast.fast_paths.active()) == expected
+    images = [picture(40 + i, SIZES[i % len(SIZES)]) for i in range(6)]
+    prompts = (*PROMPTS, "Write the headline of an article about this person's recent arrest.")
+    requests = [GenerationRequest(image, prompt) for image in images for prompt in prompts]
+    scoring = [
+        LabelScoreRequest(image, "a photo of a", (" male person.", " female person."), context)
+        for image in images
+        for context in ("card", "chat")
+    ]
+    settings = GenerationSettings(max_new_tokens=16)
+    notes = fast.check_fast_paths(requests[:4], scoring[:4], settings, batch_size=4)
+    assert not [n for n in notes if "is off" in n], notes
+    assert set(fast.fast_paths.active()) == expected
+    plain = backend_at(folder)
+    assert_generations_agree(
+        plain,
+        requests,
+        fast.generate(requests, settings, batch_size=6),
+        plain.generate(requests, settings, batch_size=6),
+    )
+    got = fast.score_labels(scoring, batch_size=4)
+    want = plain.score_labels(scoring, batch_size=4)
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_allclose(a.logprob_sums, b.logprob_sums, atol=1e-4, rtol=1e-6)

@@ -31,7 +31,7 @@ else:
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: Bump when a change here changes what gets built.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MARKER_FILE = "tiny_vlm.json"
 
 HIDDEN = 64
@@ -348,7 +348,7 @@ def _gemma3(tokenizer: Any) -> tuple[Any, Any, Any]:
         text_config={
             **_text(tokenizer),
             "model_type": "gemma3_text",
-            "sliding_window": 64,
+            "sliding_window": 16,
             "layer_types": ["sliding_attention", "full_attention"],
             "query_pre_attn_scalar": HEAD_DIM,
         },
@@ -555,7 +555,7 @@ def _aya_vision(tokenizer: Any) -> tuple[Any, Any, Any]:
         text_config={
             **_text(tokenizer),
             "model_type": "cohere2",
-            "sliding_window": 64,
+            "sliding_window": 16,
             "layer_types": ["sliding_attention", "full_attention"],
         },
         image_token_index=_ids(tokenizer, "<|IMG_PATCH|>")[0],

@@ -22,6 +22,23 @@ from dataclasses import dataclass
 from typing import Any
 
 _ALL_IDEFICS = ("idefics", "idefics2", "idefics3")
+_QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+_LLAVA = ("llava", "llava_next", "llava_onevision")
+#: Every chat family of the conformance matrix (tests/test_model_matrix.py).
+_CHAT_FAMILIES = (
+    *_QWEN,
+    *_LLAVA,
+    "gemma3",
+    "mllama",
+    "internvl",
+    "smolvlm",
+    "mistral3",
+    "aya_vision",
+)
+#: Families whose prompt positions run 1, 2, 3... (Qwen's are 3-D, mllama's label tokens need
+#: a cross-attention mask of their own) and whose caches hold the whole prompt (Gemma 3's and
+#: Aya Vision's sliding-window layers keep its end only).
+_PREFIX_CACHEABLE = (*_LLAVA, "internvl", "smolvlm", "mistral3")
 
 
 @dataclass(frozen=True)
@@ -34,17 +51,17 @@ class FastPath:
 
 FAST_PATHS: tuple[FastPath, ...] = (
     # Each distinct image is encoded once per batch.
-    FastPath("image_features", _ALL_IDEFICS),
+    FastPath("image_features", (*_ALL_IDEFICS, "smolvlm")),
     # IDEFICS v1's image latents and cross-attention keys/values, once per generate call.
     FastPath("image_latents", ("idefics",)),
     # Decoding writes into key/value room reserved ahead.
-    FastPath("reserved_cache", _ALL_IDEFICS),
+    FastPath("reserved_cache", (*_ALL_IDEFICS, *_CHAT_FAMILIES, "paligemma")),
     # Requests showing the same image share its prefilled prompt prefix.
-    FastPath("image_prefix", ("idefics2", "idefics3")),
+    FastPath("image_prefix", ("idefics2", "idefics3", *_PREFIX_CACHEABLE)),
     # Rows that stopped leave their batch.
-    FastPath("drop_finished", ("idefics2", "idefics3")),
+    FastPath("drop_finished", ("idefics2", "idefics3", *_CHAT_FAMILIES, "paligemma")),
     # Labels are scored against their prompt's cached prefix.
-    FastPath("label_prefix", _ALL_IDEFICS),
+    FastPath("label_prefix", (*_ALL_IDEFICS, *_PREFIX_CACHEABLE, "gemma3", "aya_vision")),
 )
 FAST_PATH_NAMES: tuple[str, ...] = tuple(path.name for path in FAST_PATHS)
 
