@@ -23,7 +23,7 @@ taken per repetition, then its median. The runner's time is its whole ``run_prob
 (model load, self-check, manifest and parquet writes included); the loops' model is loaded
 before their clock starts. Target: runner >= 4x the naive loop's generations/s on CPU.
 
-    .venv/bin/python -m benchmarks.runner_vs_naive [--families idefics,idefics2,idefics3]
+    .venv/bin/python -m benchmarks.runner_vs_naive [--families idefics,idefics2,idefics3,gemma3]
         [--images 24] [--max-new-tokens 32] [--repeats 3] [--threads 1] [--quick]
 """
 
@@ -96,12 +96,15 @@ class Loops:
 
     def __init__(self, model_dir: Path, max_new_tokens: int) -> None:
         import torch
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText
 
         from audit.backends.base import GenerationSettings
         from audit.backends.hf.generation import ensure_pad_token, generation_config, token_roles
+        from audit.backends.hf.processors import load_processor
 
-        self.processor = AutoProcessor.from_pretrained(model_dir)
+        # The processor as a run loads it (without torchvision, Qwen-VL's has no video part).
+        model_type = AutoConfig.from_pretrained(model_dir).model_type
+        self.processor = load_processor(str(model_dir), model_type)
         ensure_pad_token(self.processor.tokenizer)
         self.model = AutoModelForImageTextToText.from_pretrained(
             model_dir, dtype=torch.float32
@@ -168,10 +171,15 @@ class Loops:
 def prepare_probe(setup: Setup, family: str) -> Path:
     """A small model of ``family``, synthetic JPEGs in parquet, and a probe over both."""
     from audit.datasets.synthetic import write_synthetic_parquet
-    from audit.demo.tiny_models import build_tiny_model
+    from audit.demo.tiny_models import FAMILIES, build_tiny_model
 
     model_dir = setup.work_dir / "models" / f"{family}-{setup.size}"
-    build_tiny_model(family, model_dir, size=setup.size)  # type: ignore[arg-type]
+    if family in FAMILIES:
+        build_tiny_model(family, model_dir, size=setup.size)  # type: ignore[arg-type]
+    else:  # another family: the conformance matrix's builder (tests/zoo)
+        from tests.zoo.build import build_tiny_vlm
+
+        build_tiny_vlm(family, model_dir, size=setup.size)
     faces = setup.work_dir / f"faces-{setup.n_images}-{setup.image_px}px.parquet"
     if not faces.exists():
         write_synthetic_parquet(faces, setup.n_images, size=setup.image_px)
@@ -392,7 +400,7 @@ def describe(result: FamilyResult) -> str:
 
 def parse_setup(argv: Sequence[str] | None) -> Setup:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", default="idefics,idefics2,idefics3")
+    parser.add_argument("--families", default="idefics,idefics2,idefics3,gemma3")
     add_run_arguments(parser, images=24, max_new_tokens=32, batch_size=16)
     args = parser.parse_args(argv)
     apply_quick(args)

@@ -31,13 +31,40 @@ else:
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: Bump when a change here changes what gets built.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 MARKER_FILE = "tiny_vlm.json"
 
-HIDDEN = 64
-HEADS = 4
-HEAD_DIM = HIDDEN // HEADS
 INIT_RANGE = 0.3
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The shapes of one size: ``tiny`` for the tests, ``small`` for the benchmarks."""
+
+    hidden: int
+    layers: int
+    heads: int
+    vision_hidden: int
+    vision_layers: int
+    #: Gemma 3's image side and tokens per image (its real model: 896 px, 256 tokens).
+    gemma_image_px: int
+    gemma_image_tokens: int
+    #: Sliding-window layers' window (Gemma 3, Aya Vision): shorter than the tests' prompts.
+    sliding_window: int
+
+    def layer_types(self) -> list[str]:
+        """Sliding-window layers, then one full-attention layer (Gemma 3's pattern, shorter)."""
+        return ["sliding_attention"] * (self.layers - 1) + ["full_attention"]
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+SIZES = {
+    "tiny": Dims(64, 2, 4, 32, 2, 56, 4, 16),
+    "small": Dims(256, 4, 4, 128, 4, 224, 64, 512),
+}
 
 
 @dataclass(frozen=True)
@@ -50,22 +77,22 @@ class Family:
     #: The npm tokenizer package (``None``: a small BPE trained here, with the family's
     #: special tokens).
     tokenizer: str | None
-    build: Callable[[Any], tuple[Any, Any, Any]]
+    build: Callable[[Any, Dims], tuple[Any, Any, Any]]
     #: The processor holds a video processor (needs torchvision in transformers 5).
     video: bool = False
     #: Special tokens the family's tokenizer names (``tokenizer.start_image_token``...).
     named_tokens: tuple[tuple[str, str], ...] = ()
 
 
-def _text(tokenizer: Any, **extra: Any) -> dict[str, Any]:
+def _text(tokenizer: Any, dims: Dims, **extra: Any) -> dict[str, Any]:
     return {
         "vocab_size": len(tokenizer),
-        "hidden_size": HIDDEN,
-        "intermediate_size": 2 * HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": HEADS,
+        "hidden_size": dims.hidden,
+        "intermediate_size": 2 * dims.hidden,
+        "num_hidden_layers": dims.layers,
+        "num_attention_heads": dims.heads,
         "num_key_value_heads": 2,
-        "head_dim": HEAD_DIM,
+        "head_dim": dims.head_dim,
         "max_position_embeddings": 4096,
         "initializer_range": INIT_RANGE,
         "tie_word_embeddings": False,
@@ -76,11 +103,11 @@ def _text(tokenizer: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _vision(**extra: Any) -> dict[str, Any]:
+def _vision(dims: Dims, **extra: Any) -> dict[str, Any]:
     return {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
+        "hidden_size": dims.vision_hidden,
+        "intermediate_size": 2 * dims.vision_hidden,
+        "num_hidden_layers": dims.vision_layers,
         "num_attention_heads": 2,
         "initializer_range": INIT_RANGE,
         **extra,
@@ -135,15 +162,15 @@ def _mrope() -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
 
 
-def _qwen2_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _qwen2_vl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
 
     config = Qwen2VLConfig(
-        text_config=_text(tokenizer, rope_parameters=_mrope()),
+        text_config=_text(tokenizer, dims, rope_parameters=_mrope()),
         vision_config={
             "depth": 2,
             "embed_dim": 32,
-            "hidden_size": HIDDEN,
+            "hidden_size": dims.hidden,
             "mlp_ratio": 2,
             "num_heads": 2,
             "patch_size": 14,
@@ -158,7 +185,7 @@ def _qwen2_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, Qwen2VLForConditionalGeneration
 
 
-def _qwen2_5_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _qwen2_5_vl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         Qwen2_5_VLConfig,
         Qwen2_5_VLForConditionalGeneration,
@@ -166,13 +193,13 @@ def _qwen2_5_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
     )
 
     config = Qwen2_5_VLConfig(
-        text_config=_text(tokenizer, rope_parameters=_mrope()),
+        text_config=_text(tokenizer, dims, rope_parameters=_mrope()),
         vision_config={
             "depth": 2,
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
-            "out_hidden_size": HIDDEN,
+            "out_hidden_size": dims.hidden,
             "patch_size": 14,
             "window_size": 56,
             "fullatt_block_indexes": [1],
@@ -187,17 +214,17 @@ def _qwen2_5_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, Qwen2_5_VLForConditionalGeneration
 
 
-def _qwen3_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _qwen3_vl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
 
     config = Qwen3VLConfig(
-        text_config=_text(tokenizer, rope_parameters={**_mrope(), "mrope_interleaved": True}),
+        text_config=_text(tokenizer, dims, rope_parameters={**_mrope(), "mrope_interleaved": True}),
         vision_config={
             "depth": 2,
             "hidden_size": 32,
             "intermediate_size": 64,
             "num_heads": 2,
-            "out_hidden_size": HIDDEN,
+            "out_hidden_size": dims.hidden,
             "patch_size": 16,
             "num_position_embeddings": 16,
             "deepstack_visual_indexes": [0],
@@ -213,18 +240,21 @@ def _qwen3_vl(tokenizer: Any) -> tuple[Any, Any, Any]:
 
 
 # -- LLaVA ------------------------------------------------------------------------------------
-def _clip(image_px: int) -> dict[str, Any]:
+def _clip(dims: Dims, image_px: int) -> dict[str, Any]:
     return {
-        **_vision(image_size=image_px, patch_size=14, projection_dim=32),
+        **_vision(dims, image_size=image_px, patch_size=14, projection_dim=32),
         "model_type": "clip_vision_model",
     }
 
 
-def _siglip(image_px: int) -> dict[str, Any]:
-    return {**_vision(image_size=image_px, patch_size=14), "model_type": "siglip_vision_model"}
+def _siglip(dims: Dims, image_px: int) -> dict[str, Any]:
+    return {
+        **_vision(dims, image_size=image_px, patch_size=14),
+        "model_type": "siglip_vision_model",
+    }
 
 
-def _llava(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _llava(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         CLIPImageProcessorPil,
         LlavaConfig,
@@ -236,8 +266,8 @@ def _llava(tokenizer: Any) -> tuple[Any, Any, Any]:
     tokenizer.pad_token = "<pad>"
     image_px = 28
     config = LlavaConfig(
-        vision_config=_clip(image_px),
-        text_config={**_text(tokenizer), "model_type": "llama"},
+        vision_config=_clip(dims, image_px),
+        text_config={**_text(tokenizer, dims), "model_type": "llama"},
         image_token_index=_ids(tokenizer, "<image>")[0],
         image_seq_length=(image_px // 14) ** 2,
         vision_feature_select_strategy="default",
@@ -261,7 +291,7 @@ def _llava(tokenizer: Any) -> tuple[Any, Any, Any]:
 _PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
 
 
-def _llava_next(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _llava_next(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
@@ -273,8 +303,8 @@ def _llava_next(tokenizer: Any) -> tuple[Any, Any, Any]:
     tokenizer.pad_token = "<pad>"
     image_px = 28
     config = LlavaNextConfig(
-        vision_config=_clip(image_px),
-        text_config={**_text(tokenizer), "model_type": "mistral"},
+        vision_config=_clip(dims, image_px),
+        text_config={**_text(tokenizer, dims), "model_type": "mistral"},
         image_token_index=_ids(tokenizer, "<image>")[0],
         image_grid_pinpoints=_PINPOINTS,
         image_seq_length=(image_px // 14) ** 2,
@@ -298,7 +328,7 @@ def _llava_next(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, LlavaNextForConditionalGeneration
 
 
-def _llava_onevision(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _llava_onevision(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -309,8 +339,8 @@ def _llava_onevision(tokenizer: Any) -> tuple[Any, Any, Any]:
     _add_tokens(tokenizer, ("<image>", "<video>"))
     image_px = 28
     config = LlavaOnevisionConfig(
-        vision_config=_siglip(image_px),
-        text_config={**_text(tokenizer), "model_type": "qwen2"},
+        vision_config=_siglip(dims, image_px),
+        text_config={**_text(tokenizer, dims), "model_type": "qwen2"},
         image_token_index=_ids(tokenizer, "<image>")[0],
         video_token_index=_ids(tokenizer, "<video>")[0],
         image_grid_pinpoints=_PINPOINTS,
@@ -334,7 +364,7 @@ def _llava_onevision(tokenizer: Any) -> tuple[Any, Any, Any]:
 
 
 # -- Gemma 3, PaliGemma ---------------------------------------------------------------------------
-def _gemma3(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _gemma3(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         Gemma3Config,
         Gemma3ForConditionalGeneration,
@@ -342,18 +372,18 @@ def _gemma3(tokenizer: Any) -> tuple[Any, Any, Any]:
         Gemma3Processor,
     )
 
-    image_px = 56
+    image_px = dims.gemma_image_px
     boi, eoi, image = _ids(tokenizer, "<start_of_image>", "<end_of_image>", "<image_soft_token>")
     config = Gemma3Config(
         text_config={
-            **_text(tokenizer),
+            **_text(tokenizer, dims),
             "model_type": "gemma3_text",
-            "sliding_window": 16,
-            "layer_types": ["sliding_attention", "full_attention"],
-            "query_pre_attn_scalar": HEAD_DIM,
+            "sliding_window": dims.sliding_window,
+            "layer_types": dims.layer_types(),
+            "query_pre_attn_scalar": dims.head_dim,
         },
-        vision_config=_siglip(image_px),
-        mm_tokens_per_image=4,
+        vision_config=_siglip(dims, image_px),
+        mm_tokens_per_image=dims.gemma_image_tokens,
         boi_token_index=boi,
         eoi_token_index=eoi,
         image_token_index=image,
@@ -362,12 +392,15 @@ def _gemma3(tokenizer: Any) -> tuple[Any, Any, Any]:
     )
     image_processor = Gemma3ImageProcessorPil(size={"height": image_px, "width": image_px})
     processor = Gemma3Processor(
-        image_processor, tokenizer, chat_template=_template("gemma3"), image_seq_length=4
+        image_processor,
+        tokenizer,
+        chat_template=_template("gemma3"),
+        image_seq_length=dims.gemma_image_tokens,
     )
     return processor, config, Gemma3ForConditionalGeneration
 
 
-def _paligemma(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _paligemma(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         PaliGemmaConfig,
         PaliGemmaForConditionalGeneration,
@@ -382,11 +415,11 @@ def _paligemma(tokenizer: Any) -> tuple[Any, Any, Any]:
     processor = PaliGemmaProcessor(image_processor, tokenizer)
     tokenizer = processor.tokenizer  # the processor adds its location and segment tokens
     config = PaliGemmaConfig(
-        vision_config={**_siglip(image_px), "projection_dim": HIDDEN},
-        text_config={**_text(tokenizer), "model_type": "gemma", "vocab_size": len(tokenizer)},
+        vision_config={**_siglip(dims, image_px), "projection_dim": dims.hidden},
+        text_config={**_text(tokenizer, dims), "model_type": "gemma", "vocab_size": len(tokenizer)},
         image_token_index=_ids(tokenizer, "<image>")[0],
-        projection_dim=HIDDEN,
-        hidden_size=HIDDEN,
+        projection_dim=dims.hidden,
+        hidden_size=dims.hidden,
         vocab_size=len(tokenizer),
         tie_word_embeddings=False,
     )
@@ -394,7 +427,7 @@ def _paligemma(tokenizer: Any) -> tuple[Any, Any, Any]:
 
 
 # -- Llama 3.2 Vision ----------------------------------------------------------------------------
-def _mllama(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _mllama(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         MllamaConfig,
         MllamaForConditionalGeneration,
@@ -420,7 +453,7 @@ def _mllama(tokenizer: Any) -> tuple[Any, Any, Any]:
             "initializer_range": INIT_RANGE,
         },
         text_config={
-            **_text(tokenizer),
+            **_text(tokenizer, dims),
             "num_hidden_layers": 3,
             "cross_attention_layers": [1],
             "model_type": "mllama_text_model",
@@ -435,7 +468,7 @@ def _mllama(tokenizer: Any) -> tuple[Any, Any, Any]:
 
 
 # -- InternVL, SmolVLM, Mistral 3, Aya Vision ------------------------------------------------------
-def _internvl(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _internvl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         GotOcr2ImageProcessorPil,
         InternVLConfig,
@@ -446,10 +479,10 @@ def _internvl(tokenizer: Any) -> tuple[Any, Any, Any]:
     image_px = 28
     config = InternVLConfig(
         vision_config={
-            **_vision(image_size=[image_px, image_px], patch_size=[14, 14]),
+            **_vision(dims, image_size=[image_px, image_px], patch_size=[14, 14]),
             "model_type": "internvl_vision",
         },
-        text_config={**_text(tokenizer), "model_type": "qwen2"},
+        text_config={**_text(tokenizer, dims), "model_type": "qwen2"},
         image_token_id=_ids(tokenizer, "<IMG_CONTEXT>")[0],
         image_seq_length=1,
         downsample_ratio=0.5,
@@ -467,7 +500,7 @@ def _internvl(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, InternVLForConditionalGeneration
 
 
-def _smolvlm(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _smolvlm(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         SmolVLMConfig,
         SmolVLMForConditionalGeneration,
@@ -477,8 +510,8 @@ def _smolvlm(tokenizer: Any) -> tuple[Any, Any, Any]:
 
     image_px, patch_px, scale = 32, 8, 2
     config = SmolVLMConfig(
-        vision_config={**_vision(image_size=image_px, patch_size=patch_px)},
-        text_config={**_text(tokenizer), "model_type": "llama"},
+        vision_config={**_vision(dims, image_size=image_px, patch_size=patch_px)},
+        text_config={**_text(tokenizer, dims), "model_type": "llama"},
         image_token_id=_ids(tokenizer, "<image>")[0],
         scale_factor=scale,
         tie_word_embeddings=False,
@@ -498,7 +531,7 @@ def _smolvlm(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, SmolVLMForConditionalGeneration
 
 
-def _mistral3(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _mistral3(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         Mistral3Config,
         Mistral3ForConditionalGeneration,
@@ -510,10 +543,10 @@ def _mistral3(tokenizer: Any) -> tuple[Any, Any, Any]:
     patch, merge = 8, 2
     config = Mistral3Config(
         vision_config={
-            **_vision(image_size=64, patch_size=patch, head_dim=16),
+            **_vision(dims, image_size=64, patch_size=patch, head_dim=16),
             "model_type": "pixtral",
         },
-        text_config={**_text(tokenizer), "model_type": "mistral"},
+        text_config={**_text(tokenizer, dims), "model_type": "mistral"},
         image_token_index=_ids(tokenizer, "[IMG]")[0],
         spatial_merge_size=merge,
         vision_feature_layer=-1,
@@ -533,7 +566,7 @@ def _mistral3(tokenizer: Any) -> tuple[Any, Any, Any]:
     return processor, config, Mistral3ForConditionalGeneration
 
 
-def _aya_vision(tokenizer: Any) -> tuple[Any, Any, Any]:
+def _aya_vision(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
     from transformers import (
         AyaVisionConfig,
         AyaVisionForConditionalGeneration,
@@ -551,12 +584,12 @@ def _aya_vision(tokenizer: Any) -> tuple[Any, Any, Any]:
     _add_tokens(tokenizer, tokens)
     image_px = 28
     config = AyaVisionConfig(
-        vision_config=_siglip(image_px),
+        vision_config=_siglip(dims, image_px),
         text_config={
-            **_text(tokenizer),
+            **_text(tokenizer, dims),
             "model_type": "cohere2",
-            "sliding_window": 16,
-            "layer_types": ["sliding_attention", "full_attention"],
+            "sliding_window": dims.sliding_window,
+            "layer_types": dims.layer_types(),
         },
         image_token_index=_ids(tokenizer, "<|IMG_PATCH|>")[0],
         downsample_factor=2,
@@ -677,9 +710,10 @@ def _tokenizer(family: Family) -> Any:
     )
 
 
-def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0) -> Path:
-    """Build the tiny checkpoint of ``model_type`` into ``out_dir`` (reused when already
-    built by this builder version); returns ``out_dir``."""
+def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0, size: str = "tiny") -> Path:
+    """Build the random-weight checkpoint of ``model_type`` into ``out_dir`` (reused when
+    already built by this builder version); ``size`` ``tiny`` (hidden 64, 2 layers: the tests)
+    or ``small`` (hidden 256, 4 layers: the benchmarks). Returns ``out_dir``."""
     import torch
     import transformers
 
@@ -688,6 +722,7 @@ def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0) -> Path:
     marker = {
         "model_type": model_type,
         "seed": seed,
+        "size": size,
         "builder_version": BUILDER_VERSION,
         "transformers": transformers.__version__,
     }
@@ -696,7 +731,7 @@ def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0) -> Path:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        processor, config, model_class = family.build(_tokenizer(family))
+        processor, config, model_class = family.build(_tokenizer(family), SIZES[size])
         config.audit_random_weights = True
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
