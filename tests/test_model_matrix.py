@@ -102,7 +102,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``checkpoint``: every family of the zoo, then each ``--model-dir``."""
     if "checkpoint" in metafunc.fixturenames:
         extra = metafunc.config.getoption("--model-dir") or []
-        metafunc.parametrize("checkpoint", [*FAMILIES, *extra], indirect=True)
+        ids = [*FAMILIES, *(f"model_dir-{Path(d).name}" for d in extra)]
+        metafunc.parametrize("checkpoint", [*FAMILIES, *extra], indirect=True, ids=ids)
 
 
 @pytest.fixture
