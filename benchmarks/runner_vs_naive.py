@@ -95,24 +95,20 @@ class Loops:
     sequence of the run in one plain ``generate`` (the card's 9B setting)."""
 
     def __init__(self, model_dir: Path, max_new_tokens: int) -> None:
-        import torch
-        from transformers import AutoConfig, AutoModelForImageTextToText
-
+        from audit.backends import load_backend
         from audit.backends.base import GenerationSettings
-        from audit.backends.hf.generation import ensure_pad_token, generation_config, token_roles
-        from audit.backends.hf.processors import load_processor
+        from audit.backends.hf.generation import generation_config
+        from audit.spec import ModelSpec
 
-        # The processor as a run loads it (without torchvision, Qwen-VL's has no video part).
-        model_type = AutoConfig.from_pretrained(model_dir).model_type
-        self.processor = load_processor(str(model_dir), model_type)
-        ensure_pad_token(self.processor.tokenizer)
-        self.model = AutoModelForImageTextToText.from_pretrained(
-            model_dir, dtype=torch.float32
-        ).eval()
+        # The model, processor and token roles (stop tokens, the image tokens it may never
+        # emit) exactly as a run loads them: the loop differs, not the decoding.
+        backend = load_backend(str(model_dir), ModelSpec(id=str(model_dir), dtype="float32"))
+        backend.load()
+        self.processor = backend.processor  # type: ignore[attr-defined]
+        self.model = backend.model  # type: ignore[attr-defined]
         self.model_type = self.model.config.model_type
-        # The same decoding settings as the runner: the loop differs, not the decoding.
         self.settings = GenerationSettings(max_new_tokens=max_new_tokens)
-        self.roles = token_roles(self.processor, self.model)
+        self.roles = backend.roles  # type: ignore[attr-defined]
         self.config = generation_config(self.settings, self.roles)
 
     def encode(self, pairs: Sequence[tuple[Any, str]]) -> Any:

@@ -523,3 +523,21 @@ def test_the_fast_paths_verified_on_a_family_give_its_plain_path_results(
     want = plain.score_labels(scoring, batch_size=4)
     for a, b in zip(got, want, strict=True):
         np.testing.assert_allclose(a.logprob_sums, b.logprob_sums, atol=1e-4, rtol=1e-6)
+
+
+def test_the_supported_models_table_names_each_familys_fast_paths() -> None:
+    """docs/models.md's last column is the policy's list, so the table cannot drift from it."""
+    import re
+
+    from audit.backends.hf.fast.policy import FAST_PATHS
+
+    rows = {
+        m.group(1): m.group(2)
+        for m in re.finditer(
+            r"^\| `(\w+)` \|.*\| ([^|]*) \|$", (ROOT / "docs" / "models.md").read_text(), re.M
+        )
+    }
+    assert set(FAMILIES) | {"idefics", "idefics2", "idefics3"} <= set(rows)
+    for model_type, listed in rows.items():
+        on = [f"`{p.name}`" for p in FAST_PATHS if model_type in p.model_types]
+        assert listed == (", ".join(on) or "none"), model_type

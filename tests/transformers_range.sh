@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The backend and runner tests again on the two ends of the transformers range: the lowest
+# The backend and runner tests, and the conformance matrix of every model family, again on the
+# two ends of the transformers range: the lowest
 # release pyproject.toml admits and the newest the package index serves. Each runs in a copy of
 # the locked virtual environment (hard links: seconds, little disk) in which only transformers,
 # and what it needs, changes: what a user gets from `pip install --upgrade transformers`.
@@ -17,7 +18,7 @@ lowest=$(sed -n 's/^ *"transformers>=\([0-9][0-9.]*\)".*/\1/p' pyproject.toml)
 tests=(
   tests/test_backends.py tests/test_backends_decoding.py tests/test_backends_loading.py
   tests/test_backends_oom.py tests/test_backends_shared_run.py tests/test_runner.py
-  tests/test_fast_paths.py tests/test_tiny_models.py
+  tests/test_fast_paths.py tests/test_tiny_models.py tests/test_model_matrix.py
 )
 locked_version=$("$locked/bin/python" -c 'import transformers; print(transformers.__version__)')
 work=$(mktemp -d)

@@ -13,7 +13,8 @@ from typing import Any
 
 from PIL import Image
 
-#: Features of one image as the model consumes them, keyed by ``id(image)``.
+#: Features of one image as the model consumes them, keyed by ``id(image)`` (for chat models,
+#: with whether the model's encoder hands them out in a tuple).
 FeatureCache = dict[int, Any]
 
 
@@ -35,29 +36,53 @@ def chat_image_inputs(
     cache: FeatureCache,
     to_model: Any,
 ) -> dict[str, Any]:
-    """``inputs`` with pixels replaced by cached ``mm_encoder_outputs`` (Idefics2, Idefics3).
+    """``inputs`` with pixels replaced by cached ``mm_encoder_outputs``.
 
-    Each image is preprocessed alone (its own tiles) and encoded with the other new images of
-    the batch; a row's features are its images' features in prompt order, as the model would
-    have split them from the row's pixels.
+    Each new image is preprocessed alone (its own tiles) and encoded with the other new images
+    of the batch by ``model.get_image_features``, given what the image processor returned that
+    it takes (``pixel_attention_mask``, ``image_sizes``, ``image_grid_thw``...); the batch's
+    features are its images' in prompt order, in the container the model's encoder returns (a
+    tensor or a tuple), as the model scatters them into its image tokens. What the model reads
+    besides pixels (a grid, sizes) stays in ``inputs``.
     """
+    import inspect
+
     import torch
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+    takes = inspect.signature(model.get_image_features).parameters
     fresh = new_images(images, cache)
     if fresh:
-        pixels = to_model(image_processor(images=[[image] for image in fresh], return_tensors="pt"))
-        with torch.inference_mode():
-            encoded = model.get_image_features(
-                pixel_values=pixels["pixel_values"],
-                pixel_attention_mask=pixels.get("pixel_attention_mask"),
-            )
-        for image, features in zip(fresh, encoded.pooler_output, strict=True):
-            cache[id(image)] = features
-    rows = [torch.cat([cache[id(image)] for image in row]) for row in images]
-    shared = {k: v for k, v in inputs.items() if k not in ("pixel_values", "pixel_attention_mask")}
-    shared["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=rows)}
+        blocks, as_tuple = _encode(model, image_processor, fresh, takes, to_model)
+        if len(blocks) != len(fresh):  # a block per tile, not per image: one image at a time
+            blocks = [
+                torch.cat(_encode(model, image_processor, [image], takes, to_model)[0])
+                for image in fresh
+            ]
+        for image, features in zip(fresh, blocks, strict=True):
+            cache[id(image)] = (features, as_tuple)
+    cached = [cache[id(image)] for row in images for image in row]
+    ordered = [features for features, _ in cached]
+    # The container the model's own encoder returns: a tensor it splits itself, or a tuple.
+    features: Any = tuple(ordered) if cached[0][1] else torch.cat(ordered)
+    pixel_keys = {k for k in takes if k.startswith("pixel_")}
+    shared = {k: v for k, v in inputs.items() if k not in pixel_keys}
+    shared["mm_encoder_outputs"] = {"image": BaseModelOutputWithPooling(pooler_output=features)}
     return shared
+
+
+def _encode(
+    model: Any, image_processor: Any, images: Sequence[Image.Image], takes: Any, to_model: Any
+) -> tuple[list[Any], bool]:
+    """The features of ``images`` (each preprocessed alone) as blocks, and whether the model
+    returned them as a tuple (else one tensor, split here along its first dimension)."""
+    import torch
+
+    pixels = to_model(image_processor(images=[[image] for image in images], return_tensors="pt"))
+    with torch.inference_mode():
+        encoded = model.get_image_features(**{k: v for k, v in pixels.items() if k in takes})
+    output = encoded.pooler_output
+    return list(output), isinstance(output, (list, tuple))
 
 
 def idefics_image_inputs(

@@ -39,6 +39,17 @@ _CHAT_FAMILIES = (
 #: a cross-attention mask of their own) and whose caches hold the whole prompt (Gemma 3's and
 #: Aya Vision's sliding-window layers keep its end only).
 _PREFIX_CACHEABLE = (*_LLAVA, "internvl", "smolvlm", "mistral3")
+#: Families whose encoder takes what their image processor returns for one image (Mistral 3's
+#: processor resizes with a patch size of its own; Qwen3-VL's features carry deepstack layers).
+_IMAGE_FEATURES = (
+    "qwen2_vl",
+    "qwen2_5_vl",
+    *_LLAVA,
+    "gemma3",
+    "internvl",
+    "smolvlm",
+    "aya_vision",
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +62,7 @@ class FastPath:
 
 FAST_PATHS: tuple[FastPath, ...] = (
     # Each distinct image is encoded once per batch.
-    FastPath("image_features", (*_ALL_IDEFICS, "smolvlm")),
+    FastPath("image_features", (*_ALL_IDEFICS, *_IMAGE_FEATURES)),
     # IDEFICS v1's image latents and cross-attention keys/values, once per generate call.
     FastPath("image_latents", ("idefics",)),
     # Decoding writes into key/value room reserved ahead.
