@@ -357,6 +357,7 @@ def tiny_scorer(root: Path) -> Path:
     return build_tiny_toxicity_classifier(root / "scorer")
 
 
+@pytest.mark.slow
 def test_the_fairface_probe_resumes_after_a_crash_and_analyses_with_no_error_row(
     family: str, zoo: Path, fairface_probe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -438,6 +439,7 @@ def test_a_model_type_that_cannot_run_is_refused_before_anything_is_written(
     assert model_type in output and expected in output
 
 
+@pytest.mark.slow
 def test_a_qwen2_vl_run_killed_with_sigkill_resumes_to_the_uninterrupted_rows(
     zoo: Path, tmp_path: Path
 ) -> None:
