@@ -135,3 +135,50 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def assert_a_stop_token_ends_generation(backend: Any, pictures: Any, prompt: str) -> Any:
+    """A token the model generates, given as a stop token, ends the generation on it (the
+    token kept): tried on ``pictures`` in turn (random weights) until one generation holds a
+    token that decodes to itself. Returns that free generation."""
+    from dataclasses import replace
+
+    from audit.backends.base import GenerationRequest, GenerationSettings
+
+    tokenizer = backend.processor.tokenizer
+    settings = GenerationSettings(max_new_tokens=24)
+    candidates: list[tuple[int, str]] = []
+    for picture in pictures:
+        request = [GenerationRequest(picture, prompt)]
+        free = backend.generate(request, settings)[0]
+        candidates = [
+            (i, text)
+            for i, token in enumerate(free.token_ids)
+            if token not in backend.roles.eos_ids
+            and (text := tokenizer.decode([token])).strip()
+            and tokenizer(text, add_special_tokens=False).input_ids == [token]
+        ]
+        if candidates:
+            break
+    assert candidates, "no generated token decodes to itself"
+    at, word = candidates[-1]
+    stopped = backend.generate(request, replace(settings, stop_tokens=(word,)))[0]
+    first = free.token_ids.index(free.token_ids[at])  # the token may occur earlier
+    assert stopped.token_ids == free.token_ids[: first + 1]
+    assert stopped.finish_reason == "eos" and stopped.text.endswith(word)
+    return free
+
+
+def crash_on_batch(monkeypatch: Any, n: int, message: str = "killed") -> None:
+    """Make the ``n``-th batch of the next run raise, as a crash in the middle of a run."""
+    from audit.run import executor
+
+    original, calls = executor.BatchExecutor.run, {"n": 0}
+
+    def crashing(self: Any, batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise RuntimeError(message)
+        return original(self, batch)
+
+    monkeypatch.setattr(executor.BatchExecutor, "run", crashing)

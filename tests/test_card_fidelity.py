@@ -4,7 +4,6 @@ classification context; and the setting the card meant as the default probe."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,12 @@ import yaml
 from PIL import Image
 
 from audit.backends import load_backend
-from audit.backends.base import GenerationRequest, GenerationSettings
 from audit.backends.hf.model import HFBackend
 from audit.backends.presets import apply_preset
 from audit.run.setting import prepare_preamble
 from audit.spec import ModelSpec, load_probe
 from audit.store.tables import RunStore
-from tests.runs import run_cli, write_probe
+from tests.runs import assert_a_stop_token_ends_generation, run_cli, write_probe
 
 PROBES = Path(__file__).resolve().parents[1] / "probes"
 
@@ -268,27 +266,9 @@ def test_card_probe_runs_and_records_its_quirks(
 def test_a_stop_token_ends_generation_and_stays_in_the_text(model_dirs: dict[str, Path]) -> None:
     folder = str(model_dirs["idefics2"])
     backend = load_backend(folder, ModelSpec(id=folder))
-    tokenizer = backend.processor.tokenizer  # type: ignore[attr-defined]
-    settings = GenerationSettings(max_new_tokens=24)
-    # A generated token that is one token on its own text (random weights: try a few faces).
-    for seed in range(8):
-        request = [GenerationRequest(face(seed), "Describe this person.")]
-        free = backend.generate(request, settings)[0]
-        candidates = [
-            (i, text)
-            for i, token in enumerate(free.token_ids)
-            if token not in backend.roles.eos_ids  # type: ignore[attr-defined]
-            and (text := tokenizer.decode([token])).strip()
-            and tokenizer(text, add_special_tokens=False).input_ids == [token]
-        ]
-        if candidates:
-            break
-    assert candidates, "no generated token decodes to itself"
-    at, word = candidates[-1]
-    stopped = backend.generate(request, replace(settings, stop_tokens=(word,)))[0]
-    first = free.token_ids.index(free.token_ids[at])  # the token may occur earlier
-    assert stopped.token_ids == free.token_ids[: first + 1]
-    assert stopped.finish_reason == "eos" and stopped.text.endswith(word)
+    assert_a_stop_token_ends_generation(
+        backend, (face(seed) for seed in range(8)), "Describe this person."
+    )
 
 
 def test_family_presets_fill_what_the_probe_leaves_unset(tmp_path: Path) -> None:

@@ -229,9 +229,7 @@ def test_a_model_type_the_fast_paths_are_not_verified_on_starts_plain(
     monkeypatch.delenv(ENVIRONMENT_SWITCH, raising=False)
     policy = FastPathPolicy("fuyu")
     assert policy.active() == ()
-    assert all(
-        "not verified on model type 'fuyu'" in policy.state(n).note for n in FAST_PATH_NAMES
-    )
+    assert all("not verified on model type 'fuyu'" in policy.state(n).note for n in FAST_PATH_NAMES)
 
 
 def test_a_broken_plain_path_is_one_error_paragraph(

@@ -37,7 +37,7 @@ from audit.backends.base import GenerationRequest, GenerationSettings, LabelScor
 from audit.backends.hf.model import HFBackend
 from audit.spec import ModelSpec
 from audit.store.tables import RunStore
-from tests.runs import run_cli
+from tests.runs import assert_a_stop_token_ends_generation, crash_on_batch, run_cli
 from tests.zoo.build import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -276,26 +276,9 @@ def test_image_tokens_are_banned_and_a_stop_token_ends_generation(family: str, z
     tokenizer = backend.processor.tokenizer
     placeholders = set(tokenizer.convert_tokens_to_ids(list(IMAGE_TOKENS[family])))
     assert placeholders <= set(backend.roles.banned_ids), IMAGE_TOKENS[family]
-    settings = GenerationSettings(max_new_tokens=12)
-    for seed in range(6):
-        request = [GenerationRequest(picture(30 + seed), PROMPTS[1])]
-        free = backend.generate(request, settings)[0]
-        assert not placeholders & set(free.token_ids)
-        candidates = [
-            (i, text)
-            for i, token in enumerate(free.token_ids)
-            if token not in backend.roles.eos_ids
-            and (text := tokenizer.decode([token])).strip()
-            and tokenizer(text, add_special_tokens=False).input_ids == [token]
-        ]
-        if candidates:
-            break
-    assert candidates, "no generated token decodes to itself"
-    at, word = candidates[-1]
-    stopped = backend.generate(request, replace(settings, stop_tokens=(word,)))[0]
-    first = free.token_ids.index(free.token_ids[at])
-    assert stopped.token_ids == free.token_ids[: first + 1]
-    assert stopped.finish_reason == "eos"
+    pictures = (picture(30 + seed) for seed in range(6))
+    free = assert_a_stop_token_ends_generation(backend, pictures, PROMPTS[1])
+    assert not placeholders & set(free.token_ids)
 
 
 # -- the FairFace probe, end to end --------------------------------------------------------------
@@ -361,26 +344,16 @@ def tiny_scorer(root: Path) -> Path:
 def test_the_fairface_probe_resumes_after_a_crash_and_analyses_with_no_error_row(
     family: str, zoo: Path, fairface_probe: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit.run import executor as execution
-
     model = str(zoo / family)
     reference = tmp_path / "reference"
     code, output = run_cli("run", str(fairface_probe), "--model", model, "--out", str(reference))
     assert code == 0, output
-    original, calls = execution.BatchExecutor.run, {"n": 0}
-
-    def crash_on_second_batch(self: Any, batch: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("killed")
-        return original(self, batch)
-
-    monkeypatch.setattr(execution.BatchExecutor, "run", crash_on_second_batch)
     run = tmp_path / "run"
     args = ("run", str(fairface_probe), "--model", model, "--out", str(run), "--flush-every", "1")
-    with pytest.raises(RuntimeError, match="killed"):
-        run_cli(*args)
-    monkeypatch.setattr(execution.BatchExecutor, "run", original)
+    with monkeypatch.context() as patch:
+        crash_on_batch(patch, 2)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_cli(*args)
     assert run_cli(*args)[0] == 0
     for table, key in (("generations", "prompt_id"), ("classifications", "task_id")):
         a = RunStore.open(run).read(table).sort_values(["sample_id", key], ignore_index=True)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from audit.store.tables import RunStore
-from tests.runs import FAMILIES, run_cli, write_probe
+from tests.runs import FAMILIES, crash_on_batch, run_cli, write_probe
 
 GENERATION_COLUMNS = {
     "sample_id",
@@ -103,31 +103,20 @@ def test_run_stores_every_table_with_its_schema(
 def test_resume_after_an_exception_loses_and_duplicates_nothing(
     models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from audit.run import executor as execution
     from audit.run.runner import RunOptions, run_probe_file
 
     probe = write_probe(tmp_path, models["idefics2"])
     reference = tmp_path / "reference"
     run_probe_file(probe, RunOptions(out=reference, progress=False))
-
-    calls = {"n": 0}
-    original = execution.BatchExecutor.run
-
-    def failing_run(self: execution.BatchExecutor, batch: list) -> execution.BatchRows:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise RuntimeError("simulated crash in the middle of a run")
-        return original(self, batch)
-
-    monkeypatch.setattr(execution.BatchExecutor, "run", failing_run)
     run_dir = tmp_path / "run"
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        run_probe_file(probe, RunOptions(out=run_dir, progress=False, flush_rows=1))
+    with monkeypatch.context() as patch:
+        crash_on_batch(patch, 2, "simulated crash in the middle of a run")
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_probe_file(probe, RunOptions(out=run_dir, progress=False, flush_rows=1))
     kept = len(stored(run_dir, "generations")) + len(stored(run_dir, "classifications"))
     assert 0 < kept < 48
     assert RunStore.open(run_dir).manifest().to_json()["status"] == "partial"
 
-    monkeypatch.setattr(execution.BatchExecutor, "run", original)
     result = run_probe_file(probe, RunOptions(out=run_dir, progress=False))
     assert result.rows_written == 48 - kept
     assert_one_row_per_key(run_dir)

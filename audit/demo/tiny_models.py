@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +140,21 @@ def build_tiny_model(
         "builder_version": BUILDER_VERSION,
         "transformers": transformers.__version__,
     }
+    return build_once(
+        out_dir,
+        marker,
+        lambda folder: _build_into(
+            folder, family, _SIZES[size], image_sensitive=image_sensitive, seed=seed
+        ),
+    )
+
+
+def build_once(out_dir: Path, marker: dict[str, Any], build: Callable[[Path], None]) -> Path:
+    """``build`` a model folder into ``out_dir`` unless it already holds one built with
+    ``marker`` (what was built, by which builder version): built in a staging folder beside it
+    and moved into place, so a crash or a concurrent build never leaves half a model. Returns
+    ``out_dir``."""
+    out_dir = Path(out_dir)
     if _read_marker(out_dir) == marker:
         return out_dir
     if out_dir.exists() and any(out_dir.iterdir()) and _read_marker(out_dir) is None:
@@ -148,7 +164,7 @@ def build_tiny_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        _build_into(staging, family, _SIZES[size], image_sensitive=image_sensitive, seed=seed)
+        build(staging)
         (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
         _replace_dir(staging, out_dir, marker)
     finally:

@@ -15,9 +15,7 @@ set, and embeddings are untied (tied random Gemma embeddings repeat one token).
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +30,6 @@ else:
 TEMPLATES = Path(__file__).with_name("templates")
 #: Bump when a change here changes what gets built.
 BUILDER_VERSION = 3
-MARKER_FILE = "tiny_vlm.json"
 
 INIT_RANGE = 0.3
 
@@ -162,81 +159,67 @@ def _mrope() -> dict[str, Any]:
     return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}
 
 
-def _qwen2_vl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+def _qwen(
+    prefix: str, model_type: str, vision: dict[str, Any], out_key: str, patch: int, **rope: Any
+) -> Callable[[Any, Dims], tuple[Any, Any, Any]]:
+    """A builder of one Qwen-VL generation (``prefix``: its transformers class names' start;
+    ``out_key``: its vision config's key for the width it hands the text model)."""
 
-    config = Qwen2VLConfig(
-        text_config=_text(tokenizer, dims, rope_parameters=_mrope()),
-        vision_config={
-            "depth": 2,
-            "embed_dim": 32,
-            "hidden_size": dims.hidden,
-            "mlp_ratio": 2,
-            "num_heads": 2,
-            "patch_size": 14,
-            "initializer_range": INIT_RANGE,
-        },
-        tie_word_embeddings=False,
-        **_qwen_ids(tokenizer),
-    )
-    processor = _image_only(
-        Qwen2VLProcessor, _qwen_image_processor(14), tokenizer, _template("qwen2_vl")
-    )
-    return processor, config, Qwen2VLForConditionalGeneration
+    def build(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
+        import transformers
 
+        config = getattr(transformers, f"{prefix}Config")(
+            text_config=_text(tokenizer, dims, rope_parameters={**_mrope(), **rope}),
+            vision_config={
+                "depth": 2,
+                "num_heads": 2,
+                "patch_size": patch,
+                "initializer_range": INIT_RANGE,
+                **vision,
+                out_key: dims.hidden,
+            },
+            tie_word_embeddings=False,
+            **_qwen_ids(tokenizer),
+        )
+        processor = _image_only(
+            getattr(transformers, f"{prefix}Processor"),
+            _qwen_image_processor(patch),
+            tokenizer,
+            _template(model_type),
+        )
+        return processor, config, getattr(transformers, f"{prefix}ForConditionalGeneration")
 
-def _qwen2_5_vl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
-    from transformers import (
-        Qwen2_5_VLConfig,
-        Qwen2_5_VLForConditionalGeneration,
-        Qwen2_5_VLProcessor,
-    )
-
-    config = Qwen2_5_VLConfig(
-        text_config=_text(tokenizer, dims, rope_parameters=_mrope()),
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": dims.hidden,
-            "patch_size": 14,
-            "window_size": 56,
-            "fullatt_block_indexes": [1],
-            "initializer_range": INIT_RANGE,
-        },
-        tie_word_embeddings=False,
-        **_qwen_ids(tokenizer),
-    )
-    processor = _image_only(
-        Qwen2_5_VLProcessor, _qwen_image_processor(14), tokenizer, _template("qwen2_5_vl")
-    )
-    return processor, config, Qwen2_5_VLForConditionalGeneration
+    return build
 
 
-def _qwen3_vl(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor
-
-    config = Qwen3VLConfig(
-        text_config=_text(tokenizer, dims, rope_parameters={**_mrope(), "mrope_interleaved": True}),
-        vision_config={
-            "depth": 2,
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_heads": 2,
-            "out_hidden_size": dims.hidden,
-            "patch_size": 16,
-            "num_position_embeddings": 16,
-            "deepstack_visual_indexes": [0],
-            "initializer_range": INIT_RANGE,
-        },
-        tie_word_embeddings=False,
-        **_qwen_ids(tokenizer),
-    )
-    processor = _image_only(
-        Qwen3VLProcessor, _qwen_image_processor(16), tokenizer, _template("qwen3_vl")
-    )
-    return processor, config, Qwen3VLForConditionalGeneration
+_qwen2_vl = _qwen(
+    "Qwen2VL", "qwen2_vl", {"embed_dim": 32, "mlp_ratio": 2}, out_key="hidden_size", patch=14
+)
+_qwen2_5_vl = _qwen(
+    "Qwen2_5_VL",
+    "qwen2_5_vl",
+    {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "window_size": 56,
+        "fullatt_block_indexes": [1],
+    },
+    out_key="out_hidden_size",
+    patch=14,
+)
+_qwen3_vl = _qwen(
+    "Qwen3VL",
+    "qwen3_vl",
+    {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_position_embeddings": 16,
+        "deepstack_visual_indexes": [0],
+    },
+    out_key="out_hidden_size",
+    patch=16,
+    mrope_interleaved=True,
+)
 
 
 # -- LLaVA ------------------------------------------------------------------------------------
@@ -717,8 +700,9 @@ def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0, size: str =
     import torch
     import transformers
 
+    from audit.demo.tiny_models import build_once
+
     family = FAMILIES[model_type]
-    out_dir = Path(out_dir)
     marker = {
         "model_type": model_type,
         "seed": seed,
@@ -726,36 +710,21 @@ def build_tiny_vlm(model_type: str, out_dir: Path, *, seed: int = 0, size: str =
         "builder_version": BUILDER_VERSION,
         "transformers": transformers.__version__,
     }
-    if _read_marker(out_dir) == marker:
-        return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+
+    def build(folder: Path) -> None:
         processor, config, model_class = family.build(_tokenizer(family), SIZES[size])
-        config.audit_random_weights = True
+        config.audit_random_weights = True  # runs and reports of it say its weights are random
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_class(config)
             _open_zero_initialised(model)
-        model.save_pretrained(staging)
+        model.save_pretrained(folder)
         if hasattr(processor, "saved_settings"):
-            _save_image_only(staging, processor, video=family.video)
+            _save_image_only(folder, processor, video=family.video)
         else:
-            processor.save_pretrained(staging)
-        (staging / MARKER_FILE).write_text(json.dumps(marker, indent=2), encoding="utf-8")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
+            processor.save_pretrained(folder)
 
-
-def _read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return build_once(out_dir, marker, build)
 
 
 def _open_zero_initialised(model: Any) -> None:

@@ -146,6 +146,8 @@ def image_only_processor(location: str, model_type: str, **kwargs: Any) -> Any:
         "video_processor": NoVideoProcessor(video if isinstance(video, dict) else {}),
     }
     image_only = type(cls.__name__, (cls,), {"check_argument_for_proper_class": _allow_no_video})
+    if hasattr(image_only, "from_dict"):  # transformers 5.25 on: parts as keywords
+        return image_only.from_dict(processor_dict, **{a: parts[a] for a in attributes}, **extra)
     return image_only.from_args_and_dict([parts[a] for a in attributes], processor_dict, **extra)
 
 
