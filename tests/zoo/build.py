@@ -2,7 +2,7 @@
 
 Each is a real transformers model class saved with ``save_pretrained`` beside its processor,
 the family's published chat template (``tests/zoo/templates/``) and, where the npm registry has
-it, the family's real tokenizer cut to a small vocabulary (``tokenizers.py``). Families whose
+it, the family's real tokenizer cut to a small vocabulary (``npm_tokenizers.py``). Families whose
 processor holds a video processor get the ``video_preprocessor_config.json`` real checkpoints
 have, so loading them takes the same path as a hub checkpoint. A random model ignores its
 image unless it is made to see it: the initialiser range is large, weights the library starts
@@ -23,9 +23,9 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from zoo.tokenizers import real_tokenizer
+    from zoo.npm_tokenizers import real_tokenizer
 else:
-    from .tokenizers import real_tokenizer
+    from .npm_tokenizers import real_tokenizer
 
 TEMPLATES = Path(__file__).with_name("templates")
 #: Bump when a change here changes what gets built.
