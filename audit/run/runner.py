@@ -330,7 +330,10 @@ def _run_probe(
     backend = load_backend(spec.model_location(), spec.model, preamble)
     _check_capabilities(backend, spec, origin)
     if not backend.supports_preamble and drop_preamble(layout, preamble, backend.info().model_type):
-        logger.warning("warning: %s; the manifest and the report say so", layout["preamble"])
+        logger.warning(
+            "warning: the preamble is not shown: %s; the manifest and the report say so",
+            layout["preamble"].removeprefix("none: "),
+        )
     if not backend.supports_card_context and (changed := served_contexts(layout)):
         logger.warning(
             "warning: classification %s: backend '%s' wraps every request in the server's chat "
