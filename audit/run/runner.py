@@ -331,7 +331,7 @@ def _run_probe(
     _check_capabilities(backend, spec, origin)
     if not backend.supports_preamble and drop_preamble(layout, preamble, backend.info().model_type):
         logger.warning(
-            "warning: the preamble is not shown: %s; the manifest and the report say so",
+            "warning: %s; the manifest and the report say so",
             layout["preamble"].removeprefix("none: "),
         )
     if not backend.supports_card_context and (changed := served_contexts(layout)):
