@@ -516,3 +516,26 @@ def test_the_supported_models_table_names_each_familys_fast_paths() -> None:
     for model_type, listed in rows.items():
         on = [f"`{p.name}`" for p in FAST_PATHS if model_type in p.model_types]
         assert listed == (", ".join(on) or "none"), model_type
+
+
+def test_the_image_only_pixtral_processor_encodes_as_transformers_own(zoo: Path) -> None:
+    """Where torchvision is installed (a GPU machine's CUDA torch), transformers' own
+    PixtralProcessor loads: the image-only one must give its ids and pixels."""
+    pytest.importorskip("torchvision", reason="PixtralProcessor needs torchvision")
+    from transformers import AutoProcessor
+
+    from audit.backends.hf.pixtral_processor import ImageOnlyPixtralProcessor
+
+    folder = str(zoo / "mistral3")
+    theirs, ours = (
+        AutoProcessor.from_pretrained(folder),
+        ImageOnlyPixtralProcessor.from_pretrained(folder),
+    )
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi."}]}]
+    text = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert ours.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == text
+    images = [[picture(i, size)] for i, size in enumerate(SIZES)]
+    a = theirs(text=[text] * 3, images=images, padding="longest", return_tensors="pt")
+    b = ours(text=[text] * 3, images=images, padding="longest", return_tensors="pt")
+    assert a["input_ids"].tolist() == b["input_ids"].tolist()
+    assert torch.allclose(a["pixel_values"], b["pixel_values"], atol=1e-2)
