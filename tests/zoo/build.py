@@ -237,78 +237,52 @@ def _siglip(dims: Dims, image_px: int) -> dict[str, Any]:
     }
 
 
-def _llava(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
-    from transformers import (
-        CLIPImageProcessorPil,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    _add_tokens(tokenizer, ("<image>", "<pad>"))
-    tokenizer.pad_token = "<pad>"
-    image_px = 28
-    config = LlavaConfig(
-        vision_config=_clip(dims, image_px),
-        text_config={**_text(tokenizer, dims), "model_type": "llama"},
-        image_token_index=_ids(tokenizer, "<image>")[0],
-        image_seq_length=(image_px // 14) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        tie_word_embeddings=False,
-    )
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_px}, crop_size={"height": image_px, "width": image_px}
-    )
-    processor = LlavaProcessor(
-        image_processor,
-        tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=_template("llava"),
-    )
-    return processor, config, LlavaForConditionalGeneration
-
-
 _PINPOINTS = [[28, 28], [28, 56], [56, 28], [56, 56]]
 
 
-def _llava_next(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
-    from transformers import (
-        LlavaNextConfig,
-        LlavaNextForConditionalGeneration,
-        LlavaNextImageProcessorPil,
-        LlavaNextProcessor,
-    )
+def _llava_1(prefix: str, model_type: str, text_type: str, **extra: Any) -> Any:
+    """A builder of LLaVA 1.5 or LLaVA-NeXT (``prefix``: the transformers class names' start;
+    ``extra``: their config's and image processor's anyres grid)."""
 
-    _add_tokens(tokenizer, ("<image>", "<pad>"))
-    tokenizer.pad_token = "<pad>"
-    image_px = 28
-    config = LlavaNextConfig(
-        vision_config=_clip(dims, image_px),
-        text_config={**_text(tokenizer, dims), "model_type": "mistral"},
-        image_token_index=_ids(tokenizer, "<image>")[0],
-        image_grid_pinpoints=_PINPOINTS,
-        image_seq_length=(image_px // 14) ** 2,
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        tie_word_embeddings=False,
-    )
-    image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": image_px},
-        crop_size={"height": image_px, "width": image_px},
-        image_grid_pinpoints=_PINPOINTS,
-    )
-    processor = LlavaNextProcessor(
-        image_processor,
-        tokenizer,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        chat_template=_template("llava_next"),
-    )
-    return processor, config, LlavaNextForConditionalGeneration
+    def build(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
+        import transformers
+
+        _add_tokens(tokenizer, ("<image>", "<pad>"))
+        tokenizer.pad_token = "<pad>"
+        image_px = 28
+        config = getattr(transformers, f"{prefix}Config")(
+            vision_config=_clip(dims, image_px),
+            text_config={**_text(tokenizer, dims), "model_type": text_type},
+            image_token_index=_ids(tokenizer, "<image>")[0],
+            image_seq_length=(image_px // 14) ** 2,
+            vision_feature_select_strategy="default",
+            vision_feature_layer=-2,
+            tie_word_embeddings=False,
+            **extra,
+        )
+        image_processor_class = (
+            transformers.LlavaNextImageProcessorPil if extra else transformers.CLIPImageProcessorPil
+        )
+        image_processor = image_processor_class(
+            size={"shortest_edge": image_px},
+            crop_size={"height": image_px, "width": image_px},
+            **extra,
+        )
+        processor = getattr(transformers, f"{prefix}Processor")(
+            image_processor,
+            tokenizer,
+            patch_size=14,
+            vision_feature_select_strategy="default",
+            num_additional_image_tokens=1,
+            chat_template=_template(model_type),
+        )
+        return processor, config, getattr(transformers, f"{prefix}ForConditionalGeneration")
+
+    return build
+
+
+_llava = _llava_1("Llava", "llava", "llama")
+_llava_next = _llava_1("LlavaNext", "llava_next", "mistral", image_grid_pinpoints=_PINPOINTS)
 
 
 def _llava_onevision(tokenizer: Any, dims: Dims) -> tuple[Any, Any, Any]:
