@@ -45,11 +45,20 @@ for end in lowest newest; do
   echo "-- fast paths against the plain path: reported (a run turns off any that disagrees)"
   if [ "$version" = "$locked_version" ]; then
     echo "the locked release: the main suite (make test) runs these fast-path tests on it"
-  elif "$py" -m pytest -q -p no:cacheprovider -m "fast_path and not slow" "${tests[@]}"; then
+  elif "$py" -m pytest -q -p no:cacheprovider -m "fast_path and not slow" "${tests[@]}" \
+      > "$work/fast-$end.log" 2>&1; then
+    tail -n 1 "$work/fast-$end.log"
     echo "every fast path agrees with the plain path on transformers $version"
   else
-    echo "REPORT: the fast-path tests above failed on transformers $version; runs turn those" \
-      "fast paths off (see the demo's warnings below) until they are fixed"
+    cat "$work/fast-$end.log"
+    # What a run printed when its self-check turned a fast path off: the path, the release
+    # and the first difference. Other failures are listed as pytest gives them.
+    turned_off=$(grep -oE "fast path '[a-z_]+' is off for this run: [^;]*" "$work/fast-$end.log" \
+      | sort -u || true)
+    echo "REPORT: fast-path tests failed on transformers $version; runs turn off each fast path" \
+      "that disagrees with the plain path (one warning line), until it is fixed:"
+    if [ -n "$turned_off" ]; then echo "$turned_off" | sed 's/^/  /'; fi
+    grep -E "^(FAILED|ERROR) " "$work/fast-$end.log" | sed 's/^/  /' || true
   fi
 
   echo "-- audit demo: must complete (a fast path turned off prints one warning line)"
