@@ -27,8 +27,8 @@ browser-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
-	        || echo "chromium could not be installed: the browser test will be skipped"; \
-	    else echo "no root/apt-get: the browser test will be skipped"; fi; }
+	        || echo "chromium could not be installed: the browser tests will be skipped (and fail under CI=true)"; \
+	    else echo "no root/apt-get: the browser tests will be skipped (and fail under CI=true)"; fi; }
 
 # The whole suite on the locked versions, then the backend and runner tests on the lowest
 # transformers pyproject.toml admits and on the newest the index serves.

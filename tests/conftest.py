@@ -52,21 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def in_ci() -> bool:
-    """Whether this run is CI's (``CI=true``): there, a part CI must have is never skipped."""
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
 @pytest.fixture(scope="session")
 def ci_requires() -> Any:
     """``ci_requires(what)``: skip a test that lacks ``what`` here, fail it under CI."""
+    from tests.runs import ci_needs
 
-    def require(what: str) -> None:
-        if in_ci():
-            pytest.fail(f"CI must have {what}", pytrace=False)
-        pytest.skip(f"needs {what}")
-
-    return require
+    return ci_needs
 
 
 @pytest.fixture(autouse=True)

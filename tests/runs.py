@@ -182,3 +182,30 @@ def crash_on_batch(monkeypatch: Any, n: int, message: str = "killed") -> None:
         return original(self, batch)
 
     monkeypatch.setattr(executor.BatchExecutor, "run", crashing)
+
+
+def in_ci() -> bool:
+    """Whether this run is CI's (``CI=true``): there, a part CI must have is never skipped."""
+    import os
+
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def ci_needs(what: str) -> None:
+    """A part this test needs is missing: skip it here, fail it under CI (where every part the
+    README's install and ``make test`` provide must be there). Usable at module level."""
+    import pytest
+
+    if in_ci():
+        pytest.fail(f"CI must have {what}", pytrace=False)
+    pytest.skip(f"needs {what}", allow_module_level=True)
+
+
+def ci_import(module: str, what: str) -> Any:
+    """``importlib.import_module(module)``, or ``ci_needs(what)`` when it cannot be imported."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        ci_needs(what)

@@ -1,7 +1,8 @@
 """The dashboard and the report in a real headless browser (Debian's chromium + chromedriver).
 
-Needs: ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``; skipped with
-the reason when either is missing. Screenshots are saved in each test's tmp dir.
+Needs: ``apt-get install -y chromium chromium-driver`` (``make test`` installs them where it may)
+and ``pip install selenium``; skipped with the reason when either is missing, and failed under
+``CI=true``, where they must be there. Screenshots are saved in each test's tmp dir.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from payloads import AUTOLINKS, HTML, payload_run
+from runs import ci_import, ci_needs
 from test_report_fixture import analysed_simulated_run, write_handmade_run
 
 from audit.dashboard.launch import RUN_DIRS_ENV, run_dirs_env, streamlit_command
@@ -25,16 +27,10 @@ from audit.report.build import build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-webdriver = pytest.importorskip(
-    "selenium.webdriver", reason="selenium is not installed (pip install selenium)"
-)
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(
-        CHROMIUM is None or CHROMEDRIVER is None,
-        reason="chromium/chromedriver not found (apt-get install -y chromium chromium-driver)",
-    ),
-]
+webdriver = ci_import("selenium.webdriver", "selenium (pip install selenium)")
+if CHROMIUM is None or CHROMEDRIVER is None:
+    ci_needs("chromium and chromedriver (apt-get install -y chromium chromium-driver)")
+pytestmark = [pytest.mark.browser]
 PAGES = {
     "": "Bias audit: overview",
     "Term_explorer": "Term explorer",

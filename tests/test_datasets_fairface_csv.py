@@ -18,13 +18,19 @@ from audit.datasets import open_dataset
 from audit.datasets.synthetic import write_fairface_folder
 from audit.errors import DatasetError
 from audit.spec import ProbeSpec, parse_probe
+from tests.runs import ci_needs
 
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "fairface_label_val.csv"
 AXES = ["gender", "race", "age"]
 
-needs_labels = pytest.mark.skipif(
-    not LABELS.is_file(), reason=f"FairFace's validation label file is not at {LABELS}"
-)
+needs_labels = pytest.mark.usefixtures("labels_file")
+
+
+@pytest.fixture
+def labels_file(ci_requires: Any) -> Path:
+    if not LABELS.is_file():
+        ci_requires(f"FairFace's validation label file at {LABELS} (shared/data)")
+    return LABELS
 
 
 def probe(folder: Path, **dataset: Any) -> ProbeSpec:
@@ -45,7 +51,7 @@ def csv_rows(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def fairface_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not LABELS.is_file():
-        pytest.skip(f"FairFace's validation label file is not at {LABELS}")
+        ci_needs(f"FairFace's validation label file at {LABELS} (shared/data)")
     root = tmp_path_factory.mktemp("fairface")
     shutil.copy(LABELS, root / "fairface_label_val.csv")
     write_fairface_folder(root / "fairface_label_val.csv", root, size=16)

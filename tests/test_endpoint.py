@@ -33,7 +33,7 @@ from tests.endpoint_servers import (
     transformers_serve,
     words,
 )
-from tests.runs import synthetic_values, wilson, write_probe
+from tests.runs import ci_import, synthetic_values, wilson, write_probe
 
 KEYS = {"generations": ["sample_id", "prompt_id"], "classifications": ["sample_id", "task_id"]}
 SECRET = "sk-test-6f1d9a0c-never-stored"
@@ -44,11 +44,8 @@ def served(
     tmp_path_factory: pytest.TempPathFactory, model_dirs: dict[str, Path]
 ) -> Iterator[Served]:
     """``transformers serve`` with the tiny Idefics3 model, once for this file."""
-    pytest.importorskip("fastapi", reason="transformers serve needs transformers[serving]")
-    pytest.importorskip("uvicorn", reason="transformers serve needs transformers[serving]")
-    pytest.importorskip(
-        "transformers.cli.serving.server", reason="this transformers has no 'serve' command"
-    )
+    for module in ("fastapi", "uvicorn", "transformers.cli.serving.server"):
+        ci_import(module, f"{module} (transformers[serving], in the locked install)")
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     with transformers_serve(model_dirs["idefics3"], log) as server:
         yield server

@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 
 from audit.store.shard import Shard
+from tests.runs import ci_import
 from tests.test_scaleout import assert_same_run, build_case, invoke
 
-ray = pytest.importorskip("ray", reason="Ray is optional: pip install 'vlm-bias-audit[ray]'")
+# Optional for users (pip install 'vlm-bias-audit[ray]'), in the locked install CI tests.
+ray = ci_import("ray", "ray (the locked install's dev extras)")
 
 
 @pytest.fixture(scope="module")
