@@ -19,7 +19,7 @@ LAYERS = (
     ("backends", "datasets"),
     ("store",),
     ("spec",),
-    ("errors", "terminal", ""),  # "": the package itself (its version)
+    ("errors", "terminal", "locations", ""),  # "": the package itself (its version)
 )
 RANK = {stage: rank for rank, line in enumerate(LAYERS) for stage in line}
 #: The one import allowed to climb: the package's public face (``audit.load_run``) resolving

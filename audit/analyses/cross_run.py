@@ -30,6 +30,7 @@ from audit.analyses.comparison import COLUMNS, compare_correctness, compare_scor
 from audit.analyses.pairing import Pairing, SamplePairs, pair_runs
 from audit.analyses.pipeline import analysis_settings
 from audit.analyses.table import empty_table
+from audit.locations import public_name
 from audit.scoring.toxicity import read_scores
 from audit.store.tables import RunStore, error_mask
 
@@ -234,7 +235,7 @@ def _pair_toxicity(
         )
         paired = paired.dropna(subset=["score_a", "score_b"])
         if not paired.empty:
-            metric = f"toxicity ({scorer})"
+            metric = f"toxicity ({public_name(scorer)})"
             present = _present(pairs.axes, paired)
             results.append(compare_scores(paired, metric, present, n_boot=n_resamples, seed=seed))
     return pd.concat(results, ignore_index=True) if results else pd.DataFrame(columns=COLUMNS)

@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 import audit
 from audit.errors import AuditError
+from audit.locations import public_name
 from audit.report.blocks import Block, Section
 from audit.report.comparison_section import comparison_section
 from audit.report.figures import figure_html, look_script, plotly_js
@@ -91,7 +92,7 @@ def _environment(markdown: bool) -> jinja2.Environment:
 def _settings_block(runs: Sequence[RunData]) -> Block:
     settings = [analysis_settings(run) for run in runs]
     keys = list(dict.fromkeys(key for item in settings for key in item))
-    rows = [[key, *[_setting_text(item.get(key)) for item in settings]] for key in keys]
+    rows = [[key, *[_setting_text(_public(item.get(key))) for item in settings]] for key in keys]
     columns = ["setting", *([run.label for run in runs] if len(runs) > 1 else ["value"])]
     return Block(
         title="Analysis settings",
@@ -99,6 +100,19 @@ def _settings_block(runs: Sequence[RunData]) -> Block:
         rows=rows,
         caption="" if rows else "The manifests record no analysis settings.",
     )
+
+
+#: Settings that name a model, a folder or a file: shown by name, never as a path here.
+_LOCATIONS = {"scorer", "huggingface_config_path", "checkpoint", "path"}
+
+
+def _public(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: public_name(v) if k in _LOCATIONS and isinstance(v, str) else _public(v)
+            for k, v in value.items()
+        }
+    return value
 
 
 def _setting_text(value: Any) -> str:

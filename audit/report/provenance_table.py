@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from audit.locations import public_name
 from audit.report.blocks import Block
 from audit.report.card_table import context_text
 from audit.report.run_data import RunData, served_model
@@ -41,13 +42,13 @@ def provenance(run: RunData) -> dict[str, str]:
     facts = {
         "run": run.run_id,
         "status": run.status,
-        "model": _text(model.id),
+        "model": run.model_name,
         "revision": _text(model.revision),
         "backend": _text(model.backend),
         "model type": _text(model.model_type),
         "dtype / device": f"{_text(model.dtype)} / {_text(model.device)}",
         "image processor": _text(model.image_processor),
-        "dataset": _text(dataset.get("path") or dataset.get("source")),
+        "dataset": public_name(str(dataset.get("path") or dataset.get("source") or "—")),
         "dataset config / split": f"{_text(dataset.get('config'))} / {_text(dataset.get('split'))}",
         "samples": _text(dataset.get("n_samples")),
         "group axes": _text(run.group_axes),

@@ -16,6 +16,7 @@ import pandas as pd
 
 from audit.analyses.registry import analysis_tables, table_columns
 from audit.errors import RunDirError
+from audit.locations import public_name
 from audit.store.schema import Manifest, Producer
 from audit.store.tables import RunStore, error_mask
 
@@ -54,9 +55,7 @@ class RunData:
         model_id = str(self.manifest.model.id or "unknown model")
         if served_model(self.manifest) is not None:
             return f"{model_id} (served)"  # the server's name for it, not a path here
-        path = Path(model_id)
-        local = path.is_absolute() or model_id.startswith((".", "~")) or path.exists()
-        return f"{path.name} (local)" if local and path.name else model_id
+        return public_name(model_id)
 
     def caveat(self) -> str | None:
         """What a reader must know before the numbers, if anything: simulated data, random
@@ -199,12 +198,26 @@ def load_runs(run_dirs: Sequence[str | Path]) -> list[RunData]:
 
 
 def with_distinct_labels(runs: list[RunData]) -> list[RunData]:
-    """The runs, those sharing a run id (copies of one run) labelled with their folder too."""
+    """The runs, those sharing a run id (copies of one run) labelled with their folder too:
+    its last parts, as few as tell them apart (never a whole path of this machine)."""
     counts = Counter(run.run_id for run in runs)
+    shared = [run for run in runs if counts[run.run_id] > 1]
+    tails = {id(run): _distinct_tail(run, shared) for run in shared}
     return [
-        replace(run, name=f"{run.run_id} ({run.root})") if counts[run.run_id] > 1 else run
+        replace(run, name=f"{run.run_id} ({tails[id(run)]})") if id(run) in tails else run
         for run in runs
     ]
+
+
+def _distinct_tail(run: RunData, shared: Sequence[RunData]) -> str:
+    """The fewest last parts of ``run``'s folder that no other run of ``shared`` with its run
+    id ends with."""
+    others = [o.root.resolve().parts for o in shared if o is not run and o.run_id == run.run_id]
+    parts = run.root.resolve().parts
+    for k in range(1, len(parts) + 1):
+        if all(other[-k:] != parts[-k:] for other in others):
+            return "/".join(parts[-k:])
+    return run.root.name
 
 
 def read_generations(run: RunData, columns: Sequence[str] | None = None) -> pd.DataFrame:
