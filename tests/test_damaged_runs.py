@@ -111,7 +111,7 @@ CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...], str]] = {
     "zero-byte part": (
         _rewrite_part("generations", lambda b: b""),
         ("status", "analyze", "report"),
-        "",
+        "generations/part-",
     ),
     "JSON named .parquet": (
         _rewrite_part("classifications", lambda b: b'{"a": 1}'),
@@ -147,13 +147,26 @@ CASES: dict[str, tuple[Callable[[Path], None], tuple[str, ...], str]] = {
     ),
     "correct as text": (
         _extra_part("classifications", lambda f: f.assign(correct=["yes", "no"])),
-        ("analyze", "report"),
-        "classifications",
+        ("status", "analyze", "report"),
+        "part-99999999999999999999-extra",
+    ),
+    "token counts as text": (
+        _extra_part("generations", lambda f: f.assign(n_new_tokens=["5", "7"])),
+        ("status", "analyze", "report"),
+        "part-99999999999999999999-extra",
+    ),
+    "label scores as text": (
+        _extra_part(
+            "classifications",
+            lambda f: f.assign(**{c: ["-1.5", "x"] for c in f if c.startswith("score_")}),
+        ),
+        ("status", "analyze", "report"),
+        "part-99999999999999999999-extra",
     ),
     "integer sample ids": (
         _extra_part("generations", lambda f: f.assign(sample_id=[1, 2])),
         ("report",),  # stale until analysed again
-        "",
+        "audit analyze",
     ),
     "garbage thumbnails": (_rewrite_part("thumbnails", lambda b: b[:100]), (), ""),
     "manifest a list": (_write("manifest.json", "[1, 2]"), COMMANDS, "manifest.json"),
@@ -222,6 +235,7 @@ def test_damaged_run_gives_an_error_paragraph_or_works_and_loses_nothing(
     tiny_run: Path, tmp_path: Path, case: str
 ) -> None:
     damage, refusing, named = CASES[case]
+    assert bool(named) == bool(refusing), "a case that is refused names what the error says"
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run, symlinks=True)
     damage(run)

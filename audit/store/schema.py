@@ -42,6 +42,10 @@ class TableSchema:
     required: tuple[str, ...] = ()
     #: Columns that hold text (or nothing, in a part of error rows).
     text: tuple[str, ...] = ()
+    #: Columns that hold numbers (or nothing); ``per_value`` columns hold numbers too.
+    numbers: tuple[str, ...] = ()
+    #: Columns that hold true or false (or nothing).
+    flags: tuple[str, ...] = ()
     #: Columns that parts written by earlier versions lack: read as nulls, never ``damaged``.
     optional: tuple[str, ...] = ()
 
@@ -60,6 +64,7 @@ GENERATIONS = TableSchema(
     trailing=("prompt", "generation", "n_new_tokens", "finish_reason", "error", IMAGE_HASH),
     required=("sample_id", "prompt_id", "generation"),
     text=("model_id", "prompt", "generation", "finish_reason", "error", IMAGE_HASH),
+    numbers=("n_new_tokens",),
     optional=(IMAGE_HASH,),
 )
 #: ``score_<value>``: summed log-likelihood of the value's label; ``n_tokens_<value>``: its
@@ -74,6 +79,7 @@ CLASSIFICATIONS = TableSchema(
     per_value=("score_", "n_tokens_"),
     required=("sample_id", "task_id", "target", "prediction"),
     text=("model_id", "target", "prediction", "error", IMAGE_HASH, "scoring_method", "answer"),
+    flags=("correct",),
     optional=(IMAGE_HASH,),
 )
 THUMBNAILS = TableSchema(

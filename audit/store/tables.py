@@ -164,8 +164,21 @@ def _check_part(
                 kind = kind.value_type
             if not any(check(kind) for check in _TEXT_TYPES):
                 raise damaged(path, f"its column '{name}' holds {kind}, where text is expected")
+    numeric = [
+        name
+        for name in part.names
+        if name in schema.numbers or name.startswith(schema.per_value or ("\0",))
+    ]
+    typed = [(name, _NUMBER_TYPES, "numbers") for name in numeric]
+    typed += [(name, _FLAG_TYPES, "true or false") for name in schema.flags if name in part.names]
+    for name, checks, expected in typed:
+        kind = part.field(name).type
+        if not any(check(kind) for check in checks):
+            raise damaged(path, f"its column '{name}' holds {kind}, where {expected} is expected")
 
 
+_NUMBER_TYPES = (pa.types.is_integer, pa.types.is_floating, pa.types.is_null)
+_FLAG_TYPES = (pa.types.is_boolean, pa.types.is_null)
 _TEXT_TYPES = (
     pa.types.is_string,
     pa.types.is_large_string,
