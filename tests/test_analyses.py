@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -315,9 +314,8 @@ def test_a_pattern_that_backtracks_without_end_is_stopped(tmp_path, generations)
     texts = generations["generation"].astype(str).tolist()
     generations = generations.assign(generation=["a" * 40 + "b " + str(t) for t in texts])
     run_dir = write_run(tmp_path / "run", generations, analysis={"refusal_patterns": ["(a|a)*$"]})
-    started = time.monotonic()
+    # Refused before it runs (a run of it would not end: the per-test timeout would fail it).
     result = CliRunner().invoke(app, ["analyze", str(run_dir), "--only", "refusal"])
-    assert time.monotonic() - started < 30
     assert result.exit_code == 2 and "nested repetition" in result.output, result.output
     assert "refusal_patterns" in result.output and "Traceback" not in result.output
 

@@ -4,7 +4,6 @@ Auto classes, built fast and only once."""
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +29,8 @@ def noise_image(seed: int) -> Image.Image:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_builds_and_loads_through_the_auto_classes(tmp_path: Path, family: str) -> None:
-    started = time.perf_counter()
     folder = build_tiny_model(family, tmp_path / family)
-    elapsed_s = time.perf_counter() - started
     assert folder == tmp_path / family
-    assert elapsed_s < 5  # typically 0.05-0.15 s; the bound only catches a pathological build
     processor = AutoProcessor.from_pretrained(folder)
     model = AutoModelForImageTextToText.from_pretrained(folder)
     assert type(model).__name__ == MODEL_CLASSES[family]
