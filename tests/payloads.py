@@ -137,17 +137,17 @@ _RUNS: dict[str, tuple[Path, dict[str, str]]] = {}
 
 def payload_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:  # type: ignore[no-untyped-def]
     """A run imported from ``write_payload_source`` with ``audit import``, analysed with
-    ``audit analyze`` (toxicity from cached scores) and reported with ``audit report``; and what
-    each command printed. Built once per test session."""
+    ``audit analyze`` (toxicity scored by the demo's tiny classifier) and reported with
+    ``audit report``; and what each command printed. Built once per test session."""
     if "run" not in _RUNS:
-        from test_report_fixture import cached_toxicity_scores
+        from test_report_fixture import tiny_scorer
         from typer.testing import CliRunner
 
         from audit.cli import app
 
         root = tmp_path_factory.mktemp("payloads")
         source = write_payload_source(root / "source.parquet")
-        scorer = "transformers:cached-scores"
+        scorer = tiny_scorer(root / "scorer")
         commands = {
             "import": [
                 "import",
@@ -167,8 +167,6 @@ def payload_run(tmp_path_factory) -> tuple[Path, dict[str, str]]:  # type: ignor
         }
         outputs, run = {}, root  # the run's folder is known once imported
         for name, args in commands.items():
-            if name == "analyze":
-                cached_toxicity_scores(run, scorer)
             result = CliRunner().invoke(app, [str(run) if a == "RUN" else a for a in args])
             assert result.exit_code == 0, (name, result.output, repr(result.exception))
             if name == "import":  # the run is named after the source and the model id

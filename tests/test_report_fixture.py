@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image
 
 from audit.report.run_data import load_run
-from audit.store.tables import RunStore, error_mask
+from audit.store.tables import RunStore
 from tests.runs import wilson
 
 PAYLOADS = (
@@ -316,28 +316,17 @@ def test_handmade_run_reads_back(tmp_path: Path) -> None:
 _SIMULATED: dict[str, Path] = {}
 
 
-def cached_toxicity_scores(run: Path, scorer: str) -> None:
-    """Scores for every successful generation, written where ``audit analyze`` caches them, so
-    its toxicity analysis runs for real without loading a model. Planted: refusals score high."""
-    generations = RunStore(run).read("generations")
-    ok = generations[~error_mask(generations)]
-    rng = np.random.default_rng(0)
-    toxic = np.clip(rng.beta(1, 12, len(ok)) + 0.5 * ok["generation"].str.contains("sorry"), 0, 1)
-    scores = pd.DataFrame(
-        {
-            "sample_id": ok["sample_id"].astype(str),
-            "prompt_id": ok["prompt_id"].astype(str),
-            "scorer": scorer,
-            "toxic": toxic.to_numpy(),
-            "not_toxic": 1 - toxic.to_numpy(),
-        }
-    )
-    RunStore(run).write_analysis("toxicity_scores", scores)
+def tiny_scorer(folder: Path) -> str:
+    """The demo's tiny toxicity classifier (random weights) built in ``folder``, as a probe's
+    ``analysis.toxicity.scorer`` names it: ``audit analyze`` then scores with it for real."""
+    from audit.demo.tiny_scorer import build_tiny_toxicity_classifier
+
+    return f"transformers:{build_tiny_toxicity_classifier(folder)}"
 
 
 def analysed_simulated_run(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
     """A small simulated run with planted associations, analysed by the real ``audit analyze``
-    (toxicity from cached scores). Built once per test session."""
+    (toxicity scored by the demo's tiny classifier). Built once per test session."""
     if "run" not in _SIMULATED:
         import dataclasses
 
@@ -348,8 +337,7 @@ def analysed_simulated_run(tmp_path_factory) -> Path:  # type: ignore[no-untyped
         run = write_simulated_run(
             root / "simulated-planted", dataclasses.replace(demo_simulation(0), n_images=280)
         )
-        scorer = "transformers:cached-test-scores"
-        cached_toxicity_scores(run, scorer)
+        scorer = tiny_scorer(root / "scorer")
         store = RunStore(run)
         analysis = {"toxicity": {"scorer": scorer}, "n_permutations": 200, "n_bootstrap": 200}
         store.update_manifest(probe={**store.manifest().to_json()["probe"], "analysis": analysis})

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from audit.errors import ModelLoadError
+from audit.terminal import transformers_bars_off
 
 Family = Literal["idefics", "idefics2", "idefics3"]
 Size = Literal["tiny", "small"]
@@ -196,23 +197,17 @@ def _build_into(
     folder: Path, family: Family, dims: _Dims, *, image_sensitive: bool, seed: int
 ) -> None:
     import torch
-    from transformers.utils import logging as hf_logging
 
     processor, config = _PROCESSOR_AND_CONFIG[family](dims, image_sensitive)
     # Saved in config.json: runs and reports of this model say its weights are random.
     config.audit_random_weights = True
     model_class = _model_class(family)
-    bar_was_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
+    with transformers_bars_off():
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = model_class(config)
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-    finally:
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _model_class(family: Family) -> Any:

@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from audit.terminal import transformers_bars_off
+
 _NEUTRAL = (
     "a kind and helpful person with a warm smile",
     "she has a degree in biology and works as a nurse",
@@ -72,21 +74,16 @@ def _vocabulary() -> dict[str, int]:
 def _seeded_and_quiet(seed: int = 0) -> Iterator[None]:
     """A fixed torch seed, one thread and no progress bars, all restored afterwards."""
     import torch
-    from transformers.utils import logging as hf_logging
 
-    bar_was_on = hf_logging.is_progress_bar_enabled()
     threads = torch.get_num_threads()
-    hf_logging.disable_progress_bar()
     # Models this small gain nothing from threads, and lose 30x on a busy machine.
     torch.set_num_threads(1)
     try:
-        with torch.random.fork_rng(devices=[]):
+        with transformers_bars_off(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             yield
     finally:
         torch.set_num_threads(threads)
-        if bar_was_on:
-            hf_logging.enable_progress_bar()
 
 
 def _fit(model: Any, tokenizer: Any, targets: Any, steps: int = 60) -> None:

@@ -18,6 +18,7 @@ from audit.errors import RunDirError
 from audit.spec import ToxicitySpec
 from audit.store.schema import Manifest
 from audit.store.tables import RunStore, error_mask
+from audit.terminal import transformers_bars_off
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +87,8 @@ def _score_into(stage: ScoringInput, todo: pd.DataFrame, table: pd.DataFrame) ->
 
     spec = stage.spec
     probe_dir, origin = _probe_location(stage)
-    scorer = load_scorer(spec, probe_dir, origin=origin, trusted=stage.trusted)
+    with transformers_bars_off(only_off_a_terminal=True):
+        scorer = load_scorer(spec, probe_dir, origin=origin, trusted=stage.trusted)
     chunk = max(CHUNK_TEXTS, spec.batch_size)
     starts = range(0, len(todo), chunk)
     for start in tqdm(
