@@ -3,9 +3,11 @@ injected text, on a run analysed by ``audit analyze``, on runs without analyses,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 from test_report_fixture import SCRIPT, analysed_simulated_run, write_handmade_run
@@ -29,6 +31,15 @@ def run_pages(
         app.switch_page(f"pages/{page}")
         app.run()
         yield page, app
+
+
+def run_page(run_dirs: list[Path], monkeypatch: pytest.MonkeyPatch, page: str) -> AppTest:
+    """The app started over ``run_dirs``, on ``page`` (which must exist)."""
+    assert page in PAGES, f"no page {page} (pages: {PAGES})"
+    monkeypatch.setenv(RUN_DIRS_ENV, run_dirs_env(run_dirs))
+    app = AppTest.from_file(str(app_entry()), default_timeout=TIMEOUT_S).run()
+    app.switch_page(f"pages/{page}")
+    return app.run()
 
 
 def assert_clean(page: str, app: AppTest) -> None:
@@ -76,6 +87,66 @@ def test_every_page_on_a_run_analysed_by_audit_analyze(
         elif page != "Home.py":
             assert app.dataframe, f"{page}: no table shown"
             assert not app.warning, f"{page}: {[w.value for w in app.warning]}"
+
+
+_NUMBER = re.compile(r"-?(\d+)(?:\.(\d+))?(?:e([-+]?\d+))?")
+
+
+def _shown_numbers(text: str) -> list[tuple[float, float]]:
+    """The estimate and its interval as a page prints them (``44.6% [30.1%, 59.9%]``,
+    ``1.64e-04 [1.52e-04, 1.79e-04]``): each number, as a fraction where the page wrote
+    percents, with half a unit of its last printed digit (how far rounding may have moved it)."""
+    scale = 0.01 if "%" in text else 1.0
+    numbers = []
+    for match in _NUMBER.finditer(text.replace(",", "")):
+        exponent = int(match.group(3) or 0)
+        digits = len(match.group(2) or "")
+        numbers.append((float(match.group(0)) * scale, 0.5 * 10.0 ** (exponent - digits) * scale))
+    return numbers
+
+
+@pytest.mark.parametrize(
+    ("page", "analysis", "picks"),
+    [
+        ("2_Toxicity.py", "toxicity", ("Prompt", "Metric")),
+        ("3_Refusal.py", "refusal", ("Prompt", "Metric")),
+        ("4_Classification.py", "classification", ("Task", "Metric")),
+    ],
+)
+def test_a_metric_pages_numbers_are_the_stored_tables(
+    page: str,
+    analysis: str,
+    picks: tuple[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every estimate, interval and n the page shows for the chosen prompt (or task) and metric
+    is the stored analysis table's, row by row (to the digits it prints)."""
+    run = analysed_simulated_run(tmp_path_factory)
+    app = run_page([run], monkeypatch, page)
+    assert_clean(page, app)
+    boxes = {box.label: box for box in app.selectbox}
+    item, metric = (boxes[pick].value for pick in picks)
+    stored = RunStore(run).read_analysis(analysis)
+    stored = stored[(stored["prompt_id"].astype(str) == item) & (stored["metric"] == metric)]
+    shown = next(
+        frame.value for frame in app.dataframe if "estimate [95% CI]" in frame.value.columns
+    )
+    assert len(shown) and len(shown) <= len(stored)
+    checked = 0
+    for _, row in shown.iterrows():
+        match = stored[(stored["axis"] == row["axis"]) & (stored["group"] == row["group"])]
+        assert len(match) == 1, (row["axis"], row["group"])
+        expected = match.iloc[0]
+        assert row["n"] == expected["n"], (row["axis"], row["group"])
+        if pd.isna(expected["value"]):
+            continue
+        numbers = _shown_numbers(row["estimate [95% CI]"])
+        wanted = [expected["value"], expected["ci_low"], expected["ci_high"]]
+        for (got, tolerance), value in zip(numbers[:3], wanted, strict=True):
+            assert abs(got - value) <= tolerance * 1.001, (row["group"], row["estimate [95% CI]"])
+        checked += 1
+    assert checked >= 3, "too few estimates compared"
 
 
 def test_term_explorer_follows_the_selected_term(
@@ -156,17 +227,15 @@ def test_one_image_shows_every_models_generation_for_each_prompt(
 ) -> None:
     from audit.store.tables import RunStore
 
-    for page, app in run_pages(handmade, monkeypatch):
-        if page != "5_Generations.py":
-            continue
-        assert_clean(page, app)
-        sample = app.selectbox(key="every_model_sample").value
-        texts = [str(element.value) for element in app.text]
-        for run in handmade:
-            assert any(text.startswith(f"{run.name} · ") for text in texts), run.name
-            rows = RunStore(run).read("generations")
-            for generation in rows[rows["sample_id"] == sample]["generation"].dropna():
-                assert " ".join(str(generation).split())[:20] in " ".join(" ".join(texts).split())
+    app = run_page(handmade, monkeypatch, "5_Generations.py")
+    assert_clean("5_Generations.py", app)
+    sample = app.selectbox(key="every_model_sample").value
+    texts = [str(element.value) for element in app.text]
+    for run in handmade:
+        assert any(text.startswith(f"{run.name} · ") for text in texts), run.name
+        rows = RunStore(run).read("generations")
+        for generation in rows[rows["sample_id"] == sample]["generation"].dropna():
+            assert " ".join(str(generation).split())[:20] in " ".join(" ".join(texts).split())
 
 
 def test_a_run_is_added_in_one_click_and_a_bad_one_says_why_at_once(
@@ -188,10 +257,8 @@ def test_compare_puts_any_number_of_runs_side_by_side(
     handmade: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     third = write_handmade_run(tmp_path / "run-c", n=30, seed=3)
-    for page, app in run_pages([*handmade, third], monkeypatch):
-        if page != "6_Compare_runs.py":
-            continue
-        assert_clean(page, app)
-        assert app.multiselect(key="side_by_side_runs").value == ["run-a", "run-b", "run-c"]
-        table = app.dataframe[0].value
-        assert {"run-a", "run-b", "run-c"} <= set(table.columns)
+    app = run_page([*handmade, third], monkeypatch, "6_Compare_runs.py")
+    assert_clean("6_Compare_runs.py", app)
+    assert app.multiselect(key="side_by_side_runs").value == ["run-a", "run-b", "run-c"]
+    table = app.dataframe[0].value
+    assert {"run-a", "run-b", "run-c"} <= set(table.columns)
