@@ -140,7 +140,11 @@ def test_largest_gap_is_calibrated_and_as_powerful_as_the_range_test() -> None:
         planted = (rng.random(codes.size) < np.where(codes == 0, 0.5, 0.8)).astype(float)
         gap = largest_gap(UnitRates(planted, np.ones(codes.size), codes, groups), 500, rng)
         found += gap.p_value < 0.05
-        covered += gap.low != 0 or gap.interval[0] <= 0.3 <= gap.interval[1]
+        # The interval is for the gap between the two groups it names: 0.3 when the lowest is
+        # the planted group 0, none between two groups of 0.8 (a wrong pick is not let off).
+        true_rate = np.where(np.arange(7) == 0, 0.5, 0.8)
+        truth = true_rate[gap.high] - true_rate[gap.low]
+        covered += gap.interval[0] <= truth <= gap.interval[1]
         assert (gap.interval[0] > 0) == (gap.p_value < 0.05)
     assert null / 150 <= 0.08
     assert found / 150 >= 0.6

@@ -19,6 +19,7 @@ from runs import fairface_dataset, wilson, write_probe
 from typer.testing import CliRunner
 
 import audit
+from audit.analyses.table import MIN_GROUP_SIZE
 from audit.cli import app
 from audit.ingest.importer import M4_PROMPTS
 from audit.store.tables import RunStore
@@ -192,8 +193,11 @@ def test_an_import_pairs_with_a_fairface_run_image_by_image(new_run: Path, tmp_p
         for value, row in rows.droplevel("axis").iterrows():
             members = [i for i in range(N) if LABELS[i][axis_index] == value]
             kept = sum(i not in CHANGED for i in members)
-            if len(members) >= 5:
-                assert row["value"] == pytest.approx(kept / len(members))
+            assert row["n"] == len(members), (group, value)
+            if len(members) >= MIN_GROUP_SIZE:
+                assert row["value"] == pytest.approx(kept / len(members)), (group, value)
+            else:  # too few pictures for an estimate: said so, not estimated
+                assert pd.isna(row["value"]) and "insufficient" in str(row["note"]), (group, value)
 
     invoke("analyze", str(new_run), "--only", "refusal")
     stored = invoke("analyze", str(card), "--only", "refusal", "--against", str(new_run))

@@ -22,10 +22,25 @@ def _tables(run: Path) -> dict[str, pd.DataFrame]:
     return {a.name: store.read_analysis(a.name) for a in analyses() if store.has_analysis(a.name)}
 
 
+#: The analyses whose tables hold intervals: each must be there, with rows that have one.
+WITH_INTERVALS = (
+    "classification",
+    "confusion",
+    "term_variance",
+    "toxicity",
+    "refusal",
+    "generation_stats",
+    "leakage",
+)
+
+
 def _check(tables: dict[str, pd.DataFrame]) -> None:
-    for name, table in tables.items():
+    assert set(WITH_INTERVALS) <= set(tables), sorted(set(WITH_INTERVALS) - set(tables))
+    for name in WITH_INTERVALS:
+        table = tables[name]
         rows = table[table["value"].notna() & table["ci_low"].notna()]
         rows = rows[~rows["metric"].astype(str).str.startswith(OPEN)]
+        assert len(rows), f"{name}: no interval to check"
         value, low, high = (rows[c].to_numpy(float) for c in ("value", "ci_low", "ci_high"))
         outside = rows[(low > value + 1e-9) | (high < value - 1e-9)]
         assert outside.empty, f"{name}: {outside[['metric', 'value', 'ci_low', 'ci_high']].head()}"
