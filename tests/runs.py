@@ -209,3 +209,24 @@ def ci_import(module: str, what: str) -> Any:
         return importlib.import_module(module)
     except ImportError:
         ci_needs(what)
+
+
+def kill_mid_run(command: list[str], run_dir: Path, parts: int = 3) -> None:
+    """Start ``command`` (an ``audit run`` writing ``run_dir``) and SIGKILL it once its
+    generations have ``parts`` parts: a kill in the middle of a run, nothing flushed after."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from audit.store.tables import RunStore
+
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(RunStore(run_dir).parts("generations")) < parts:
+        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

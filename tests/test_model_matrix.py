@@ -37,7 +37,12 @@ from audit.backends.base import GenerationRequest, GenerationSettings, LabelScor
 from audit.backends.hf.model import HFBackend
 from audit.spec import ModelSpec
 from audit.store.tables import RunStore
-from tests.runs import assert_a_stop_token_ends_generation, crash_on_batch, run_cli
+from tests.runs import (
+    assert_a_stop_token_ends_generation,
+    crash_on_batch,
+    kill_mid_run,
+    run_cli,
+)
 from tests.zoo.build import FAMILIES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,11 +421,7 @@ def test_a_model_type_that_cannot_run_is_refused_before_anything_is_written(
 def test_a_qwen2_vl_run_killed_with_sigkill_resumes_to_the_uninterrupted_rows(
     zoo: Path, tmp_path: Path
 ) -> None:
-    import os
-    import signal
-    import subprocess
     import sys
-    import time
 
     from tests.runs import write_probe
 
@@ -433,18 +434,7 @@ def test_a_qwen2_vl_run_killed_with_sigkill_resumes_to_the_uninterrupted_rows(
     reference, run = tmp_path / "reference", tmp_path / "run"
     assert run_cli("run", str(probe), "--out", str(reference), "--no-progress")[0] == 0
     command = [sys.executable, "-m", "audit.cli", "run", str(probe), "--out", str(run)]
-    process = subprocess.Popen(
-        [*command, "--flush-every", "1", "--no-progress"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ},
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(RunStore(run).parts("generations")) < 3:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_mid_run([*command, "--flush-every", "1", "--no-progress"], run)
     assert 0 < len(RunStore.open(run).read("generations")) < 32, "the kill lands mid-run"
     assert run_cli("run", str(probe), "--out", str(run), "--no-progress")[0] == 0
     for table, keys in (

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from audit.store.tables import RunStore
-from tests.runs import FAMILIES, crash_on_batch, run_cli, write_probe
+from tests.runs import FAMILIES, crash_on_batch, kill_mid_run, run_cli, write_probe
 
 GENERATION_COLUMNS = {
     "sample_id",
@@ -148,15 +144,7 @@ def test_resume_after_sigkill(models: dict[str, Path], tmp_path: Path) -> None:
         "1",
         "--no-progress",
     ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ}
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(RunStore(run_dir).parts("generations")) < 3:
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_mid_run(command, run_dir)
     before = len(stored(run_dir, "generations"))
     assert 0 < before < 32, "the kill should land in the middle of the run"
 
