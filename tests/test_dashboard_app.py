@@ -262,3 +262,25 @@ def test_compare_puts_any_number_of_runs_side_by_side(
     assert app.multiselect(key="side_by_side_runs").value == ["run-a", "run-b", "run-c"]
     table = app.dataframe[0].value
     assert {"run-a", "run-b", "run-c"} <= set(table.columns)
+
+
+def test_the_top_level_app_serves_a_folder_of_runs_read_only(
+    handmade: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``streamlit run app/streamlit_app.py`` (a Space): every run directory of the folder it is
+    pointed at, the package's pages, and no box to open other folders of the machine."""
+    from audit.dashboard.launch import FIXED_RUNS_ENV
+
+    folder = handmade[0].parent
+    # Empty, so the app fills them in; monkeypatch restores them (the app writes os.environ).
+    monkeypatch.setenv(RUN_DIRS_ENV, "")
+    monkeypatch.setenv(FIXED_RUNS_ENV, "")
+    monkeypatch.setenv("AUDIT_RUNS_FOLDER", str(folder))
+    entry = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+    app = AppTest.from_file(str(entry), default_timeout=TIMEOUT_S).run()
+    assert_clean("streamlit_app.py", app)
+    assert [h.value for h in app.subheader][:2] == ["run-a", "run-b"]
+    assert not app.sidebar.text_input, "a box to open other folders is offered"
+    app.switch_page(str(app_entry().parent / "pages" / "3_Refusal.py")).run()
+    assert_clean("3_Refusal.py", app)
+    assert app.dataframe

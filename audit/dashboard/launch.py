@@ -21,6 +21,9 @@ from audit.errors import AuditError
 from audit.report.run_data import load_runs
 
 RUN_DIRS_ENV = "AUDIT_RUN_DIRS"
+#: Set (to anything) where the runs shown are fixed (a Space serving a folder of runs): the
+#: sidebar then offers no box to open another folder of the machine.
+FIXED_RUNS_ENV = "AUDIT_DASHBOARD_FIXED_RUNS"
 #: Bind to the loopback interface only: run directories can hold sensitive images and text.
 DEFAULT_ADDRESS = "127.0.0.1"
 

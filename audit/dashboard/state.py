@@ -8,10 +8,12 @@ Run text is shown only through ``st.dataframe``/``st.text`` or Markdown-escaped.
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
-from audit.dashboard.launch import run_dirs_from_env
+from audit.dashboard.launch import FIXED_RUNS_ENV, run_dirs_from_env
 from audit.errors import AuditError
 from audit.report.formatting import NOT_ANALYSED, escape_markdown
 from audit.report.run_data import (
@@ -117,8 +119,10 @@ def _add_run_box() -> None:
 
 
 def loaded_runs() -> list[RunData]:
-    """The runs given to ``audit dashboard`` plus any added in the sidebar; problems shown."""
-    _add_run_box()
+    """The runs given to ``audit dashboard`` plus any added in the sidebar (where runs are not
+    fixed, ``FIXED_RUNS_ENV``); problems shown."""
+    if not os.environ.get(FIXED_RUNS_ENV):
+        _add_run_box()
     paths = [str(p) for p in run_dirs_from_env()] + list(st.session_state.get(_EXTRA_RUNS, []))
     runs = []
     for path in dict.fromkeys(paths):
