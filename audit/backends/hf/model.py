@@ -400,7 +400,7 @@ class HFBackend(Backend):
         image_text = self.card_image_text()
         if image_text is None:
             return None
-        prompt = self.scoring_prompt(_stand_ins(1)[0], "x", "card")
+        prompt = self.scoring_prompt(stand_in_image(), "x", "card")
         ids = self.encode([prompt], "right")["input_ids"][0].tolist()
         bos = self.processor.tokenizer.bos_token_id
         return {"image": image_text, "bos": bos is not None and bos in ids}
